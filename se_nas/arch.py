@@ -1,0 +1,239 @@
+"""An SE architecture as data: the one value that travels through se-nas.
+
+``Arch`` says which backbone and, for each stage, whether it has SE blocks and which ones
+(reduction ratio r, squeeze operator, excitation gate, insertion point). It is frozen, validated on
+construction, round-trips through JSON without loss and has a short canonical id. Building
+(``se_nas.build``), costing (``se_nas.cost``), search, reports and export all read it; nothing parses
+a display string back (compare timm's ``ByoBlockCfg`` and Optuna's ``FixedTrial``).
+
+Proxy training settings (stem, width multiplier, number of classes) are not part of the design: they
+are arguments of ``build_model`` and ``count_cost``, so one ``Arch`` is both the deployed model and
+its cheap proxy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .choices import ABBREV, BACKBONES, GATES, POSITIONS, SQUEEZES, STRIDE_ON, ChoiceError, pick
+
+ARCH_FORMAT = "se-nas/arch@1"
+
+
+class ArchError(ValueError):
+    """An architecture description that breaks a rule; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class StageSE:
+    """The SE blocks of one stage (every residual unit of the stage gets one).
+
+    reduction: r of the paper; the hidden width is ``max(1, C // r)`` (see ``se_hidden``).
+    squeeze:   "avg" (the paper's default), "max", "avgmax" (sum of both), "none" (NoSqueeze).
+    gate:      "sigmoid" (default), "hardsigmoid", "tanh", "relu".
+    position:  "standard", "pre", "post", "identity", "after_3x3" (Fig. 5 and Table 15).
+    """
+
+    reduction: int = 16
+    squeeze: str = "avg"
+    gate: str = "sigmoid"
+    position: str = "standard"
+
+    def __post_init__(self) -> None:
+        r = self.reduction
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ArchError(f"reduction ratio must be a positive integer, got reduction={r!r}")
+        for name, table in (("squeeze", SQUEEZES), ("gate", GATES), ("position", POSITIONS)):
+            try:
+                pick(table, getattr(self, name), name)
+            except ChoiceError as e:
+                raise ArchError(str(e)) from None
+
+    @property
+    def label(self) -> str:
+        return f"r{self.reduction}/{ABBREV[self.squeeze]}/{ABBREV[self.gate]}/{ABBREV[self.position]}"
+
+
+def se_hidden(channels: int, reduction: int) -> int:
+    """Hidden width of the excitation bottleneck: ``C // r``, at least 1.
+
+    Floor division gives exactly C/r for every width the paper uses (C is a multiple of r); the floor
+    of 1 keeps narrow proxies (width multipliers, large r) valid.
+    """
+    return max(1, channels // reduction)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A full SE backbone design.
+
+    backbone:  a name from ``se_nas.choices.BACKBONES``.
+    stages:    one entry per stage: a ``StageSE`` or ``None`` (no SE in that stage).
+    stride_on: "1x1" (the paper's and original ResNet's bottleneck) or "3x3" (torchvision's).
+    se_bias:   biases in the two excitation layers. Default False: the paper's excitation
+               ``sigma(W2 delta(W1 z))`` has none (timm and torchvision add them; +0.02M on ResNet-50).
+    """
+
+    backbone: str
+    stages: tuple[StageSE | None, ...]
+    stride_on: str = "1x1"
+    se_bias: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            spec = pick(BACKBONES, self.backbone, "backbone")
+        except ChoiceError as e:
+            raise ArchError(str(e)) from None
+        if self.stride_on not in STRIDE_ON:
+            raise ArchError(f"unknown stride_on {self.stride_on!r}; allowed: {', '.join(STRIDE_ON)}")
+        if not isinstance(self.se_bias, bool):
+            raise ArchError(f"se_bias must be true or false, got se_bias={self.se_bias!r}")
+        stages = tuple(self.stages)
+        if len(stages) != len(spec.depths):
+            raise ArchError(
+                f"{self.backbone} has {len(spec.depths)} stages, got {len(stages)} stage entries"
+            )
+        for i, s in enumerate(stages):
+            if s is not None and not isinstance(s, StageSE):
+                raise ArchError(f"stages[{i}] must be a StageSE or None, got {s!r}")
+        object.__setattr__(self, "stages", stages)
+
+    # --- constructors
+    @classmethod
+    def uniform(cls, backbone: str, se: StageSE | None = StageSE(), **kw: Any) -> "Arch":
+        """The same SE choice (or none) in every stage: ``Arch.uniform("resnet50")`` is SE-ResNet-50."""
+        n = len(pick(BACKBONES, backbone, "backbone").depths) if backbone in BACKBONES else 4
+        return cls(backbone, (se,) * n, **kw)
+
+    def with_stage(self, index: int, se: StageSE | None) -> "Arch":
+        if not 0 <= index < len(self.stages):
+            raise ArchError(f"stage index must be in 0..{len(self.stages) - 1}, got {index}")
+        stages = list(self.stages)
+        stages[index] = se
+        return replace(self, stages=tuple(stages))
+
+    # --- identity and display
+    @property
+    def has_se(self) -> bool:
+        return any(s is not None for s in self.stages)
+
+    @property
+    def id(self) -> str:
+        """Short canonical id: the first 10 hex digits of the SHA-1 of the canonical JSON."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:10]
+
+    @property
+    def label(self) -> str:
+        """Human-readable summary, for display only: ``resnet50 r16/avg/sig/std | - | ...``."""
+        return f"{self.backbone} " + " | ".join("-" if s is None else s.label for s in self.stages)
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.label}"
+
+    # --- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": ARCH_FORMAT,
+            "backbone": self.backbone,
+            "stride_on": self.stride_on,
+            "se_bias": self.se_bias,
+            "stages": [None if s is None else asdict(s) for s in self.stages],
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Canonical JSON: sorted keys; with ``indent=None``, no whitespace (the id hashes this)."""
+        sep = (",", ":") if indent is None else (",", ": ")
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=sep)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "architecture") -> "Arch":
+        if not isinstance(d, dict):
+            raise ArchError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        allowed = {"format", "backbone", "stride_on", "se_bias", "stages"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ArchError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        if "format" in d and d["format"] != ARCH_FORMAT:
+            raise ArchError(f"{where}: format must be {ARCH_FORMAT!r}, got {d['format']!r}")
+        if "backbone" not in d:
+            raise ArchError(f"{where}: missing key 'backbone'; allowed: {', '.join(BACKBONES)}")
+        stages = d.get("stages")
+        if not isinstance(stages, list):
+            raise ArchError(f"{where}: 'stages' must be a list (one entry per stage), got {stages!r}")
+        return cls(
+            backbone=d["backbone"],
+            stages=tuple(_stage_from_dict(s, f"{where}: stages[{i}]") for i, s in enumerate(stages)),
+            stride_on=d.get("stride_on", "1x1"),
+            se_bias=d.get("se_bias", False),
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "architecture") -> "Arch":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArchError(f"{where}: malformed JSON ({e})") from None
+        return cls.from_dict(d, where)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Arch":
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ArchError(f"cannot read architecture file {str(p)!r}: {e.strerror}") from None
+        return cls.from_json(text, where=str(p))
+
+
+def _stage_from_dict(s: Any, where: str) -> StageSE | None:
+    if s is None or s is False:
+        return None
+    if not isinstance(s, dict):
+        raise ArchError(f"{where}: expected an object or null (no SE), got {s!r}")
+    names = {f.name for f in fields(StageSE)}
+    unknown = sorted(set(s) - names)
+    if unknown:
+        raise ArchError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
+    try:
+        return StageSE(**s)
+    except ArchError as e:
+        raise ArchError(f"{where}: {e}") from None
+
+
+# --- presets: the paper's plain and SE (r=16 everywhere) backbones
+PRESETS: dict[str, Arch] = {}
+for _name in BACKBONES:
+    PRESETS[_name] = Arch.uniform(_name, None)
+    PRESETS[f"se_{_name}"] = Arch.uniform(_name, StageSE())
+    PRESETS[f"{_name}_tv"] = Arch.uniform(_name, None, stride_on="3x3")
+    PRESETS[f"se_{_name}_tv"] = Arch.uniform(_name, StageSE(), stride_on="3x3")
+
+
+def baseline_arch(arch: Arch) -> Arch:
+    """The paper's fixed design on ``arch``'s backbone: SE r=16, avg, sigmoid, standard, every stage."""
+    return replace(arch, stages=(StageSE(),) * len(arch.stages))
+
+
+def plain_arch(arch: Arch) -> Arch:
+    """``arch``'s backbone with no SE at all."""
+    return replace(arch, stages=(None,) * len(arch.stages))
+
+
+def resolve_arch(ref: str | Path | Arch) -> Arch:
+    """An Arch from an Arch, a preset name or a JSON file path (the CLI's ``ARCH`` argument)."""
+    if isinstance(ref, Arch):
+        return ref
+    ref = str(ref)
+    if ref in PRESETS:
+        return PRESETS[ref]
+    if ref.endswith(".json") or Path(ref).exists():
+        return Arch.load(ref)
+    raise ArchError(
+        f"architecture {ref!r} is neither a JSON file nor a preset; presets: {', '.join(PRESETS)}"
+    )
