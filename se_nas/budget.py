@@ -1,0 +1,115 @@
+"""Budgets checked before training: the deployment model's GFLOPs and parameters.
+
+A candidate is costed analytically (``se_nas.cost.count_cost``, microseconds, no model built) on the
+*deployment* model a space declares (by default the paper's 224x224 input and 1000 classes), not on
+the cheap proxy that is trained. Over budget means never trained. ``Budget.check`` gives Optuna's
+constraint values (``<= 0`` is feasible) so the samplers learn the feasible region, and
+``check_feasible`` refuses a budget that no architecture of the space can meet.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class BudgetError(ValueError):
+    """A budget that is not a positive finite number, or that no candidate can meet."""
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """The model whose cost the budget is measured on."""
+
+    image_size: int = 224
+    num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "num_classes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BudgetError(f"deploy {name} must be a positive integer, got {name}={v!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        return {"image_size": self.image_size, "num_classes": self.num_classes}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper limits on the deployment model's GFLOPs and millions of parameters (None = no limit)."""
+
+    max_gflops: float | None = None
+    max_mparams: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, flag in (("max_gflops", "--budget-gflops"), ("max_mparams", "--budget-mparams")):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise BudgetError(f"budget {flag} must be a positive finite number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+
+    @property
+    def limited(self) -> bool:
+        return self.max_gflops is not None or self.max_mparams is not None
+
+    def check(self, cost) -> tuple[float, ...]:
+        """Constraint values for Optuna: one per limit set, ``<= 0`` means within budget.
+
+        Relative excess (``gflops / max - 1``) so both constraints are on the same scale for the
+        samplers that add up violations (NSGA-II, TPE).
+        """
+        out = []
+        if self.max_gflops is not None:
+            out.append(cost.gflops / self.max_gflops - 1.0)
+        if self.max_mparams is not None:
+            out.append(cost.mparams / self.max_mparams - 1.0)
+        return tuple(out)
+
+    def fits(self, cost) -> bool:
+        return all(c <= 0 for c in self.check(cost))
+
+    def excess(self, cost) -> str:
+        """Why a cost is over budget, e.g. ``4.27 > 4.0 GFLOPs`` ('' if within)."""
+        parts = []
+        if self.max_gflops is not None and cost.gflops > self.max_gflops:
+            parts.append(f"{cost.gflops:.2f} > {self.max_gflops:g} GFLOPs")
+        if self.max_mparams is not None and cost.mparams > self.max_mparams:
+            parts.append(f"{cost.mparams:.2f}M > {self.max_mparams:g}M params")
+        return ", ".join(parts)
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_gflops is not None:
+            parts.append(f"<= {self.max_gflops:g} GFLOPs")
+        if self.max_mparams is not None:
+            parts.append(f"<= {self.max_mparams:g}M params")
+        return " and ".join(parts) or "no budget"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_gflops": self.max_gflops, "max_mparams": self.max_mparams}
+
+
+def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
+    """Raise BudgetError if no architecture of ``space`` can meet ``budget`` on ``deploy``.
+
+    Uses the exact per-limit minima of the space (``SearchSpace.cheapest``): if even the cheapest
+    candidate exceeds a limit, every candidate does.
+    """
+    if not budget.limited:
+        return
+    from .cost import count_cost
+
+    by_flops, by_params = space.cheapest(deploy.image_size, deploy.num_classes)
+    cf = count_cost(by_flops, deploy.image_size, deploy.num_classes)
+    cp = count_cost(by_params, deploy.image_size, deploy.num_classes)
+    where = f"{deploy.image_size}x{deploy.image_size}, {deploy.num_classes} classes"
+    if budget.max_gflops is not None and cf.gflops > budget.max_gflops:
+        raise BudgetError(
+            f"budget --budget-gflops {budget.max_gflops:g} is infeasible for every candidate in space "
+            f"{space.name!r}: the cheapest is {cf.gflops:.3f} GFLOPs ({by_flops.label}, {where})")
+    if budget.max_mparams is not None and cp.mparams > budget.max_mparams:
+        raise BudgetError(
+            f"budget --budget-mparams {budget.max_mparams:g} is infeasible for every candidate in space "
+            f"{space.name!r}: the smallest is {cp.mparams:.3f}M params ({by_params.label}, {where})")

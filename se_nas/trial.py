@@ -1,0 +1,97 @@
+"""One trial, whichever backend runs it: budget check, build the proxy, train, report an outcome.
+
+``run_trial`` is the single trial function behind the Optuna and the Ray backends (DESIGN.md,
+principle 5). It costs the *deployment* model first (``se_nas.cost.count_cost``, no model built); an
+over-budget candidate is returned as ``over_budget`` and never trained. Otherwise it builds the cheap
+proxy the recipe asks for (stem, width multiplier, the dataset's classes) and trains it; a NaN/inf
+loss or an out-of-memory error becomes a ``failed`` outcome with the reason, so the search goes on.
+
+``record_outcome`` writes an outcome into an Optuna trial (user attributes, the constraint values
+the samplers read, then ``tell``): both backends call it, so the study format is one.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from .arch import Arch
+from .budget import Budget, Deploy
+from .build import build_model
+from .cost import count_cost
+from .study import TrialOutcome
+
+
+def configure_threads(workers: int = 1) -> int:
+    """Give each of ``workers`` processes on this machine an equal share of the CPU cores.
+
+    PyTorch otherwise starts one intra-op thread per core in every process, and N workers on N cores
+    then oversubscribe the machine N-fold (slower than one worker)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, workers))
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
+              should_stop=None, device=None, backend: str = "optuna") -> TrialOutcome:
+    """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
+
+    ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping).
+    ``data`` is a loaded ``DataBundle`` (loaded from the recipe if None); ``seed`` makes the trial
+    reproducible (weights, data order, augmentation).
+    """
+    start = time.perf_counter()
+    cost = count_cost(arch, deploy.image_size, deploy.num_classes)
+    common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend=backend)
+    if not budget.fits(cost):
+        return TrialOutcome(status="over_budget", reason=f"over budget ({budget.excess(cost)}), not trained",
+                            seconds=time.perf_counter() - start, **common)
+
+    from .train import TrainingFailed, seed_everything, train
+
+    if data is None:
+        from .data import load_data
+
+        data = load_data(recipe)
+    seed_everything(seed)
+    model = build_model(arch, data.num_classes, stem=recipe.stem, width=recipe.width)
+    try:
+        result = train(model, recipe, data, device=device, on_epoch=should_stop)
+    except TrainingFailed as e:
+        return TrialOutcome(status="failed", reason=str(getattr(e, "reason", "") or e),
+                            seconds=time.perf_counter() - start, **common)
+    stopped = bool(result.stopped_early)
+    return TrialOutcome(
+        status="stopped_early" if stopped else "complete",
+        accuracy=float(result.accuracy), epochs=int(result.epochs), history=tuple(result.history),
+        seconds=time.perf_counter() - start,
+        reason=f"stopped early at epoch {result.epochs}" if stopped else "", **common,
+    )
+
+
+def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = "",
+                   budget: Budget | None = None):
+    """Write ``outcome`` into the running Optuna ``trial`` and finish it; returns the FrozenTrial.
+
+    Trained and over-budget candidates finish COMPLETE with ``outcome.values`` and a ``constraints``
+    attribute (``Budget.check``, read by the samplers' ``constraints_func``); failed ones FAIL with
+    the reason. ``outcome=None`` (the trial died before producing one) fails with ``reason``.
+    ``budget`` defaults to the one stored with the study.
+    """
+    import optuna
+
+    if outcome is None:
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("reason", reason or "no outcome")
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    for key, value in outcome.to_attrs().items():
+        trial.set_user_attr(key, value)
+    values = outcome.values
+    if values is None:
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    if budget is None:
+        budget = Budget(**study.user_attrs.get("budget", {}))
+    trial.set_user_attr("constraints", list(budget.check(outcome)))
+    return study.tell(trial, values)
