@@ -1,0 +1,245 @@
+"""Trial recipes: how a candidate architecture is trained, as a validated value and a YAML file.
+
+A ``Recipe`` says which data, which proxy of the deployment model (input size, stem, width
+multiplier) and which optimisation (epochs, batch size, optimizer, learning-rate schedule, seed,
+device, AMP). It is frozen and validated on construction, so a bad value fails before any model is
+built. Recipes live in YAML files that users copy and edit; the built-in ones are in the repository's
+``trials/`` folder (``digits`` is the default of ``se-nas search``; ``tiny`` is for tests; ``cifar10``
+and ``imagenet`` are for users with data and GPUs). See ``trials/README.md``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .choices import STEMS
+
+# The repository's trials/ folder holds the built-in recipes (se_nas/ is one level below the repo).
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "trials"
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class RecipeError(ValueError):
+    """A recipe that breaks a rule; the message names the file (if any), the key and the value."""
+
+
+def builtin_recipes() -> list[str]:
+    """Names ``load_recipe`` resolves without a path: the YAML files in the repository's trials/."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one trial trains its candidate.
+
+    dataset:           "digits" (built in, no download), "cifar10", "cifar100", "imagefolder".
+    data_dir:          folder of the dataset (not used by "digits"); ``~`` is expanded.
+    image_size:        side of the square training input in pixels.
+    stem, width:       the proxy model: ``build_model(arch, classes, stem, width)``.
+    epochs:            epochs per trial; ``rungs`` are the epochs after which early stopping may stop it.
+    batch_size:        training batch size (evaluation uses twice as much).
+    optimizer:         "sgd" (with ``momentum``, Nesterov off) or "adamw".
+    lr:                peak learning rate, reached after ``warmup_epochs`` of linear warm-up.
+    schedule:          "cosine" (to 0 at the last step), "step" (times ``step_gamma`` every
+                       ``step_epochs``) or "constant"; applied per step.
+    weight_decay:      applied to every parameter (the paper's ResNet recipe does the same).
+    label_smoothing:   cross-entropy label smoothing in [0, 1).
+    seed:              data order, augmentation and (if the caller seeds before building) the init.
+    num_workers:       DataLoader worker processes for file-backed data (in-memory data needs none).
+    threads:           CPU threads for torch ops in this process (None: PyTorch's default, one per
+                       core). Set it to cores / parallel trials: oversubscribed CPU threads spin-wait
+                       and can make training 10-50x slower.
+    device:            "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
+    amp, channels_last: mixed precision and NHWC memory layout; both take effect on CUDA only.
+    augment:           random-crop and flip augmentation of the training set (CIFAR, ImageFolder).
+    max_train_samples: keep a stratified subset of this many training samples (None keeps all).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int = 16
+    stem: str = "small"
+    width: float = 0.25
+    epochs: int = 6
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    seed: int = 0
+    num_workers: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    augment: bool = True
+    rungs: tuple[int, ...] = ()
+    max_train_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = _check(f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+        # Rules between fields.
+        if self.dataset != "digits" and self.data_dir is None:
+            raise RecipeError(f"data_dir is required for dataset {self.dataset!r} (the folder with its files)")
+        if self.warmup_epochs >= self.epochs:
+            raise RecipeError(
+                f"warmup_epochs must be less than epochs ({self.epochs}), got warmup_epochs={self.warmup_epochs!r}"
+            )
+        bad = [r for r in self.rungs if r >= self.epochs]
+        if bad:
+            raise RecipeError(
+                f"rungs must be epochs before the last one (1..{self.epochs - 1}), got rungs={list(self.rungs)!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-friendly values (rungs as a list)."""
+        d = asdict(self)
+        d["rungs"] = list(self.rungs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> "Recipe":
+        """A recipe from a mapping; missing keys take the defaults. Errors start with ``where``."""
+        if not isinstance(d, Mapping):
+            raise RecipeError(f"{where}: a recipe must be a mapping of keys to values, got {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in known:
+                raise RecipeError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(known)}")
+        try:
+            return cls(**d)
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
+
+
+def _fail(key: str, value: Any, rule: str) -> RecipeError:
+    return RecipeError(f"{key} must be {rule}, got {key}={value!r}")
+
+
+def _int(key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(key, value, f"an integer >= {low}")
+    return value
+
+
+def _float(key: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> float:
+    v = value
+    if isinstance(v, str):
+        # PyYAML reads "1e-4" (no dot) as a string; accept it as the number the user meant.
+        try:
+            v = float(v)
+        except ValueError:
+            raise _fail(key, value, "a number") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _fail(key, value, "a finite number")
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
+    if not (ok_low and ok_high):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise _fail(key, value, f"a number in {interval}")
+    return float(v)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise RecipeError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "true or false")
+    return value
+
+
+def _check(key: str, value: Any) -> Any:
+    """The validated (and normalised) value of one field."""
+    if key == "dataset":
+        return _choice(key, value, DATASETS)
+    if key == "data_dir":
+        if value is None:
+            return None
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise _fail(key, value, "a folder path or null")
+        return str(Path(value).expanduser())
+    if key == "stem":
+        return _choice(key, value, STEMS)
+    if key == "optimizer":
+        return _choice(key, value, OPTIMIZERS)
+    if key == "schedule":
+        return _choice(key, value, SCHEDULES)
+    if key == "device":
+        if not isinstance(value, str) or not _DEVICE_RE.match(value):
+            raise _fail(key, value, "one of auto, cpu, cuda, cuda:N, mps")
+        return value
+    if key in ("image_size", "epochs", "batch_size", "step_epochs"):
+        return _int(key, value, 1)
+    if key in ("seed", "num_workers"):
+        return _int(key, value, 0)
+    if key in ("max_train_samples", "threads"):
+        return None if value is None else _int(key, value, 1)
+    if key == "width":
+        return _float(key, value, 0, 4, low_open=True, high_open=False)
+    if key == "lr":
+        return _float(key, value, 0, 10, low_open=True, high_open=False)
+    if key == "momentum":
+        return _float(key, value, 0, 1)
+    if key == "weight_decay":
+        return _float(key, value, 0, 1)
+    if key == "warmup_epochs":
+        return _float(key, value, 0, math.inf)
+    if key == "step_gamma":
+        return _float(key, value, 0, 1, low_open=True, high_open=False)
+    if key == "label_smoothing":
+        return _float(key, value, 0, 1)
+    if key in ("amp", "channels_last", "augment"):
+        return _bool(key, value)
+    if key == "rungs":
+        if value is None:
+            return ()
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise _fail(key, value, "a list of increasing epoch numbers")
+        rungs = tuple(_int(key, r, 1) for r in value)
+        if any(b <= a for a, b in zip(rungs, rungs[1:])):
+            raise _fail(key, list(value), "a list of strictly increasing epoch numbers")
+        return rungs
+    raise RecipeError(f"unknown key {key!r}")  # a field added without a rule
+
+
+def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
+    """A built-in recipe by name (``digits``, ``tiny``, ``cifar10``, ``imagenet``) or a YAML file."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    text = str(name_or_path)
+    builtin = builtin_recipes()
+    if isinstance(name_or_path, str) and text in builtin:
+        path = RECIPE_DIR / f"{text}.yaml"
+    else:
+        path = Path(text).expanduser()
+    if not path.is_file():
+        raise RecipeError(
+            f"recipe {text!r}: no such file; give a YAML file or a built-in recipe name: {', '.join(builtin)}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    return Recipe.from_dict(data, where=str(path))

@@ -1,0 +1,320 @@
+"""The trainer: trains one candidate under a ``Recipe`` and returns its validation accuracy per epoch.
+
+SGD with momentum and a per-step cosine schedule with linear warm-up by default (AdamW, step and
+constant schedules optional), label smoothing, mixed precision (bf16 autocast where the GPU supports
+it, else fp16 with a GradScaler) and channels_last on CUDA, DataLoader workers for file-backed data,
+and a seed that makes a trial reproducible (same seed, same device -> the same history on CPU).
+
+A NaN/inf loss or running out of memory raises ``TrainingFailed`` with the reason, so a search can
+record the failure and go on. ``on_epoch(epoch, val_accuracy)`` is called after every epoch's
+validation and may stop the run early (the search's rung rule). With ``checkpoint=path`` the full state
+is written atomically after every epoch and a rerun resumes from it, ending with the same history as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data import DataBundle, TensorData
+from .recipe import Recipe
+
+NAN_CHECK_EVERY = 32  # steps between NaN checks: one host sync per check instead of one per step
+
+
+class TrainingFailed(RuntimeError):
+    """A trial that cannot finish (non-finite loss, out of memory); ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    accuracy: float  # validation top-1 in [0, 1] after the last epoch trained
+    history: tuple[float, ...]  # validation accuracy after each epoch
+    epochs: int  # epochs trained (fewer than recipe.epochs if stopped early)
+    seconds: float  # wall time spent training and validating (summed over resumed runs)
+    stopped_early: bool
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if available, then Apple MPS, then CPU. Other names must be usable here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device: auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r} was asked for but MPS is not available here; use device: auto or cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices). Call before ``build_model`` to fix the init too."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # Each epoch's data order and augmentation depend only on (seed, epoch), so a resumed run
+    # replays exactly what an uninterrupted one would have seen.
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def lr_factor(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at optimisation step ``step`` (0-based): linear warm-up, then the schedule."""
+    total = recipe.epochs * steps_per_epoch
+    warm = int(round(recipe.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return (step + 1) / warm
+    if recipe.schedule == "cosine":
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    if recipe.schedule == "step":
+        return recipe.step_gamma ** ((step // steps_per_epoch) // recipe.step_epochs)
+    return 1.0
+
+
+def _batches(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
+             num_workers: int, pin: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(ds, TensorData):  # in memory: one indexing op per batch, no per-sample collation
+        return _tensor_batches(ds, batch_size, shuffle, g, drop_last)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last,
+                      num_workers=num_workers, pin_memory=pin, persistent_workers=False)
+
+
+def _tensor_batches(ds: TensorData, batch_size: int, shuffle: bool, g: torch.Generator, drop_last: bool
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    n = len(ds)
+    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        yield ds.batch(order[i:i + batch_size])
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> tuple[int, bool]:
+    # Drop the last partial batch when there is at least one full one: a batch of 1 breaks BatchNorm
+    # at 1x1 spatial size, and equal batches keep the per-step schedule exact.
+    if n >= batch_size:
+        return n // batch_size, True
+    return 1, False
+
+
+def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    if not recipe.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str, *,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> float:
+    """Top-1 accuracy of ``model`` over the ``(images, labels)`` batches of ``loader``."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        correct += (logits.argmax(1) == y).sum()
+        total += y.numel()
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the validation data is empty")
+    return correct.item() / total
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # readers see the old or the new checkpoint, never half of one
+
+
+def _fingerprint(model: nn.Module, recipe: Recipe) -> dict:
+    # A checkpoint only resumes the same model under the same recipe.
+    shapes = [list(p.shape) for p in model.state_dict().values()]
+    return {"recipe": recipe.to_dict(), "shapes": shapes}
+
+
+def train(
+    model: nn.Module,
+    recipe: Recipe,
+    data: DataBundle,
+    *,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[int, float], bool] | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``model`` on ``data.train`` under ``recipe``; validate on ``data.val`` after every epoch.
+
+    ``device`` overrides ``recipe.device``. ``on_epoch(epoch, val_accuracy)`` (epoch 1-based) returns
+    True to stop early. ``checkpoint``: a file to save to after every epoch and resume from if present.
+    Raises ``TrainingFailed`` for a non-finite loss or out of memory.
+    """
+    dev = pick_device(recipe.device if device is None else str(device))
+    amp_dtype = _amp_dtype(recipe, dev)
+    channels_last = recipe.channels_last and dev.type == "cuda"
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
+    seed_everything(recipe.seed)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+
+    n_train = len(data.train)
+    if n_train == 0:
+        raise ValueError(f"dataset {data.name}: the training split is empty")
+    steps, drop_last = _steps_per_epoch(n_train, recipe.batch_size)
+
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe, steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    history: list[float] = []
+    seconds = 0.0
+    stopped = False
+    start_epoch = 1
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = _fingerprint(model, recipe)
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=dev, weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            warnings.warn(f"checkpoint {ckpt} belongs to another model or recipe; starting from scratch")
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            history = list(state["history"])
+            seconds = float(state["seconds"])
+            stopped = bool(state["stopped_early"])
+            start_epoch = int(state["epoch"]) + 1
+    if stopped or start_epoch > recipe.epochs:
+        return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
+
+    pin = dev.type == "cuda"
+    eval_bs = recipe.batch_size * 2
+    failure: str | None = None
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, recipe.epochs + 1):
+            t0 = time.perf_counter()
+            eseed = _epoch_seed(recipe.seed, epoch)
+            torch.manual_seed(eseed)  # augmentation draws from the global RNG
+            model.train()
+            batches = _batches(data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=drop_last,
+                               num_workers=recipe.num_workers, pin=pin)
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, unit="step")
+            losses: list[torch.Tensor] = []
+            for step, (x, y) in enumerate(batches):
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                losses.append(loss.detach())
+                if len(losses) == NAN_CHECK_EVERY:
+                    _check_finite(losses, epoch, step)
+                    losses.clear()
+                if bar is not None:
+                    bar.update(1)
+            _check_finite(losses, epoch, step)
+            val_batches = _batches(data.val, eval_bs, shuffle=False, seed=0, drop_last=False,
+                                   num_workers=recipe.num_workers, pin=pin)
+            acc = evaluate(model, val_batches, dev, amp_dtype=amp_dtype, channels_last=channels_last)
+            if bar is not None:
+                bar.set_postfix(val_acc=f"{acc:.3f}")
+                bar.close()
+            history.append(acc)
+            stopped = bool(on_epoch(epoch, acc)) if on_epoch is not None else False
+            seconds += time.perf_counter() - t0
+            if ckpt is not None:
+                _save_atomic({
+                    "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                    "history": history, "seconds": seconds, "stopped_early": stopped,
+                }, ckpt)
+            if stopped:
+                break
+    except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+        if not _is_oom(e):
+            raise
+        failure = (f"out of memory on {dev} at epoch {epoch} (batch size {recipe.batch_size}): "
+                   f"{str(e).splitlines()[0][:200]}")
+    if failure is not None:
+        # Outside the except block, so the traceback (and the tensors its frames hold) is gone.
+        opt.zero_grad(set_to_none=True)
+        opt.state.clear()
+        del model, opt, sched, scaler
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        raise TrainingFailed(failure)
+    return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> None:
+    if not losses:
+        return
+    stacked = torch.stack(losses).float()
+    bad = (~torch.isfinite(stacked)).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        step = last_step - len(losses) + 1 + i + 1  # 1-based step within the epoch
+        kind = "nan" if math.isnan(float(stacked[i])) else "inf"
+        raise TrainingFailed(f"loss became {kind} at epoch {epoch} step {step}")
