@@ -1,0 +1,490 @@
+"""What a user takes away from a search: the Pareto report of a study.
+
+``build_report(study)`` computes everything once into a ``Report`` value (the trials as a frame, the
+Pareto mask, hypervolume after every trial, how often each per-stage choice appears among the best
+designs, parameter importances, and the fixed r=16 SE baseline and the plain backbone where they
+have been evaluated); ``write_report(report, out_dir)`` then renders it as a self-contained HTML page
+(figures inlined as base64 PNG, inline CSS and JS: it opens offline), the same figures as PNG files,
+``trials.csv`` and ``summary.md``. Compute, then render, as Optuna's visualisation does.
+
+The Pareto front is over completed, within-budget trials only (status ``complete``): candidates
+stopped early were judged on fewer epochs, over-budget ones were never trained. Accuracy is the
+proxy's validation accuracy; GFLOPs and parameters are the deployment model's (see ``se_nas.cost``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arch import Arch, baseline_arch, plain_arch
+from .pareto import hypervolume_history, pareto_front
+from .study import DIRECTIONS, DEFAULT_ROOT, StudyError, open_study, records, to_frame
+
+DEFAULT_OUT = Path("reports")
+AXES = ("reduction", "squeeze", "gate", "position")
+STATUS_TEXT = {"complete": "complete", "stopped_early": "stopped early", "over_budget": "over budget",
+               "failed": "failed", "running": "running"}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A reference design placed on the Pareto plots (the r=16 baseline, the plain backbone)."""
+
+    name: str
+    arch_id: str
+    accuracy: float
+    gflops: float
+    mparams: float
+    source: str  # where the accuracy comes from: "compare (K seeds)" or "trial N"
+
+
+@dataclass
+class Report:
+    study: str
+    frame: Any  # pandas DataFrame, one row per trial; column "pareto" marks the front
+    reference: tuple[float, float, float]  # hypervolume reference point (accuracy, GFLOPs, M params)
+    ideal: tuple[float, float, float]  # with ``reference``, the box the hypervolume is normalised by
+    hypervolume: np.ndarray  # normalised hypervolume after each trial, in [0, 1]
+    choices: Any  # DataFrame: stage, axis, value, best (share among Pareto designs), all (among complete)
+    importances: dict[str, float]
+    importance_note: str
+    markers: list[Marker] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # recipe, budget, deploy, space of the study
+    compare_md: str = ""
+
+    @property
+    def n_best(self) -> int:
+        return int(self.frame["pareto"].sum())
+
+
+# --- compute -------------------------------------------------------------------------------------
+def latest_study(root: str | Path = DEFAULT_ROOT) -> str:
+    """The most recently modified study under ``root`` (the default STUDY of report/export/compare)."""
+    dbs = sorted(Path(root).glob("*/study.db"), key=lambda p: p.stat().st_mtime)
+    if not dbs:
+        raise StudyError(f"no study under {str(root)!r}; run `se-nas search` first")
+    return dbs[-1].parent.name
+
+
+def compare_path(study: str, out: str | Path = DEFAULT_OUT) -> Path:
+    """Where ``se-nas compare`` writes its results for ``study`` (read back by the report)."""
+    return Path(out) / study / "compare.json"
+
+
+def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT) -> Report:
+    """Read ``study_name`` and compute the report. Raises ``StudyError`` if no trial has completed."""
+    study = open_study(study_name, root=root)
+    recs = records(study)
+    frame = to_frame(recs)
+    done = [r for r in recs if r.status == "complete"]
+    if not done:
+        counts = ", ".join(f"{(frame.status == s).sum()} {STATUS_TEXT[s]}" for s in STATUS_TEXT
+                           if (frame.status == s).any()) if len(frame) else "no trials"
+        raise StudyError(f"study {study_name!r} has no completed trial yet ({counts}); nothing to report. "
+                         "Run more trials with `se-nas search`")
+    frame["state"] = [_state_text(r) for r in recs]
+    complete = (frame.status == "complete").to_numpy()
+    pts = frame[["accuracy", "gflops", "mparams"]].to_numpy(dtype=float)
+    mask = np.zeros(len(frame), dtype=bool)
+    mask[complete] = pareto_front(pts[complete], DIRECTIONS)
+    frame["pareto"] = mask
+
+    settings = {k: study.user_attrs.get(k) for k in ("recipe", "budget", "deploy", "space")}
+    budget = settings.get("budget") or {}
+    ok = pts[complete]
+    # Reference (worst corner): accuracy 0 and the budget where one is set, else 10% beyond the worst
+    # completed trial; ideal corner: accuracy 1 and the cheapest completed trial. The normalised
+    # hypervolume is the fraction of that box the search's front dominates.
+    ref_g = budget.get("max_gflops") or float(ok[:, 1].max()) * 1.1
+    ref_p = budget.get("max_mparams") or float(ok[:, 2].max()) * 1.1
+    reference = (0.0, float(ref_g), float(ref_p))
+    ideal = (1.0, float(ok[:, 1].min()), float(ok[:, 2].min()))
+    box = (ideal[0] - reference[0]) * (reference[1] - ideal[1]) * (reference[2] - ideal[2])
+    hv = hypervolume_history(pts, DIRECTIONS, reference, complete)
+    hv = hv / box if box > 0 else hv
+
+    importances, note = param_importances([r for r in recs if r.status == "complete"], study)
+    markers = _markers(recs, compare_path(study_name, out))
+    cmp_md = compare_path(study_name, out).with_suffix(".md")
+    return Report(
+        study=study_name, frame=frame, reference=reference, ideal=ideal, hypervolume=hv,
+        choices=choice_frequencies([r.arch for r in done], [bool(m) for m, c in zip(mask, complete) if c]),
+        importances=importances, importance_note=note, markers=markers, settings=settings,
+        compare_md=cmp_md.read_text() if cmp_md.exists() else "",
+    )
+
+
+def _state_text(r) -> str:
+    text = STATUS_TEXT.get(r.status, r.status)
+    if r.status in ("failed", "over_budget") and r.reason:
+        text += f": {r.reason}"
+    return text
+
+
+def stage_choice(se, axis: str) -> str:
+    """The value of ``axis`` in one stage's SE choice, "off" for a stage without SE."""
+    return "off" if se is None else str(getattr(se, axis))
+
+
+def choice_frequencies(archs: list[Arch], best: list[bool]):
+    """For each stage, axis and value: its share among the best designs and among all ``archs``."""
+    import pandas as pd
+
+    best = np.asarray(best, dtype=bool)
+    rows = []
+    n_stages = max(len(a.stages) for a in archs)
+    for stage in range(n_stages):
+        for axis in AXES:
+            values = np.array([stage_choice(a.stages[stage], axis) if stage < len(a.stages) else "n/a"
+                               for a in archs])
+            for v in sorted(set(values), key=_value_order):
+                rows.append({"stage": stage + 1, "axis": axis, "value": v,
+                             "best": float(np.mean(values[best] == v)) if best.any() else 0.0,
+                             "all": float(np.mean(values == v)),
+                             "count_best": int(np.sum(values[best] == v))})
+    return pd.DataFrame(rows)
+
+
+def _value_order(v: str):
+    # numbers in numeric order, "off" last
+    return (v == "off", 0 if v.isdigit() else 1, int(v) if v.isdigit() else 0, v)
+
+
+def param_importances(done, study) -> tuple[dict[str, float], str]:
+    """fANOVA importances of the sampled parameters for accuracy, over completed trials only.
+
+    Runs on an in-memory copy holding only the completed trials, so over-budget candidates (stored
+    with accuracy 0) don't pass for bad designs. Returns ({}, why) when it cannot be computed.
+    """
+    import optuna
+
+    if len(done) < 4:
+        return {}, f"parameter importances need at least 4 completed trials, this study has {len(done)}"
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    copy = optuna.create_study(direction="maximize")
+    for r in done:
+        t = by_number[r.number]
+        copy.add_trial(optuna.trial.create_trial(value=float(r.accuracy), params=t.params,
+                                                 distributions=t.distributions))
+    try:
+        with np.errstate(all="ignore"):
+            imp = optuna.importance.get_param_importances(copy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError) as e:
+        return {}, f"parameter importances could not be computed: {e}"
+    if not imp:
+        return {}, ("no parameter was sampled in every completed trial (Optuna's importances only use "
+                    "parameters common to all trials)")
+    return dict(imp), ("fANOVA (Optuna) over the completed trials, target: accuracy; parameters that "
+                       "only exist when a stage has SE are left out by Optuna")
+
+
+def _markers(recs, cmp: Path) -> list[Marker]:
+    """The r=16 baseline and the plain backbone: from ``se-nas compare`` if it ran, else from any
+    completed trial that happens to be exactly one of them."""
+    out: list[Marker] = []
+    if cmp.exists():
+        data = json.loads(cmp.read_text())
+        names = {"r16": "r=16 SE baseline", "plain": "plain backbone", "chosen": "chosen design"}
+        k = len(data.get("seeds", []))
+        for arm in data.get("arms", []):
+            if arm["role"] in ("r16", "plain"):
+                out.append(Marker(names[arm["role"]], arm["arch_id"], arm["accuracy_mean"], arm["gflops"],
+                                  arm["mparams"], f"se-nas compare, {k} seed(s), recipe {data.get('recipe_name', '')}"))
+        return out
+    archs = [r.arch for r in recs if r.arch is not None]
+    if not archs:
+        return out
+    for name, ref in (("r=16 SE baseline", baseline_arch(archs[0])), ("plain backbone", plain_arch(archs[0]))):
+        hits = [r for r in recs if r.status == "complete" and r.arch == ref]
+        if hits:
+            r = max(hits, key=lambda r: r.accuracy)
+            out.append(Marker(name, ref.id, r.accuracy, r.gflops, r.mparams, f"trial {r.number}"))
+    return out
+
+
+# --- render --------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figures(rep: Report) -> dict[str, bytes]:
+    """The report's figures as PNG bytes, by file name."""
+    plt = _plt()
+    out = {}
+    for col, unit in (("gflops", "GFLOPs (deployment model)"), ("mparams", "parameters, millions (deployment model)")):
+        out[f"pareto_{col}.png"] = _png(plt, _pareto_plot(plt, rep, col, unit))
+    out["hypervolume.png"] = _png(plt, _hv_plot(plt, rep))
+    out["choices.png"] = _png(plt, _choice_plot(plt, rep))
+    if rep.importances:
+        out["importance.png"] = _png(plt, _importance_plot(plt, rep))
+    return out
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pareto_plot(plt, rep: Report, col: str, unit: str):
+    f = rep.frame
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    styles = [("complete", "#9bb7d4", "o", "completed"), ("stopped_early", "#d9d9d9", "v", "stopped early")]
+    for status, color, marker, label in styles:
+        s = f[(f.status == status) & ~f.pareto]
+        if len(s):
+            ax.scatter(s[col], s.accuracy, c=color, marker=marker, s=22, label=label, zorder=2)
+    front = f[f.pareto]
+    ax.scatter(front[col], front.accuracy, c="#c0392b", s=34, label="Pareto front (3 objectives)", zorder=3)
+    # the 2-D front of this projection, drawn as a staircase
+    sub = f[f.status == "complete"]
+    m2 = pareto_front(sub[["accuracy", col]].to_numpy(float), ("maximize", "minimize"))
+    st = sub[m2].sort_values(col)
+    ax.step(st[col], st.accuracy, where="post", c="#c0392b", lw=1.2, alpha=0.8, zorder=3)
+    for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):
+        ax.scatter([getattr(m, col)], [m.accuracy], c=color, marker=mk, s=140 if mk == "*" else 60,
+                   edgecolors="black", linewidths=0.6, label=f"{m.name} ({m.source})", zorder=4)
+    budget = (rep.settings.get("budget") or {}).get("max_gflops" if col == "gflops" else "max_mparams")
+    if budget:
+        ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("validation accuracy (proxy)")
+    ax.set_title(f"{rep.study}: accuracy against {'GFLOPs' if col == 'gflops' else 'parameters'}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _hv_plot(plt, rep: Report):
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.plot(rep.frame.trial, rep.hypervolume, drawstyle="steps-post", c="#2c6fbb")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("normalised hypervolume")
+    ax.set_title("hypervolume of the Pareto front after each trial (accuracy, GFLOPs, params)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _choice_plot(plt, rep: Report):
+    c = rep.choices
+    fig, axes = plt.subplots(1, len(AXES), figsize=(3.2 * len(AXES), 3.4), squeeze=False)
+    stages = sorted(c.stage.unique())
+    for ax, axis in zip(axes[0], AXES):
+        sub = c[c.axis == axis]
+        values = sorted(sub.value.unique(), key=_value_order)
+        grid = np.zeros((len(values), len(stages)))
+        for _, row in sub.iterrows():
+            grid[values.index(row.value), stages.index(row.stage)] = row.best
+        ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto")
+        for i in range(len(values)):
+            for j in range(len(stages)):
+                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(stages)), [f"stage {s}" for s in stages], fontsize=8)
+        ax.set_yticks(range(len(values)), values, fontsize=8)
+        ax.set_title(axis, fontsize=10)
+    fig.suptitle(f"share of each per-stage choice among the {rep.n_best} Pareto designs", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _importance_plot(plt, rep: Report):
+    items = sorted(rep.importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#2c6fbb")
+    ax.set_xlabel("importance for accuracy (fANOVA)")
+    ax.set_title("parameter importances")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+TABLE_COLS = ["trial", "arch_id", "accuracy", "gflops", "mparams", "epochs", "state"]
+
+
+def _stage_cols(f) -> list[str]:
+    return sorted((c for c in f.columns if c.startswith("stage") and c[5:].isdigit()), key=lambda c: int(c[5:]))
+
+
+def trials_csv(rep: Report) -> str:
+    f = rep.frame
+    cols = ["trial", "status", "arch_id", *_stage_cols(f), "accuracy", "gflops", "mparams", "epochs",
+            "seconds", "pareto", "reason", "arch"]
+    return f[cols].to_csv(index=False)
+
+
+def _fmt(v, nd=4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def summary_md(rep: Report) -> str:
+    f = rep.frame
+    lines = [f"# se-nas report: `{rep.study}`", ""]
+    counts = ", ".join(f"{int((f.status == s).sum())} {t}" for s, t in STATUS_TEXT.items() if (f.status == s).any())
+    lines.append(f"{len(f)} trials: {counts}. Pareto front over the completed, within-budget trials: "
+                 f"**{rep.n_best} designs**. Normalised hypervolume after the last trial: "
+                 f"**{rep.hypervolume[-1]:.4f}**.")
+    lines.append("")
+    lines += _settings_lines(rep)
+    lines += ["", "## Pareto front", "",
+              "Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and "
+              "parameters are the deployment model's.", ""]
+    cols = _stage_cols(f)
+    lines.append("| trial | arch id | " + " | ".join(f"stage {c[5:]}" for c in cols) + " | accuracy | GFLOPs | M params |")
+    lines.append("|---:|---|" + "---|" * len(cols) + "---:|---:|---:|")
+    for _, r in f[f.pareto].sort_values("accuracy", ascending=False).iterrows():
+        lines.append(f"| {r.trial} | `{r.arch_id}` | " + " | ".join(str(r[c]) for c in cols)
+                     + f" | {r.accuracy:.4f} | {r.gflops:.4f} | {r.mparams:.3f} |")
+    if rep.markers:
+        lines += ["", "Reference designs:", ""]
+        for m in rep.markers:
+            lines.append(f"- {m.name} `{m.arch_id}`: accuracy {m.accuracy:.4f}, {m.gflops:.4f} GFLOPs, "
+                         f"{m.mparams:.3f} M params ({m.source})")
+    lines += ["", "![accuracy against GFLOPs](pareto_gflops.png)", "",
+              "![accuracy against parameters](pareto_mparams.png)", "",
+              "## Hypervolume", "", "![hypervolume](hypervolume.png)", "",
+              "## Per-stage choices among the Pareto designs", "",
+              "Share of the Pareto designs (and of all completed trials) that use each value.", ""]
+    c = rep.choices
+    lines.append("| stage | axis | value | among Pareto | among all completed |")
+    lines.append("|---:|---|---|---:|---:|")
+    for _, r in c.iterrows():
+        lines.append(f"| {r.stage} | {r.axis} | {r.value} | {r.best:.0%} | {r['all']:.0%} |")
+    lines += ["", "![choices](choices.png)", "", "## Parameter importances", ""]
+    if rep.importances:
+        lines += [f"{rep.importance_note}.", "", "| parameter | importance |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in rep.importances.items()]
+        lines += ["", "![importances](importance.png)"]
+    else:
+        lines.append(f"Not available: {rep.importance_note}.")
+    if rep.compare_md:
+        lines += ["", rep.compare_md.strip()]
+    lines += ["", "Every trial is in [trials.csv](trials.csv); the interactive page is [report.html](report.html).", ""]
+    return "\n".join(lines)
+
+
+def _settings_lines(rep: Report) -> list[str]:
+    s = rep.settings
+    out = []
+    if s.get("budget"):
+        b = s["budget"]
+        parts = [f"<= {b['max_gflops']:g} GFLOPs" if b.get("max_gflops") else "",
+                 f"<= {b['max_mparams']:g}M params" if b.get("max_mparams") else ""]
+        out.append(f"- budget: {' and '.join(p for p in parts if p) or 'none'}")
+    if s.get("deploy"):
+        d = s["deploy"]
+        out.append(f"- deployment model: {d.get('image_size')}x{d.get('image_size')} input, {d.get('num_classes')} classes")
+    if s.get("recipe"):
+        r = s["recipe"]
+        out.append(f"- proxy recipe: {r.get('dataset')} at {r.get('image_size')}px, {r.get('stem')} stem, width "
+                   f"x{r.get('width')}, {r.get('epochs')} epochs, {r.get('optimizer')} lr {r.get('lr')}")
+    return out
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
+padding:0 1em;color:#222}h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+img{max-width:100%}table{border-collapse:collapse;font-size:12px}th,td{padding:3px 7px;border-bottom:1px solid #eee;
+text-align:left;white-space:nowrap}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
+tr.pareto td{background:#fdecea}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{color:#555;font-size:.9em}.wrap{max-height:600px;overflow:auto}code{background:#f4f4f4;padding:0 3px}"""
+
+# Sort the table by a clicked header: numbers numerically, text alphabetically, click again to reverse.
+JS = """document.querySelectorAll('table.sortable th').forEach(function(th,i){th.addEventListener('click',function(){
+var tb=th.closest('table').tBodies[0],rows=Array.from(tb.rows),asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
+rows.sort(function(a,b){var x=a.cells[i].dataset.v||a.cells[i].textContent,y=b.cells[i].dataset.v||b.cells[i].textContent,
+p=parseFloat(x),q=parseFloat(y),c=(!isNaN(p)&&!isNaN(q))?p-q:x.localeCompare(y);return asc?c:-c;});
+rows.forEach(function(r){tb.appendChild(r);});});});"""
+
+
+def report_html(rep: Report, figs: dict[str, bytes]) -> str:
+    e = html.escape
+    f = rep.frame
+
+    def img(name, alt):
+        if name not in figs:
+            return ""
+        return f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(figs[name]).decode()}"></p>'
+
+    cols = _stage_cols(f)
+    head = "".join(f"<th>{e(h)}</th>" for h in ["trial", "arch id", *[f"stage {c[5:]}" for c in cols],
+                                                 "accuracy", "GFLOPs", "M params", "epochs", "state"])
+    body = []
+    for _, r in f.iterrows():
+        cells = [f'<td class="num">{r.trial}</td>', f"<td><code>{e(r.arch_id)}</code></td>"]
+        cells += [f"<td>{e(str(r[c]))}</td>" for c in cols]
+        for c, nd in (("accuracy", 4), ("gflops", 4), ("mparams", 3)):
+            v = r[c]
+            cells.append(f'<td class="num" data-v="{"" if v is None or v != v else v}">{_fmt(v, nd)}</td>')
+        cells += [f'<td class="num">{r.epochs}</td>', f"<td>{e(r.state)}</td>"]
+        body.append(f'<tr{" class=pareto" if r.pareto else ""}>' + "".join(cells) + "</tr>")
+    md = summary_md(rep)
+    settings = "".join(f"<li>{e(line[2:])}</li>" for line in _settings_lines(rep))
+    markers = "".join(f"<li>{e(m.name)} <code>{e(m.arch_id)}</code>: accuracy {m.accuracy:.4f}, {m.gflops:.4f} GFLOPs, "
+                      f"{m.mparams:.3f} M params ({e(m.source)})</li>" for m in rep.markers)
+    imp = (img("importance.png", "parameter importances") + f'<p class="note">{e(rep.importance_note)}.</p>'
+           if rep.importances else f"<p>Not available: {e(rep.importance_note)}.</p>")
+    compare = ""
+    if rep.compare_md:
+        compare = "<h2>Comparison against the r=16 baseline</h2><pre>" + e(rep.compare_md.strip()) + "</pre>"
+    intro = md.split("\n")[2]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>se-nas report: {e(rep.study)}</title>
+<style>{CSS}</style></head><body>
+<h1>se-nas report: <code>{e(rep.study)}</code></h1>
+<p>{e(intro.replace("**", ""))}</p><ul>{settings}</ul>
+<h2>Pareto front</h2>
+<p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
+are the deployment model's. The front is computed over completed, within-budget trials only.</p>
+{img("pareto_gflops.png", "accuracy against GFLOPs")}{img("pareto_mparams.png", "accuracy against parameters")}
+{"<p>Reference designs:</p><ul>" + markers + "</ul>" if markers else
+ '<p class="note">The r=16 baseline and the plain backbone have not been evaluated yet: run <code>se-nas compare</code>.</p>'}
+<h2>Hypervolume</h2>{img("hypervolume.png", "hypervolume after each trial")}
+<p class="note">Normalised to the box between accuracy 0 and 1, the cheapest completed trial and the reference
+(budget, or 10% beyond the most expensive completed trial): GFLOPs {rep.ideal[1]:.4f}..{rep.reference[1]:.4f},
+M params {rep.ideal[2]:.3f}..{rep.reference[2]:.3f}.</p>
+<h2>Per-stage choices among the Pareto designs</h2>{img("choices.png", "choice frequencies")}
+<h2>Parameter importances</h2>{imp}
+{compare}
+<h2>All trials</h2><p class="note">Click a column header to sort. Pareto designs are highlighted.</p>
+<div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>
+<script>{JS}</script>
+</body></html>
+"""
+
+
+def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write report.html, summary.md, trials.csv and the PNG figures into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = figures(rep)
+    paths = {}
+    for name, data in figs.items():
+        (out / name).write_bytes(data)
+        paths[name] = out / name
+    for name, text in (("trials.csv", trials_csv(rep)), ("summary.md", summary_md(rep)),
+                       ("report.html", report_html(rep, figs))):
+        (out / name).write_text(text)
+        paths[name] = out / name
+    return paths
+
+
+def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT):
+    """``se-nas report``: build and write the report of ``study`` (default: the latest) to out/<study>/."""
+    name = study or latest_study(root)
+    rep = build_report(name, root, out)
+    return rep, write_report(rep, Path(out) / name)

@@ -1,0 +1,164 @@
+"""The study report: built from a real Optuna study, checked against hand counts and a plain loop."""
+import json
+import random
+import re
+
+import numpy as np
+import optuna
+import pytest
+
+from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
+from se_nas.cost import count_cost
+from se_nas.study import StudyError, TrialOutcome, open_study
+from se_nas.report import build_report, choice_frequencies, latest_study, make_report
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+CAT = optuna.distributions.CategoricalDistribution
+R = [4, 8, 16, 32]
+SQ = ["avg", "max"]
+
+
+def _arch_params(rng):
+    params, dists, stages = {}, {}, []
+    for s in range(4):
+        on = rng.random() < 0.7
+        params[f"s{s}_se"], dists[f"s{s}_se"] = on, CAT([True, False])
+        if on:
+            r, q = rng.choice(R), rng.choice(SQ)
+            params[f"s{s}_r"], dists[f"s{s}_r"] = r, CAT(R)
+            params[f"s{s}_squeeze"], dists[f"s{s}_squeeze"] = q, CAT(SQ)
+            stages.append(StageSE(r, q))
+        else:
+            stages.append(None)
+    return Arch("resnet50", tuple(stages)), params, dists
+
+
+def add(study, arch, params, dists, status, accuracy=None, reason=""):
+    c = count_cost(arch)
+    o = TrialOutcome(arch=arch, status=status, gflops=c.gflops, mparams=c.mparams, accuracy=accuracy,
+                     epochs=2 if status == "complete" else 0, reason=reason)
+    state = optuna.trial.TrialState.FAIL if status == "failed" else optuna.trial.TrialState.COMPLETE
+    study.add_trial(optuna.trial.create_trial(values=o.values, user_attrs=o.to_attrs(), params=params,
+                                              distributions=dists, state=state))
+
+
+def make_study(tmp_path, name="s1", n=24, seed=0):
+    rng = random.Random(seed)
+    study = open_study(name, root=tmp_path / "trials", create=True)
+    study.set_user_attr("budget", {"max_gflops": None, "max_mparams": 30.0})
+    study.set_user_attr("deploy", {"image_size": 224, "num_classes": 1000})
+    for i in range(n):
+        arch, p, d = _arch_params(rng)
+        c = count_cost(arch)
+        if c.mparams > 30.0:
+            add(study, arch, p, d, "over_budget", reason=f"over budget ({c.mparams:.2f}M > 30M params), not trained")
+        elif i % 7 == 3:
+            add(study, arch, p, d, "failed", reason="loss became nan at epoch 1 step 3")
+        elif i % 5 == 4:
+            add(study, arch, p, d, "stopped_early", accuracy=rng.uniform(0.1, 0.5), reason="stopped early at epoch 1")
+        else:
+            add(study, arch, p, d, "complete", accuracy=round(rng.uniform(0.5, 0.95), 3))
+    return study
+
+
+def test_no_completed_trial_is_a_clear_error(tmp_path):
+    study = open_study("empty", root=tmp_path / "trials", create=True)
+    with pytest.raises(StudyError, match="no completed trial"):
+        build_report("empty", root=tmp_path / "trials", out=tmp_path / "reports")
+    arch, p, d = _arch_params(random.Random(1))
+    add(study, arch, p, d, "failed", reason="out of memory")
+    with pytest.raises(StudyError, match=r"no completed trial yet \(1 failed\)"):
+        build_report("empty", root=tmp_path / "trials", out=tmp_path / "reports")
+
+
+def test_front_is_over_completed_trials_only(tmp_path):
+    study = make_study(tmp_path)
+    # an over-budget design that would dominate everything if it counted
+    big = Arch("resnet50", (StageSE(1, "none"),) * 4)
+    c = count_cost(big)
+    o = TrialOutcome(arch=big, status="over_budget", gflops=0.01, mparams=0.01, accuracy=None)
+    study.add_trial(optuna.trial.create_trial(values=[0.99, 0.01, 0.01], user_attrs={**o.to_attrs(), "accuracy": 0.99},
+                                              params={}, distributions={}))
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    f = rep.frame
+    done = f[f.status == "complete"]
+    # plain loop: a completed trial is on the front unless another completed trial is at least as
+    # accurate, no more expensive in both costs, and strictly better in one
+    want = []
+    for _, a in f.iterrows():
+        if a.status != "complete":
+            want.append(False)
+            continue
+        beaten = any(b.accuracy >= a.accuracy and b.gflops <= a.gflops and b.mparams <= a.mparams
+                     and (b.accuracy > a.accuracy or b.gflops < a.gflops or b.mparams < a.mparams)
+                     for _, b in done.iterrows())
+        want.append(not beaten)
+    assert f.pareto.tolist() == want
+    assert rep.n_best >= 1
+    # hypervolume never decreases, and is 0 until the first completed trial
+    assert np.all(np.diff(rep.hypervolume) >= -1e-12)
+    first = int(np.argmax((f.status == "complete").to_numpy()))
+    assert np.all(rep.hypervolume[:first] == 0) and rep.hypervolume[first] > 0
+    assert 0 < rep.hypervolume[-1] <= 1
+    assert rep.reference[2] == 30.0  # the budget bounds the hypervolume box
+    assert (f.status == "over_budget").sum() >= 2 and not f[f.status == "over_budget"].pareto.any()
+
+
+def test_choice_frequencies_by_hand():
+    a = Arch("resnet18", (StageSE(8), None, StageSE(16, "max"), None))
+    b = Arch("resnet18", (StageSE(8, "max"), StageSE(4), None, None))
+    c = Arch("resnet18", (None, StageSE(4), StageSE(16), None))
+    freq = choice_frequencies([a, b, c], [True, True, False])
+    def get(stage, axis, value, col="best"):
+        row = freq[(freq.stage == stage) & (freq.axis == axis) & (freq.value == value)]
+        return float(row[col].iloc[0]) if len(row) else 0.0
+    assert get(1, "reduction", "8") == 1.0 and get(1, "reduction", "off") == 0.0
+    assert get(1, "squeeze", "avg") == 0.5 and get(1, "squeeze", "max") == 0.5
+    assert get(2, "reduction", "off") == 0.5 and get(2, "reduction", "4") == 0.5
+    assert get(1, "reduction", "off", "all") == pytest.approx(1 / 3)
+    assert get(4, "gate", "off") == 1.0
+    # shares of one stage and axis add up to 1
+    assert np.allclose(freq.groupby(["stage", "axis"]).best.sum(), 1.0)
+
+
+def test_written_report_is_complete_and_offline(tmp_path):
+    make_study(tmp_path, "older", n=6, seed=5)
+    make_study(tmp_path, "s1")
+    assert latest_study(tmp_path / "trials") == "s1"
+    rep, paths = make_report(None, root=tmp_path / "trials", out=tmp_path / "reports")
+    out = tmp_path / "reports" / "s1"
+    for name in ("report.html", "summary.md", "trials.csv", "pareto_gflops.png", "pareto_mparams.png",
+                 "hypervolume.png", "choices.png", "importance.png"):
+        assert (out / name).stat().st_size > 0, name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    # offline: nothing fetched from elsewhere; every image inline
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "<link" not in page and page.count("data:image/png;base64,") == 5
+    assert page.count("<tr") == len(rep.frame) + 1  # every trial plus the header
+    assert "loss became nan at epoch 1 step 3" in page and "over budget" in page and "stopped early" in page
+    csv = (out / "trials.csv").read_text().splitlines()
+    assert len(csv) == len(rep.frame) + 1 and csv[0].startswith("trial,status,arch_id,stage1")
+    md = (out / "summary.md").read_text()
+    assert md.count("\n| ") >= rep.n_best and "![accuracy against GFLOPs](pareto_gflops.png)" in md
+    assert rep.importances and abs(sum(rep.importances.values()) - 1) < 1e-6
+
+
+def test_baseline_and_plain_marked_from_compare_or_trials(tmp_path):
+    study = make_study(tmp_path)
+    base = baseline_arch(Arch.uniform("resnet50", None))
+    add(study, base, {}, {}, "complete", accuracy=0.777)
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    assert [(m.name, m.accuracy, m.source.split()[0]) for m in rep.markers] == [("r=16 SE baseline", 0.777, "trial")]
+    # once compare has run, its multi-seed means are used instead
+    cmp = tmp_path / "reports" / "s1" / "compare.json"
+    cmp.parent.mkdir(parents=True)
+    plain = plain_arch(base)
+    arms = [{"role": role, "arch_id": a.id, "accuracy_mean": acc, "gflops": count_cost(a).gflops,
+             "mparams": count_cost(a).mparams} for role, a, acc in (("r16", base, 0.8), ("plain", plain, 0.7))]
+    cmp.write_text(json.dumps({"seeds": [0, 1], "arms": arms}))
+    cmp.with_suffix(".md").write_text("## Comparison\n\nchosen beats r=16\n")
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    assert [(m.name, m.accuracy) for m in rep.markers] == [("r=16 SE baseline", 0.8), ("plain backbone", 0.7)]
+    assert "chosen beats r=16" in make_report("s1", tmp_path / "trials", tmp_path / "reports")[1]["summary.md"].read_text()
