@@ -54,6 +54,11 @@ class Budget:
     def limited(self) -> bool:
         return self.max_gflops is not None or self.max_mparams is not None
 
+    @property
+    def constraint_names(self) -> tuple[str, ...]:
+        """Names of the values ``check`` returns, in order."""
+        return tuple(n for n, v in (("gflops", self.max_gflops), ("mparams", self.max_mparams)) if v is not None)
+
     def check(self, cost) -> tuple[float, ...]:
         """Constraint values for Optuna: one per limit set, ``<= 0`` means within budget.
 

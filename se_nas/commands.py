@@ -1,1 +1,198 @@
 """Subcommands beyond ``cost`` and ``presets``: each registers its parser with ``se_nas.cli``."""
+
+
+# --- search (se_nas.search) ----------------------------------------------------------------------
+DEFAULT_N_TRIALS = 12  # about 10 minutes with the digits recipe on 2 CPU cores (docs/search.md)
+
+
+def cmd_search(args):
+    from .budget import Budget
+    from .search import SearchConfig, default_study_name, run_search
+    from .space import load_space
+
+    budget = Budget(args.budget_gflops, args.budget_mparams)
+    space = load_space(args.space)
+    config = SearchConfig(
+        study=args.study or default_study_name(space, budget), space=space, recipe=args.recipe,
+        budget=budget, n_trials=args.n_trials, sampler=args.sampler, workers=args.workers,
+        storage=args.storage, backend=args.backend, ray_address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        early_stop=args.early_stop, seed=args.seed, root=args.root,
+    )
+    run_search(config)
+    return 0
+
+
+def _number(kind, positive: bool):
+    import argparse
+    import math
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise argparse.ArgumentTypeError(f"expected a {'positive' if positive else 'non-negative'} number, got {text}")
+        return v
+
+    return parse
+
+
+def _register_search(sub):
+    import argparse
+
+    from .search import BACKENDS, EARLY_STOPS, SAMPLERS
+    from .space import DEFAULT_SPACE
+
+    p = sub.add_parser(
+        "search", help="search SE designs under a FLOPs/params budget (multi-objective, resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Search per-stage SE designs: each candidate is costed on the deployment model "
+        "first (over budget = never trained), then a proxy is trained under the recipe. Objectives: "
+        "validation accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues "
+        "the study. Example: se-nas search --budget-gflops 4",
+    )
+    p.add_argument("--budget-gflops", type=float, default=None, metavar="G",
+                   help="largest GFLOPs of the deployment model (1 FLOP = 1 multiply-accumulate)")
+    p.add_argument("--budget-mparams", type=float, default=None, metavar="M",
+                   help="largest parameter count of the deployment model, in millions")
+    p.add_argument("--space", default=DEFAULT_SPACE,
+                   help="search space: a built-in name (search_spaces/NAME.yaml) or a YAML file")
+    p.add_argument("--recipe", default="digits",
+                   help="trial recipe: a built-in name (trials/NAME.yaml: digits, tiny, cifar10, imagenet) or a YAML file")
+    p.add_argument("--study", default=None,
+                   help="study name (default: space and budget, e.g. resnet50-per-stage-4gflops); "
+                   "an existing study is continued")
+    p.add_argument("--n-trials", type=_positive_int, default=DEFAULT_N_TRIALS,
+                   help="finished trials the study should have in total (a rerun continues towards it); "
+                   "over-budget proposals count, and are nearly free")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes running trials at once on this machine, sharing the study storage")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///ROOT/STUDY/study.db); postgresql://... for "
+                   "many machines, journal:PATH for a journal file on NFS")
+    p.add_argument("--backend", choices=BACKENDS, default="optuna",
+                   help="optuna: trials run in this process (or --workers); ray: trials run as Ray Tune tasks")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join with --backend ray: 'auto' or HOST:PORT (default: start a local Ray)")
+    p.add_argument("--cpus-per-trial", type=_number(float, True), default=1.0,
+                   help="CPU cores each Ray trial reserves (--backend ray)")
+    p.add_argument("--gpus-per-trial", type=_number(float, False), default=0.0,
+                   help="GPUs each Ray trial reserves, fractions allowed (e.g. 0.5: two trials per GPU)")
+    p.add_argument("--early-stop", choices=EARLY_STOPS, default="rungs",
+                   help="rungs: stop a candidate at the recipe's rung epochs if it is poor among trials of "
+                   "similar cost and beaten by one no more expensive; asha: Ray's ASHA (--backend ray); none")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampler; trial N trains with seed SEED+N")
+    p.add_argument("--root", default="trials", help="folder holding the studies (ROOT/STUDY/study.db)")
+    p.set_defaults(func=cmd_search)
+
+
+from . import cli as _cli  # noqa: E402
+from .cli import _positive_int  # noqa: E402
+
+_cli._REGISTER.append(_register_search)
+
+
+# --- report / export / train / compare (se_nas.report, se_nas.export, se_nas.compare) -------------
+def cmd_report(args):
+    from .report import make_report
+
+    rep, paths = make_report(args.study, root=args.root, out=args.out)
+    print(f"study {rep.study}: {len(rep.frame)} trials, {rep.n_best} on the Pareto front, "
+          f"normalised hypervolume {rep.hypervolume[-1]:.4f}")
+    print(f"wrote {paths['report.html'].parent}/ ({', '.join(sorted(p.name for p in paths.values()))})")
+    return 0
+
+
+def cmd_export(args):
+    from .export import export_study
+    from .report import latest_study
+
+    name = args.study or latest_study(args.root)
+    path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,
+                        fmt=args.format, progress=not args.quiet, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_train(args):
+    from .export import resolve_ref, save_trained, train_arch
+    from .recipe import load_recipe
+
+    arch, source = resolve_ref(args.arch, args.root)
+    recipe = load_recipe(args.recipe)
+    out = args.output or f"models/{arch.id}-{Path(str(args.recipe)).stem}.safetensors"
+    ckpt = Path(args.checkpoint_dir) / f"{Path(out).stem}.ckpt" if args.checkpoint_dir else Path(out).with_suffix(".ckpt")
+    print(f"training {arch.id} {arch.label} under recipe {args.recipe}; checkpoint {ckpt} (rerun to resume)")
+    model, result, data = train_arch(arch, recipe, seed=args.seed, checkpoint=ckpt, progress=not args.quiet,
+                                     device=args.device)
+    save_trained(out, model, arch, recipe, data, result, **source)
+    print(f"accuracy {result.accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); wrote {out}")
+    return 0
+
+
+def cmd_compare(args):
+    from .arch import resolve_arch
+    from .compare import compare, compare_md
+
+    res = compare(args.study, root=args.root, out=args.out, seeds=args.seeds, recipe=args.recipe,
+                  arch=resolve_arch(args.arch) if args.arch else None, device=args.device,
+                  progress=not args.quiet)
+    print(compare_md(res))
+    print(f"wrote {Path(args.out) / res['study']}/compare.json and compare.md (shown by `se-nas report`)")
+    return 0
+
+
+def _register_report(sub):
+    from .export import FORMATS
+
+    p = sub.add_parser("report", help="Pareto report of a study: offline HTML, PNG figures, CSV, Markdown")
+    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
+    p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="train a trial's architecture and write a model file (+ ONNX/TorchScript)")
+    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, default=None, help="export trial N")
+    which.add_argument("--best", action="store_true",
+                       help="the most accurate completed trial within --max-gflops (the default)")
+    p.add_argument("--max-gflops", type=float, default=None, help="GFLOPs limit for --best (default: the study's budget)")
+    p.add_argument("-o", "--output", required=True, help="file to write (.safetensors, or .onnx/.pt with --format)")
+    p.add_argument("--format", choices=FORMATS, default="senas",
+                   help="senas: the model file; onnx/torchscript: also a deployment file at -o")
+    p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
+    p.add_argument("--device", default=None, help="training device (default: the recipe's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train", help="train any architecture fully under a recipe (resumable) and export it")
+    p.add_argument("arch", help="STUDY:N (trial N of a study), a JSON file or a preset name")
+    p.add_argument("--recipe", default="digits", help="built-in recipe name or YAML file (default digits)")
+    p.add_argument("-o", "--output", default=None, help="model file (default models/ARCHID-RECIPE.safetensors)")
+    p.add_argument("--checkpoint-dir", default=None, help="where the resumable checkpoint goes (default: beside -o)")
+    p.add_argument("--seed", type=int, default=None, help="initialisation seed (default: the recipe's)")
+    p.add_argument("--root", default="trials", help="folder holding the studies, for STUDY:N")
+    p.add_argument("--device", default=None, help="training device (default: the recipe's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="chosen design vs the r=16 baseline and the plain backbone over K seeds")
+    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per design (default 3)")
+    p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")
+    p.add_argument("--arch", default=None, help="compare this architecture instead of the best trial")
+    p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
+    p.add_argument("--out", default="reports", help="results go to OUT/STUDY/ (default reports)")
+    p.add_argument("--device", default=None, help="training device (default: the recipe's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+
+
+from pathlib import Path  # noqa: E402
+
+_cli._REGISTER.append(_register_report)

@@ -76,7 +76,7 @@ def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = 
     """Write ``outcome`` into the running Optuna ``trial`` and finish it; returns the FrozenTrial.
 
     Trained and over-budget candidates finish COMPLETE with ``outcome.values`` and a ``constraints``
-    attribute (``Budget.check``, read by the samplers' ``constraints_func``); failed ones FAIL with
+    attribute and Optuna constraints (``Budget.check``, read by the samplers); failed ones FAIL with
     the reason. ``outcome=None`` (the trial died before producing one) fails with ``reason``.
     ``budget`` defaults to the one stored with the study.
     """
@@ -93,5 +93,9 @@ def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = 
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     if budget is None:
         budget = Budget(**study.user_attrs.get("budget", {}))
-    trial.set_user_attr("constraints", list(budget.check(outcome)))
+    constraints = budget.check(outcome)
+    trial.set_user_attr("constraints", list(constraints))
+    # Optuna 5's constraint API: TPE, NSGA-II and GP treat trials with a value > 0 as infeasible.
+    for key, value in zip(budget.constraint_names, constraints):
+        trial.set_constraint(key, value)
     return study.tell(trial, values)
