@@ -55,8 +55,23 @@ def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: di
             tune.report(_result(partial, epoch))
         return False  # Ray's Stopper/scheduler decide, on the driver
 
-    outcome = run_trial(arch, rec, bud, dep, seed=config["seed"], should_stop=report_epoch, backend="ray")
+    outcome = run_trial(arch, rec, bud, dep, seed=config["seed"], data=_data(rec), should_stop=report_epoch,
+                        backend="ray")
     tune.report(_result(outcome, outcome.epochs))
+
+
+_DATA: dict[str, Any] = {}
+
+
+def _data(recipe):
+    """The recipe's dataset, loaded once per worker process (Ray reuses actors across trials)."""
+    from .data import load_data
+
+    key = json.dumps(recipe.to_dict(), sort_keys=True)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(recipe)
+    return _DATA[key]
 
 
 def _result(outcome: TrialOutcome, epoch: int) -> dict[str, Any]:
@@ -170,7 +185,8 @@ def run_ray_search(config):
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=_make_searcher(config, study, progress),
-                                            scheduler=scheduler, num_samples=todo),
+                                            scheduler=scheduler, num_samples=todo,
+                                            reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=study.study_name, stop=stop, verbose=0,
                     storage_path=str((study_dir(study.study_name, config.root) / "ray").resolve()),
