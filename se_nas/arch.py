@@ -105,7 +105,7 @@ class Arch:
     @classmethod
     def uniform(cls, backbone: str, se: StageSE | None = StageSE(), **kw: Any) -> "Arch":
         """The same SE choice (or none) in every stage: ``Arch.uniform("resnet50")`` is SE-ResNet-50."""
-        n = len(pick(BACKBONES, backbone, "backbone").depths) if backbone in BACKBONES else 4
+        n = len(BACKBONES[backbone].depths) if backbone in BACKBONES else 1  # __post_init__ names the error
         return cls(backbone, (se,) * n, **kw)
 
     def with_stage(self, index: int, se: StageSE | None) -> "Arch":

@@ -3,6 +3,7 @@ the library, so anything the CLI does can be done from Python too."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .arch import PRESETS, ArchError, resolve_arch
@@ -83,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, ArchError, ValueError, FileNotFoundError) as e:
+        # Our errors name the thing, the bad value and what is allowed; SE_NAS_DEBUG=1 adds the traceback.
+        if os.environ.get("SE_NAS_DEBUG"):
+            raise
         print(f"se-nas {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `se-nas presets | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"\nse-nas {args.command}: interrupted; everything finished so far is saved", file=sys.stderr)
         return 130
