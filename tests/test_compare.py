@@ -1,0 +1,144 @@
+"""Train, export from a study and compare, on a real study whose trials ran through run_trial.
+
+One small study (resnet18 proxies on the digits data, a few seconds per run) is shared by the tests.
+"""
+import dataclasses
+import json
+import math
+
+import optuna
+import pytest
+import yaml
+from torch.utils.data import DataLoader
+
+from se_nas import cli
+from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
+from se_nas.budget import Budget, Deploy
+from se_nas.compare import compare, paired_test
+from se_nas.export import load_model, read_model, export_study, train_arch
+from se_nas.recipe import load_recipe
+from se_nas.report import build_report
+from se_nas.study import open_study, records
+from se_nas.train import evaluate
+from se_nas.trial import record_outcome, run_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ARCHS = [
+    Arch("resnet18", (None, StageSE(4, "max"), StageSE(8), None)),
+    Arch("resnet18", (StageSE(2, gate="hardsigmoid"), None, None, StageSE(16, position="pre"))),
+    Arch("resnet18", (StageSE(8, "avgmax", "tanh", "post"), StageSE(4), StageSE(2, "none"), StageSE(8))),
+]
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return dataclasses.replace(load_recipe("tiny"), width=0.25, epochs=3, rungs=())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, recipe):
+    """A study of three trained trials, as the search would write it."""
+    root = tmp_path_factory.mktemp("w")
+    study = open_study("st", root=root / "trials", create=True)
+    budget, deploy = Budget(), Deploy()
+    for k, v in (("recipe", recipe.to_dict()), ("budget", budget.to_dict()), ("deploy", deploy.to_dict())):
+        study.set_user_attr(k, v)
+    for i, arch in enumerate(ARCHS):
+        trial = study.ask()
+        record_outcome(study, trial, run_trial(arch, recipe, budget, deploy, seed=10 + i), budget=budget)
+    return root
+
+
+def test_export_reproduces_the_trial_and_the_file_holds_it(world, recipe):
+    recs = records(open_study("st", root=world / "trials"))
+    best = max((r for r in recs if r.status == "complete"), key=lambda r: r.accuracy)
+    out = export_study("st", world / "best.safetensors", root=world / "trials")
+    mf = read_model(out)
+    assert mf.arch == best.arch and mf.meta["trial"] == best.number and mf.meta["study"] == "st"
+    # retraining with the trial's seed and the study's recipe gives the trial's own numbers
+    assert mf.meta["history"] == pytest.approx(list(best.history), abs=0)
+    assert mf.meta["recipe"] == recipe.to_dict() and mf.meta["torch"] and mf.meta["se_nas"]
+    # and the weights in the file really are that model: evaluate them independently
+    from se_nas.data import load_data
+
+    data = load_data(recipe)
+    model = load_model(out)
+    acc = evaluate(model, DataLoader(data.val, batch_size=100), "cpu")
+    assert acc == pytest.approx(mf.meta["accuracy"], abs=1e-9)
+
+
+def test_export_cli_formats_and_bad_trial(world, capsys):
+    onnx_path = world / "t0.onnx"
+    assert cli.main(["export", "st", "--root", str(world / "trials"), "--trial", "0", "-o", str(onnx_path),
+                     "--format", "onnx", "--quiet"]) == 0
+    assert onnx_path.stat().st_size > 0 and read_model(onnx_path.with_suffix(".safetensors")).meta["trial"] == 0
+    assert cli.main(["export", "st", "--root", str(world / "trials"), "--trial", "7", "-o", str(world / "x")]) == 2
+    assert "no trial 7 in this study" in capsys.readouterr().err
+    assert cli.main(["export", "st", "--root", str(world / "trials"), "--max-gflops", "0.5", "-o", str(world / "x")]) == 2
+    assert "no completed trial within --max-gflops 0.5" in capsys.readouterr().err
+
+
+def test_train_cli_resumes_from_its_checkpoint(world, recipe, tmp_path):
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text(yaml.safe_dump(recipe.to_dict()))
+    arch_file = tmp_path / "a.json"
+    ARCHS[2].save(arch_file)
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(arch_file), "--recipe", str(rfile), "-o", str(out), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--quiet"]
+    assert cli.main(args) == 0
+    first = read_model(out).meta
+    assert (tmp_path / "ck" / "m.ckpt").exists()
+    assert cli.main(args) == 0  # finds the finished checkpoint: no new training, same run
+    again = read_model(out).meta
+    assert again["train_seconds"] == first["train_seconds"] and again["history"] == first["history"]
+    # a trial reference works too, and its origin is recorded
+    out2 = tmp_path / "t1.safetensors"
+    assert cli.main(["train", "st:1", "--recipe", str(rfile), "-o", str(out2), "--root", str(world / "trials"),
+                     "--quiet"]) == 0
+    assert read_model(out2).arch == ARCHS[1] and read_model(out2).meta["trial"] == 1
+
+
+def test_compare_two_seeds_cached_and_reported(world, recipe):
+    logs = []
+    res = compare("st", root=world / "trials", out=world / "reports", seeds=2, log=logs.append,
+                  latency_repeats=5)
+    recs = records(open_study("st", root=world / "trials"))
+    best = max((r for r in recs if r.status == "complete"), key=lambda r: r.accuracy)
+    arms = {a["role"]: a for a in res["arms"]}
+    assert arms["chosen"]["arch_id"] == best.arch.id
+    assert arms["r16"]["arch_id"] == baseline_arch(best.arch).id and arms["plain"]["arch_id"] == plain_arch(best.arch).id
+    assert arms["plain"]["mparams"] < arms["r16"]["mparams"]
+    # an arm's run is an ordinary training run with that seed: reproduce one independently
+    _, r, _ = train_arch(plain_arch(best.arch), dataclasses.replace(recipe, seed=1), seed=1)
+    assert arms["plain"]["accuracy"][1] == r.accuracy
+    # the paired test against the hand formula t = mean(d) / (sd(d) / sqrt(K))
+    d = [a - b for a, b in zip(arms["chosen"]["accuracy"], arms["r16"]["accuracy"])]
+    test = res["vs_r16"]["chosen"]["accuracy"]
+    assert test["diff_mean"] == pytest.approx(sum(d) / 2)
+    if d[0] != d[1]:
+        sd = abs(d[0] - d[1]) / math.sqrt(2)
+        assert test["t"] == pytest.approx((sum(d) / 2) / (sd / math.sqrt(2)))
+        assert 0 <= test["p"] <= 1
+    assert all(a["latency_mean"] > 0 for a in res["arms"])
+    # rerun: nothing is trained again (the cached records stay untouched)
+    runs = sorted((world / "reports" / "st" / "compare-runs").glob("*.json"))
+    assert len(runs) == 6
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    res2 = compare("st", root=world / "trials", out=world / "reports", seeds=2, log=logs.append, latency_repeats=5)
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    assert [a["accuracy"] for a in res2["arms"]] == [a["accuracy"] for a in res["arms"]]
+    # the report marks the baseline and plain backbone from compare, and includes its table
+    rep = build_report("st", root=world / "trials", out=world / "reports")
+    assert {m.name for m in rep.markers} == {"r=16 SE baseline", "plain backbone"}
+    assert "Comparison against the fixed r=16 SE baseline" in rep.compare_md
+    saved = json.loads((world / "reports" / "st" / "compare.json").read_text())
+    assert saved["seeds"] == [0, 1]
+
+
+def test_paired_test_edge_cases():
+    assert "no test possible with 1 seed" in paired_test([0.5], [0.4])["note"]
+    same = paired_test([0.5, 0.6], [0.4, 0.5])
+    assert same["p"] is None and "same on every seed" in same["note"]
+    with pytest.raises(ValueError, match="--seeds must be a positive integer"):
+        compare("st", seeds=0)
