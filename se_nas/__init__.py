@@ -6,6 +6,7 @@ report / export / compare. See the README for the command line.
 from .arch import PRESETS, Arch, ArchError, StageSE, resolve_arch
 from .build import build_model
 from .cost import Cost, count_cost
+from .export import load_model  # noqa: F401  (se_nas.load_model(FILE) -> ready nn.Module)
 
 __version__ = "0.1.0"
 
