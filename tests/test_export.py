@@ -29,12 +29,13 @@ def _archs():
 
 
 ARCHS = _archs()
+W = 0.125  # narrow proxies keep the round trips fast
 
 
 def _trained_looking(arch, seed=0):
     """A proxy model whose weights and BatchNorm statistics are not the initial ones."""
     torch.manual_seed(seed)
-    m = build_model(arch, 7, stem="small", width=0.25)
+    m = build_model(arch, 7, stem="small", width=W)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -56,7 +57,7 @@ def test_round_trip_same_outputs(arch, tmp_path):
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         want = m(x)
-    path = save_model(tmp_path / "m.safetensors", m, arch, num_classes=7, stem="small", width=0.25,
+    path = save_model(tmp_path / "m.safetensors", m, arch, num_classes=7, stem="small", width=W,
                       meta={"accuracy": 0.5, "study": "s", "trial": 3})
     loaded = load_model(path)
     assert not loaded.training
@@ -74,7 +75,7 @@ def test_round_trip_same_outputs(arch, tmp_path):
 def saved(tmp_path):
     arch = ARCHS[1]
     m = _trained_looking(arch)
-    path = save_model(tmp_path / "m.safetensors", m, arch, num_classes=7, stem="small", width=0.25,
+    path = save_model(tmp_path / "m.safetensors", m, arch, num_classes=7, stem="small", width=W,
                       meta={"accuracy": 0.625})
     return path, m, arch
 
@@ -141,9 +142,9 @@ def test_weights_that_do_not_fit_are_named(saved, tmp_path):
 
 
 def test_save_refuses_a_model_of_another_architecture(tmp_path):
-    m = build_model(ARCHS[0], 7, stem="small", width=0.25)
+    m = build_model(ARCHS[0], 7, stem="small", width=W)
     with pytest.raises(ValueError, match="does not match architecture"):
-        save_model(tmp_path / "x.safetensors", m, ARCHS[1], num_classes=7, stem="small", width=0.25)
+        save_model(tmp_path / "x.safetensors", m, ARCHS[1], num_classes=7, stem="small", width=W)
 
 
 @pytest.mark.parametrize("arch", [ARCHS[1], ARCHS[3]], ids=lambda a: a.id)
