@@ -1,0 +1,96 @@
+"""Budgets: validation, constraint values, the infeasible-for-every-candidate check, and that no
+trained candidate ever exceeds the budget over many real proposals."""
+import math
+
+import optuna
+import pytest
+
+from se_nas.arch import Arch, PRESETS, StageSE
+from se_nas.budget import Budget, BudgetError, Deploy, check_feasible
+from se_nas.cost import count_cost
+from se_nas.recipe import load_recipe
+from se_nas.search import SearchConfig, prepare_study, run_one
+from se_nas.space import load_space
+from se_nas.study import records
+
+
+@pytest.mark.parametrize("kw, flag", [
+    ({"max_gflops": -1}, "--budget-gflops"), ({"max_gflops": 0}, "--budget-gflops"),
+    ({"max_gflops": math.nan}, "--budget-gflops"), ({"max_mparams": math.inf}, "--budget-mparams"),
+    ({"max_mparams": 0.0}, "--budget-mparams"), ({"max_mparams": True}, "--budget-mparams"),
+    ({"max_gflops": "4"}, "--budget-gflops"),
+])
+def test_bad_budgets_are_clear_errors(kw, flag):
+    with pytest.raises(BudgetError) as e:
+        Budget(**kw)
+    assert flag in str(e.value) and "positive finite number" in str(e.value)
+    assert repr(next(iter(kw.values()))) in str(e.value)
+
+
+def test_bad_deploy():
+    with pytest.raises(BudgetError, match="image_size.*0"):
+        Deploy(image_size=0)
+
+
+def test_check_values_are_relative_excess():
+    cost = count_cost(PRESETS["se_resnet50"])
+    b = Budget(max_gflops=4.0, max_mparams=25.0)
+    g, p = b.check(cost)
+    assert g == pytest.approx(cost.flops / 1e9 / 4.0 - 1) and g < 0
+    assert p == pytest.approx(cost.params / 1e6 / 25.0 - 1) and p > 0
+    assert b.constraint_names == ("gflops", "mparams")
+    assert not b.fits(cost) and "M params" in b.excess(cost)
+    assert Budget(max_gflops=4.0).check(cost) == (pytest.approx(cost.flops / 4e9 - 1),)
+    assert Budget().check(cost) == () and Budget().fits(cost)
+
+
+def test_infeasible_for_every_candidate():
+    space = load_space("tiny")
+    plain = count_cost(space.plain())
+    with pytest.raises(BudgetError, match="infeasible for every candidate in space 'tiny': the cheapest is 1.814"):
+        check_feasible(space, Budget(max_gflops=plain.gflops * 0.999), space.deploy)
+    with pytest.raises(BudgetError, match="--budget-mparams 5 is infeasible.*smallest is 11.690M"):
+        check_feasible(space, Budget(max_mparams=5), space.deploy)
+    check_feasible(space, Budget(max_gflops=plain.gflops, max_mparams=plain.mparams), space.deploy)  # exactly meets
+
+
+def test_infeasible_when_se_is_forced(tmp_path):
+    p = tmp_path / "forced.yaml"
+    p.write_text("backbone: resnet50\nchoices: {enabled: [true], squeeze: [none]}\n")  # NoSqueeze: 4.27 GFLOPs
+    space = load_space(p)
+    nosq = count_cost(Arch.uniform("resnet50", StageSE(squeeze="none")))
+    with pytest.raises(BudgetError, match="infeasible"):
+        check_feasible(space, Budget(max_gflops=nosq.gflops - 1e-6), space.deploy)
+    check_feasible(space, Budget(max_gflops=nosq.gflops), space.deploy)
+
+
+def test_no_trained_candidate_exceeds_budget(tmp_path):
+    """100 random proposals through the real search path: over-budget ones are never trained."""
+    space = load_space("tiny")
+    costs = [count_cost(a).mparams for a in [space.plain(), space.baseline()]]
+    budget = Budget(max_mparams=costs[0] + 0.25 * (costs[1] - costs[0]))  # about 1 in 4 fits
+    recipe = load_recipe("tiny")
+    import dataclasses
+
+    recipe = dataclasses.replace(recipe, epochs=1, rungs=(), max_train_samples=40)
+    cfg = SearchConfig(study="budget", space=space, recipe=recipe, budget=budget, n_trials=100,
+                       sampler="random", root=tmp_path, progress=False)
+    from se_nas.data import load_data
+
+    data = load_data(recipe)
+    study = prepare_study(cfg)
+    for _ in range(100):
+        run_one(study, cfg, data=data)
+    recs = records(study)
+    trained = [r for r in recs if r.trained]
+    over = [r for r in recs if r.status == "over_budget"]
+    assert len(recs) == 100 and trained and over
+    for r in trained:  # recomputed independently from the recorded architecture
+        assert count_cost(r.arch).mparams <= budget.max_mparams and r.epochs == 1
+    for r in over:
+        assert count_cost(r.arch).mparams > budget.max_mparams
+        assert r.epochs == 0 and r.accuracy is None and r.history == ()
+    by_number = {t.number: t for t in study.get_trials()}
+    for r in recs:  # the samplers see the budget as Optuna constraints
+        c = by_number[r.number].constraints["mparams"]
+        assert (c > 0) == (r.status == "over_budget")
