@@ -162,3 +162,14 @@ def test_baseline_and_plain_marked_from_compare_or_trials(tmp_path):
     rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
     assert [(m.name, m.accuracy) for m in rep.markers] == [("r=16 SE baseline", 0.8), ("plain backbone", 0.7)]
     assert "chosen beats r=16" in make_report("s1", tmp_path / "trials", tmp_path / "reports")[1]["summary.md"].read_text()
+
+
+def test_cli(tmp_path, capsys):
+    from se_nas import cli
+
+    make_study(tmp_path, "s1", n=8)
+    assert cli.main(["report", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 0
+    assert "Pareto front" in capsys.readouterr().out and (tmp_path / "r" / "s1" / "report.html").exists()
+    open_study("nothing", root=tmp_path / "trials", create=True)
+    assert cli.main(["report", "nothing", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 2
+    assert "has no completed trial yet" in capsys.readouterr().err
