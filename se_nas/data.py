@@ -264,6 +264,7 @@ def _imagefolder(recipe: Recipe) -> DataBundle:
                             f"subfolders, got {len(train.classes)} and {len(val.classes)} "
                             f"(first difference: {sorted(set(train.classes) ^ set(val.classes))[:3]})")
         labels = np.asarray(train.targets)
+        classes = train.classes
     else:
         full_train = _image_folder(root, train_tf, "data_dir")
         full_val = _image_folder(root, eval_tf, "data_dir")
@@ -271,7 +272,6 @@ def _imagefolder(recipe: Recipe) -> DataBundle:
         train, val = Subset(full_train, tr.tolist()), Subset(full_val, va.tolist())
         labels = np.asarray(full_train.targets)[tr]
         classes = full_train.classes
-    classes = train.classes if not isinstance(train, Subset) else classes
     return DataBundle(_cap(train, labels, recipe), val, len(classes), f"imagefolder:{root.name}")
 
 

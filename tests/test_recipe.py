@@ -1,0 +1,131 @@
+"""Recipes: built-in files load, values validate with errors that name the file, key and value."""
+import dataclasses
+
+import pytest
+import yaml
+
+from se_nas.recipe import DATASETS, RECIPE_DIR, Recipe, RecipeError, builtin_recipes, load_recipe
+
+
+def test_builtin_recipes_are_the_yaml_files():
+    assert set(builtin_recipes()) >= {"digits", "tiny", "cifar10", "imagenet"}
+    for name in builtin_recipes():
+        r = load_recipe(name)
+        text = yaml.safe_load((RECIPE_DIR / f"{name}.yaml").read_text())
+        for key, value in text.items():
+            got = getattr(r, key)
+            if key == "rungs":
+                assert list(got) == value
+            elif key != "data_dir":
+                assert got == value, (name, key)
+
+
+def test_load_by_path_equals_load_by_name(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text((RECIPE_DIR / "digits.yaml").read_text())
+    assert load_recipe(p) == load_recipe(str(p)) == load_recipe("digits")
+
+
+def test_round_trip_through_dict_and_yaml(tmp_path):
+    r = dataclasses.replace(load_recipe("imagenet"), rungs=(3, 9), max_train_samples=1000, threads=2)
+    assert Recipe.from_dict(r.to_dict()) == r
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(r.to_dict()))
+    assert load_recipe(p) == r
+
+
+def test_missing_keys_take_defaults_and_empty_file_is_default(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing\n")
+    assert load_recipe(p) == Recipe()
+    assert Recipe.from_dict({"epochs": 3}).epochs == 3
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    # PyYAML reads 1e-4 as a string; the recipe accepts it as the number the user wrote.
+    p = tmp_path / "r.yaml"
+    p.write_text("weight_decay: 1e-4\nlr: 3e-1\n")
+    r = load_recipe(p)
+    assert r.weight_decay == pytest.approx(1e-4) and r.lr == pytest.approx(0.3)
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("epochs: 3\nepoch: 4\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert str(p) in msg and "'epoch'" in msg and "allowed keys" in msg and "epochs" in msg
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("dataset", "mnist", "allowed: " + ", ".join(DATASETS)),
+        ("optimizer", "adam", "sgd, adamw"),
+        ("schedule", "linear", "cosine, step, constant"),
+        ("stem", "big", "imagenet, small"),
+        ("device", "gpu", "auto, cpu, cuda"),
+        ("epochs", 0, "integer >= 1"),
+        ("epochs", 2.5, "integer >= 1"),
+        ("batch_size", True, "integer >= 1"),
+        ("image_size", -8, "integer >= 1"),
+        ("lr", 0, "(0, 10]"),
+        ("lr", float("nan"), "finite number"),
+        ("lr", "fast", "a number"),
+        ("width", 5, "(0, 4]"),
+        ("momentum", 1.0, "[0, 1)"),
+        ("label_smoothing", -0.1, "[0, 1)"),
+        ("weight_decay", -1, "[0, 1)"),
+        ("seed", -1, "integer >= 0"),
+        ("amp", "yes", "true or false"),
+        ("rungs", [3, 2], "strictly increasing"),
+        ("rungs", "2", "list"),
+        ("max_train_samples", 0, "integer >= 1"),
+        ("threads", 0, "integer >= 1"),
+    ],
+)
+def test_bad_value_names_key_value_and_rule(tmp_path, key, value, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({key: value}))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert str(p) in msg and key in msg and needle in msg, msg
+    shown = "nan" if value != value else repr(value)
+    assert shown in msg, msg
+
+
+def test_cross_field_rules():
+    with pytest.raises(RecipeError, match="data_dir is required for dataset 'cifar10'"):
+        Recipe(dataset="cifar10")
+    with pytest.raises(RecipeError, match=r"rungs must be epochs before the last one \(1..4\).*\[2, 5\]"):
+        Recipe(epochs=5, rungs=(2, 5))
+    with pytest.raises(RecipeError, match="warmup_epochs must be less than epochs"):
+        Recipe(epochs=2, warmup_epochs=2)
+
+
+def test_replace_validates_too():
+    with pytest.raises(RecipeError, match="batch_size"):
+        dataclasses.replace(Recipe(), batch_size=0)
+    assert dataclasses.replace(Recipe(), seed=7).seed == 7
+    assert dataclasses.replace(Recipe(), rungs=[1, 2]).rungs == (1, 2)  # lists become tuples (hashable)
+    hash(Recipe())
+
+
+def test_missing_recipe_lists_builtin_names(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(tmp_path / "nope.yaml")
+    assert "no such file" in str(e.value) and "digits" in str(e.value) and "tiny" in str(e.value)
+    with pytest.raises(RecipeError, match="built-in recipe name"):
+        load_recipe("digitz")
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        load_recipe(p)
+    p.write_text("epochs: [1, \n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(p)
