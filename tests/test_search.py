@@ -1,0 +1,194 @@
+"""End-to-end searches on the tiny space with the tiny recipe: real training, real SQLite studies,
+real processes (resume after SIGKILL, several workers), and the command's errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from se_nas import cli
+from se_nas.budget import Budget
+from se_nas.cost import count_cost
+from se_nas.search import SearchConfig, SearchError, front_records, remaining, run_search, summarize
+from se_nas.space import load_space
+from se_nas.study import records
+
+S = optuna.trial.TrialState
+# Between the plain ResNet-18 (1.8141 GFLOPs) and the dearest tiny candidates (1.8156): a real split
+BUDGET = 1.815
+
+
+def config(tmp_path, **kw):
+    kw = {"study": "t", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=BUDGET),
+          "n_trials": 6, "root": tmp_path, "progress": False, **kw}
+    return SearchConfig(**kw)
+
+
+def test_search_end_to_end_and_continue(tmp_path, capsys):
+    study = run_search(config(tmp_path, progress=True))
+    out = capsys.readouterr()
+    recs = records(study)
+    assert len(recs) == 6 and all(r.status != "running" for r in recs)
+    for r in recs:
+        cost = count_cost(r.arch)
+        assert r.gflops == pytest.approx(cost.gflops)
+        if r.trained:
+            assert cost.gflops <= BUDGET and 0.0 <= r.accuracy <= 1.0 and len(r.history) == r.epochs >= 1
+        else:
+            assert r.status == "over_budget" and cost.gflops > BUDGET
+    # one line per trial, then the front and the next commands
+    for r in recs:
+        assert f"#{r.number} {r.arch.id}" in out.err + out.out
+    assert "Pareto front" in out.out and f"se-nas report t --root {tmp_path}" in out.out
+    # the front is exactly the non-dominated complete trials, by a direct pairwise check
+    complete = [r for r in recs if r.status == "complete"]
+    def dominated(a):
+        return any(b.accuracy >= a.accuracy and b.gflops <= a.gflops and b.mparams <= a.mparams
+                   and (b.accuracy, b.gflops, b.mparams) != (a.accuracy, a.gflops, a.mparams) for b in complete)
+    assert {r.number for r in front_records(study)} == {r.number for r in complete if not dominated(r)}
+    assert study.user_attrs["space"] == load_space("tiny").to_dict()
+
+    # the same command with a larger n_trials continues: the first six are kept unchanged
+    before = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
+    study = run_search(config(tmp_path, n_trials=8))
+    after = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
+    assert len(after) == 8 and all(after[n] == v for n, v in before.items())
+    assert remaining(study, 8) == 0
+
+    # a different recipe (or space, or budget) under the same study name is refused
+    import dataclasses
+    from se_nas.recipe import load_recipe
+
+    with pytest.raises(SearchError, match="different recipe .*lr.*--study NEW_NAME"):
+        run_search(config(tmp_path, recipe=dataclasses.replace(load_recipe("tiny"), lr=0.2), n_trials=9))
+    with pytest.raises(SearchError, match="different budget"):
+        run_search(config(tmp_path, budget=Budget(max_gflops=2.0), n_trials=9))
+    assert "over budget (never trained)" in summarize(study)
+
+
+def test_two_workers_share_the_study(tmp_path):
+    study = run_search(config(tmp_path, study="w", workers=2, n_trials=3, budget=Budget()))
+    recs = records(study)
+    assert 3 <= len(recs) <= 4 and all(r.status == "complete" or r.status == "stopped_early" for r in recs)
+    assert len({t.user_attrs["pid"] for t in study.get_trials()}) == 2  # both processes ran trials
+
+
+def _cmd(tmp_path, n):
+    # the installed entry point's code (`python -m se_nas.cli` would not register the subcommands)
+    return [sys.executable, "-c", "import sys; from se_nas.cli import main; sys.exit(main(sys.argv[1:]))", "search", "--space", "tiny", "--recipe", "tiny",
+            "--budget-gflops", str(BUDGET), "--n-trials", str(n), "--study", "k", "--root", str(tmp_path),
+            "--early-stop", "none"]
+
+
+def _wait_for(tmp_path, predicate, proc, limit=120):
+    storage = f"sqlite:///{tmp_path}/k/study.db"
+    end = time.time() + limit
+    while time.time() < end:
+        assert proc.poll() is None, "the search ended before the state we wait for"
+        if os.path.exists(f"{tmp_path}/k/study.db"):
+            try:
+                trials = optuna.load_study(study_name="k", storage=storage).get_trials()
+            except (KeyError, Exception):
+                trials = []
+            if predicate(trials):
+                return trials
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
+    proc = subprocess.Popen(_cmd(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def ready(trials):
+            done = [t for t in trials if t.state == S.COMPLETE and t.user_attrs.get("status") == "complete"]
+            running = [t for t in trials if t.state == S.RUNNING and "arch" in t.user_attrs]
+            return done and running
+        _wait_for(tmp_path, ready, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    storage = f"sqlite:///{tmp_path}/k/study.db"
+    killed_state = optuna.load_study(study_name="k", storage=storage).get_trials()
+    finished = {t.number: t.values for t in killed_state if t.state == S.COMPLETE}
+    killed = [t for t in killed_state if t.state == S.RUNNING]
+    assert finished and len(killed) == 1
+
+    rerun = subprocess.run(_cmd(tmp_path, 4), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = optuna.load_study(study_name="k", storage=storage).get_trials()
+    by_number = {t.number: t for t in trials}
+    assert all(by_number[n].values == v for n, v in finished.items())  # no finished trial lost
+    dead = by_number[killed[0].number]
+    assert dead.state == S.FAIL and "died" in dead.user_attrs["reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retry) == 1 and retry[0].state == S.COMPLETE and retry[0].params == killed[0].params
+    counted = [t for t in trials if t.state in (S.COMPLETE, S.FAIL) and t.number != dead.number]
+    assert len(counted) == 4 and not [t for t in trials if t.state in (S.RUNNING, S.WAITING)]
+
+
+def test_ctrl_c_marks_the_trial_interrupted_and_resumable(tmp_path):
+    proc = subprocess.Popen(_cmd(tmp_path, 50), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path, lambda ts: any(t.state == S.RUNNING and "arch" in t.user_attrs for t in ts)
+                  and any(t.state == S.COMPLETE for t in ts), proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err
+    trials = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path}/k/study.db").get_trials()
+    stopped = [t for t in trials if t.state == S.FAIL]
+    assert len(stopped) == 1 and stopped[0].user_attrs["reason"] == "interrupted"
+    waiting = [t for t in trials if t.state == S.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == stopped[0].number
+    assert not [t for t in trials if t.state == S.RUNNING]
+
+
+def run_cli(args, capsys):
+    rc = cli.main(args)
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget-gflops", "0"], ["--budget-gflops", "positive finite", "0"]),
+    (["--budget-mparams", "-3"], ["--budget-mparams", "-3"]),
+    (["--budget-gflops", "1", "--space", "tiny"], ["infeasible for every candidate", "'tiny'", "1.814"]),
+    (["--budget-gflops", "4", "--space", "missing-space"], ["missing-space", "built-in", "tiny"]),
+    (["--budget-gflops", "4", "--recipe", "missing-recipe"], ["missing-recipe", "digits"]),
+])
+def test_cli_errors(tmp_path, capsys, args, words):
+    rc, err = run_cli(["search", *args, "--root", str(tmp_path)], capsys)
+    assert rc == 2 and err.startswith("se-nas search: error:")
+    for w in words:
+        assert w in err
+    assert not list(tmp_path.glob("*/study.db"))  # nothing created for bad input
+
+
+def test_cli_bad_recipe_and_data_path(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: digits\nepochz: 3\n")
+    rc, err = run_cli(["search", "--space", "tiny", "--recipe", str(bad), "--root", str(tmp_path)], capsys)
+    assert rc == 2 and "epochz" in err and str(bad) in err
+    nodata = tmp_path / "cifar.yaml"
+    nodata.write_text(f"dataset: cifar10\ndata_dir: {tmp_path / 'no-such-folder'}\nimage_size: 32\n")
+    rc, err = run_cli(["search", "--space", "tiny", "--recipe", str(nodata), "--root", str(tmp_path)], capsys)
+    assert rc == 2 and "no-such-folder" in err
+    assert not list(tmp_path.glob("*/study.db"))
+
+
+def test_cli_bad_space_file(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text("backbone: resnet18\nchoices: {squeeze: [avg, median]}\n")
+    rc, err = run_cli(["search", "--space", str(p), "--root", str(tmp_path)], capsys)
+    assert rc == 2 and str(p) in err and "'median'" in err and "avgmax" in err
+
+
+def test_asha_needs_ray(tmp_path):
+    with pytest.raises(SearchError, match="asha.*ray"):
+        config(tmp_path, early_stop="asha")
