@@ -122,7 +122,8 @@ def make_sampler(name: str, seed: int | None, constrained: bool | None = None):
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
+            # conditional SE parameters fall back to random sampling in GP: expected, not worth a warning each
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     raise SearchError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
 
 
