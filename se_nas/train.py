@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .data import DataBundle, TensorData
 from .recipe import Recipe
@@ -249,37 +250,31 @@ def train(
             model.train()
             batches = _batches(data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=drop_last,
                                num_workers=recipe.num_workers, pin=pin)
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, unit="step")
-            losses: list[torch.Tensor] = []
-            for step, (x, y) in enumerate(batches):
-                x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = loss_fn(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                losses.append(loss.detach())
-                if len(losses) == NAN_CHECK_EVERY:
-                    _check_finite(losses, epoch, step)
-                    losses.clear()
-                if bar is not None:
+            with tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="step", leave=False,
+                      disable=not progress) as bar:
+                losses: list[torch.Tensor] = []
+                for step, (x, y) in enumerate(batches):
+                    x = x.to(dev, non_blocking=True)
+                    y = y.to(dev, non_blocking=True)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss = loss_fn(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    sched.step()
+                    losses.append(loss.detach())
+                    if len(losses) == NAN_CHECK_EVERY:
+                        _check_finite(losses, epoch, step)
+                        losses.clear()
                     bar.update(1)
-            _check_finite(losses, epoch, step)
-            val_batches = _batches(data.val, eval_bs, shuffle=False, seed=0, drop_last=False,
-                                   num_workers=recipe.num_workers, pin=pin)
-            acc = evaluate(model, val_batches, dev, amp_dtype=amp_dtype, channels_last=channels_last)
-            if bar is not None:
+                _check_finite(losses, epoch, step)
+                val_batches = _batches(data.val, eval_bs, shuffle=False, seed=0, drop_last=False,
+                                       num_workers=recipe.num_workers, pin=pin)
+                acc = evaluate(model, val_batches, dev, amp_dtype=amp_dtype, channels_last=channels_last)
                 bar.set_postfix(val_acc=f"{acc:.3f}")
-                bar.close()
             history.append(acc)
             stopped = bool(on_epoch(epoch, acc)) if on_epoch is not None else False
             seconds += time.perf_counter() - t0

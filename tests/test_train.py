@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from se_nas import PRESETS, build_model
-from se_nas.data import TensorData, load_data
+from se_nas.data import DataBundle, TensorData, load_data
 from se_nas.recipe import load_recipe
 from se_nas.train import (TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor, pick_device,
                           seed_everything, train)
@@ -107,9 +107,29 @@ def test_training_learns_and_reports_history(tiny, data):
     assert res.accuracy > 0.3  # chance is 0.1: it learns, even as a tiny proxy in 3 short epochs
 
 
-def test_on_epoch_true_stops_early(tiny, data):
-    res = train(_model(tiny, data), tiny, data, on_epoch=lambda e, a: e == 1)
+def test_on_epoch_true_stops_early_and_progress_shows_a_bar(tiny, data, capsys):
+    res = train(_model(tiny, data), tiny, data, on_epoch=lambda e, a: e == 1, progress=True)
     assert res.stopped_early and res.epochs == 1 and len(res.history) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" not in err
+
+
+def test_file_backed_data_trains_through_a_dataloader(tmp_path):
+    # ImageFolder data goes through torch's DataLoader (not the in-memory fast path).
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(12):
+            pix = torch.randint(0, 256, (10, 10, 3), generator=rng, dtype=torch.uint8).numpy()
+            Image.fromarray(pix).save(tmp_path / c / f"{i}.png")
+    r = dataclasses.replace(load_recipe("tiny"), dataset="imagefolder", data_dir=str(tmp_path), epochs=2,
+                            batch_size=8, rungs=())
+    d = load_data(r)
+    res = train(_model(r, d), r, d)
+    assert d.num_classes == 2 and res.epochs == 2
+    assert all(acc in (0.0, 0.5, 1.0) for acc in res.history)  # 2 validation images
 
 
 class _NonFiniteAfter(nn.Module):
@@ -159,8 +179,12 @@ def test_other_errors_propagate(tiny, data):
 
 
 # --- checkpoints and reproducibility ------------------------------------------------------------------
-def test_checkpoint_resume_gives_the_same_history(tiny, data, tmp_path):
-    r = dataclasses.replace(tiny, epochs=3, augment=True)
+def test_checkpoint_resume_gives_the_same_history(tiny, tmp_path):
+    r = dataclasses.replace(tiny, epochs=3, max_train_samples=160)  # 5 steps per epoch: quick
+    plain = load_data(r)
+    # With crop/flip augmentation, so that the resumed run must also replay the random draws.
+    data = DataBundle(TensorData(plain.train.images, plain.train.labels, augment=True, pad=1), plain.val,
+                      plain.num_classes, "digits+augment")
     full = train(_model(r, data), r, data)
 
     ckpt = tmp_path / "trial" / "ckpt.pt"
