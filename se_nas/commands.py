@@ -196,3 +196,34 @@ def _register_report(sub):
 from pathlib import Path  # noqa: E402
 
 _cli._REGISTER.append(_register_report)
+
+
+# --- recipes (se_nas.recipe) -----------------------------------------------------------------------
+def cmd_recipes(args):
+    from .recipe import RECIPE_DIR, builtin_recipes, load_recipe
+
+    if args.name:
+        recipe = load_recipe(args.name)  # a bad name or file is a RecipeError naming it
+        builtin = RECIPE_DIR / f"{args.name}.yaml"
+        if args.name in builtin_recipes():
+            print(builtin.read_text(), end="")  # the file itself, comments included: a start to edit
+        else:
+            import yaml
+
+            print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+        return 0
+    for name in builtin_recipes():
+        r = load_recipe(name)
+        print(f"{name:<10}{r.dataset:<13}{r.image_size:>4}px  {r.stem:<8} stem  width {r.width:<6g}"
+              f"{r.epochs:>3} epochs  batch {r.batch_size:<5}{r.optimizer} lr {r.lr:g} {r.schedule}")
+    print(f"(files in {RECIPE_DIR}; `se-nas recipes NAME > my.yaml` gives one to edit)")
+    return 0
+
+
+def _register_recipes(sub):
+    p = sub.add_parser("recipes", help="list the built-in trial recipes, or print one as YAML to start editing from")
+    p.add_argument("name", nargs="?", help="a built-in recipe name or a YAML file: print it (validated)")
+    p.set_defaults(func=cmd_recipes)
+
+
+_cli._REGISTER.append(_register_recipes)

@@ -129,3 +129,19 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
     p.write_text("epochs: [1, \n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(p)
+
+
+def test_cli_recipes_lists_prints_and_rejects(tmp_path, capsys):
+    from se_nas.cli import main
+
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in builtin_recipes():
+        assert f"\n{name} " in "\n" + out
+    assert main(["recipes", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    p = tmp_path / "copy.yaml"
+    p.write_text(printed)
+    assert load_recipe(p) == load_recipe("tiny")  # the printed file is a loadable copy
+    assert main(["recipes", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
