@@ -9,8 +9,9 @@ tensor ``3 x S x S`` and an int label, the number of classes, a name). Sources:
   seed 0, the same for every trial whatever its seed.
 - ``cifar10`` / ``cifar100``: the standard python-format folder (``data_batch_1..5`` and
   ``test_batch``, or ``train`` and ``test`` for CIFAR-100). Validation is a stratified 10% hold-out of
-  the training set (seed 0); the test set is never read, so a search cannot overfit it. Training
-  images get random-crop (pad 4) and horizontal-flip augmentation.
+  the training set (seed 0); the test set is never read, so a search cannot overfit it. Images stay
+  32x32 uint8 in memory and are resized per batch. Training images get random-crop (pad 4 at 32x32)
+  and horizontal-flip augmentation.
 - ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` (ImageNet layout) if both exist, else one
   folder of class subfolders with a stratified 10% hold-out (seed 0). Resize and centre crop to
   ``image_size`` (random-resized crop and flip for training).
@@ -58,11 +59,13 @@ class TensorData(Dataset):
 
     ``batch(indices)`` returns a whole batch in one indexing operation; the trainer uses it to skip the
     per-sample DataLoader path for in-memory data. Images may be stored as uint8 (CIFAR: 4x less
-    memory) and are converted and normalised per batch.
+    memory) and are converted, normalised and (with ``size``) resized per batch, so a large
+    ``image_size`` never multiplies the memory held.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool = False, pad: int = 4,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 size: int | None = None):
         if images.ndim != 4 or images.shape[0] != labels.shape[0]:
             raise ValueError(f"images must be (N, C, H, W) with N labels, got {tuple(images.shape)} and "
                              f"{tuple(labels.shape)}")
@@ -70,6 +73,7 @@ class TensorData(Dataset):
         self.labels = labels.long()
         self.augment = augment
         self.pad = pad
+        self.size = size
         self.mean = None if mean is None else torch.tensor(mean).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(1, -1, 1, 1)
 
@@ -86,6 +90,8 @@ class TensorData(Dataset):
             x = x.float().div_(255)
         if self.mean is not None:
             x = (x - self.mean) / self.std
+        if self.size is not None and self.size != x.shape[-1]:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         if self.augment:
             x = _crop_flip(x, self.pad)
         return x, self.labels[idx]
@@ -150,7 +156,7 @@ def _cap(ds: Dataset, labels: np.ndarray, recipe: Recipe) -> Dataset:
     if isinstance(ds, TensorData):
         return TensorData(ds.images[idx], ds.labels[idx], augment=ds.augment, pad=ds.pad,
                           mean=None if ds.mean is None else ds.mean.flatten().tolist(),
-                          std=None if ds.std is None else ds.std.flatten().tolist())
+                          std=None if ds.std is None else ds.std.flatten().tolist(), size=ds.size)
     return Subset(ds, idx.tolist())
 
 
@@ -220,12 +226,10 @@ def _cifar(recipe: Recipe) -> DataBundle:
     if labels.min() < 0 or labels.max() >= spec["classes"]:
         raise DataError(f"dataset {name}: labels must be in 0..{spec['classes'] - 1}, found "
                         f"{labels.min()}..{labels.max()}")
-    if recipe.image_size != 32:
-        images = F.interpolate(images.float(), size=(recipe.image_size,) * 2, mode="bilinear",
-                               align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
     tr, va = stratified_split(labels, 0.1)
     y = torch.from_numpy(labels)
-    norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD)
+    # Kept at 32x32 uint8 (150 MB for CIFAR-10); resized per batch to image_size.
+    norm = dict(mean=CIFAR_MEAN, std=CIFAR_STD, size=recipe.image_size)
     pad = max(1, recipe.image_size // 8)  # 4 pixels at 32x32
     train = TensorData(images[tr], y[tr], augment=recipe.augment, pad=pad, **norm)
     val = TensorData(images[va], y[va], **norm)

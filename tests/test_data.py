@@ -160,7 +160,15 @@ def test_cifar100_train_file_with_fine_labels(tmp_path):
                      b"coarse_labels": [i % 20 for i in range(1000)]}, f)
     b = load_data(Recipe(dataset="cifar100", data_dir=str(tmp_path), image_size=16, max_train_samples=300))
     assert b.num_classes == 100 and len(b.val) == 100 and len(b.train) == 300
-    assert b.train[0][0].shape == (3, 16, 16)
+    assert b.train[0][0].shape == (3, 16, 16) and b.val[0][0].shape == (3, 16, 16)
+    # Stored at 32x32 uint8, resized per batch: a large image_size does not multiply memory.
+    assert b.train.images.dtype == torch.uint8 and b.train.images.shape[-2:] == (32, 32)
+    x, _ = b.val.batch(torch.arange(3))
+    raw = b.val.images[:3].float() / 255
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    ref = F.interpolate((raw - mean) / std, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(x, ref, atol=1e-5)
 
 
 def test_cifar_bad_paths(tmp_path):
