@@ -168,10 +168,28 @@ def _save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)  # readers see the old or the new checkpoint, never half of one
 
 
+# Recipe keys that do not change what is computed: a run may resume on another device or thread count.
+_RUNTIME_KEYS = ("device", "threads", "num_workers", "rungs")
+
+
 def _fingerprint(model: nn.Module, recipe: Recipe) -> dict:
-    # A checkpoint only resumes the same model under the same recipe.
+    # A checkpoint only resumes the same model under the same training recipe.
     shapes = [list(p.shape) for p in model.state_dict().values()]
-    return {"recipe": recipe.to_dict(), "shapes": shapes}
+    training = {k: v for k, v in recipe.to_dict().items() if k not in _RUNTIME_KEYS}
+    return {"recipe": training, "shapes": shapes}
+
+
+def _load_checkpoint(path: Path, fingerprint: dict, device: torch.device) -> dict | None:
+    """The saved state if it belongs to this model and recipe; None (with a warning) otherwise."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: train from scratch, say why
+        warnings.warn(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); starting from scratch")
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        warnings.warn(f"checkpoint {path} belongs to another model or recipe; starting from scratch")
+        return None
+    return state
 
 
 def train(
@@ -222,19 +240,16 @@ def train(
     start_epoch = 1
     ckpt = Path(checkpoint) if checkpoint is not None else None
     fingerprint = _fingerprint(model, recipe)
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
-        if state.get("fingerprint") != fingerprint:
-            warnings.warn(f"checkpoint {ckpt} belongs to another model or recipe; starting from scratch")
-        else:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            history = list(state["history"])
-            seconds = float(state["seconds"])
-            stopped = bool(state["stopped_early"])
-            start_epoch = int(state["epoch"]) + 1
+    state = _load_checkpoint(ckpt, fingerprint, dev) if ckpt is not None and ckpt.is_file() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        seconds = float(state["seconds"])
+        stopped = bool(state["stopped_early"])
+        start_epoch = int(state["epoch"]) + 1
     if stopped or start_epoch > recipe.epochs:
         return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
 

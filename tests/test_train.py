@@ -223,6 +223,13 @@ def test_checkpoint_of_another_recipe_is_not_resumed(tiny, data, tmp_path):
     with pytest.warns(UserWarning, match="another model or recipe"):
         res = train(_model(other, data), other, data, checkpoint=ckpt)
     assert res.epochs == other.epochs
+    # Runtime-only keys (device, threads, workers, rungs) do not invalidate it: it resumes (returns at once).
+    runtime = dataclasses.replace(other, device="auto", threads=None, num_workers=3)
+    assert train(_model(runtime, data), runtime, data, checkpoint=ckpt).history == res.history
+    # An unreadable file is not resumed either.
+    ckpt.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert train(_model(other, data), other, data, checkpoint=ckpt).epochs == 1
 
 
 _CHILD = """
