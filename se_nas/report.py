@@ -169,6 +169,7 @@ def param_importances(done, study) -> tuple[dict[str, float], str]:
     if len(done) < 4:
         return {}, f"parameter importances need at least 4 completed trials, this study has {len(done)}"
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for the copy
     copy = optuna.create_study(direction="maximize")
     for r in done:
         t = by_number[r.number]
