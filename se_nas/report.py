@@ -266,7 +266,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     ax.set_ylabel("validation accuracy (proxy)")
     ax.set_title(f"{rep.study}: accuracy against {'GFLOPs' if col == 'gflops' else 'parameters'}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")  # never over a point if avoidable
     return fig
 
 
