@@ -12,6 +12,7 @@ from torch import nn
 
 from .arch import Arch, ArchError
 from .geometry import Geometry, Unit, resolve
+from .fused import bn_se_add_relu, can_fuse_tail
 from .se import SqueezeExcite
 
 
@@ -44,12 +45,16 @@ class ResidualUnit(nn.Module):
         identity = self.se_identity(self.shortcut(x))
         if self.conv3 is None:  # basic: "mid" is after the first 3x3
             out = self.se_mid(self.relu(self.bn1(self.conv1(x))))
-            out = self.bn2(self.conv2(out))
+            out, last_bn = self.conv2(out), self.bn2
         else:
             out = self.relu(self.bn1(self.conv1(x)))
             out = self.se_mid(self.relu(self.bn2(self.conv2(out))))
-            out = self.bn3(self.conv3(out))
-        out = self.relu(self.se_residual(out) + identity)
+            out, last_bn = self.conv3(out), self.bn3
+        if can_fuse_tail(last_bn, self.se_residual):
+            # standard SE: BatchNorm, scale, addition and ReLU in one Function (se_nas/fused.py)
+            out = bn_se_add_relu(out, last_bn, self.se_residual, identity)
+        else:
+            out = self.relu(self.se_residual(last_bn(out)) + identity)
         return self.se_output(out)
 
 

@@ -6,6 +6,11 @@
 
 The excitation layers are 1x1 convolutions: on a pooled descriptor they are the paper's FC layers,
 and on a full map they are exactly the NoSqueeze ablation's convolutions (Table 16).
+
+``forward`` as written here is the reference implementation. When training with a pooled squeeze,
+``fused=True`` (the default) runs the same function through ``se_nas.fused``, which saves less and
+makes fewer passes over the feature map in backward; ``fused=False`` (or ``se_nas.fused.set_fast_se``)
+keeps the straightforward code, which is also what tracing (fvcore, export) always sees.
 """
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ from torch import nn
 
 from .arch import StageSE, se_hidden
 from .choices import GATES, SQUEEZES
+from . import fused as _fused
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, se: StageSE, bias: bool = False):
+    def __init__(self, channels: int, se: StageSE, bias: bool = False, fused: bool = True):
         super().__init__()
         hidden = se_hidden(channels, se.reduction)
         self.squeeze = SQUEEZES[se.squeeze]
@@ -25,12 +31,29 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
         self.choice = se
+        self.fused = fused  # a plain attribute: not in the state_dict, so files stay the same
+
+    def fast_path_applies(self) -> bool:
+        """The fused Functions pay only in training with autograd; tracers must see plain ops."""
+        return (
+            self.fused
+            and self.training
+            and self.squeeze is not None
+            and torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+        )
+
+    def excitation_parameters(self) -> list[torch.Tensor]:
+        return [p for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias) if p is not None]
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         z = x if self.squeeze is None else self.squeeze(x)
         return self.gate(self.fc2(torch.relu(self.fc1(z))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_path_applies():
+            return _fused.se_scale(x, self)
         return x * self.excitation(x)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,204 @@
+"""The fast SE path (se_nas/fused.py) against the straightforward modules: same outputs, gradients and
+BatchNorm statistics in float64 for every squeeze, gate and insertion point; gradcheck on the autograd
+Functions; less saved memory; and the reference path under tracing so FLOP counts don't move."""
+import copy
+
+import pytest
+import torch
+
+from se_nas.arch import PRESETS, Arch, StageSE
+from se_nas.build import ResidualUnit, build_model
+from se_nas.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.cost import count_cost, traced_flops
+from se_nas.fused import bn_se_add_relu, se_scale, set_fast_se
+from se_nas.geometry import resolve
+from se_nas.se import SqueezeExcite
+
+
+def _unit_pair(backbone: str, se: StageSE, index: int, width: float = 0.125):
+    """A residual unit (fast SE) and a deep copy running the reference SE, in float64."""
+    arch = Arch.uniform(backbone, se)
+    u = resolve(arch, "small", width).units[index]
+    torch.manual_seed(index)
+    fast = ResidualUnit(u, arch.stride_on, se_bias=True).double()
+    for m in fast.modules():  # non-trivial BatchNorm affine parameters, so every term is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    ref = set_fast_se(copy.deepcopy(fast), False)
+    return u, fast, ref
+
+
+def _upstream_grad(unit, x):
+    """A random dL/dy of the unit's output shape (from a copy: a training forward moves BN statistics)."""
+    with torch.no_grad():
+        return torch.randn_like(copy.deepcopy(unit).eval()(x))
+
+
+def _run(unit, x, g):
+    x = x.clone().requires_grad_(True)
+    y = unit(x)
+    y.backward(g)
+    return [y, x.grad, *(p.grad for p in unit.parameters()), *unit.buffers()]
+
+
+def _assert_same(fast_vals, ref_vals):
+    for a, b in zip(fast_vals, ref_vals, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _check_unit(backbone, se, index, batch=3):
+    u, fast, ref = _unit_pair(backbone, se, index)
+    x = torch.randn(batch, u.in_ch, 6, 6, dtype=torch.double)
+    g = _upstream_grad(ref, x)
+    _assert_same(_run(fast, x, g), _run(ref, x, g))
+
+
+@pytest.mark.parametrize("position", list(POSITIONS))
+@pytest.mark.parametrize("squeeze", list(SQUEEZES))
+@pytest.mark.parametrize("gate", list(GATES))
+def test_fast_unit_equals_reference(position, squeeze, gate):
+    # unit 3 of ResNet-50 is the strided first unit of stage 2, with a projection shortcut
+    _check_unit("resnet50", StageSE(2, squeeze, gate, position), 3)
+
+
+@pytest.mark.parametrize("position", list(POSITIONS))
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_fast_unit_identity_shortcut(position, squeeze):
+    # unit 1 has an identity shortcut: the tensor the SE (or the fused tail) reads is also the one
+    # the addition and the next convolution read, so in-place mistakes would show here
+    _check_unit("resnet50", StageSE(2, squeeze, "sigmoid", position), 1)
+
+
+@pytest.mark.parametrize("position", ["standard", "after_3x3"])
+def test_fast_basic_block_equals_reference(position):
+    """Basic blocks: the fused tail reads bn2, and after_3x3 puts SE after the first 3x3."""
+    _check_unit("resnet18", StageSE(2, "avg", "sigmoid", position), 2, batch=2)
+
+
+def test_whole_model_training_steps_match():
+    """Two SGD steps of SE-ResNet-50 (proxy width): same losses, weights and BatchNorm statistics."""
+    torch.manual_seed(0)
+    fast = build_model(PRESETS["se_resnet50"], 7, "small", 0.125, zero_init_last=False).double()
+    ref = set_fast_se(copy.deepcopy(fast), False)
+    x = torch.randn(4, 3, 12, 12, dtype=torch.double)
+    y = torch.tensor([0, 3, 6, 1])
+    losses = []
+    for model in (fast, ref):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[:2] == pytest.approx(losses[2:], rel=1e-10)
+    for a, b in zip(fast.state_dict().values(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("squeeze", ["avg", "max", "avgmax"])
+def test_gradcheck_scale(squeeze):
+    torch.manual_seed(0)
+    se = SqueezeExcite(4, StageSE(2, squeeze, "sigmoid"), bias=True).double()
+    x = torch.randn(2, 4, 2, 3, dtype=torch.double, requires_grad=True)
+    params = se.excitation_parameters()
+    assert torch.autograd.gradcheck(lambda x, *p: se_scale(x, se), (x, *params))
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "tanh"])
+def test_gradcheck_bn_se_add_relu(gate):
+    torch.manual_seed(0)
+    se = SqueezeExcite(4, StageSE(2, "avg", gate), bias=False).double()
+    bn = torch.nn.BatchNorm2d(4).double()
+    torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+    c = torch.randn(2, 4, 2, 3, dtype=torch.double, requires_grad=True)
+    identity = torch.randn(2, 4, 2, 3, dtype=torch.double, requires_grad=True)
+    inputs = (c, identity, bn.weight, bn.bias, *se.excitation_parameters())
+    assert torch.autograd.gradcheck(lambda c, i, *p: bn_se_add_relu(c, bn, se, i), inputs)
+
+
+def test_fast_path_only_when_training_with_autograd():
+    model = build_model(PRESETS["se_resnet50"], 3, "small", 0.125).train()
+    x = torch.randn(2, 3, 8, 8)
+    assert "BNScaleAddReLU" in type(model.stages[0][0](model.stem(x)).grad_fn).__name__
+    se = model.stages[0][0].se_residual
+    assert se.fast_path_applies()
+    with torch.no_grad():
+        assert not se.fast_path_applies()
+    model.eval()
+    assert not se.fast_path_applies()
+    set_fast_se(model.train(), False)
+    assert not se.fast_path_applies()
+    # NoSqueeze has nothing to pool: always the straightforward convolutions
+    assert not SqueezeExcite(8, StageSE(2, "none")).fast_path_applies()
+
+
+@pytest.mark.parametrize("position", ["standard", "pre"])
+def test_traced_flops_unchanged_in_training_mode(position):
+    """fvcore traces the reference path, so its count still equals the analytic one."""
+    arch = Arch.uniform("resnet50", StageSE(4, "avg", "sigmoid", position))
+    model = build_model(arch, 10, "small", 0.25).train()
+    assert traced_flops(model, 32) == count_cost(arch, 32, 10, "small", 0.25).flops
+    assert model.training  # traced_flops restores the mode
+
+
+def _saved_activation_bytes(model, x):
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    return sum(seen.values())
+
+
+def test_fast_se_saves_about_what_plain_saves():
+    """The target: at most 5% more saved activations than the plain network; the reference saves more."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    plain = _saved_activation_bytes(build_model(PRESETS["resnet50"], 10, "small", 0.25), x)
+    fast = _saved_activation_bytes(build_model(PRESETS["se_resnet50"], 10, "small", 0.25), x)
+    ref = _saved_activation_bytes(set_fast_se(build_model(PRESETS["se_resnet50"], 10, "small", 0.25), False), x)
+    assert fast <= 1.05 * plain
+    assert ref > 1.10 * plain
+
+
+@pytest.mark.parametrize("squeeze", ["avg", "avgmax"])
+def test_channels_last_float32_as_accurate_as_reference(squeeze):
+    """channels_last in float32 (no (N, C, HW) view: the max-pool gradient takes the dense route).
+
+    This deep proxy at init is ill-conditioned enough that float32 itself drifts from float64 by
+    ~1e-3, so both paths are measured against a float64 reference: the fast one may not be worse."""
+    torch.manual_seed(0)
+    arch = Arch("resnet50", (StageSE(4, squeeze), StageSE(4, squeeze, position="post"), None, None))
+    fast = build_model(arch, 5, "small", 0.125, zero_init_last=False)
+    ref = set_fast_se(copy.deepcopy(fast), False)
+    ref64 = copy.deepcopy(ref).double()
+    x = torch.randn(2, 3, 8, 8)
+    results = []
+    for m, xm in ((fast, x), (ref, x), (ref64, x.double())):
+        if m is not ref64:
+            m.to(memory_format=torch.channels_last)
+            xm = xm.to(memory_format=torch.channels_last)
+        out = m(xm)
+        out.sum().backward()
+        results.append([out, *(p.grad for p in m.parameters())])
+    for f, r, exact in zip(*results, strict=True):
+        err_fast = (f.double() - exact).abs().max().item()
+        err_ref = (r.double() - exact).abs().max().item()
+        assert err_fast <= 2 * err_ref + 1e-5 * (1 + exact.abs().max().item())
+
+
+def test_set_fast_se_keeps_state_dict_keys():
+    a = build_model(PRESETS["se_resnet18"], 4, "small", 0.25)
+    b = set_fast_se(copy.deepcopy(a), False)
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert sum(isinstance(m, SqueezeExcite) and not m.fused for m in b.modules()) == 8
+    assert all(m.fused for m in a.modules() if isinstance(m, SqueezeExcite))
+
