@@ -57,6 +57,14 @@ def _add_max_grad(grad_x: torch.Tensor, gz: torch.Tensor, idx: torch.Tensor) -> 
     return grad_x + torch.ops.aten.adaptive_max_pool2d_backward(gz.to(grad_x.dtype), grad_x, idx)
 
 
+def _excite(se: "SqueezeExcite", z: torch.Tensor) -> torch.Tensor:
+    """The excitation on a pooled (N, C, 1, 1) descriptor as matrix products: the same weights as
+    the module's 1x1 convolutions (viewed as matrices), but 2-3x faster than convolution kernels
+    on 1x1 maps on CPU."""
+    h = torch.relu(F.linear(z.flatten(1), se.fc1.weight.flatten(1), se.fc1.bias))
+    return se.gate(F.linear(h, se.fc2.weight.flatten(1), se.fc2.bias)).view_as(z)
+
+
 def _excitation_backward(se: "SqueezeExcite", z: torch.Tensor, grad_s: torch.Tensor):
     """The scale s, dL/dz and dL/d(excitation parameters), recomputing the tiny MLP from z.
 
@@ -65,7 +73,7 @@ def _excitation_backward(se: "SqueezeExcite", z: torch.Tensor, grad_s: torch.Ten
     params = se.excitation_parameters()
     with torch.enable_grad():
         zl = z.detach().requires_grad_(True)
-        s = se.gate(se.fc2(torch.relu(se.fc1(zl))))
+        s = _excite(se, zl)
         grads = torch.autograd.grad(s, (zl, *params), grad_s.to(s.dtype))
     return s.detach(), grads[0], grads[1:]
 
@@ -77,7 +85,7 @@ class _Scale(torch.autograd.Function):
     def forward(ctx, x, se, *params):
         squeeze = se.choice.squeeze
         z, idx = _pool(x, squeeze)
-        s = se.gate(se.fc2(torch.relu(se.fc1(z))))
+        s = _excite(se, z)
         ctx.se, ctx.squeeze = se, squeeze
         ctx.save_for_backward(x, z, idx)
         return x * s
@@ -132,7 +140,7 @@ class _BNScaleAddReLU(torch.autograd.Function):
         )
         cm = c.mean((2, 3), keepdim=True)
         z = _descriptor(cm, mu, invstd, gamma, beta).to(x.dtype)
-        s = se.gate(se.fc2(torch.relu(se.fc1(z))))
+        s = _excite(se, z)
         y = torch.addcmul(identity, x, s).relu_()
         ctx.se, ctx.identity_dtype, ctx.z_dtype = se, identity.dtype, x.dtype
         # only cm per sample: z and s are recomputed from it in backward
