@@ -2,7 +2,7 @@
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------
-DEFAULT_N_TRIALS = 12  # about 10 minutes with the digits recipe on 2 CPU cores (docs/search.md)
+DEFAULT_N_TRIALS = 12  # aimed at ~10 minutes with the digits recipe on 2 cores; not yet measured (docs/search.md)
 
 
 def cmd_search(args):
