@@ -98,4 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m se_nas.cli`, this file is __main__ while commands.py registers into the
+    # imported se_nas.cli: delegate to that one.
+    from se_nas.cli import main as _main
+
+    sys.exit(_main())

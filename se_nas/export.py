@@ -253,15 +253,17 @@ def train_arch(arch: Arch, recipe, *, seed: int | None = None, data=None, checkp
                progress: bool = False, device=None):
     """Train ``arch``'s proxy (``recipe.stem``, ``recipe.width``, the dataset's classes) with the
     search's trainer. Seeded like a search trial (``se_nas.trial.run_trial``): ``seed`` (default
-    ``recipe.seed``) sets the initial weights, the recipe's seed the data order, so a trial's seed and
-    its study's recipe reproduce that trial. Returns ``(model, TrainResult, DataBundle)``."""
+    ``recipe.seed``) sets the initial weights and the data order, so a trial's seed and its study's
+    recipe reproduce that trial. Returns ``(model, TrainResult, DataBundle)``."""
     from .data import load_data
     from .train import seed_everything, train
+    from .trial import seeded
 
     data = load_data(recipe) if data is None else data
-    seed_everything(recipe.seed if seed is None else seed)
+    seed = recipe.seed if seed is None else seed
+    seed_everything(seed)
     model = build_model(arch, data.num_classes, stem=recipe.stem, width=recipe.width)
-    result = train(model, recipe, data, device=device, checkpoint=checkpoint, progress=progress)
+    result = train(model, seeded(recipe, seed), data, device=device, checkpoint=checkpoint, progress=progress)
     return model.cpu().eval(), result, data
 
 

@@ -34,6 +34,17 @@ def configure_threads(workers: int = 1) -> int:
     return threads
 
 
+def seeded(recipe, seed: int):
+    """``recipe`` with the trial's seed, which the trainer uses for data order and augmentation.
+
+    The initial weights come from ``seed_everything(seed)``; without this the data order would come
+    from the recipe's seed and be the same in every trial (and every seed of ``se-nas compare``).
+    The dataset itself (split, subsample) stays fixed by the recipe, whatever the seed."""
+    from dataclasses import replace
+
+    return recipe if recipe.seed == seed else replace(recipe, seed=seed)
+
+
 def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
               should_stop=None, device=None, backend: str = "optuna") -> TrialOutcome:
     """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
@@ -58,7 +69,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     seed_everything(seed)
     model = build_model(arch, data.num_classes, stem=recipe.stem, width=recipe.width)
     try:
-        result = train(model, recipe, data, device=device, on_epoch=should_stop)
+        result = train(model, seeded(recipe, seed), data, device=device, on_epoch=should_stop)
     except TrainingFailed as e:
         return TrialOutcome(status="failed", reason=str(getattr(e, "reason", "") or e),
                             seconds=time.perf_counter() - start, **common)
