@@ -156,16 +156,23 @@ def make_storage(config: SearchConfig):
     if "://" not in url:
         raise SearchError(f"--storage must be an Optuna storage URL (sqlite:///..., postgresql://..., "
                           f"mysql://...) or journal:PATH, got {url!r}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-                heartbeat_interval=60, grace_period=240,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
-    except Exception as e:  # a bad URL or an unreachable server: say which
-        raise SearchError(f"cannot open storage {url!r}: {e}") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                    heartbeat_interval=60, grace_period=240,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+            break
+        except Exception as e:
+            # Two processes opening a new database at once can race on creating Optuna's schema: the
+            # loser sees "table already exists" or a duplicate version row. Once it exists, retry works.
+            if attempt == 2 or "://" not in url:
+                # a bad URL or an unreachable server: say which
+                raise SearchError(f"cannot open storage {url!r}: {e}") from None
+            time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite"):
         _fast_sqlite(storage.engine)
     return storage

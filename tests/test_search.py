@@ -84,23 +84,35 @@ def _cmd(tmp_path, n):
 
 
 def _wait_for(tmp_path, predicate, proc, limit=120):
-    storage = f"sqlite:///{tmp_path}/k/study.db"
+    """Poll the study until ``predicate(trials)``. The file is read-only until the search has made at
+    least one trial: opening it through Optuna writes its schema, which would race the search's own."""
+    import sqlite3
+
+    path = tmp_path / "k" / "study.db"
+    storage = f"sqlite:///{path}"
     end = time.time() + limit
     while time.time() < end:
-        assert proc.poll() is None, "the search ended before the state we wait for"
-        if os.path.exists(f"{tmp_path}/k/study.db"):
-            try:
-                trials = optuna.load_study(study_name="k", storage=storage).get_trials()
-            except (KeyError, Exception):
-                trials = []
+        assert proc.poll() is None, "the search ended before the state we wait for: " + _stderr(tmp_path)
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                started = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] > 0
+        except sqlite3.Error:  # no file or no schema yet
+            started = False
+        if started:
+            trials = optuna.load_study(study_name="k", storage=storage).get_trials()
             if predicate(trials):
                 return trials
         time.sleep(0.05)
-    raise AssertionError("timed out")
+    raise AssertionError("timed out: " + _stderr(tmp_path))
+
+
+def _stderr(tmp_path) -> str:
+    p = tmp_path / "search.stderr"
+    return p.read_text()[-2000:] if p.exists() else ""
 
 
 def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
-    proc = subprocess.Popen(_cmd(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "search.stderr", "w"))
     try:
         def ready(trials):
             done = [t for t in trials if t.state == S.COMPLETE and t.user_attrs.get("status") == "complete"]
