@@ -18,6 +18,7 @@ with the Optuna backend.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from .arch import Arch
@@ -109,6 +110,9 @@ def _make_searcher(config, study, progress):
             if trial_id in self._completed_trials:
                 return
             outcome = _outcome(result)
+            if error and outcome is not None:  # its last report was a provisional per-epoch one
+                outcome = replace(outcome, status="failed", accuracy=None,
+                                  reason=f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
             frozen = record_outcome(self._ot_study, self._ot_trials[trial_id], outcome,
                                     reason="the Ray trial raised an error before reporting (see Ray's log)",
                                     budget=config.budget)
