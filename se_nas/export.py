@@ -8,7 +8,9 @@ ready ``nn.Module`` from the file alone, without the study.
 
 Why safetensors: loading it only parses a JSON header and copies raw tensor bytes, so a model file
 cannot run code (a pickled ``torch.save`` file can). The checksum turns a truncated, corrupted or
-edited file into a clear error instead of a silently different model.
+carelessly edited file into a clear error instead of a silently different model. It is not a
+signature: whoever edits a file on purpose can recompute it, so it guards against accidents, and
+safetensors (not the checksum) is what guards against code in the file.
 
 ``export_onnx`` and ``export_torchscript`` write deployment files for the same model.
 """
@@ -170,9 +172,16 @@ def read_model(path: str | Path, verify: bool = True) -> ModelFile:
         arch = Arch.from_json(header["arch"], where=f"{p}: arch")
         build = json.loads(header["build"])
         meta = json.loads(header["meta"])
-        return ModelFile(arch, int(build["num_classes"]), str(build["stem"]), float(build["width"]), meta, tensors)
+        mf = ModelFile(arch, int(build["num_classes"]), str(build["stem"]), float(build["width"]), meta, tensors)
     except (ArchError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ModelFileError(f"{str(p)!r}: malformed header ({e})") from None
+    # Check the header's size against the stored classifier before anything is built, so an edited
+    # num_classes can't make load_model allocate a huge model.
+    fc = tensors.get("fc.weight")
+    if fc is None or fc.shape[0] != mf.num_classes:
+        raise ModelFileError(f"{str(p)!r}: header says num_classes={mf.num_classes}, but the stored classifier "
+                             f"'fc.weight' has shape {None if fc is None else tuple(fc.shape)}")
+    return mf
 
 
 def _read_header(data: bytes) -> dict[str, str]:

@@ -221,27 +221,34 @@ def recover_dead_trials(study) -> list[int]:
         if owner_host != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
             continue
         storage = study._storage  # no public API fails another process's trial; Optuna's own
-        storage.set_trial_user_attr(t._trial_id, "reason", f"process {pid} on {host} died")
-        storage.set_trial_user_attr(t._trial_id, "status", "failed")
-        if storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            failed.append(t.number)
+        try:
+            storage.set_trial_user_attr(t._trial_id, "reason", f"process {pid} on {host} died")
+            storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another rerun (or the heartbeat) failed it first and enqueued the retry
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        failed.append(t.number)
     return failed
 
 
 def _check_settings(study, config: SearchConfig) -> None:
     """Store the settings with a new study; refuse to continue one created with other settings."""
+    # early_stop too: trials judged under another stopping rule must not share one front.
     want = {"space": config.space.to_dict(), "recipe": config.recipe.to_dict(),
-            "deploy": config.deploy.to_dict(), "budget": config.budget.to_dict()}
+            "deploy": config.deploy.to_dict(), "budget": config.budget.to_dict(),
+            "early_stop": config.early_stop}
     have = study.user_attrs
-    for key, value in want.items():
-        if key not in have:
-            study.set_user_attr(key, value)
-        elif have[key] != value:
+    for key, value in want.items():  # compare everything before writing anything
+        if key in have and have[key] != value:
             diff = _first_difference(have[key], value)
             raise SearchError(
                 f"study {config.study!r} was created with a different {key} ({diff}); continue it with the "
                 f"same settings, or start a new study with --study NEW_NAME")
+    for key, value in want.items():
+        if key not in have:
+            study.set_user_attr(key, value)
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -269,9 +276,11 @@ def retried(study) -> set[int]:
     """Numbers of failed trials that were enqueued again (they don't count towards ``n_trials``)."""
     out = set()
     for t in study.get_trials(deepcopy=False):
-        for n in (t.user_attrs.get("retry_of"), t.system_attrs.get("failed_trial")):
-            if isinstance(n, int):
-                out.add(n)
+        # Optuna's heartbeat retries keep failed_trial at the first failure and list every link of a
+        # chain of retries in retry_history; ours mark the trial they retry with retry_of.
+        chain = [t.user_attrs.get("retry_of"), t.system_attrs.get("failed_trial"),
+                 *t.system_attrs.get("retry_history", [])]
+        out.update(n for n in chain if isinstance(n, int))
     return out
 
 
