@@ -65,13 +65,22 @@ def _excite(se: "SqueezeExcite", z: torch.Tensor) -> torch.Tensor:
     return se.gate(F.linear(h, se.fc2.weight.flatten(1), se.fc2.bias)).view_as(z)
 
 
-def _excitation_backward(se: "SqueezeExcite", z: torch.Tensor, grad_s: torch.Tensor):
+def _autocast_state(t: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    """The autocast state a forward ran under, so backward can recompute the MLP the same way."""
+    dev = t.device.type
+    return dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+
+
+def _excitation_backward(se: "SqueezeExcite", z: torch.Tensor, grad_s: torch.Tensor, amp):
     """The scale s, dL/dz and dL/d(excitation parameters), recomputing the tiny MLP from z.
 
     Recomputing instead of saving s: at the last stage's 1x1 maps an (N, C) vector is as large as
-    the map itself, so each saved vector would cost as much as a saved activation."""
+    the map itself, so each saved vector would cost as much as a saved activation. The recompute
+    re-enters the forward's autocast state (``amp``): backward runs with autocast off, and a
+    half-precision z against float32 weights would otherwise fail (or differ from the forward)."""
     params = se.excitation_parameters()
-    with torch.enable_grad():
+    dev, enabled, dtype = amp
+    with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
         zl = z.detach().requires_grad_(True)
         s = _excite(se, zl)
         grads = torch.autograd.grad(s, (zl, *params), grad_s.to(s.dtype))
@@ -86,7 +95,7 @@ class _Scale(torch.autograd.Function):
         squeeze = se.choice.squeeze
         z, idx = _pool(x, squeeze)
         s = _excite(se, z)
-        ctx.se, ctx.squeeze = se, squeeze
+        ctx.se, ctx.squeeze, ctx.amp = se, squeeze, _autocast_state(x)
         ctx.save_for_backward(x, z, idx)
         return x * s
 
@@ -95,7 +104,7 @@ class _Scale(torch.autograd.Function):
     def backward(ctx, g):
         x, z, idx = ctx.saved_tensors
         grad_s = (g * x).sum((2, 3), keepdim=True)
-        s, gz, gparams = _excitation_backward(ctx.se, z, grad_s)
+        s, gz, gparams = _excitation_backward(ctx.se, z, grad_s, ctx.amp)
         hw = x.shape[2] * x.shape[3]
         if ctx.squeeze == "max":
             grad_x = _add_max_grad(g * s, gz, idx)
@@ -142,7 +151,7 @@ class _BNScaleAddReLU(torch.autograd.Function):
         z = _descriptor(cm, mu, invstd, gamma, beta).to(x.dtype)
         s = _excite(se, z)
         y = torch.addcmul(identity, x, s).relu_()
-        ctx.se, ctx.identity_dtype, ctx.z_dtype = se, identity.dtype, x.dtype
+        ctx.se, ctx.identity_dtype, ctx.z_dtype, ctx.amp = se, identity.dtype, x.dtype, _autocast_state(c)
         # only cm per sample: z and s are recomputed from it in backward
         ctx.save_for_backward(c, y, cm, mu, invstd, gamma, beta)
         return y
@@ -163,7 +172,7 @@ class _BNScaleAddReLU(torch.autograd.Function):
         a = gamma4 * inv4
         centred = s2 - mu4 * s1  # sum_hw gp * (c - mu)
         z = _descriptor(cm, mu, invstd, gamma, beta).to(ctx.z_dtype)  # bitwise forward's z
-        s, gz, gparams = _excitation_backward(ctx.se, z, a * centred + beta4 * s1)
+        s, gz, gparams = _excitation_backward(ctx.se, z, a * centred + beta4 * s1, ctx.amp)
         gz, sf = gz.to(acc), s.to(acc)
         dbeta = (sf * s1 + gz).sum(0, keepdim=True)
         dgamma = inv4 * (sf * centred + gz * (cm.to(acc) - mu4)).sum(0, keepdim=True)
@@ -192,6 +201,10 @@ def can_fuse_tail(bn: nn.Module, se: nn.Module) -> bool:
 
 def bn_se_add_relu(c: torch.Tensor, bn: nn.BatchNorm2d, se: "SqueezeExcite", identity: torch.Tensor):
     """``relu(se(bn(c)) + identity)`` with the fused backward (see ``can_fuse_tail``)."""
+    if c.numel() == c.shape[1]:
+        # one value per channel: native_batch_norm would write NaN into running_var where
+        # nn.BatchNorm2d raises "Expected more than 1 value per channel"; keep the latter
+        return torch.relu(se(bn(c)) + identity)
     return _BNScaleAddReLU.apply(c, identity, se, bn, bn.weight, bn.bias, *se.excitation_parameters())
 
 

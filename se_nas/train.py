@@ -127,7 +127,9 @@ def _steps_per_epoch(n: int, batch_size: int) -> tuple[int, bool]:
 def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     if not recipe.amp or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # native bf16 only (Ampere and newer); emulated bf16 on older GPUs is slow: fp16 + GradScaler there
+    with torch.cuda.device(device):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 @torch.no_grad()

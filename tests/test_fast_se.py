@@ -203,3 +203,43 @@ def test_set_fast_se_keeps_state_dict_keys():
     assert sum(isinstance(m, SqueezeExcite) and not m.fused for m in b.modules()) == 8
     assert all(m.fused for m in a.modules() if isinstance(m, SqueezeExcite))
 
+
+
+@pytest.mark.parametrize("position", ["standard", "pre"])
+@pytest.mark.parametrize("squeeze", ["avg", "max"])
+def test_fast_path_under_autocast_matches_reference(position, squeeze):
+    """Mixed precision (CUDA's default in recipes) runs the fused backward with autocast off; it must
+    recompute the excitation under the forward's autocast (it used to fail on bf16 vs float32).
+    Under bf16 the fast path's gradients must be as close to the float32 reference as the reference
+    path's own bf16 gradients are."""
+    from se_nas.arch import Arch, StageSE
+    from se_nas.build import build_model
+    from se_nas.fused import set_fast_se
+
+    arch = Arch.uniform("resnet18", StageSE(4, squeeze, "sigmoid", position))
+
+    def grads(fast: bool, amp: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = set_fast_se(build_model(arch, 5, "small", 0.25, zero_init_last=False), fast).train()
+        x = torch.randn(16, 3, 16, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model(x).float().logsumexp(1).sum()
+        loss.backward()
+        return torch.cat([p.grad.flatten().float() for p in model.parameters()])
+
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a, b, dim=0).item()  # noqa: E731
+    exact, ref_bf16, fast_bf16 = grads(False, False), grads(False, True), grads(True, True)
+    assert torch.isfinite(fast_bf16).all()
+    assert cos(fast_bf16, exact) >= cos(ref_bf16, exact) - 0.01
+    assert cos(fast_bf16, ref_bf16) > 0.98
+
+
+def test_one_value_per_channel_raises_like_batchnorm_instead_of_corrupting_stats():
+    """native_batch_norm skips nn.BatchNorm2d's "more than 1 value per channel" check and would write
+    NaN into running_var; the fused tail must raise like BatchNorm and leave the statistics alone.
+    (Inside a model an earlier BatchNorm of the unit raises first; the Function is public.)"""
+    torch.manual_seed(0)
+    bn, se = torch.nn.BatchNorm2d(16).train(), SqueezeExcite(16, StageSE(4)).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        bn_se_add_relu(torch.randn(1, 16, 1, 1), bn, se, torch.randn(1, 16, 1, 1))
+    assert torch.isfinite(bn.running_var).all() and torch.isfinite(bn.running_mean).all()
