@@ -18,6 +18,7 @@ with the Optuna backend.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -159,13 +160,14 @@ def run_ray_search(config):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .search import Progress, prepare_study, remaining, summarize
+    from .search import Progress, prepare_study, quiet_optuna, remaining, summarize
 
-    import warnings
-
-    # Ray's searcher asks and tells on the driver, not inside Study.optimize; our owner pid (set on the
-    # driver) is what recovers its trials after a crash, so Optuna's heartbeat warning doesn't apply.
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    # Ray's searcher asks and tells on the driver, not inside Study.optimize: the owner pid (set on the
+    # driver) recovers its trials after a crash, so quiet_optuna's heartbeat filter applies here too.
+    quiet_optuna()
+    # Our own bar and per-trial lines are the progress display; Ray's newer console output ignores
+    # verbose=0 and prints an experiment box and TensorBoard hints over them.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     study = prepare_study(config)
     todo = remaining(study, config.n_trials)
     progress = Progress(study, config)
