@@ -1,4 +1,6 @@
 """Subcommands beyond ``cost`` and ``presets``: each registers its parser with ``se_nas.cli``."""
+from . import cli as _cli
+from .cli import _positive_int
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------
@@ -90,8 +92,6 @@ def _register_search(sub):
     p.set_defaults(func=cmd_search)
 
 
-from . import cli as _cli  # noqa: E402
-from .cli import _positive_int  # noqa: E402
 
 _cli._REGISTER.append(_register_search)
 

@@ -265,14 +265,12 @@ def train_arch(arch: Arch, recipe, *, seed: int | None = None, data=None, checkp
     ``recipe.seed``) sets the initial weights and the data order, so a trial's seed and its study's
     recipe reproduce that trial. Returns ``(model, TrainResult, DataBundle)``."""
     from .data import load_data
-    from .train import seed_everything, train
-    from .trial import seeded
+    from .train import train
+    from .trial import seeded_proxy
 
     data = load_data(recipe) if data is None else data
-    seed = recipe.seed if seed is None else seed
-    seed_everything(seed)
-    model = build_model(arch, data.num_classes, stem=recipe.stem, width=recipe.width)
-    result = train(model, seeded(recipe, seed), data, device=device, checkpoint=checkpoint, progress=progress)
+    model, trial_recipe = seeded_proxy(arch, recipe, data.num_classes, recipe.seed if seed is None else seed)
+    result = train(model, trial_recipe, data, device=device, checkpoint=checkpoint, progress=progress)
     return model.cpu().eval(), result, data
 
 

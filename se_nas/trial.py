@@ -34,6 +34,16 @@ def configure_threads(workers: int = 1) -> int:
     return threads
 
 
+def seeded_proxy(arch: Arch, recipe, num_classes: int, seed: int):
+    """The proxy model to train, with initial weights from ``seed``, and the recipe carrying ``seed``
+    (data order, augmentation). ``run_trial`` and ``export.train_arch`` both start here, so an
+    exported model reproduces its trial exactly."""
+    from .train import seed_everything
+
+    seed_everything(seed)
+    return build_model(arch, num_classes, stem=recipe.stem, width=recipe.width), seeded(recipe, seed)
+
+
 def seeded(recipe, seed: int):
     """``recipe`` with the trial's seed, which the trainer uses for data order and augmentation.
 
@@ -60,16 +70,15 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
         return TrialOutcome(status="over_budget", reason=f"over budget ({budget.excess(cost)}), not trained",
                             seconds=time.perf_counter() - start, **common)
 
-    from .train import TrainingFailed, seed_everything, train
+    from .train import TrainingFailed, train
 
     if data is None:
         from .data import load_data
 
         data = load_data(recipe)
-    seed_everything(seed)
-    model = build_model(arch, data.num_classes, stem=recipe.stem, width=recipe.width)
+    model, trial_recipe = seeded_proxy(arch, recipe, data.num_classes, seed)
     try:
-        result = train(model, seeded(recipe, seed), data, device=device, on_epoch=should_stop)
+        result = train(model, trial_recipe, data, device=device, on_epoch=should_stop)
     except TrainingFailed as e:
         return TrialOutcome(status="failed", reason=str(getattr(e, "reason", "") or e),
                             seconds=time.perf_counter() - start, **common)
