@@ -10,6 +10,7 @@ from se_nas.arch import PRESETS, Arch, StageSE
 from se_nas.build import ResidualUnit, build_model
 from se_nas.choices import GATES, POSITIONS, SQUEEZES
 from se_nas.cost import count_cost, traced_flops
+from se_nas import fused
 from se_nas.fused import bn_se_add_relu, se_scale, set_fast_se
 from se_nas.geometry import resolve
 from se_nas.se import SqueezeExcite
@@ -74,6 +75,27 @@ def test_fast_unit_identity_shortcut(position, squeeze):
 def test_fast_basic_block_equals_reference(position):
     """Basic blocks: the fused tail reads bn2, and after_3x3 puts SE after the first 3x3."""
     _check_unit("resnet18", StageSE(2, "avg", "sigmoid", position), 2, batch=2)
+
+
+@pytest.mark.parametrize("own_bn", [True, False], ids=["own-batchnorm", "native-batchnorm"])
+@pytest.mark.parametrize("size", [1, 2, 5])
+@pytest.mark.parametrize("position", ["standard", "pre"])
+def test_fast_unit_map_sizes_and_batchnorm_paths(monkeypatch, own_bn, size, position):
+    """1x1 maps (no spatial reduction at all), short maps (sums as matrix-vector products on CPU)
+    and longer ones; the fused tail with its own BatchNorm statistics (CPU float) and with the
+    native kernel (what CUDA and half precision use) must both equal the reference."""
+    monkeypatch.setattr(fused, "_own_batch_norm", lambda c: own_bn)
+    u, fast, ref = _unit_pair("resnet50", StageSE(2, "avg", "sigmoid", position), 1)
+    x = torch.randn(3, u.in_ch, size, size, dtype=torch.double)
+    g = _upstream_grad(ref, x)
+    _assert_same(_run(fast, x, g), _run(ref, x, g))
+
+
+def test_own_batchnorm_statistics_on_cpu_float():
+    """The path the tests above force is the one CPU float32/float64 training takes."""
+    assert fused._own_batch_norm(torch.zeros(2, 2, 2, 2))
+    assert fused._own_batch_norm(torch.zeros(2, 2, 2, 2, dtype=torch.double))
+    assert not fused._own_batch_norm(torch.zeros(2, 2, 2, 2, dtype=torch.bfloat16))
 
 
 def test_whole_model_training_steps_match():
