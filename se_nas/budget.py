@@ -99,22 +99,30 @@ class Budget:
 def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
     """Raise BudgetError if no architecture of ``space`` can meet ``budget`` on ``deploy``.
 
-    Uses the exact per-limit minima of the space (``SearchSpace.cheapest``): if even the cheapest
-    candidate exceeds a limit, every candidate does.
+    Exact: reads the space's whole FLOPs/parameters frontier (``SearchSpace.cost_frontier``), so a
+    pair of limits that each alone some design meets, but no design meets together, is refused too.
     """
     if not budget.limited:
         return
     from .cost import count_cost
 
-    by_flops, by_params = space.cheapest(deploy.image_size, deploy.num_classes)
-    cf = count_cost(by_flops, deploy.image_size, deploy.num_classes)
-    cp = count_cost(by_params, deploy.image_size, deploy.num_classes)
+    front = space.cost_frontier(deploy.image_size, deploy.num_classes)
     where = f"{deploy.image_size}x{deploy.image_size}, {deploy.num_classes} classes"
+    cf, cp = (count_cost(a, deploy.image_size, deploy.num_classes) for a in (front[0][2], front[-1][2]))
     if budget.max_gflops is not None and cf.gflops > budget.max_gflops:
         raise BudgetError(
             f"budget --budget-gflops {budget.max_gflops:g} is infeasible for every candidate in space "
-            f"{space.name!r}: the cheapest is {cf.gflops:.3f} GFLOPs ({by_flops.label}, {where})")
+            f"{space.name!r}: the cheapest is {cf.gflops:.3f} GFLOPs ({front[0][2].label}, {where})")
     if budget.max_mparams is not None and cp.mparams > budget.max_mparams:
         raise BudgetError(
             f"budget --budget-mparams {budget.max_mparams:g} is infeasible for every candidate in space "
-            f"{space.name!r}: the smallest is {cp.mparams:.3f}M params ({by_params.label}, {where})")
+            f"{space.name!r}: the smallest is {cp.mparams:.3f}M params ({front[-1][2].label}, {where})")
+    if not any(budget.fits(count_cost(a, deploy.image_size, deploy.num_classes)) for _, _, a in front):
+        # each limit alone is met by some design (checked above), so both are set
+        within_f = min((p for f, p, _ in front if f / 1e9 <= budget.max_gflops), default=None)
+        within_p = min((f for f, p, _ in front if p / 1e6 <= budget.max_mparams), default=None)
+        raise BudgetError(
+            f"budget --budget-gflops {budget.max_gflops:g} with --budget-mparams {budget.max_mparams:g} is "
+            f"infeasible for every candidate in space {space.name!r} ({where}): within "
+            f"{budget.max_gflops:g} GFLOPs the fewest parameters are {within_f / 1e6:.3f}M, and within "
+            f"{budget.max_mparams:g}M parameters the fewest FLOPs are {within_p / 1e9:.3f} GFLOPs")

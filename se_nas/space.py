@@ -115,12 +115,13 @@ class SearchSpace:
         patterns = list(itertools.product(*(st["enabled"] for st in self.stages)))
         return sum(n_designs if any(p) else 1 for p in patterns)
 
-    def cheapest(self, image_size: int | None = None, num_classes: int | None = None) -> tuple[Arch, Arch]:
-        """(fewest GFLOPs, fewest parameters) architectures of the space on the deployment model.
+    def cost_frontier(self, image_size: int | None = None, num_classes: int | None = None) -> list[tuple[int, int, Arch]]:
+        """Every (FLOPs, parameters) trade-off of the space on the deployment model: the architectures
+        no other one beats on both, as ``(flops, params, arch)``, fewest FLOPs first. Exact.
 
         SE cost is additive over stages (each stage's blocks depend only on that stage's choice), so
-        per stage we keep the option whose own SE cost is smallest: exact minima, no enumeration of
-        the whole space. A shared space is small enough to enumerate.
+        the frontier is built stage by stage from each stage's own frontier (sums of costs, pruned
+        after each stage) without enumerating the space. A shared space is small enough to enumerate.
         """
         from .cost import count_cost
 
@@ -131,25 +132,28 @@ class SearchSpace:
             c = count_cost(a, size, classes)
             return c.flops, c.params
 
-        if all(False in st["enabled"] for st in self.stages):
-            return self.plain(), self.plain()  # SE only ever adds parameters and FLOPs
+        plain = self.plain()
         if self.shared:
-            candidates = []
             st = self.stages[0]
             designs = [StageSE(*combo) for combo in itertools.product(*(st[a] for a in SE_AXES))]
-            for pattern in itertools.product(*(s["enabled"] for s in self.stages)):
-                for se in designs if any(pattern) else [None]:
-                    candidates.append(replace(self.plain(), stages=tuple(se if on else None for on in pattern)))
-            by_flops = min(candidates, key=lambda a: cost(a))
-            by_params = min(candidates, key=lambda a: cost(a)[::-1])
-            return by_flops, by_params
-        plain = self.plain()
-        picks_f, picks_p = [], []
+            candidates = [
+                replace(plain, stages=tuple(se if on else None for on in pattern))
+                for pattern in itertools.product(*(s["enabled"] for s in self.stages))
+                for se in (designs if any(pattern) else [None])
+            ]
+            return [(f, p, a) for (f, p), a in _pareto((cost(a), a) for a in candidates)]
+        f0, p0 = cost(plain)
+        front: list[tuple[tuple[int, int], tuple]] = [((0, 0), ())]  # added cost, picks so far
         for i in range(len(self.stages)):
-            opts = [(cost(plain.with_stage(i, o)), o) for o in self.stage_options(i)]
-            picks_f.append(min(opts, key=lambda t: t[0])[1])
-            picks_p.append(min(opts, key=lambda t: t[0][::-1])[1])
-        return replace(plain, stages=tuple(picks_f)), replace(plain, stages=tuple(picks_p))
+            own = _pareto(((f - f0, p - p0), o) for o in self.stage_options(i) for f, p in [cost(plain.with_stage(i, o))])
+            front = _pareto(((f + df, p + dp), picks + (o,)) for (f, p), picks in front for (df, dp), o in own)
+        return [(f0 + f, p0 + p, replace(plain, stages=picks)) for (f, p), picks in front]
+
+    def cheapest(self, image_size: int | None = None, num_classes: int | None = None) -> tuple[Arch, Arch]:
+        """(fewest GFLOPs, fewest parameters) architectures of the space on the deployment model:
+        the two ends of ``cost_frontier``."""
+        front = self.cost_frontier(image_size, num_classes)
+        return front[0][2], front[-1][2]
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical form, stored with a study so a rerun can refuse a different space."""
@@ -293,3 +297,13 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
         stride_on=stride_on, se_bias=flags["se_bias"], shared=flags["shared"],
         deploy_image_size=dep["image_size"], deploy_num_classes=dep["num_classes"],
     )
+
+
+def _pareto(items) -> list[tuple[tuple[int, int], Any]]:
+    """The ``((flops, params), value)`` items no other item beats on both, fewest FLOPs first (of
+    items with equal costs, the first)."""
+    out: list[tuple[tuple[int, int], Any]] = []
+    for item in sorted(items, key=lambda t: t[0]):  # stable: ties keep their order
+        if not out or item[0][1] < out[-1][0][1]:
+            out.append(item)
+    return out

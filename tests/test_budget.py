@@ -64,6 +64,25 @@ def test_infeasible_when_se_is_forced(tmp_path):
     check_feasible(space, Budget(max_gflops=nosq.gflops), space.deploy)
 
 
+def test_infeasible_only_together(tmp_path):
+    """Each limit alone is met by some design, both together by none: refused up front, naming both."""
+    p = tmp_path / "tradeoff.yaml"
+    # SE before a strided unit sees fewer channels but a 4x larger map than after it
+    p.write_text("backbone: resnet18\nchoices: {enabled: [true], reduction: [2], squeeze: [avg], "
+                 "position: [standard, pre]}\n")
+    space = load_space(p)
+    fewest_flops, fewest_params = (count_cost(a) for a in space.cheapest())
+    assert fewest_flops.params > fewest_params.params and fewest_params.flops > fewest_flops.flops
+    both = Budget(max_gflops=fewest_flops.gflops, max_mparams=fewest_params.mparams)
+    with pytest.raises(BudgetError, match=r"--budget-gflops .* with --budget-mparams .* infeasible.*within"):
+        check_feasible(space, both, space.deploy)
+    check_feasible(space, Budget(max_gflops=fewest_flops.gflops), space.deploy)
+    check_feasible(space, Budget(max_mparams=fewest_params.mparams), space.deploy)
+    # the frontier's knee: a design that meets a pair of limits exactly is accepted
+    f, prm, _ = space.cost_frontier()[1]
+    check_feasible(space, Budget(max_gflops=f / 1e9, max_mparams=prm / 1e6), space.deploy)
+
+
 def test_no_trained_candidate_exceeds_budget(tmp_path):
     """100 random proposals through the real search path: over-budget ones are never trained."""
     space = load_space("tiny")

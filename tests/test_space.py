@@ -118,6 +118,29 @@ def test_cheapest_equals_brute_force(tmp_path):
     assert by_f in archs and by_p in archs
 
 
+def _brute_force_frontier(archs):
+    """(flops, params) pairs no other architecture beats on both: all pairs compared."""
+    costs = {(c.flops, c.params) for c in map(count_cost, archs)}
+    return {c for c in costs if not any(o[0] <= c[0] and o[1] <= c[1] and o != c for o in costs)}
+
+
+@pytest.mark.parametrize("text", [
+    # a real trade-off: SE before a strided unit sees fewer channels but a 4x larger map than after it
+    "backbone: resnet18\nchoices: {enabled: [true], reduction: [2], squeeze: [avg, max], position: [standard, pre]}\n",
+    "backbone: resnet18\nchoices: {enabled: [true, false], reduction: [4, 16], squeeze: [max, none]}\n",
+    "backbone: resnet18\nshared: true\nchoices: {reduction: [2, 32], squeeze: [avg, none], "
+    "position: [standard, after_3x3]}\n",
+], ids=["forced", "optional", "shared"])
+def test_cost_frontier_equals_brute_force(tmp_path, text):
+    space = load_space(write(tmp_path, text))
+    archs = all_params(space)
+    front = space.cost_frontier()
+    assert {(f, p) for f, p, _ in front} == _brute_force_frontier(archs)
+    for f, p, a in front:  # each point is an architecture of the space with exactly that cost
+        assert a in archs and (count_cost(a).flops, count_cost(a).params) == (f, p)
+    assert [f for f, _, _ in front] == sorted(f for f, _, _ in front)
+
+
 def test_cheapest_with_off_allowed_is_plain():
     space = load_space("resnet50-per-stage")
     assert space.cheapest() == (space.plain(), space.plain())
