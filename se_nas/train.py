@@ -13,6 +13,7 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -211,13 +212,30 @@ def train(
     Raises ``TrainingFailed`` for a non-finite loss or out of memory.
     """
     dev = pick_device(recipe.device if device is None else str(device))
+    # fixed input shapes: let cuDNN pick the fastest kernels; both settings are put back afterwards
+    with _torch_settings(recipe.threads, cudnn_benchmark=dev.type == "cuda"):
+        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress)
+
+
+@contextlib.contextmanager
+def _torch_settings(threads: int | None, cudnn_benchmark: bool):
+    """torch's process-wide thread count and cuDNN autotuning for one training, then as they were."""
+    old = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        torch.backends.cudnn.benchmark = old[1]
+
+
+def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainResult:
     amp_dtype = _amp_dtype(recipe, dev)
     channels_last = recipe.channels_last and dev.type == "cuda"
-    if recipe.threads is not None:
-        torch.set_num_threads(recipe.threads)
     seed_everything(recipe.seed)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
     n_train = len(data.train)
     if n_train == 0:

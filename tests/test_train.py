@@ -178,6 +178,28 @@ def test_other_errors_propagate(tiny, data):
         train(model, tiny, data)
 
 
+def test_thread_count_is_put_back_even_when_training_fails(tiny, data):
+    """A recipe's ``threads`` holds for its training only; the caller's setting comes back after it,
+    also when training raises."""
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))  # something for the optimizer
+
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            raise RuntimeError("probe")
+
+    with pytest.raises(RuntimeError, match="probe"):
+        train(Probe(), dataclasses.replace(tiny, threads=wanted), data)
+    assert seen == [wanted]
+    assert torch.get_num_threads() == before
+
+
 # --- checkpoints and reproducibility ------------------------------------------------------------------
 def test_checkpoint_resume_gives_the_same_history(tiny, tmp_path):
     r = dataclasses.replace(tiny, epochs=3, max_train_samples=160)  # 5 steps per epoch: quick
