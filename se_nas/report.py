@@ -31,7 +31,7 @@ from .study import DIRECTIONS, DEFAULT_ROOT, StudyError, open_study, records, to
 DEFAULT_OUT = Path("reports")
 AXES = ("reduction", "squeeze", "gate", "position")
 STATUS_TEXT = {"complete": "complete", "stopped_early": "stopped early", "over_budget": "over budget",
-               "failed": "failed", "running": "running"}
+               "failed": "failed", "running": "running", "queued": "queued for retry"}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from .budget import Budget, Deploy, check_feasible
 from .cost import count_cost
 from .earlystop import RungStopper, peers_from_study
 from .space import DEFAULT_SPACE, SearchSpace, load_space
-from .study import DEFAULT_ROOT, DIRECTIONS, open_study, records, study_dir
+from .study import DEFAULT_ROOT, DIRECTIONS, STATUSES, open_study, records, study_dir
 from .trial import configure_threads, record_outcome, run_trial
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
@@ -494,7 +494,7 @@ def front_records(study) -> list:
 
 def counts(study) -> dict[str, int]:
     """Proposals by outcome: feasible ones were trained (or failed training), infeasible ones not."""
-    c = {"complete": 0, "stopped_early": 0, "over_budget": 0, "failed": 0, "running": 0}
+    c = dict.fromkeys(STATUSES, 0)
     for r in records(study):
         c[r.status] = c.get(r.status, 0) + 1
     c["feasible"] = c["complete"] + c["stopped_early"] + c["failed"]

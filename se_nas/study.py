@@ -6,7 +6,7 @@ objectives: validation accuracy (maximise), GFLOPs and parameters (millions) of 
 read ``records(study)`` and never care which backend ran.
 
 Every finished trial carries these user attributes (``TrialOutcome.to_attrs``): ``arch`` (canonical
-JSON), ``status`` (see ``STATUSES``), ``gflops``, ``mparams``, ``epochs``, ``history`` (validation
+JSON), ``status`` (see ``OUTCOMES``), ``gflops``, ``mparams``, ``epochs``, ``history`` (validation
 accuracy after each epoch), ``seconds``, ``reason``, ``seed``, ``backend``. The study itself carries
 ``space``, ``recipe``, ``deploy`` and ``budget`` as study user attributes.
 """
@@ -22,7 +22,8 @@ from .arch import Arch
 
 OBJECTIVES = ("accuracy", "gflops", "mparams")
 DIRECTIONS = ("maximize", "minimize", "minimize")
-STATUSES = ("complete", "stopped_early", "over_budget", "failed", "running")
+STATUSES = ("complete", "stopped_early", "over_budget", "failed", "running", "queued")
+OUTCOMES = STATUSES[:4]  # what a finished trial can be; "queued" = waiting to be retried
 DEFAULT_ROOT = Path("trials")
 
 
@@ -35,7 +36,7 @@ class TrialOutcome:
     """What one trial produced: the value both backends turn into a study trial."""
 
     arch: Arch
-    status: str  # one of STATUSES except "running"
+    status: str  # one of OUTCOMES
     gflops: float
     mparams: float
     accuracy: float | None = None  # validation top-1 in [0, 1] at the last epoch trained
@@ -47,8 +48,8 @@ class TrialOutcome:
     backend: str = "optuna"
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES[:-1]:
-            raise ValueError(f"status must be one of {STATUSES[:-1]}, got status={self.status!r}")
+        if self.status not in OUTCOMES:
+            raise ValueError(f"status must be one of {OUTCOMES}, got status={self.status!r}")
 
     @property
     def values(self) -> list[float] | None:
@@ -134,8 +135,10 @@ def records(study) -> list[TrialRecord]:
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         arch = Arch.from_json(a["arch"]) if "arch" in a else None
-        if t.state == optuna.trial.TrialState.RUNNING or t.state == optuna.trial.TrialState.WAITING:
+        if t.state == optuna.trial.TrialState.RUNNING:
             status = "running"
+        elif t.state == optuna.trial.TrialState.WAITING:  # enqueued: a retry of a trial whose worker died
+            status = "queued"
         elif t.state == optuna.trial.TrialState.FAIL:
             status = "failed"
         else:
@@ -146,7 +149,7 @@ def records(study) -> list[TrialRecord]:
                 number=t.number,
                 status=status,
                 arch=arch,
-                accuracy=None if status in ("over_budget", "failed", "running") else acc,
+                accuracy=None if status in ("over_budget", "failed", "running", "queued") else acc,
                 gflops=a.get("gflops"),
                 mparams=a.get("mparams"),
                 epochs=a.get("epochs", 0),

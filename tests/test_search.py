@@ -154,12 +154,17 @@ def test_ctrl_c_marks_the_trial_interrupted_and_resumable(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "interrupted" in err
-    trials = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path}/k/study.db").get_trials()
+    study = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path}/k/study.db")
+    trials = study.get_trials()
     stopped = [t for t in trials if t.state == S.FAIL]
     assert len(stopped) == 1 and stopped[0].user_attrs["reason"] == "interrupted"
     waiting = [t for t in trials if t.state == S.WAITING]
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == stopped[0].number
     assert not [t for t in trials if t.state == S.RUNNING]
+    # reports show the retry as queued, not as a trial that is running now
+    status = {r.number: r.status for r in records(study)}
+    assert status[waiting[0].number] == "queued" and status[stopped[0].number] == "failed"
+    assert "running" not in status.values()
 
 
 def run_cli(args, capsys):
