@@ -136,6 +136,13 @@ def _excitation_backward(se: "SqueezeExcite", z: torch.Tensor, h: torch.Tensor, 
     return s, gh.mm(w1.flatten(1).to(acc)), [gp.to(p.dtype) for gp, p in zip(grads, params, strict=True)]
 
 
+def excitation(se: "SqueezeExcite", x: torch.Tensor) -> torch.Tensor:
+    """``se.excitation(x)`` for a pooled squeeze with plain autograd-capable ops: the (N, C, 1, 1)
+    scale, with the MLP as matrix products (what inference runs)."""
+    z = se.squeeze(x)
+    return _excite(se, z.flatten(1))[1].view_as(z)
+
+
 class _Scale(torch.autograd.Function):
     """y = x * excitation(squeeze(x)) for pooled squeezes, with a two-pass backward."""
 

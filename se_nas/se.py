@@ -7,9 +7,10 @@
 The excitation layers are 1x1 convolutions: on a pooled descriptor they are the paper's FC layers,
 and on a full map they are exactly the NoSqueeze ablation's convolutions (Table 16).
 
-``forward`` as written here is the reference implementation. When training with a pooled squeeze,
-``fused=True`` (the default) runs the same function through ``se_nas.fused``, which saves less and
-makes fewer passes over the feature map in backward; ``fused=False`` (or ``se_nas.fused.set_fast_se``)
+``excitation`` and the last line of ``forward`` are the reference implementation. With a pooled
+squeeze, ``fused=True`` (the default) runs the same function through ``se_nas.fused``: in training,
+autograd Functions that save less and make fewer passes over the feature map in backward; in
+inference, the excitation as matrix products. ``fused=False`` (or ``se_nas.fused.set_fast_se``)
 keeps the straightforward code, which is also what tracing (fvcore, export) always sees.
 """
 from __future__ import annotations
@@ -33,16 +34,19 @@ class SqueezeExcite(nn.Module):
         self.choice = se
         self.fused = fused  # a plain attribute: not in the state_dict, so files stay the same
 
-    def fast_path_applies(self) -> bool:
-        """The fused Functions pay only in training with autograd; tracers must see plain ops."""
+    def fast_excitation_applies(self) -> bool:
+        """The excitation as matrix products on the pooled descriptor (any mode); tracers (fvcore's
+        FLOP count, TorchScript and ONNX export) must see the module's convolutions."""
         return (
             self.fused
-            and self.training
             and self.squeeze is not None
-            and torch.is_grad_enabled()
             and not torch.jit.is_tracing()
             and not torch.jit.is_scripting()
         )
+
+    def fast_path_applies(self) -> bool:
+        """The fused autograd Functions: they pay only in training with autograd."""
+        return self.fast_excitation_applies() and self.training and torch.is_grad_enabled()
 
     def excitation_parameters(self) -> list[torch.Tensor]:
         return [p for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias) if p is not None]
@@ -54,6 +58,8 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_path_applies():
             return _fused.se_scale(x, self)
+        if self.fast_excitation_applies():  # inference: the same ops, with matrix products
+            return x * _fused.excitation(self, x)
         return x * self.excitation(x)
 
     def extra_repr(self) -> str:

@@ -156,6 +156,25 @@ def test_fast_path_only_when_training_with_autograd():
     assert not SqueezeExcite(8, StageSE(2, "none")).fast_path_applies()
 
 
+@pytest.mark.parametrize("squeeze", ["avg", "max", "avgmax"])
+@pytest.mark.parametrize("gate", list(GATES))
+def test_inference_excitation_equals_reference(squeeze, gate):
+    """Eval mode runs the excitation as matrix products: same outputs, and same input gradients when
+    autograd is on in eval mode (saliency maps, adversarial inputs)."""
+    torch.manual_seed(0)
+    fast = SqueezeExcite(16, StageSE(4, squeeze, gate), bias=True).double().eval()
+    ref = set_fast_se(copy.deepcopy(fast), False)
+    assert fast.fast_excitation_applies() and not fast.fast_path_applies()
+    assert not ref.fast_excitation_applies()
+    x = torch.randn(3, 16, 5, 5, dtype=torch.double, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-12, atol=1e-14)
+    g = torch.randn(3, 16, 5, 5, dtype=torch.double)
+    grads = [torch.autograd.grad(m(x), (x, *m.parameters()), g) for m in (fast, ref)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("position", ["standard", "pre"])
 def test_traced_flops_unchanged_in_training_mode(position):
     """fvcore traces the reference path, so its count still equals the analytic one."""
