@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from se_nas.arch import PRESETS
 from se_nas.build import build_model
+from se_nas.cost import count_cost
 from se_nas.fused import set_fast_se
 
 # (SE model, plain model) pairs whose ratio is reported
@@ -44,19 +45,33 @@ PAIRS = {
 }
 
 
-def make_models(stem: str, with_timm: bool) -> dict[str, torch.nn.Module]:
+MODELS = ("resnet50", "se_resnet50", "se_resnet50_ref", "resnet50_tv", "se_resnet50_tv", "se_resnet50_tv_ref",
+          "timm_resnet50", "timm_seresnet50")
+
+
+def make_models(names: list[str], stem: str) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     models = {}
-    for name in ("resnet50", "se_resnet50", "resnet50_tv", "se_resnet50_tv"):
-        models[name] = build_model(PRESETS[name], 1000, stem=stem)
-        if name.startswith("se_"):
-            models[f"{name}_ref"] = set_fast_se(build_model(PRESETS[name], 1000, stem=stem), False)
-    if with_timm:
-        import timm
+    for name in names:
+        if name.startswith("timm_"):
+            import timm
 
-        models["timm_resnet50"] = timm.create_model("resnet50", num_classes=1000)
-        models["timm_seresnet50"] = timm.create_model("seresnet50", num_classes=1000)
+            models[name] = timm.create_model(name.removeprefix("timm_"), num_classes=1000)
+        else:
+            model = build_model(PRESETS[name.removesuffix("_ref")], 1000, stem=stem)
+            models[name] = set_fast_se(model, False) if name.endswith("_ref") else model
     return models
+
+
+def flops_ratios(pairs: dict, image_size: int, stem: str) -> dict[str, float]:
+    """SE/plain FLOPs at this input size (analytic count): 1 / this is the throughput ratio at
+    which SE would cost in time exactly its share of FLOPs."""
+    out = {}
+    for label, (se, plain) in pairs.items():
+        if not se.startswith("timm_"):
+            out[label] = (count_cost(PRESETS[se.removesuffix("_ref")], image_size, 1000, stem).flops
+                          / count_cost(PRESETS[plain], image_size, 1000, stem).flops)
+    return out
 
 
 def machine(device: torch.device, threads: int) -> dict:
@@ -147,7 +162,7 @@ def run(args) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = make_models(args.stem, not args.no_timm)
+    models = make_models(args.models, args.stem)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g).to(device, memory_format=fmt)
@@ -191,13 +206,15 @@ def run(args) -> dict:
         return statistics.median(a / b for a, b in zip(d[se], d[plain]))
 
     pairs = {k: v for k, v in PAIRS.items() if v[0] in models and v[1] in models}
+    parity = flops_ratios(pairs, args.image_size, args.stem)
     return {
         "machine": info,
         "models": {n: {"train_img_s": statistics.median(train[n]), "infer_img_s": statistics.median(infer[n]),
                        "train_mem_mib": memory[n] / 2**20, "train_runs": train[n], "infer_runs": infer[n]}
                    for n in names},
         "ratios": {k: {"se": se, "plain": plain, "train": ratio(train, se, plain),
-                       "infer": ratio(infer, se, plain), "memory": memory[se] / memory[plain]}
+                       "infer": ratio(infer, se, plain), "memory": memory[se] / memory[plain],
+                       "flops": parity.get(k)}
                    for k, (se, plain) in pairs.items()},
         "memory_method": "cuda max_memory_allocated over one step" if device.type == "cuda"
         else "activation bytes saved for backward (saved_tensors_hooks, distinct storages, no parameters)",
@@ -219,9 +236,12 @@ def markdown(res: dict) -> str:
     ]
     for n, m in res["models"].items():
         lines.append(f"| {n} | {m['train_img_s']:.1f} | {m['infer_img_s']:.1f} | {m['train_mem_mib']:.1f} |")
-    lines += ["", "| SE / plain | train throughput | inference throughput | train memory |", "|---|---:|---:|---:|"]
+    lines += ["", "| SE / plain | train throughput | inference throughput | train memory | FLOPs (parity) |",
+              "|---|---:|---:|---:|---:|"]
     for k, r in res["ratios"].items():
-        lines.append(f"| {k} ({r['se']} / {r['plain']}) | {r['train']:.3f}x | {r['infer']:.3f}x | {r['memory']:.3f}x |")
+        flops = "-" if r["flops"] is None else f"{r['flops']:.4f}x ({1 / r['flops']:.3f}x)"
+        lines.append(f"| {k} ({r['se']} / {r['plain']}) | {r['train']:.3f}x | {r['infer']:.3f}x"
+                     f" | {r['memory']:.3f}x | {flops} |")
     return "\n".join(lines)
 
 
@@ -237,12 +257,20 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated subset of: " + ", ".join(MODELS) + " (suffix _ref: the reference SE path)")
     p.add_argument("--no-timm", action="store_true", help="skip timm's reference pair")
     p.add_argument("--json", help="also write the full results here")
     args = p.parse_args(argv)
     for k in ("batch", "image_size", "repeats", "steps"):
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown or not args.models:
+        p.error(f"--models: unknown model(s) {unknown or args.models!r}; choose from {', '.join(MODELS)}")
+    if args.no_timm:
+        args.models = [m for m in args.models if not m.startswith("timm_")]
     res = run(args)
     print(markdown(res))
     if args.json:
