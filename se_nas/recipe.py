@@ -17,10 +17,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from .builtin import RECIPE_DIR
 from .choices import STEMS
 
-# The repository's trials/ folder holds the built-in recipes (se_nas/ is one level below the repo).
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "trials"
+# Built-in recipes: the repository's trials/ folder in a checkout, a copy inside the package in a wheel.
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 OPTIMIZERS = ("sgd", "adamw")

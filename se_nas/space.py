@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from .arch import Arch, ArchError, StageSE, baseline_arch, plain_arch
+from .builtin import SPACES_DIR
 from .choices import BACKBONES, GATES, POSITIONS, SQUEEZES, STRIDE_ON
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DEFAULT_SPACE = "resnet50-per-stage"
 AXES = ("enabled", "reduction", "squeeze", "gate", "position")
 SE_AXES = AXES[1:]
