@@ -208,7 +208,10 @@ def _batch_norm_stats(c: torch.Tensor, cm: torch.Tensor, bn: nn.BatchNorm2d):
     m = n * hh * ww
     mu = cm.mean(0)
     d = c - mu.view(1, ch, 1, 1).to(c.dtype)
-    var = _sum_hw(d * d, cm.dtype).sum(0) / m
+    if hh * ww > 16:  # a norm reads d once; d * d writes a temporary first (1.6x slower on 56x56 maps)
+        var = torch.linalg.vector_norm(d, dim=(2, 3), dtype=cm.dtype).square_().sum(0) / m
+    else:
+        var = _sum_hw(d * d, cm.dtype).sum(0) / m
     momentum = _momentum(bn)
     with torch.no_grad():  # unbiased variance in the running estimate, as nn.BatchNorm2d
         bn.running_mean.mul_(1 - momentum).add_(mu.to(bn.running_mean.dtype), alpha=momentum)
@@ -237,8 +240,9 @@ class _BNScaleAddReLU(torch.autograd.Function):
             a = gamma * invstd
             z = _descriptor(cm, mu, invstd, gamma, beta)
             h, s = _excite(se, z)
-            # s * bn(c) + identity, bn(c) = a (c - mu) + beta, written into d = c - mu
-            y = d.mul_((a * s).view(n, ch, 1, 1)).add_((beta * s).view(n, ch, 1, 1)).add_(identity).relu_()
+            # s * bn(c) + identity = identity + d * (a s) + beta s, bn(c) = a (c - mu) + beta, written into d
+            y = torch.addcmul(identity, d, (a * s).view(n, ch, 1, 1), out=d)
+            y.add_((beta * s).view(n, ch, 1, 1)).relu_()
         else:
             x, mu, invstd = torch.native_batch_norm(
                 c, gamma, beta, bn.running_mean, bn.running_var, True, _momentum(bn), bn.eps
