@@ -106,23 +106,24 @@ def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
         return
     from .cost import count_cost
 
-    front = space.cost_frontier(deploy.image_size, deploy.num_classes)
-    where = f"{deploy.image_size}x{deploy.image_size}, {deploy.num_classes} classes"
-    cf, cp = (count_cost(a, deploy.image_size, deploy.num_classes) for a in (front[0][2], front[-1][2]))
+    size, classes = deploy.image_size, deploy.num_classes
+    front = [(count_cost(a, size, classes), a) for _, _, a in space.cost_frontier(size, classes)]
+    (cf, by_flops), (cp, by_params) = front[0], front[-1]
+    where = f"{size}x{size}, {classes} classes"
     if budget.max_gflops is not None and cf.gflops > budget.max_gflops:
         raise BudgetError(
             f"budget --budget-gflops {budget.max_gflops:g} is infeasible for every candidate in space "
-            f"{space.name!r}: the cheapest is {cf.gflops:.3f} GFLOPs ({front[0][2].label}, {where})")
+            f"{space.name!r}: the cheapest is {cf.gflops:.3f} GFLOPs ({by_flops.label}, {where})")
     if budget.max_mparams is not None and cp.mparams > budget.max_mparams:
         raise BudgetError(
             f"budget --budget-mparams {budget.max_mparams:g} is infeasible for every candidate in space "
-            f"{space.name!r}: the smallest is {cp.mparams:.3f}M params ({front[-1][2].label}, {where})")
-    if not any(budget.fits(count_cost(a, deploy.image_size, deploy.num_classes)) for _, _, a in front):
+            f"{space.name!r}: the smallest is {cp.mparams:.3f}M params ({by_params.label}, {where})")
+    if not any(budget.fits(c) for c, _ in front):
         # each limit alone is met by some design (checked above), so both are set
-        within_f = min((p for f, p, _ in front if f / 1e9 <= budget.max_gflops), default=None)
-        within_p = min((f for f, p, _ in front if p / 1e6 <= budget.max_mparams), default=None)
+        within_f = min(c.mparams for c, _ in front if c.gflops <= budget.max_gflops)
+        within_p = min(c.gflops for c, _ in front if c.mparams <= budget.max_mparams)
         raise BudgetError(
             f"budget --budget-gflops {budget.max_gflops:g} with --budget-mparams {budget.max_mparams:g} is "
             f"infeasible for every candidate in space {space.name!r} ({where}): within "
-            f"{budget.max_gflops:g} GFLOPs the fewest parameters are {within_f / 1e6:.3f}M, and within "
-            f"{budget.max_mparams:g}M parameters the fewest FLOPs are {within_p / 1e9:.3f} GFLOPs")
+            f"{budget.max_gflops:g} GFLOPs the fewest parameters are {within_f:.3f}M, and within "
+            f"{budget.max_mparams:g}M parameters the fewest FLOPs are {within_p:.3f} GFLOPs")

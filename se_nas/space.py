@@ -145,7 +145,11 @@ class SearchSpace:
         f0, p0 = cost(plain)
         front: list[tuple[tuple[int, int], tuple]] = [((0, 0), ())]  # added cost, picks so far
         for i in range(len(self.stages)):
-            own = _pareto(((f - f0, p - p0), o) for o in self.stage_options(i) for f, p in [cost(plain.with_stage(i, o))])
+            own = []  # what each option of this stage adds to the plain network's cost
+            for o in self.stage_options(i):
+                f, p = cost(plain.with_stage(i, o))
+                own.append(((f - f0, p - p0), o))
+            own = _pareto(own)
             front = _pareto(((f + df, p + dp), picks + (o,)) for (f, p), picks in front for (df, dp), o in own)
         return [(f0 + f, p0 + p, replace(plain, stages=picks)) for (f, p), picks in front]
 
