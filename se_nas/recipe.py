@@ -20,8 +20,6 @@ import yaml
 from .builtin import RECIPE_DIR
 from .choices import STEMS
 
-# Built-in recipes: the repository's trials/ folder in a checkout, a copy inside the package in a wheel.
-
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
