@@ -191,13 +191,21 @@ def run(args) -> dict:
         opts[name] = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
     info = machine(device, torch.get_num_threads())
     info.update(batch=args.batch, image_size=args.image_size, stem=args.stem, device=str(device),
-                channels_last=args.channels_last, amp=args.amp, repeats=args.repeats, steps=args.steps)
+                channels_last=args.channels_last, amp=args.amp, compile=args.compile, repeats=args.repeats,
+                steps=args.steps)
+    if args.compile:  # compiled in the warm-up below (training and, at the first repeat, eval graphs)
+        models = {name: torch.compile(m) for name, m in models.items()}
 
-    memory = {}
+    memory: dict[str, int | None] = {}
     for name, m in models.items():
-        train_step(m, opts[name], x, y, args.amp)  # warm-up: allocator, caches, lazy init
-        memory[name] = (cuda_peak_bytes(m, opts[name], x, y, args.amp) if device.type == "cuda"
-                        else saved_bytes(m, x, y, args.amp))
+        t0 = time.perf_counter()
+        train_step(m, opts[name], x, y, args.amp)  # warm-up: allocator, caches, lazy init, compilation
+        if args.compile:
+            print(f"{name}: compiled and ran one step in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if device.type == "cuda":
+            memory[name] = cuda_peak_bytes(m, opts[name], x, y, args.amp)
+        else:  # what eager autograd saves; a compiled graph decides for itself what to save
+            memory[name] = None if args.compile else saved_bytes(m, x, y, args.amp)
     names = list(models)
     train = {n: [] for n in names}  # per repeat: images/s over that repeat's steps
     infer = {n: [] for n in names}
@@ -227,11 +235,13 @@ def run(args) -> dict:
     return {
         "machine": info,
         "models": {n: {"train_img_s": statistics.median(train[n]), "infer_img_s": statistics.median(infer[n]),
-                       "train_mem_mib": memory[n] / 2**20, "train_runs": train[n], "infer_runs": infer[n],
+                       "train_mem_mib": None if memory[n] is None else memory[n] / 2**20,
+                       "train_runs": train[n], "infer_runs": infer[n],
                        "train_best_img_s": best[n]["train"], "infer_best_img_s": best[n]["infer"]}
                    for n in names},
         "ratios": {k: {"se": se, "plain": plain, "train": ratio(train, se, plain),
-                       "infer": ratio(infer, se, plain), "memory": memory[se] / memory[plain],
+                       "infer": ratio(infer, se, plain),
+                       "memory": None if memory[se] is None else memory[se] / memory[plain],
                        "train_best": best[se]["train"] / best[plain]["train"],
                        "infer_best": best[se]["infer"] / best[plain]["infer"],
                        "flops": parity.get(k)}
@@ -248,21 +258,23 @@ def markdown(res: dict) -> str:
         + (f", GPU {mi['gpu']}" if "gpu" in mi else "")
         + f"; load average {mi['load_average_start'][0]:.1f} at start, {mi['load_average_end'][0]:.1f} at end.",
         f"Batch {mi['batch']} at {mi['image_size']}x{mi['image_size']}, {mi['stem']} stem, device {mi['device']},"
-        f" channels_last={mi['channels_last']}, amp={mi['amp']}; median of {mi['repeats']} interleaved repeats"
+        f" channels_last={mi['channels_last']}, amp={mi['amp']}, compile={mi['compile']}; median of {mi['repeats']} interleaved repeats"
         f" of {mi['steps']} steps (best: ratio of the fastest single steps). Memory: {res['memory_method']}.",
         "",
         "| model | train img/s | infer img/s | train memory (MiB) |",
         "|---|---:|---:|---:|",
     ]
     for n, m in res["models"].items():
-        lines.append(f"| {n} | {m['train_img_s']:.1f} | {m['infer_img_s']:.1f} | {m['train_mem_mib']:.1f} |")
+        mem = "-" if m["train_mem_mib"] is None else f"{m['train_mem_mib']:.1f}"
+        lines.append(f"| {n} | {m['train_img_s']:.1f} | {m['infer_img_s']:.1f} | {mem} |")
     lines += ["", "| SE / plain | train throughput: median (best) | inference throughput: median (best)"
                   " | train memory | FLOPs (parity) |",
               "|---|---:|---:|---:|---:|"]
     for k, r in res["ratios"].items():
         flops = "-" if r["flops"] is None else f"{r['flops']:.4f}x ({1 / r['flops']:.3f}x)"
+        mem = "-" if r["memory"] is None else f"{r['memory']:.3f}x"
         lines.append(f"| {k} ({r['se']} / {r['plain']}) | {r['train']:.3f}x ({r['train_best']:.3f}x)"
-                     f" | {r['infer']:.3f}x ({r['infer_best']:.3f}x) | {r['memory']:.3f}x | {flops} |")
+                     f" | {r['infer']:.3f}x ({r['infer_best']:.3f}x) | {mem} | {flops} |")
     return "\n".join(lines)
 
 
@@ -278,6 +290,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every model first (minutes per model on CPU; no CPU memory figure)")
     p.add_argument("--models", default=",".join(MODELS),
                    help="comma-separated subset of: " + ", ".join(MODELS) + " (suffix _ref: the reference SE path)")
     p.add_argument("--no-timm", action="store_true", help="skip timm's reference pair")
