@@ -24,7 +24,9 @@ from se_nas.budget import Budget
 from se_nas.build import build_model
 from se_nas.cost import count_cost, traced_flops
 from se_nas.data import load_data
-from se_nas.search import SearchConfig, prepare_study, quiet_optuna, run_one
+from se_nas.optuna_backend import run_one
+from se_nas.samplers import quiet_optuna
+from se_nas.search import SearchConfig, prepare_study
 from se_nas.space import load_space
 from se_nas.study import records
 

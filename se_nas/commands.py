@@ -4,9 +4,6 @@ from .cli import _positive_int
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------
-DEFAULT_N_TRIALS = 50  # measured: 50 trials of the digits recipe in 6 min 50 s on 2 idle cores
-
-
 def cmd_search(args):
     from .budget import Budget
     from .search import SearchConfig, default_study_name, run_search
@@ -19,7 +16,9 @@ def cmd_search(args):
         budget=budget, n_trials=args.n_trials, sampler=args.sampler, workers=args.workers,
         storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        early_stop=args.early_stop, seed=args.seed, root=args.root,
+        early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
+        confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
+        max_seeds_per_design=args.max_seeds_per_design,
     )
     run_search(config)
     return 0
@@ -44,7 +43,8 @@ def _number(kind, positive: bool):
 def _register_search(sub):
     import argparse
 
-    from .search import BACKENDS, EARLY_STOPS, SAMPLERS
+    from .samplers import SAMPLERS
+    from .search import BACKENDS, DEFAULT_N_TRIALS, EARLY_STOPS
     from .space import DEFAULT_SPACE
 
     p = sub.add_parser(
@@ -87,6 +87,17 @@ def _register_search(sub):
     p.add_argument("--early-stop", choices=EARLY_STOPS, default="rungs",
                    help="rungs: stop a candidate at the recipe's rung epochs if it is poor among trials of "
                    "similar cost and beaten by one no more expensive; asha: Ray's ASHA (--backend ray); none")
+    p.add_argument("--calibration-seeds", type=int, default=3, metavar="K",
+                   help="before the search, train the plain backbone and r=16 under K seeds to measure the "
+                   "proxy's seed noise (0: skip; early stopping then stops nothing)")
+    p.add_argument("--confirm-top", type=int, default=3, metavar="N",
+                   help="after the search, retrain the chosen design and the next N-1 designs of the front, "
+                   "r=16 and the plain backbone under the same K seeds (0: no confirmation)")
+    p.add_argument("--confirm-max-seeds", type=int, default=5, metavar="K",
+                   help="most seeds per confirmed design; K is chosen from the measured noise, at least 3")
+    p.add_argument("--max-seeds-per-design", type=int, default=3, metavar="S",
+                   help="a design proposed again gets another seed (up to S) only while it decides the front; "
+                   "otherwise it is answered from its record without training")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler; trial N trains with seed SEED+N")
     p.add_argument("--root", default="trials", help="folder holding the studies (ROOT/STUDY/study.db)")
     p.set_defaults(func=cmd_search)
@@ -109,7 +120,7 @@ def cmd_report(args):
 
 def cmd_export(args):
     from .export import export_study
-    from .report import latest_study
+    from .storage import latest_study
 
     name = args.study or latest_study(args.root)
     path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,

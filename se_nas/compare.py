@@ -1,182 +1,211 @@
 """The chosen design against the paper's fixed r=16 SE baseline and the plain backbone.
 
-``compare`` trains three architectures under the same recipe and the same K seeds: the design the
-search chose (the most accurate completed trial within the budget), the paper's default on the same
-backbone (SE in every stage, r=16, average squeeze, sigmoid gate, standard insertion:
-``se_nas.arch.baseline_arch``) and the backbone without SE (``plain_arch``). It reports mean and
-standard deviation of validation accuracy, the deployment model's GFLOPs and parameters, and the
-measured inference latency, and the difference against r=16 with a paired t-test over seeds (seed k
-of each arm shares data order and split, so the pairing removes that part of the noise).
+``compare`` trains the design the search chose, the paper's default on the same backbone (SE in
+every stage, r=16, average squeeze, sigmoid gate, standard insertion: ``se_nas.arch.baseline_arch``)
+and the backbone without SE (``plain_arch``) under the same recipe and the same K seeds, and reports
+per design the mean accuracy with its standard error and seeds, the deployment model's GFLOPs and
+parameters, and the measured inference latency; against r=16 *and* against the plain backbone, the
+paired difference with its standard error and a paired t-test (seed k of every design shares data
+order and initialisation seed, so pairing removes that part of the noise), and the one-sentence
+finding (``se_nas.results.finding``).
 
-Finished runs are cached in ``reports/<study>/compare-runs/`` (a JSON record and the weights per
-architecture, recipe and seed), so a rerun, or a rerun with more seeds, only trains what is missing.
-Latency is re-measured on every call, round-robin over the arms, so that all arms see the same
-machine load. Results go to ``reports/<study>/compare.json`` and ``compare.md``, which the report
-(``se_nas.report``) reads.
+The chosen design is the search's confirmed choice (``se_nas.confirm``), else its best per-design
+mean within the budget. When that is the plain backbone or r=16 itself, the comparison says so and
+shows one row for it, not two rows of one design.
+
+Runs are the study's confirmation runs (``se_nas.confirm.ensure_runs``): after a search with
+confirmation, ``compare`` trains nothing new; with more seeds it trains only the missing ones.
+Latency is measured on freshly built proxies (weights don't change a forward pass's time),
+round-robin over the designs so that all see the same machine load. Results go to
+``<out>/<study>/compare.json`` and ``compare.md``, which the report reads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .arch import Arch, baseline_arch, plain_arch
-from .cost import count_cost
-from .report import DEFAULT_OUT, compare_path, latest_study
-from .study import DEFAULT_ROOT, open_study, records
+from .confirm import (ROLES, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
+                      recipe_key)
+from .results import Difference, finding
+from .storage import DEFAULT_ROOT, latest_study, open_study
+from .study import StudySettings
 
-ROLES = {"chosen": "chosen design", "r16": "r=16 SE baseline", "plain": "plain backbone"}
-
-
-def recipe_key(recipe) -> str:
-    """Short hash of a recipe's settings except its seed: runs are cached per (arch, recipe, seed)."""
-    d = recipe.to_dict()
-    d.pop("seed", None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+DEFAULT_OUT = Path("reports")
 
 
-def measure_latency(model: torch.nn.Module, image_size: int, device="cpu", repeats: int = 30,
-                    warmup: int = 5) -> float:
-    """Median wall time in milliseconds of one forward pass at batch 1 (no grad, eval mode)."""
+def compare_path(study: str, out: str | Path = DEFAULT_OUT) -> Path:
+    """Where ``se-nas compare`` writes its results for ``study`` (read back by the report)."""
+    return Path(out) / study / "compare.json"
+
+
+def measure_latency(models: dict[str, Any], image_size: int, device="cpu", repeats: int = 30,
+                    warmup: int = 5, rounds: int = 5) -> dict[str, list[float]]:
+    """Median wall time in milliseconds of one forward pass at batch 1 (no grad, eval mode) of each
+    model, in ``rounds`` interleaved rounds of ``repeats`` passes. Returns each model's round medians."""
+    import torch
+
     dev = torch.device(device)
-    model = model.to(dev).eval()
     x = torch.randn(1, 3, image_size, image_size, device=dev)
-    times = []
+    out: dict[str, list[float]] = {k: [] for k in models}
+    models = {k: m.to(dev).eval() for k, m in models.items()}
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            model(x)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)  # kernels are asynchronous: wait for them before timing
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def paired_test(values: list[float], reference: list[float]) -> dict[str, Any]:
-    """Mean and std of the per-seed differences ``values - reference`` and a paired t-test."""
-    from scipy import stats
-
-    d = [a - b for a, b in zip(values, reference)]
-    out: dict[str, Any] = {"diff_mean": statistics.fmean(d) if d else math.nan,
-                           "diff_std": statistics.stdev(d) if len(d) > 1 else math.nan,
-                           "t": None, "p": None}
-    if len(d) < 2:
-        out["note"] = f"no test possible with {len(d)} seed(s); use --seeds 2 or more"
-    elif max(d) == min(d):
-        out["note"] = "the difference is the same on every seed: the t-test is undefined"
-    else:
-        res = stats.ttest_rel(values, reference)
-        out.update(t=float(res.statistic), p=float(res.pvalue),
-                   note=f"paired t-test over {len(d)} seeds")
+        for k, m in models.items():
+            for _ in range(warmup):
+                m(x)
+        for _ in range(rounds):
+            for k, m in models.items():
+                times = []
+                for _ in range(repeats):
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    t0 = time.perf_counter()
+                    m(x)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)  # kernels are asynchronous: wait before timing
+                    times.append((time.perf_counter() - t0) * 1e3)
+                out[k].append(statistics.median(times))
     return out
 
 
-def _run(arch: Arch, recipe, seed: int, cache: Path, device, progress: bool) -> tuple[dict, Path]:
-    """One training run, from the cache if it finished before. Returns (record, weights file)."""
-    from .export import save_trained, train_arch
+def paired_test(values: list[float], reference: list[float]) -> dict[str, Any]:
+    """``values - reference`` over paired seeds: mean, std and standard error of the differences and a
+    paired t-test, as a dict (``se_nas.results.paired_difference``)."""
+    from .results import paired_difference
 
-    stem = cache / f"{arch.id}-{recipe_key(recipe)}-s{seed}"
-    rec_path, weights = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    if rec_path.exists() and weights.exists():
-        return json.loads(rec_path.read_text()), weights
-    r = replace(recipe, seed=seed)
-    model, result, data = train_arch(arch, r, seed=seed, checkpoint=stem.with_suffix(".ckpt"),
-                                     progress=progress, device=device)
-    save_trained(weights, model, arch, r, data, result)
-    rec = {"arch_id": arch.id, "seed": seed, "accuracy": result.accuracy, "history": list(result.history),
-           "seconds": result.seconds, "recipe": r.to_dict()}
-    rec_path.write_text(json.dumps(rec, indent=1))
-    stem.with_suffix(".ckpt").unlink(missing_ok=True)  # the weights file now holds the result
-    return rec, weights
+    return _diff_dict(paired_difference(values, reference), [a - b for a, b in zip(values, reference)])
+
+
+def _diff_dict(d: Difference | None, diffs: list[float] | None = None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    out = d.to_dict()
+    out["diff_std"] = d.se * math.sqrt(d.n) if d.n > 1 else math.nan
+    return out
 
 
 def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
-            seeds: int = 3, recipe=None, arch: Arch | None = None, device=None, progress: bool = False,
-            latency_repeats: int = 30, log=print) -> dict[str, Any]:
-    """Train the chosen design, the r=16 baseline and the plain backbone for ``seeds`` seeds each and
-    write ``<out>/<study>/compare.json`` and ``compare.md``. Returns the compare.json content.
+            storage: str | None = None, seeds: int | None = None, recipe=None, arch: Arch | None = None,
+            device=None, progress: bool = False, latency_repeats: int = 30, log=print) -> dict[str, Any]:
+    """Train the chosen design, the r=16 baseline and the plain backbone under ``seeds`` seeds each
+    (default: the confirmation's seeds, or 3), and write ``<out>/<study>/compare.json`` and
+    ``compare.md``. Returns the compare.json content.
 
     ``recipe`` (a Recipe, built-in name or YAML path) defaults to the study's; ``arch`` overrides the
-    chosen design (default: the most accurate completed trial within the study's GFLOPs budget).
+    chosen design.
     """
-    from .export import load_model, pick_trial
-    from .recipe import Recipe, load_recipe
-    from .train import pick_device
+    from .build import build_model
+    from .recipe import load_recipe
 
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise ValueError(f"--seeds must be a positive integer, got seeds={seeds!r}")
-    name = study or latest_study(root)
-    st = open_study(name, root=root)
-    trial = None
+    name = study or latest_study(root, storage)
+    st = open_study(name, storage=storage, root=root)
+    settings = StudySettings.of(st)
+    source = "given with --arch"
     if arch is None:
-        budget = st.user_attrs.get("budget") or {}
-        rec = pick_trial(records(st), None, budget.get("max_gflops"))
-        arch, trial = rec.arch, rec.number
+        chosen, source = chosen_design(st, settings)
+        arch = chosen.arch
+    conf = read_confirmation(st, settings)
+    if seeds is None:
+        seeds = len(conf.seeds) if conf is not None else 3
     if recipe is None:
-        recipe = Recipe.from_dict(st.user_attrs.get("recipe") or {}, where=f"study {name!r} recipe")
-        recipe_name = "the study's"
+        recipe, recipe_name = settings.recipe_value(), "the study's"
     else:
         recipe_name = recipe if isinstance(recipe, str) else "custom"
         recipe = load_recipe(recipe)
-    deploy = {"image_size": 224, "num_classes": 1000, **(st.user_attrs.get("deploy") or {})}
-    dev = pick_device(recipe.device if device is None else str(device))
+    deploy = settings.deploy_value
     arms = {"chosen": arch, "r16": baseline_arch(arch), "plain": plain_arch(arch)}
-    cache = Path(out) / name / "compare-runs"
-    cache.mkdir(parents=True, exist_ok=True)
+    same = next((role for role in ("r16", "plain") if arms[role].id == arch.id), None)
+    seed_list = confirm_seeds(seeds)
+    runs = ensure_runs(st, arms, seed_list, recipe, device=device, log=log if progress else None, stage="compare")
+    designs = {role: design_of(a, runs, seed_list, deploy) for role, a in arms.items()}
 
-    runs: dict[str, list[tuple[dict, Path]]] = {role: [] for role in arms}
-    for seed in range(seeds):
-        for role, a in arms.items():
-            log(f"[compare] {ROLES[role]} {a.id} seed {seed}")
-            runs[role].append(_run(a, recipe, seed, cache, dev, progress))
+    num_classes = _num_classes(recipe)
+    models = {role: build_model(a, num_classes, stem=recipe.stem, width=recipe.width)
+              for role, a in arms.items() if role != same}
+    dev = _device(recipe, device)
+    lat = measure_latency(models, recipe.image_size, dev, latency_repeats)
+    if same is not None:
+        lat[same] = lat["chosen"]
+    return _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out)
 
-    # Latency: every trained model, round-robin over the arms, on this machine now.
-    lat: dict[str, list[float]] = {role: [] for role in arms}
-    for seed in range(seeds):
-        for role in arms:
-            model = load_model(runs[role][seed][1])
-            lat[role].append(measure_latency(model, recipe.image_size, dev, latency_repeats))
 
+def _num_classes(recipe) -> int:
+    from .data import load_data
+
+    return load_data(recipe).num_classes
+
+
+def _device(recipe, device):
+    from .train import pick_device
+
+    return pick_device(recipe.device if device is None else str(device))
+
+
+def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out) -> dict[str, Any]:
+    import torch
+
+    from .confirm import study_noise
+
+    noise = study_noise(st, recipe)
+    chosen, r16, plain = designs["chosen"], designs["r16"], designs["plain"]
+    vs = {"r16": paired(chosen, r16), "plain": paired(chosen, plain)}
     result: dict[str, Any] = {
-        "study": name, "recipe_name": recipe_name, "recipe": recipe.to_dict(), "seeds": list(range(seeds)),
-        "deploy": deploy, "device": str(dev), "threads": torch.get_num_threads(),
+        "study": name, "recipe_name": recipe_name, "recipe": recipe.to_dict(), "recipe_key": recipe_key(recipe),
+        "seeds": list(chosen.seeds) or [], "deploy": deploy.to_dict(), "device": str(dev),
+        "threads": torch.get_num_threads(), "chosen_from": source, "same_as": same,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, "
                    f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "arms": [], "vs_r16": {},
+        "noise": noise.to_dict(), "arms": [], "vs_r16": {}, "vs_plain": {},
+        "finding": finding(chosen, r16, plain, vs["r16"], vs["plain"], noise) if chosen.n else "",
     }
-    acc = {role: [r[0]["accuracy"] for r in runs[role]] for role in arms}
-    for role, a in arms.items():
-        c = count_cost(a, deploy["image_size"], deploy["num_classes"])
+    trial = chosen.trials[0] if chosen.trials else None
+    for role, d in designs.items():
+        if role == same:
+            continue
         result["arms"].append({
-            "role": role, "name": ROLES[role], "arch_id": a.id, "label": a.label, "arch": a.to_dict(),
-            "trial": trial if role == "chosen" else None, "gflops": c.gflops, "mparams": c.mparams,
-            "accuracy": acc[role], "accuracy_mean": statistics.fmean(acc[role]),
-            "accuracy_std": statistics.stdev(acc[role]) if seeds > 1 else 0.0,
-            "latency_ms": lat[role], "latency_mean": statistics.fmean(lat[role]),
-            "latency_std": statistics.stdev(lat[role]) if seeds > 1 else 0.0,
+            "role": role, "name": ROLES[role] if role != "chosen" or same is None else f"chosen design = {ROLES[same]}",
+            "arch_id": d.id, "label": d.arch.label, "arch": d.arch.to_dict(), "trial": trial if role == "chosen" else None,
+            "gflops": d.gflops, "mparams": d.mparams, "accuracy": list(d.accuracies), "seeds": list(d.seeds),
+            "accuracy_mean": d.mean, "accuracy_std": d.std if d.n > 1 else 0.0, "accuracy_sem": d.sem(noise),
+            "n": d.n, "latency_ms": lat[role], "latency_mean": statistics.fmean(lat[role]),
+            "latency_std": statistics.stdev(lat[role]) if len(lat[role]) > 1 else 0.0,
         })
-        if role != "r16":
-            result["vs_r16"][role] = {"accuracy": paired_test(acc[role], acc["r16"]),
-                                      "latency_ms": paired_test(lat[role], lat["r16"])}
+    for ref in ("r16", "plain"):
+        if ref == same:
+            continue
+        lat_d = paired_test(lat["chosen"], lat[ref]) if len(lat["chosen"]) == len(lat[ref]) else None
+        result[f"vs_{ref}"]["chosen"] = {"accuracy": _diff_dict(vs[ref]), "latency_ms": lat_d}
+    if same is None and plain.n and r16.n:
+        result["vs_r16"]["plain"] = {"accuracy": _diff_dict(paired(plain, r16)),
+                                     "latency_ms": paired_test(lat["plain"], lat["r16"])}
     path = compare_path(name, out)
-    path.write_text(json.dumps(result, indent=1))
-    path.with_suffix(".md").write_text(compare_md(result))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    md = path.with_suffix(".md")
+    md.with_name(md.name + ".tmp").write_text(compare_md(result))
+    md.with_name(md.name + ".tmp").replace(md)
     return result
 
 
-def _pm(mean: float, std: float, nd: int) -> str:
-    return f"{mean:.{nd}f} ± {std:.{nd}f}"
+def _pm(mean: float, err: float, nd: int) -> str:
+    return f"{mean:.{nd}f} ± {err:.{nd}f}" if math.isfinite(err) else f"{mean:.{nd}f}"
+
+
+def _test_cells(t: dict | None) -> tuple[str, str]:
+    if t is None:
+        return "", ""
+    se = t.get("diff_se")
+    delta = f"{t['diff_mean']:+.4f}" + (f" ± {se:.4f}" if se is not None and math.isfinite(se) else "")
+    return delta, ("n/a" if t["p"] is None else f"{t['p']:.3g}")
 
 
 def compare_md(res: dict[str, Any]) -> str:
@@ -184,29 +213,36 @@ def compare_md(res: dict[str, Any]) -> str:
     k = len(res["seeds"])
     r = res["recipe"]
     d = res["deploy"]
+    noise = res.get("noise") or {}
+    sigma = noise.get("sigma")
     lines = [
-        "## Comparison against the fixed r=16 SE baseline", "",
-        f"{k} seed(s), recipe: {res['recipe_name']} ({r['dataset']} at {r['image_size']}px, {r['stem']} stem, "
-        f"width x{r['width']}, {r['epochs']} epochs). GFLOPs and parameters: deployment model "
-        f"({d['image_size']}x{d['image_size']}, {d['num_classes']} classes). Latency: median forward pass "
-        f"of the trained proxy at batch 1, {r['image_size']}px, on {res['device']} ({res['machine']}).", "",
-        "| design | arch id | accuracy (mean ± std) | GFLOPs | M params | latency ms (mean ± std) | Δ accuracy vs r=16 | p (paired t) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "## Comparison against the fixed r=16 SE baseline and the plain backbone", "",
+        f"**Finding:** {res['finding']}", "",
+        f"{k} seed(s) per design (seeds {', '.join(str(s) for s in res['seeds'])}, shared by every design); "
+        f"chosen design: {res.get('chosen_from', '')}. Recipe: {res['recipe_name']} ({r['dataset']} at "
+        f"{r['image_size']}px, {r['stem']} stem, width x{r['width']}, {r['epochs']} epochs). Accuracy: mean ± "
+        "standard error over the seeds. GFLOPs and parameters: deployment model "
+        f"({d['image_size']}x{d['image_size']}, {d['num_classes']} classes). Latency: median forward pass of the "
+        f"proxy at batch 1, {r['image_size']}px, on {res['device']} ({res['machine']}), mean ± std over "
+        "interleaved rounds.",
+        "",
+    ]
+    if sigma is not None:
+        lines += [f"Proxy seed noise: ± {sigma:.4f} (pooled over {noise['designs']} designs, {noise['df']} "
+                  "degrees of freedom). A difference is called significant at p < 0.05 (paired t-test).", ""]
+    if res.get("same_as"):
+        lines += [f"The chosen design **is** the {ROLES[res['same_as']]}: one row for it.", ""]
+    lines += [
+        "| design | arch id | accuracy | seeds | GFLOPs | M params | latency ms | Δ acc vs r=16 | p | Δ acc vs plain | p |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm in res["arms"]:
-        vs = res["vs_r16"].get(arm["role"], {}).get("accuracy")
-        delta = "" if vs is None else f"{vs['diff_mean']:+.4f}"
-        p = "" if vs is None else ("n/a" if vs["p"] is None else f"{vs['p']:.3g}")
+        role = arm["role"]
+        d16, p16 = _test_cells(((res["vs_r16"].get(role) or {}).get("accuracy")))
+        dpl, ppl = _test_cells(((res["vs_plain"].get(role) or {}).get("accuracy")))
         trial = f" (trial {arm['trial']})" if arm.get("trial") is not None else ""
-        lines.append(f"| {arm['name']}{trial} | `{arm['arch_id']}` | {_pm(arm['accuracy_mean'], arm['accuracy_std'], 4)} "
-                     f"| {arm['gflops']:.4f} | {arm['mparams']:.3f} | {_pm(arm['latency_mean'], arm['latency_std'], 3)} "
-                     f"| {delta} | {p} |")
-    lines.append("")
-    for role, tests in res["vs_r16"].items():
-        a, l = tests["accuracy"], tests["latency_ms"]
-        lines.append(f"- {ROLES[role]} vs r=16: accuracy {a['diff_mean']:+.4f}"
-                     + (f" (t = {a['t']:.3f}, p = {a['p']:.3g}, {a['note']})" if a["p"] is not None else f" ({a['note']})")
-                     + f"; latency {l['diff_mean']:+.3f} ms"
-                     + (f" (p = {l['p']:.3g})" if l["p"] is not None else ""))
+        lines.append(f"| {arm['name']}{trial} | `{arm['arch_id']}` | {_pm(arm['accuracy_mean'], arm.get('accuracy_sem', math.nan), 4)} "
+                     f"| {arm.get('n', len(arm['accuracy']))} | {arm['gflops']:.4f} | {arm['mparams']:.3f} "
+                     f"| {_pm(arm['latency_mean'], arm['latency_std'], 3)} | {d16} | {p16} | {dpl} | {ppl} |")
     lines += ["", "Designs: " + "; ".join(f"{arm['name']}: {arm['label']}" for arm in res["arms"]), ""]
     return "\n".join(lines)

@@ -318,7 +318,8 @@ def resolve_ref(ref: str, root: str | Path = "trials"):
     from .arch import resolve_arch
 
     if ":" in ref and not Path(ref).exists():
-        from .study import open_study, records
+        from .storage import open_study
+        from .study import records
 
         name, _, num = ref.rpartition(":")
         if not num.isdigit():
@@ -329,28 +330,34 @@ def resolve_ref(ref: str, root: str | Path = "trials"):
 
 
 def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials", trial: int | None = None,
-                 max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None) -> Path:
-    """``se-nas export``: train the chosen trial's architecture with the study's recipe and the trial's
-    seed (resuming from ``<root>/<study>/export/trial-N.ckpt``), write the model file, and for
-    ``fmt`` onnx/torchscript the deployment file at ``out`` (the model file beside it)."""
+                 max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None,
+                 storage: str | None = None) -> Path:
+    """``se-nas export``: train the chosen design (``--best``: the study's confirmed choice, else its
+    best per-design mean within the budget; or trial N) with the study's recipe and the seed of one of
+    its runs (resuming from ``<root>/<study>/export/``), write the model file, and for ``fmt``
+    onnx/torchscript the deployment file at ``out`` (the model file beside it)."""
     from .recipe import Recipe
-    from .study import open_study, records
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    study = open_study(study_name, root=root)
-    if max_gflops is None and trial is None:
-        max_gflops = (study.user_attrs.get("budget") or {}).get("max_gflops")
-    rec = pick_trial(records(study), trial, max_gflops)
+    from .confirm import export_choice
+    from .storage import open_study
+
+    study = open_study(study_name, storage=storage, root=root)
+    if trial is not None:
+        from .study import records
+
+        rec = pick_trial(records(study), trial)
+        arch, seed, tag, info = rec.arch, rec.seed, f"trial-{rec.number}", {"trial": rec.number,
+                                                                            "search_accuracy": rec.accuracy}
+    else:
+        arch, seed, tag, info = export_choice(study, max_gflops)
     recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
-    ckpt = Path(root) / study_name / "export" / f"trial-{rec.number}.ckpt"
-    model, result, data = train_arch(rec.arch, recipe, seed=rec.seed, checkpoint=ckpt, progress=progress,
-                                     device=device)
+    ckpt = Path(root) / study_name / "export" / f"{tag}.ckpt"
+    model, result, data = train_arch(arch, recipe, seed=seed, checkpoint=ckpt, progress=progress, device=device)
     out = Path(out)
     model_path = out if fmt == "senas" else out.with_suffix(SUFFIXES["senas"])
-    save_trained(model_path, model, rec.arch, recipe, data, result, study=study_name, trial=rec.number,
-                 search_accuracy=rec.accuracy,
-                 deploy_cost={"gflops": rec.gflops, "mparams": rec.mparams, **(study.user_attrs.get("deploy") or {})})
+    save_trained(model_path, model, arch, recipe, data, result, study=study_name, **info)
     if fmt != "senas":
         write_formats(model_path, fmt, out, recipe.image_size)
     return out

@@ -11,6 +11,11 @@ Early stopping on Ray: ``rungs`` applies se-nas's cost-aware rung rule (``se_nas
 ``tune.Stopper`` on the driver; ``asha`` uses Ray's ASHA on validation accuracy alone (Ray's schedulers
 take a single metric); ``none`` trains every candidate to the end.
 
+Repeats: the searcher's ``suggest`` asks Optuna for a design, and a design the study has already
+trained is answered from its record on the driver (``se_nas.trial.repeat_outcome``), exactly as on
+the Optuna backend; only designs that need training become Ray trials. Calibration and confirmation
+run on the driver (``se_nas.search.run_search``), so their runs land in the same study.
+
 Resuming: the study is the source of truth. Rerunning the same command counts the study's finished
 trials and runs only the rest; trials the dead driver left running are failed and retried, exactly as
 with the Optuna backend.
@@ -23,7 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 from .arch import Arch
-from .study import DIRECTIONS, OBJECTIVES, TrialOutcome
+from .study import DIRECTIONS, OBJECTIVES, Status, TrialOutcome, records, remaining
 
 _MODES = ["max" if d == "maximize" else "min" for d in DIRECTIONS]
 
@@ -52,7 +57,7 @@ def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: di
     def report_epoch(epoch: int, accuracy: float) -> bool:
         history.append(accuracy)
         if epoch < rec.epochs:
-            partial = TrialOutcome(arch, "stopped_early", cost.gflops, cost.mparams, accuracy, epoch,
+            partial = TrialOutcome(arch, Status.STOPPED_EARLY, cost.gflops, cost.mparams, accuracy, epoch,
                                    tuple(history), 0.0, f"stopped early at epoch {epoch}", config["seed"], "ray")
             tune.report(_result(partial, epoch))
         return False  # Ray's Stopper/scheduler decide, on the driver
@@ -80,7 +85,7 @@ def _result(outcome: TrialOutcome, epoch: int) -> dict[str, Any]:
     # Ray's schedulers need a number in every result: untrained outcomes report accuracy 0 to Ray,
     # while the study records them by status (never as results).
     values = outcome.values or [0.0, outcome.gflops, outcome.mparams]
-    return {**dict(zip(OBJECTIVES, values)), "epoch": epoch, "status": outcome.status,
+    return {**dict(zip(OBJECTIVES, values)), "epoch": epoch, "status": outcome.status.value,
             "outcome": json.dumps(outcome.to_attrs())}
 
 
@@ -95,8 +100,11 @@ def _make_searcher(config, study, progress):
     """Ray's OptunaSearch on our study: it asks our sampler and we record each outcome ourselves."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from .search import make_sampler, owner_attrs
-    from .trial import record_outcome
+    from .confirm import study_noise
+    from .samplers import make_sampler, process_seed
+    from .storage import owner_attrs
+    from .study import counted
+    from .trial import record_outcome, repeat_outcome
 
     space, base_seed = config.space, config.seed
 
@@ -104,15 +112,33 @@ def _make_searcher(config, study, progress):
         arch = space.sample(trial)
         for k, v in owner_attrs().items():  # the driver owns the trial (for recovery on rerun)
             trial.set_user_attr(k, v)
+        trial.set_user_attr("arch", arch.to_json())
         return {"arch": arch.to_json(), "seed": base_seed + trial.number}
 
     class StudySearch(OptunaSearch):
+        def suggest(self, trial_id: str):
+            # A repeat of a known design is answered here, from the record, and Optuna is asked again:
+            # only designs that need training reach Ray (bounded, like the Optuna backend's streak).
+            for _ in range(50):
+                config_ = super().suggest(trial_id)
+                if not isinstance(config_, dict) or "arch" not in config_:
+                    return config_
+                recs = records(self._ot_study)
+                outcome = repeat_outcome(Arch.from_json(config_["arch"]), recs,
+                                         study_noise(self._ot_study, config.recipe, recs), seed=config_["seed"],
+                                         max_seeds=config.max_seeds_per_design, backend="ray")
+                if outcome is None:
+                    return config_
+                ot_trial = self._ot_trials.pop(trial_id)
+                progress.trial_done(record_outcome(self._ot_study, ot_trial, outcome, budget=config.budget))
+            return config_
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            if trial_id in self._completed_trials:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             outcome = _outcome(result)
             if error and outcome is not None:  # its last report was a provisional per-epoch one
-                outcome = replace(outcome, status="failed", accuracy=None,
+                outcome = replace(outcome, status=Status.FAILED, accuracy=None,
                                   reason=f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
             frozen = record_outcome(self._ot_study, self._ot_trials[trial_id], outcome,
                                     reason="the Ray trial raised an error before reporting (see Ray's log)",
@@ -127,26 +153,29 @@ def _make_searcher(config, study, progress):
         def save(self, checkpoint_path: str) -> None:
             pass
 
-    sampler = make_sampler(config.sampler, config.seed, constrained=config.budget.limited)
+    sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0]))
     return StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
                        storage=study._storage, study_name=study.study_name)
 
 
 def _rung_stopper(config, study):
-    """se-nas's cost-aware rung rule as a Ray Stopper, evaluated on the driver."""
+    """se-nas's noise-aware rung rule as a Ray Stopper, evaluated on the driver."""
     from ray import tune
 
-    from .earlystop import peers_from_study, should_stop
+    from .confirm import study_noise
+    from .earlystop import peers_of, should_stop
 
     rungs = frozenset(config.recipe.rungs)
 
     class RungStopper(tune.Stopper):
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
             epoch = int(result.get("epoch", 0))
-            if result.get("status") != "stopped_early" or epoch not in rungs:
+            if result.get("status") != Status.STOPPED_EARLY.value or epoch not in rungs:
                 return False
-            return should_stop(epoch, float(result["accuracy"]), float(result["gflops"]),
-                               peers_from_study(study), mparams=float(result["mparams"]))
+            recs = records(study)
+            noise = study_noise(study, config.recipe, recs)
+            return should_stop(epoch, float(result["accuracy"]), float(result["gflops"]), peers_of(recs),
+                               noise.per_epoch.get(epoch), mparams=float(result["mparams"]))
 
         def stop_all(self) -> bool:
             return False
@@ -154,53 +183,40 @@ def _rung_stopper(config, study):
     return RungStopper()
 
 
-def run_ray_search(config):
-    """Run (or continue) ``config``'s search with Ray Tune; returns the ``optuna.Study``."""
+def run(study, config, progress, data=None) -> None:
+    """Run trials as Ray Tune trials until the study has ``config.n_trials`` counted ones."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .search import Progress, prepare_study, quiet_optuna, remaining, summarize
+    from .storage import study_dir
 
-    # Ray's searcher asks and tells on the driver, not inside Study.optimize: the owner pid (set on the
-    # driver) recovers its trials after a crash, so quiet_optuna's heartbeat filter applies here too.
-    quiet_optuna()
     # Our own bar and per-trial lines are the progress display; Ray's newer console output ignores
     # verbose=0 and prints an experiment box and TensorBoard hints over them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    study = prepare_study(config)
     todo = remaining(study, config.n_trials)
-    progress = Progress(study, config)
-    try:
-        if todo > 0:
-            if not ray.is_initialized():
-                kw = {} if config.ray_address in (None, "", "local") else {"address": config.ray_address}
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
-            trainable = tune.with_parameters(
-                _trainable, recipe=config.recipe.to_dict(), budget=config.budget.to_dict(),
-                deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)))
-            trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
-            scheduler = stop = None
-            if config.early_stop == "asha" and config.recipe.rungs:
-                scheduler = ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
-                                          max_t=config.recipe.epochs, grace_period=min(config.recipe.rungs))
-            elif config.early_stop == "rungs" and config.recipe.rungs:
-                stop = _rung_stopper(config, study)
-            from .study import study_dir
-
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=_make_searcher(config, study, progress),
-                                            scheduler=scheduler, num_samples=todo,
-                                            reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=study.study_name, stop=stop, verbose=0,
-                    storage_path=str((study_dir(study.study_name, config.root) / "ray").resolve()),
-                    failure_config=tune.FailureConfig(max_failures=0)),
-            )
-            tuner.fit()
-    finally:
-        progress.close()
-    if config.progress:
-        print(summarize(study, config))
-    return study
+    if todo <= 0:
+        return
+    if not ray.is_initialized():
+        kw = {} if config.ray_address in (None, "", "local") else {"address": config.ray_address}
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
+    trainable = tune.with_parameters(
+        _trainable, recipe=config.recipe.to_dict(), budget=config.budget.to_dict(),
+        deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)))
+    trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    scheduler = stop = None
+    if config.early_stop == "asha" and config.recipe.rungs:
+        scheduler = ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
+                                  max_t=config.recipe.epochs, grace_period=min(config.recipe.rungs))
+    elif config.early_stop == "rungs" and config.recipe.rungs:
+        stop = _rung_stopper(config, study)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=_make_searcher(config, study, progress),
+                                    scheduler=scheduler, num_samples=todo, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=study.study_name, stop=stop, verbose=0,
+            storage_path=str((study_dir(study.study_name, config.root) / "ray").resolve()),
+            failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()

@@ -7,9 +7,11 @@ have been evaluated); ``write_report(report, out_dir)`` then renders it as a sel
 (figures inlined as base64 PNG, inline CSS and JS: it opens offline), the same figures as PNG files,
 ``trials.csv`` and ``summary.md``. Compute, then render, as Optuna's visualisation does.
 
-The Pareto front is over completed, within-budget trials only (status ``complete``): candidates
-stopped early were judged on fewer epochs, over-budget ones were never trained. Accuracy is the
-proxy's validation accuracy; GFLOPs and parameters are the deployment model's (see ``se_nas.cost``).
+A design's accuracy is the mean over its seeds (``se_nas.results``), never one trial's number: the
+front is over per-design means of completed, within-budget trials (candidates stopped early were
+judged on fewer epochs, over-budget ones were never trained), and where the search confirmed its
+result (``se_nas.confirm``) the report leads with the confirmed front and its one-sentence finding.
+Accuracy is the proxy's validation accuracy; GFLOPs and parameters are the deployment model's.
 """
 from __future__ import annotations
 
@@ -25,13 +27,15 @@ from typing import Any
 import numpy as np
 
 from .arch import Arch, baseline_arch, plain_arch
+from .compare import DEFAULT_OUT, compare_path
+from .confirm import Confirmation, read_confirmation, study_noise
 from .pareto import hypervolume_history, pareto_front
-from .study import DIRECTIONS, DEFAULT_ROOT, StudyError, open_study, records, to_frame
+from .results import Design, Noise, design_front, designs_of
+from .storage import DEFAULT_ROOT, latest_study, open_study
+from .study import DIRECTIONS, Status, StudyError, StudySettings, records, to_frame
 
-DEFAULT_OUT = Path("reports")
 AXES = ("reduction", "squeeze", "gate", "position")
-STATUS_TEXT = {"complete": "complete", "stopped_early": "stopped early", "over_budget": "over budget",
-               "failed": "failed", "running": "running", "queued": "queued for retry"}
+STATUS_TEXT = {s.value: s.text for s in Status}
 
 
 @dataclass(frozen=True)
@@ -59,45 +63,47 @@ class Report:
     markers: list[Marker] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # recipe, budget, deploy, space of the study
     compare_md: str = ""
+    designs: list[Design] = field(default_factory=list)  # one per design trained to the end, by the search
+    front: list[Design] = field(default_factory=list)  # the search's per-design front
+    noise: Noise | None = None
+    confirmation: Confirmation | None = None
+    compare: dict[str, Any] | None = None  # compare.json, if `se-nas compare` ran
+
+    @property
+    def finding(self) -> str:
+        if self.compare and self.compare.get("finding"):
+            return self.compare["finding"]
+        return self.confirmation.sentence if self.confirmation is not None else ""
 
     @property
     def n_best(self) -> int:
-        return int(self.frame["pareto"].sum())
+        return len(self.front)
 
 
 # --- compute -------------------------------------------------------------------------------------
-def latest_study(root: str | Path = DEFAULT_ROOT) -> str:
-    """The most recently modified study under ``root`` (the default STUDY of report/export/compare)."""
-    dbs = sorted(Path(root).glob("*/study.db"), key=lambda p: p.stat().st_mtime)
-    if not dbs:
-        raise StudyError(f"no study under {str(root)!r}; run `se-nas search` first")
-    return dbs[-1].parent.name
-
-
-def compare_path(study: str, out: str | Path = DEFAULT_OUT) -> Path:
-    """Where ``se-nas compare`` writes its results for ``study`` (read back by the report)."""
-    return Path(out) / study / "compare.json"
-
-
-def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT) -> Report:
+def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
+                 storage: str | None = None) -> Report:
     """Read ``study_name`` and compute the report. Raises ``StudyError`` if no trial has completed."""
-    study = open_study(study_name, root=root)
+    study = open_study(study_name, storage=storage, root=root)
     recs = records(study)
     frame = to_frame(recs)
-    done = [r for r in recs if r.status == "complete"]
+    done = [r for r in recs if r.is_result]
     if not done:
         counts = ", ".join(f"{(frame.status == s).sum()} {STATUS_TEXT[s]}" for s in STATUS_TEXT
                            if (frame.status == s).any()) if len(frame) else "no trials"
         raise StudyError(f"study {study_name!r} has no completed trial yet ({counts}); nothing to report. "
                          "Run more trials with `se-nas search`")
     frame["state"] = [_state_text(r) for r in recs]
-    complete = (frame.status == "complete").to_numpy()
+    complete = np.array([r.is_result for r in recs])
     pts = frame[["accuracy", "gflops", "mparams"]].to_numpy(dtype=float)
-    mask = np.zeros(len(frame), dtype=bool)
-    mask[complete] = pareto_front(pts[complete], DIRECTIONS)
-    frame["pareto"] = mask
+    designs = designs_of(recs)
+    front = design_front(designs)
+    on_front = {d.id for d in front}
+    # a trial is marked when its design is on the per-design front (all its seeds, not a lucky one)
+    frame["pareto"] = [bool(r.is_result and r.arch.id in on_front) for r in recs]
 
-    settings = {k: study.user_attrs.get(k) for k in ("recipe", "budget", "deploy", "space")}
+    st = StudySettings.of(study)
+    settings = st.to_attrs()
     budget = settings.get("budget") or {}
     ok = pts[complete]
     # Reference (worst corner): accuracy 0 and the budget where one is set, else 10% beyond the worst
@@ -111,20 +117,25 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     hv = hypervolume_history(pts, DIRECTIONS, reference, complete)
     hv = hv / box if box > 0 else hv
 
-    importances, note = param_importances([r for r in recs if r.status == "complete"], study)
-    markers = _markers(recs, compare_path(study_name, out))
-    cmp_md = compare_path(study_name, out).with_suffix(".md")
+    importances, note = param_importances(done, study)
+    conf = read_confirmation(study, st, recs)
+    noise = conf.noise if conf is not None else study_noise(study, recs=recs)
+    cmp_path = compare_path(study_name, out)
+    cmp = json.loads(cmp_path.read_text()) if cmp_path.exists() else None
+    cmp_md = cmp_path.with_suffix(".md")
+    best_ids = {d.id for d in front}
     return Report(
         study=study_name, frame=frame, reference=reference, ideal=ideal, hypervolume=hv,
-        choices=choice_frequencies([r.arch for r in done], [bool(m) for m, c in zip(mask, complete) if c]),
-        importances=importances, importance_note=note, markers=markers, settings=settings,
-        compare_md=cmp_md.read_text() if cmp_md.exists() else "",
+        choices=choice_frequencies([d.arch for d in designs], [d.id in best_ids for d in designs]),
+        importances=importances, importance_note=note, markers=_markers(designs, conf, cmp), settings=settings,
+        compare_md=cmp_md.read_text() if cmp_md.exists() else "", designs=designs, front=front, noise=noise,
+        confirmation=conf, compare=cmp,
     )
 
 
 def _state_text(r) -> str:
-    text = STATUS_TEXT.get(r.status, r.status)
-    if r.status in ("failed", "over_budget") and r.reason:
+    text = r.status.text
+    if r.status in (Status.FAILED, Status.OVER_BUDGET, Status.REPEAT) and r.reason:
         text += f": {r.reason}"
     return text
 
@@ -187,27 +198,29 @@ def param_importances(done, study) -> tuple[dict[str, float], str]:
                        "only exist when a stage has SE are left out by Optuna")
 
 
-def _markers(recs, cmp: Path) -> list[Marker]:
-    """The r=16 baseline and the plain backbone: from ``se-nas compare`` if it ran, else from any
-    completed trial that happens to be exactly one of them."""
+def _markers(designs: list[Design], conf: Confirmation | None, cmp: dict | None) -> list[Marker]:
+    """The r=16 baseline and the plain backbone: from the confirmation if the search ran one, else from
+    ``se-nas compare``, else from the search's own trials of exactly those designs (their mean)."""
+    if conf is not None:
+        k = len(conf.seeds)
+        return [Marker(name, d.id, d.mean, d.gflops, d.mparams, f"confirmation, {d.n} of {k} seeds")
+                for name, d in (("r=16 SE baseline", conf.r16), ("plain backbone", conf.plain)) if d.n]
     out: list[Marker] = []
-    if cmp.exists():
-        data = json.loads(cmp.read_text())
-        names = {"r16": "r=16 SE baseline", "plain": "plain backbone", "chosen": "chosen design"}
-        k = len(data.get("seeds", []))
-        for arm in data.get("arms", []):
-            if arm["role"] in ("r16", "plain"):
+    if cmp is not None:
+        names = {"r16": "r=16 SE baseline", "plain": "plain backbone"}
+        k = len(cmp.get("seeds", []))
+        for arm in cmp.get("arms", []):
+            if arm["role"] in names:
                 out.append(Marker(names[arm["role"]], arm["arch_id"], arm["accuracy_mean"], arm["gflops"],
-                                  arm["mparams"], f"se-nas compare, {k} seed(s), recipe {data.get('recipe_name', '')}"))
+                                  arm["mparams"], f"se-nas compare, {k} seed(s), recipe {cmp.get('recipe_name', '')}"))
         return out
-    archs = [r.arch for r in recs if r.arch is not None]
-    if not archs:
+    if not designs:
         return out
-    for name, ref in (("r=16 SE baseline", baseline_arch(archs[0])), ("plain backbone", plain_arch(archs[0]))):
-        hits = [r for r in recs if r.status == "complete" and r.arch == ref]
-        if hits:
-            r = max(hits, key=lambda r: r.accuracy)
-            out.append(Marker(name, ref.id, r.accuracy, r.gflops, r.mparams, f"trial {r.number}"))
+    for name, ref in (("r=16 SE baseline", baseline_arch(designs[0].arch)), ("plain backbone", plain_arch(designs[0].arch))):
+        hit = next((d for d in designs if d.id == ref.id), None)
+        if hit is not None:
+            out.append(Marker(name, ref.id, hit.mean, hit.gflops, hit.mparams,
+                              f"mean of {hit.n} search trial{'s' if hit.n != 1 else ''}"))
     return out
 
 
@@ -333,24 +346,47 @@ def _fmt(v, nd=4) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _design_rows(designs, noise, cols_of) -> list[str]:
+    rows = []
+    for d in designs:
+        rows.append(f"| `{d.id}` | " + " | ".join(cols_of(d)) + f" | {d.describe(noise)} | {d.gflops:.4f} | {d.mparams:.3f} |")
+    return rows
+
+
 def summary_md(rep: Report) -> str:
     f = rep.frame
     lines = [f"# se-nas report: `{rep.study}`", ""]
-    counts = ", ".join(f"{int((f.status == s).sum())} {t}" for s, t in STATUS_TEXT.items() if (f.status == s).any())
-    lines.append(f"{len(f)} trials: {counts}. Pareto front over the completed, within-budget trials: "
-                 f"**{rep.n_best} designs**. Normalised hypervolume after the last trial: "
-                 f"**{rep.hypervolume[-1]:.4f}**.")
+    if rep.finding:
+        lines += [f"**Finding:** {rep.finding}", ""]
+    lines.append(intro_text(rep))
     lines.append("")
     lines += _settings_lines(rep)
-    lines += ["", "## Pareto front", "",
-              "Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and "
-              "parameters are the deployment model's.", ""]
-    cols = _stage_cols(f)
-    lines.append("| trial | arch id | " + " | ".join(f"stage {c[5:]}" for c in cols) + " | accuracy | GFLOPs | M params |")
-    lines.append("|---:|---|" + "---|" * len(cols) + "---:|---:|---:|")
-    for _, r in f[f.pareto].sort_values("accuracy", ascending=False).iterrows():
-        lines.append(f"| {r.trial} | `{r.arch_id}` | " + " | ".join(str(r[c]) for c in cols)
-                     + f" | {r.accuracy:.4f} | {r.gflops:.4f} | {r.mparams:.3f} |")
+    n_stages = max(len(d.arch.stages) for d in rep.designs)
+
+    def cols_of(d):
+        return ["off" if s is None else s.label for s in d.arch.stages]
+
+    head = "| arch id | " + " | ".join(f"stage {i + 1}" for i in range(n_stages)) + " | accuracy (mean ± s.e., seeds) | GFLOPs | M params |"
+    rule = "|---|" + "---|" * n_stages + "---:|---:|---:|"
+    conf = rep.confirmation
+    if conf is not None:
+        lines += ["", "## Confirmed front", "",
+                  f"Every design below was trained again under the same {len(conf.seeds)} fresh seeds "
+                  f"({', '.join(str(s) for s in conf.seeds)}): the chosen design (picked by the search before these "
+                  "runs), the next designs of the search's front, r=16 and the plain backbone. Front designs are in bold.",
+                  "", head, rule]
+        front = {d.id for d in conf.front}
+        for row, d in zip(_design_rows(conf.designs, conf.noise, cols_of), conf.designs):
+            role = (" (chosen)" if d.id == conf.chosen.id else " (r=16)" if d.id == conf.r16.id
+                    else " (plain)" if d.id == conf.plain.id else "")
+            row = row.replace(f"| `{d.id}` |", f"| **`{d.id}`**{role} |" if d.id in front else f"| `{d.id}`{role} |", 1)
+            lines.append(row + (" over budget" if d.id in conf.over_budget else ""))
+    lines += ["", "## Search front (per design)", "",
+              "Each design's accuracy is the mean over the seeds the search trained it with (standard error from the "
+              f"measured seed noise {rep.noise.describe() if rep.noise else ''}); accuracy is the proxy's validation "
+              "accuracy, GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters are the deployment model's.", "",
+              head, rule]
+    lines += _design_rows(sorted(rep.front, key=lambda d: -d.mean), rep.noise, cols_of)
     if rep.markers:
         lines += ["", "Reference designs:", ""]
         for m in rep.markers:
@@ -360,7 +396,7 @@ def summary_md(rep: Report) -> str:
               "![accuracy against parameters](pareto_mparams.png)", "",
               "## Hypervolume", "", "![hypervolume](hypervolume.png)", "",
               "## Per-stage choices among the Pareto designs", "",
-              "Share of the Pareto designs (and of all completed trials) that use each value.", ""]
+              "Share of the front's designs (and of all designs trained to the end) that use each value.", ""]
     c = rep.choices
     lines.append("| stage | axis | value | among Pareto | among all completed |")
     lines.append("|---:|---|---|---:|---:|")
@@ -377,6 +413,16 @@ def summary_md(rep: Report) -> str:
         lines += ["", rep.compare_md.strip()]
     lines += ["", "Every trial is in [trials.csv](trials.csv); the interactive page is [report.html](report.html).", ""]
     return "\n".join(lines)
+
+
+def intro_text(rep: Report) -> str:
+    """The report's opening paragraph: trials by status, designs, the front, hypervolume."""
+    f = rep.frame
+    counts = ", ".join(f"{int((f.status == s).sum())} {t}" for s, t in STATUS_TEXT.items() if (f.status == s).any())
+    n_res = sum(d.n for d in rep.designs)
+    return (f"{len(f)} trials: {counts}. {len(rep.designs)} distinct designs among the {n_res} trials trained to the "
+            f"end within budget; front over per-design means: {len(rep.front)} designs. Normalised hypervolume "
+            f"after the last trial: {rep.hypervolume[-1]:.4f}.")
 
 
 def _settings_lines(rep: Report) -> list[str]:
@@ -433,7 +479,6 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
             cells.append(f'<td class="num" data-v="{"" if v is None or v != v else v}">{_fmt(v, nd)}</td>')
         cells += [f'<td class="num">{r.epochs}</td>', f"<td>{e(r.state)}</td>"]
         body.append(f'<tr{" class=pareto" if r.pareto else ""}>' + "".join(cells) + "</tr>")
-    md = summary_md(rep)
     settings = "".join(f"<li>{e(line[2:])}</li>" for line in _settings_lines(rep))
     markers = "".join(f"<li>{e(m.name)} <code>{e(m.arch_id)}</code>: accuracy {m.accuracy:.4f}, {m.gflops:.4f} GFLOPs, "
                       f"{m.mparams:.3f} M params ({e(m.source)})</li>" for m in rep.markers)
@@ -442,12 +487,13 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
     compare = ""
     if rep.compare_md:
         compare = "<h2>Comparison against the r=16 baseline</h2><pre>" + e(rep.compare_md.strip()) + "</pre>"
-    intro = md.split("\n")[2]
+    intro = intro_text(rep)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>se-nas report: {e(rep.study)}</title>
 <style>{CSS}</style></head><body>
 <h1>se-nas report: <code>{e(rep.study)}</code></h1>
-<p>{e(intro.replace("**", ""))}</p><ul>{settings}</ul>
+{f'<p class="finding"><b>Finding:</b> {e(rep.finding)}</p>' if rep.finding else ""}
+<p>{e(intro)}</p><ul>{settings}</ul>
 <h2>Pareto front</h2>
 <p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
@@ -484,8 +530,9 @@ def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT):
+def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
+                storage: str | None = None):
     """``se-nas report``: build and write the report of ``study`` (default: the latest) to out/<study>/."""
-    name = study or latest_study(root)
-    rep = build_report(name, root, out)
+    name = study or latest_study(root, storage)
+    rep = build_report(name, root, out, storage)
     return rep, write_report(rep, Path(out) / name)

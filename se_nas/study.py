@@ -1,34 +1,88 @@
 """The study: one result format, whichever backend ran the trials.
 
-A study is an Optuna study (by default a SQLite file ``trials/<name>/study.db``) with three
-objectives: validation accuracy (maximise), GFLOPs and parameters (millions) of the deployment model
-(minimise). Ray Tune results are written into the same kind of study, so report, export and compare
-read ``records(study)`` and never care which backend ran.
+A study is an Optuna study (by default a SQLite file ``trials/<name>/study.db``, see
+``se_nas.storage``) with the objectives of ``OBJECTIVES``: validation accuracy (maximise), GFLOPs
+and parameters (millions) of the deployment model (minimise). Ray Tune results are written into the
+same kind of study, so report, export and compare read ``records(study)`` and never care which
+backend ran.
 
 Every finished trial carries these user attributes (``TrialOutcome.to_attrs``): ``arch`` (canonical
-JSON), ``status`` (see ``OUTCOMES``), ``gflops``, ``mparams``, ``epochs``, ``history`` (validation
+JSON), ``status`` (a ``Status``), ``gflops``, ``mparams``, ``epochs``, ``history`` (validation
 accuracy after each epoch), ``seconds``, ``reason``, ``seed``, ``backend``. The study itself carries
-``space``, ``recipe``, ``deploy`` and ``budget`` as study user attributes.
+its ``StudySettings`` (space, recipe, deploy, budget, early_stop) as study user attributes, and the
+runs of the calibration and confirmation stages (``se_nas.runs``).
+
+One trial is one seed of one design. What a design *is worth* is the aggregate over its seeds
+(``se_nas.results``), never one trial's number.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from enum import Enum
 from typing import Any
 
 from .arch import Arch
 
-OBJECTIVES = ("accuracy", "gflops", "mparams")
-DIRECTIONS = ("maximize", "minimize", "minimize")
-STATUSES = ("complete", "stopped_early", "over_budget", "failed", "running", "queued")
-OUTCOMES = STATUSES[:4]  # what a finished trial can be; "queued" = waiting to be retried
-DEFAULT_ROOT = Path("trials")
+
+class Status(str, Enum):
+    """What became of a trial. A ``str`` so that it is stored, compared and printed as its value."""
+
+    COMPLETE = "complete"            # trained to the last epoch, within budget: a result
+    STOPPED_EARLY = "stopped_early"  # trained, stopped at a rung: judged on fewer epochs, not a result
+    OVER_BUDGET = "over_budget"      # costed over the budget: never trained
+    REPEAT = "repeat"                # a design already trained, answered from its record: not trained again
+    FAILED = "failed"                # training failed (NaN, divergence, OOM, a killed process)
+    RUNNING = "running"
+    QUEUED = "queued"                # waiting to be retried
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __hash__(self) -> int:  # hash as the plain string it equals (Enum hashes the member name)
+        return str.__hash__(self)
+
+    @property
+    def text(self) -> str:
+        return _STATUS_TEXT[self]
+
+    @property
+    def trained(self) -> bool:
+        return self in (Status.COMPLETE, Status.STOPPED_EARLY)
+
+
+_STATUS_TEXT = {Status.COMPLETE: "complete", Status.STOPPED_EARLY: "stopped early",
+                Status.OVER_BUDGET: "over budget", Status.REPEAT: "repeated design",
+                Status.FAILED: "failed", Status.RUNNING: "running", Status.QUEUED: "queued for retry"}
+STATUSES = tuple(s.value for s in Status)
+OUTCOMES = (Status.COMPLETE, Status.STOPPED_EARLY, Status.OVER_BUDGET, Status.REPEAT, Status.FAILED)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective of the study: its name (the trial's value key), direction and display."""
+
+    name: str
+    direction: str
+    label: str
+    fmt: str
+
+
+OBJECTIVE_TABLE = {o.name: o for o in (
+    Objective("accuracy", "maximize", "validation accuracy (proxy)", ".4f"),
+    Objective("gflops", "minimize", "GFLOPs (deployment model)", ".3f"),
+    Objective("mparams", "minimize", "parameters, millions (deployment model)", ".2f"),
+)}
+OBJECTIVES = tuple(OBJECTIVE_TABLE)
+DIRECTIONS = tuple(o.direction for o in OBJECTIVE_TABLE.values())
 
 
 class StudyError(ValueError):
     """A study that doesn't exist, can't be opened, or has nothing to show."""
+
+
+class SearchError(ValueError):
+    """A search that can't start as asked (bad option, or a study created with other settings)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +90,7 @@ class TrialOutcome:
     """What one trial produced: the value both backends turn into a study trial."""
 
     arch: Arch
-    status: str  # one of OUTCOMES
+    status: Status
     gflops: float
     mparams: float
     accuracy: float | None = None  # validation top-1 in [0, 1] at the last epoch trained
@@ -48,23 +102,31 @@ class TrialOutcome:
     backend: str = "optuna"
 
     def __post_init__(self) -> None:
-        if self.status not in OUTCOMES:
-            raise ValueError(f"status must be one of {OUTCOMES}, got status={self.status!r}")
+        try:
+            status = Status(self.status)
+        except ValueError:
+            raise ValueError(f"status must be one of {', '.join(s.value for s in OUTCOMES)}, "
+                             f"got status={self.status!r}") from None
+        if status not in OUTCOMES:
+            raise ValueError(f"status must be one of {', '.join(s.value for s in OUTCOMES)}, got status={status.value!r}")
+        object.__setattr__(self, "status", status)
 
     @property
     def values(self) -> list[float] | None:
         """Objective values to tell the sampler. Over-budget candidates are never trained: they get
         accuracy 0 so the sampler sees the region as bad (and Optuna's constraints mark them
-        infeasible); reports show them as over budget, never as results. Failed trials get none."""
-        if self.status == "failed":
+        infeasible); reports show them as over budget, never as results. A repeated design is told
+        its record's mean. Failed trials get none."""
+        if self.status is Status.FAILED:
             return None
-        acc = 0.0 if self.status == "over_budget" else float(self.accuracy or 0.0)
+        acc = 0.0 if self.status is Status.OVER_BUDGET else float(self.accuracy or 0.0)
         return [acc, self.gflops, self.mparams]
 
     def to_attrs(self) -> dict[str, Any]:
         d = asdict(self)
         d["arch"] = self.arch.to_json()
         d["history"] = list(self.history)
+        d["status"] = self.status.value
         return d
 
 
@@ -73,7 +135,7 @@ class TrialRecord:
     """One trial as read back from a study (any backend)."""
 
     number: int
-    status: str
+    status: Status
     arch: Arch | None  # None only for a trial that died before its architecture was recorded
     accuracy: float | None
     gflops: float | None
@@ -88,74 +150,100 @@ class TrialRecord:
 
     @property
     def trained(self) -> bool:
-        return self.status in ("complete", "stopped_early")
+        return self.status.trained
+
+    @property
+    def is_result(self) -> bool:
+        """Trained to the end and within budget: the only trials whose accuracy is a result."""
+        return self.status is Status.COMPLETE and self.arch is not None and self.accuracy is not None
 
 
-def study_dir(name: str, root: str | Path = DEFAULT_ROOT) -> Path:
-    return Path(root) / name
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study was created with, as stored in its user attributes (typed, read in one place)."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    deploy: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    early_stop: str = "rungs"
+
+    KEYS = ("space", "recipe", "deploy", "budget", "early_stop")
+
+    @classmethod
+    def of(cls, study) -> "StudySettings":
+        a = study.user_attrs
+        return cls(**{k: a[k] for k in cls.KEYS if a.get(k) is not None})
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+    @property
+    def budget_value(self):
+        from .budget import Budget
+
+        return Budget(**self.budget)
+
+    @property
+    def deploy_value(self):
+        from .budget import Deploy
+
+        return Deploy(**{"image_size": 224, "num_classes": 1000, **self.deploy})
+
+    def recipe_value(self, where: str = "the study's recipe"):
+        from .recipe import Recipe
+
+        return Recipe.from_dict(self.recipe, where=where)
+
+    @property
+    def space_value(self):
+        """The stored space as a ``SearchSpace`` (its canonical form lists stages in order)."""
+        from .space import SearchSpace
+
+        if not self.space:
+            return None
+        d = dict(self.space)
+        if isinstance(d.get("stages"), list):
+            d["stages"] = {f"s{i + 1}": st for i, st in enumerate(d["stages"])}
+            d["choices"] = {}
+        return SearchSpace.from_dict(d, where="the study's search space", name=d.get("name", ""))
 
 
-def default_storage(name: str, root: str | Path = DEFAULT_ROOT) -> str:
-    return f"sqlite:///{(study_dir(name, root) / 'study.db').as_posix()}"
-
-
-def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT_ROOT, sampler=None,
-               create: bool = False):
-    """Open (or with ``create=True``, create) the study ``name``."""
+def _status_of(t) -> Status:
     import optuna
 
-    if storage is None:
-        d = study_dir(name, root)
-        if not create and not (d / "study.db").exists():
-            raise StudyError(f"no study {name!r} at {str(d / 'study.db')!r}; run `se-nas search` first"
-                             + _known_studies(root))
-        d.mkdir(parents=True, exist_ok=True)
-        storage = default_storage(name, root)
-    if create:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    directions=list(DIRECTIONS), load_if_exists=True)
-        study.set_metric_names(list(OBJECTIVES))
-        return study
+    S = optuna.trial.TrialState
+    if t.state == S.RUNNING:
+        return Status.RUNNING
+    if t.state == S.WAITING:  # enqueued: a retry of a trial whose worker died
+        return Status.QUEUED
+    if t.state == S.FAIL:
+        return Status.FAILED
     try:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-    except KeyError:
-        raise StudyError(f"no study named {name!r} in storage {storage!r}") from None
-
-
-def _known_studies(root: str | Path) -> str:
-    names = sorted(p.parent.name for p in Path(root).glob("*/study.db"))
-    return f"; studies here: {', '.join(names)}" if names else ""
+        return Status(t.user_attrs.get("status", "failed"))
+    except ValueError:
+        return Status.FAILED
 
 
 def records(study) -> list[TrialRecord]:
     """Every trial of ``study`` as a ``TrialRecord``, in trial order."""
-    import optuna
-
     out = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         arch = Arch.from_json(a["arch"]) if "arch" in a else None
-        if t.state == optuna.trial.TrialState.RUNNING:
-            status = "running"
-        elif t.state == optuna.trial.TrialState.WAITING:  # enqueued: a retry of a trial whose worker died
-            status = "queued"
-        elif t.state == optuna.trial.TrialState.FAIL:
-            status = "failed"
-        else:
-            status = a.get("status", "failed")
-        acc = a.get("accuracy")
+        status = _status_of(t)
         out.append(
             TrialRecord(
                 number=t.number,
                 status=status,
                 arch=arch,
-                accuracy=None if status in ("over_budget", "failed", "running", "queued") else acc,
+                accuracy=a.get("accuracy") if status.trained or status is Status.REPEAT else None,
                 gflops=a.get("gflops"),
                 mparams=a.get("mparams"),
                 epochs=a.get("epochs", 0),
                 history=tuple(a.get("history", ())),
                 seconds=a.get("seconds", 0.0),
-                reason=a.get("reason", "") or (a.get("fail_reason", "") if status == "failed" else ""),
+                reason=a.get("reason", "") or (a.get("fail_reason", "") if status is Status.FAILED else ""),
                 params=dict(t.params),
                 seed=a.get("seed", 0),
                 backend=a.get("backend", ""),
@@ -171,9 +259,9 @@ def to_frame(recs: list[TrialRecord]):
     rows = []
     for r in recs:
         row = {
-            "trial": r.number, "status": r.status, "arch_id": r.arch.id if r.arch else "",
+            "trial": r.number, "status": r.status.value, "arch_id": r.arch.id if r.arch else "",
             "accuracy": r.accuracy, "gflops": r.gflops, "mparams": r.mparams, "epochs": r.epochs,
-            "seconds": r.seconds, "reason": r.reason,
+            "seed": r.seed, "seconds": r.seconds, "reason": r.reason,
             "arch": r.arch.label if r.arch else "",
         }
         if r.arch is not None:
@@ -185,3 +273,35 @@ def to_frame(recs: list[TrialRecord]):
 
 def is_finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
+
+
+# --- counting trials towards --n-trials --------------------------------------------------------------
+def retried(study) -> set[int]:
+    """Numbers of failed trials that were enqueued again (they don't count towards ``n_trials``)."""
+    out = set()
+    for t in study.get_trials(deepcopy=False):
+        # Optuna's heartbeat retries keep failed_trial at the first failure and list every link of a
+        # chain of retries in retry_history; ours mark the trial they retry with retry_of.
+        chain = [t.user_attrs.get("retry_of"), t.system_attrs.get("failed_trial"),
+                 *t.system_attrs.get("retry_history", [])]
+        out.update(n for n in chain if isinstance(n, int))
+    return out
+
+
+def counted(study) -> tuple[int, int]:
+    """(finished, running) trials that count towards ``n_trials``: trained, failed or over budget.
+    Repeats of a known design (answered from the record) and retried failures don't count."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    again = retried(study)
+    done = sum(1 for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.FAIL))
+               if t.number not in again and t.user_attrs.get("status") != Status.REPEAT.value)
+    running = len(study.get_trials(deepcopy=False, states=(S.RUNNING,)))
+    return done, running
+
+
+def remaining(study, n_trials: int) -> int:
+    """Trials still to start for the study to reach ``n_trials`` counted ones (a rerun continues)."""
+    done, running = counted(study)
+    return n_trials - done - running

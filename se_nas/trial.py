@@ -18,7 +18,7 @@ from .arch import Arch
 from .budget import Budget, Deploy
 from .build import build_model
 from .cost import count_cost
-from .study import TrialOutcome
+from .study import Status, TrialOutcome
 
 
 def configure_threads(workers: int = 1) -> int:
@@ -67,7 +67,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     cost = count_cost(arch, deploy.image_size, deploy.num_classes)
     common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend=backend)
     if not budget.fits(cost):
-        return TrialOutcome(status="over_budget", reason=f"over budget ({budget.excess(cost)}), not trained",
+        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"over budget ({budget.excess(cost)}), not trained",
                             seconds=time.perf_counter() - start, **common)
 
     from .train import TrainingFailed, train
@@ -80,15 +80,50 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     try:
         result = train(model, trial_recipe, data, device=device, on_epoch=should_stop)
     except TrainingFailed as e:
-        return TrialOutcome(status="failed", reason=str(getattr(e, "reason", "") or e),
+        return TrialOutcome(status=Status.FAILED, reason=str(getattr(e, "reason", "") or e),
                             seconds=time.perf_counter() - start, **common)
     stopped = bool(result.stopped_early)
     return TrialOutcome(
-        status="stopped_early" if stopped else "complete",
+        status=Status.STOPPED_EARLY if stopped else Status.COMPLETE,
         accuracy=float(result.accuracy), epochs=int(result.epochs), history=tuple(result.history),
         seconds=time.perf_counter() - start,
         reason=f"stopped early at epoch {result.epochs}" if stopped else "", **common,
     )
+
+
+def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
+                   backend: str = "optuna") -> TrialOutcome | None:
+    """What to do with a proposal of a design the study has already trained: ``None`` to train it
+    (a new design, or a deliberate extra seed), else a ``repeat`` outcome answered from the record.
+
+    A design trained to the end gets another seed only while it has fewer than ``max_seeds`` and its
+    uncertainty decides the front: no other design beats its mean plus two standard errors at no
+    higher cost (``se_nas.results``). Otherwise the sampler is told the design's mean over its seeds
+    and nothing is trained. A design stopped early is answered with its record (the rung judged
+    it); a design that failed or was over budget is run again (both are cheap or informative).
+    """
+    from .pareto import dominates
+    from .results import designs_of
+
+    same = [r for r in records if r.arch is not None and r.arch.id == arch.id and r.status.trained]
+    if not same:
+        return None
+    done = next((d for d in designs_of(same)), None)
+    common = dict(arch=arch, gflops=same[0].gflops, mparams=same[0].mparams, seed=seed, backend=backend,
+                  status=Status.REPEAT, epochs=0)
+    if done is None:  # only stopped early: the rung's verdict stands
+        r = same[-1]
+        return TrialOutcome(accuracy=r.accuracy, reason=f"repeat of trial {r.number} (stopped early): "
+                            "answered from its record, not trained", **common)
+    if done.n < max_seeds:
+        optimistic = done.mean + 2 * done.sem(noise) if done.n > 1 or noise.sigma is not None else 1.0
+        rivals = [d for d in designs_of(records) if d.id != done.id]
+        if not any(dominates([d.mean, d.gflops, d.mparams], [optimistic, done.gflops, done.mparams],
+                             ("maximize", "minimize", "minimize")) for d in rivals):
+            return None  # on or near the front: another seed is information
+    trials = ", ".join(str(t) for t in done.trials)
+    return TrialOutcome(accuracy=done.mean, reason=f"repeat of trial{'s' if done.n > 1 else ''} {trials}: told its "
+                        f"mean over {done.n} seed{'s' if done.n > 1 else ''}, not trained", **common)
 
 
 def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = "",
@@ -100,10 +135,21 @@ def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = 
     the reason. ``outcome=None`` (the trial died before producing one) fails with ``reason``.
     ``budget`` defaults to the one stored with the study.
     """
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        # the heartbeat of an RDB storage is Optuna's for Study.optimize; our processes ask and tell
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return _record(study, trial, outcome, reason, budget)
+
+
+def _record(study, trial, outcome, reason, budget):
     import optuna
 
     if outcome is None:
-        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("status", Status.FAILED.value)
         trial.set_user_attr("reason", reason or "no outcome")
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     for key, value in outcome.to_attrs().items():
@@ -112,7 +158,9 @@ def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = 
     if values is None:
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     if budget is None:
-        budget = Budget(**study.user_attrs.get("budget", {}))
+        from .study import StudySettings
+
+        budget = StudySettings.of(study).budget_value
     constraints = budget.check(outcome)
     trial.set_user_attr("constraints", list(constraints))
     # Optuna 5's constraint API: TPE, NSGA-II and GP treat trials with a value > 0 as infeasible.

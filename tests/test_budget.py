@@ -9,7 +9,8 @@ from se_nas.arch import Arch, PRESETS, StageSE
 from se_nas.budget import Budget, BudgetError, Deploy, check_feasible
 from se_nas.cost import count_cost
 from se_nas.recipe import load_recipe
-from se_nas.search import SearchConfig, prepare_study, run_one
+from se_nas.optuna_backend import run_one
+from se_nas.search import SearchConfig, prepare_study
 from se_nas.space import load_space
 from se_nas.study import records
 

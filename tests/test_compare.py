@@ -15,10 +15,12 @@ from se_nas import cli
 from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
 from se_nas.budget import Budget, Deploy
 from se_nas.compare import compare, paired_test
+from se_nas.confirm import CONFIRM_SEED
 from se_nas.export import load_model, read_model, export_study, train_arch
 from se_nas.recipe import load_recipe
 from se_nas.report import build_report
-from se_nas.study import open_study, records
+from se_nas.storage import open_study
+from se_nas.study import records
 from se_nas.train import evaluate
 from se_nas.trial import record_outcome, run_trial
 
@@ -75,7 +77,7 @@ def test_export_cli_formats_and_bad_trial(world, capsys):
     assert cli.main(["export", "st", "--root", str(world / "trials"), "--trial", "7", "-o", str(world / "x")]) == 2
     assert "no trial 7 in this study" in capsys.readouterr().err
     assert cli.main(["export", "st", "--root", str(world / "trials"), "--max-gflops", "0.5", "-o", str(world / "x")]) == 2
-    assert "no completed trial within --max-gflops 0.5" in capsys.readouterr().err
+    assert "trained to the end is within 0.5 GFLOPs; the cheapest has 1.8" in capsys.readouterr().err
 
 
 def test_train_cli_resumes_from_its_checkpoint(world, recipe, tmp_path):
@@ -99,41 +101,56 @@ def test_train_cli_resumes_from_its_checkpoint(world, recipe, tmp_path):
     assert read_model(out2).arch == ARCHS[1] and read_model(out2).meta["trial"] == 1
 
 
-def test_compare_two_seeds_cached_and_reported(world, recipe):
+def test_compare_two_seeds_stored_and_reported(world, recipe):
     logs = []
     res = compare("st", root=world / "trials", out=world / "reports", seeds=2, log=logs.append,
                   latency_repeats=5)
-    recs = records(open_study("st", root=world / "trials"))
+    st = open_study("st", root=world / "trials")
+    recs = records(st)
+    # one seed per design in this study: the chosen design is the best per-design mean
     best = max((r for r in recs if r.status == "complete"), key=lambda r: r.accuracy)
     arms = {a["role"]: a for a in res["arms"]}
-    assert arms["chosen"]["arch_id"] == best.arch.id
+    assert arms["chosen"]["arch_id"] == best.arch.id and res["same_as"] is None
     assert arms["r16"]["arch_id"] == baseline_arch(best.arch).id and arms["plain"]["arch_id"] == plain_arch(best.arch).id
     assert arms["plain"]["mparams"] < arms["r16"]["mparams"]
+    assert res["seeds"] == [CONFIRM_SEED, CONFIRM_SEED + 1]
     # an arm's run is an ordinary training run with that seed: reproduce one independently
-    _, r, _ = train_arch(plain_arch(best.arch), dataclasses.replace(recipe, seed=1), seed=1)
+    s1 = CONFIRM_SEED + 1
+    _, r, _ = train_arch(plain_arch(best.arch), dataclasses.replace(recipe, seed=s1), seed=s1)
     assert arms["plain"]["accuracy"][1] == r.accuracy
-    # the paired test against the hand formula t = mean(d) / (sd(d) / sqrt(K))
-    d = [a - b for a, b in zip(arms["chosen"]["accuracy"], arms["r16"]["accuracy"])]
-    test = res["vs_r16"]["chosen"]["accuracy"]
-    assert test["diff_mean"] == pytest.approx(sum(d) / 2)
-    if d[0] != d[1]:
-        sd = abs(d[0] - d[1]) / math.sqrt(2)
-        assert test["t"] == pytest.approx((sum(d) / 2) / (sd / math.sqrt(2)))
-        assert 0 <= test["p"] <= 1
-    assert all(a["latency_mean"] > 0 for a in res["arms"])
-    # rerun: nothing is trained again (the cached records stay untouched)
-    runs = sorted((world / "reports" / "st" / "compare-runs").glob("*.json"))
+    # the paired tests against the hand formula t = mean(d) / (sd(d) / sqrt(K)), against r=16 and plain
+    for ref in ("r16", "plain"):
+        d = [a - b for a, b in zip(arms["chosen"]["accuracy"], arms[ref]["accuracy"])]
+        test = res[f"vs_{ref}"]["chosen"]["accuracy"]
+        assert test["diff_mean"] == pytest.approx(sum(d) / 2)
+        if d[0] != d[1]:
+            sd = abs(d[0] - d[1]) / math.sqrt(2)
+            assert test["diff_se"] == pytest.approx(sd / math.sqrt(2))
+            assert test["t"] == pytest.approx((sum(d) / 2) / (sd / math.sqrt(2)))
+            assert 0 <= test["p"] <= 1
+    assert all(a["latency_mean"] > 0 for a in res["arms"]) and res["finding"]
+    # rerun: nothing is trained again (the stored runs stay untouched)
+    runs = {k: v for k, v in st.user_attrs.items() if k.startswith("run:")}
     assert len(runs) == 6
-    stamps = [p.stat().st_mtime_ns for p in runs]
     res2 = compare("st", root=world / "trials", out=world / "reports", seeds=2, log=logs.append, latency_repeats=5)
-    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    again = {k: v for k, v in open_study("st", root=world / "trials").user_attrs.items() if k.startswith("run:")}
+    assert again == runs
     assert [a["accuracy"] for a in res2["arms"]] == [a["accuracy"] for a in res["arms"]]
-    # the report marks the baseline and plain backbone from compare, and includes its table
+    # the report marks the baseline and plain backbone from compare, and includes its table and finding
     rep = build_report("st", root=world / "trials", out=world / "reports")
     assert {m.name for m in rep.markers} == {"r=16 SE baseline", "plain backbone"}
-    assert "Comparison against the fixed r=16 SE baseline" in rep.compare_md
+    assert "Comparison against the fixed r=16 SE baseline" in rep.compare_md and rep.finding == res["finding"]
     saved = json.loads((world / "reports" / "st" / "compare.json").read_text())
-    assert saved["seeds"] == [0, 1]
+    assert saved["seeds"] == [CONFIRM_SEED, CONFIRM_SEED + 1]
+
+
+def test_compare_says_when_the_chosen_design_is_the_plain_backbone(world):
+    plain = plain_arch(ARCHS[0])
+    res = compare("st", root=world / "trials", out=world / "reports", seeds=2, arch=plain, latency_repeats=3,
+                  log=lambda *_: None)
+    assert res["same_as"] == "plain" and [a["role"] for a in res["arms"]] == ["chosen", "r16"]
+    assert "plain backbone" in res["arms"][0]["name"] and "plain backbone" in res["finding"]
+    assert "is** the plain backbone" in (world / "reports" / "st" / "compare.md").read_text()
 
 
 def test_paired_test_edge_cases():

@@ -9,8 +9,9 @@ import pytest
 
 from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
 from se_nas.cost import count_cost
-from se_nas.study import StudyError, TrialOutcome, open_study
-from se_nas.report import build_report, choice_frequencies, latest_study, make_report
+from se_nas.storage import latest_study, open_study
+from se_nas.study import StudyError, TrialOutcome
+from se_nas.report import build_report, choice_frequencies, make_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CAT = optuna.distributions.CategoricalDistribution
@@ -33,10 +34,11 @@ def _arch_params(rng):
     return Arch("resnet50", tuple(stages)), params, dists
 
 
-def add(study, arch, params, dists, status, accuracy=None, reason=""):
+def add(study, arch, params, dists, status, accuracy=None, reason="", seed=None):
     c = count_cost(arch)
     o = TrialOutcome(arch=arch, status=status, gflops=c.gflops, mparams=c.mparams, accuracy=accuracy,
-                     epochs=2 if status == "complete" else 0, reason=reason)
+                     epochs=2 if status == "complete" else 0, reason=reason,
+                     seed=len(study.trials) if seed is None else seed)
     state = optuna.trial.TrialState.FAIL if status == "failed" else optuna.trial.TrialState.COMPLETE
     study.add_trial(optuna.trial.create_trial(values=o.values, user_attrs=o.to_attrs(), params=params,
                                               distributions=dists, state=state))
@@ -149,8 +151,10 @@ def test_baseline_and_plain_marked_from_compare_or_trials(tmp_path):
     study = make_study(tmp_path)
     base = baseline_arch(Arch.uniform("resnet50", None))
     add(study, base, {}, {}, "complete", accuracy=0.777)
+    add(study, base, {}, {}, "complete", accuracy=0.701)  # a second seed of it: the marker is their mean
     rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
-    assert [(m.name, m.accuracy, m.source.split()[0]) for m in rep.markers] == [("r=16 SE baseline", 0.777, "trial")]
+    assert [(m.name, m.accuracy, m.source) for m in rep.markers] == [
+        ("r=16 SE baseline", pytest.approx(0.739), "mean of 2 search trials")]
     # once compare has run, its multi-seed means are used instead
     cmp = tmp_path / "reports" / "s1" / "compare.json"
     cmp.parent.mkdir(parents=True)
@@ -169,7 +173,7 @@ def test_cli(tmp_path, capsys):
 
     make_study(tmp_path, "s1", n=8)
     assert cli.main(["report", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 0
-    assert "Pareto front" in capsys.readouterr().out and (tmp_path / "r" / "s1" / "report.html").exists()
+    assert "on the Pareto front" in capsys.readouterr().out and (tmp_path / "r" / "s1" / "report.html").exists()
     open_study("nothing", root=tmp_path / "trials", create=True)
     assert cli.main(["report", "nothing", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 2
     assert "has no completed trial yet" in capsys.readouterr().err

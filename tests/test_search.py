@@ -12,9 +12,13 @@ import pytest
 from se_nas import cli
 from se_nas.budget import Budget
 from se_nas.cost import count_cost
-from se_nas.search import SearchConfig, SearchError, front_records, remaining, run_search, summarize
+from se_nas.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs
+from se_nas.progress import summarize
+from se_nas.recipe import load_recipe
+from se_nas.results import design_front, designs_of
+from se_nas.search import SearchConfig, SearchError, run_search
 from se_nas.space import load_space
-from se_nas.study import records
+from se_nas.study import Status, records, remaining
 
 S = optuna.trial.TrialState
 # Between the plain ResNet-18 (1.8141 GFLOPs) and the dearest tiny candidates (1.8156): a real split
@@ -23,7 +27,7 @@ BUDGET = 1.815
 
 def config(tmp_path, **kw):
     kw = {"study": "t", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=BUDGET),
-          "n_trials": 6, "root": tmp_path, "progress": False, **kw}
+          "n_trials": 6, "root": tmp_path, "progress": False, "calibration_seeds": 0, "confirm_top": 0, **kw}
     return SearchConfig(**kw)
 
 
@@ -31,31 +35,34 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
     study = run_search(config(tmp_path, progress=True))
     out = capsys.readouterr()
     recs = records(study)
-    assert len(recs) == 6 and all(r.status != "running" for r in recs)
+    counted = [r for r in recs if r.status is not Status.REPEAT]
+    assert len(counted) == 6 and all(r.status != "running" for r in recs)
     for r in recs:
         cost = count_cost(r.arch)
         assert r.gflops == pytest.approx(cost.gflops)
         if r.trained:
             assert cost.gflops <= BUDGET and 0.0 <= r.accuracy <= 1.0 and len(r.history) == r.epochs >= 1
+        elif r.status is Status.REPEAT:  # answered from its design's record, never trained
+            assert r.epochs == 0 and any(q.arch == r.arch and q.trained for q in recs if q.number < r.number)
         else:
             assert r.status == "over_budget" and cost.gflops > BUDGET
     # one line per trial, then the front and the next commands
     for r in recs:
         assert f"#{r.number} {r.arch.id}" in out.err + out.out
-    assert "Pareto front" in out.out and f"se-nas report t --root {tmp_path}" in out.out
-    # the front is exactly the non-dominated complete trials, by a direct pairwise check
-    complete = [r for r in recs if r.status == "complete"]
+    assert "search front" in out.out and f"se-nas report t --root {tmp_path}" in out.out
+    # the front is exactly the non-dominated designs (per-design means), by a direct pairwise check
+    ds = designs_of(recs)
     def dominated(a):
-        return any(b.accuracy >= a.accuracy and b.gflops <= a.gflops and b.mparams <= a.mparams
-                   and (b.accuracy, b.gflops, b.mparams) != (a.accuracy, a.gflops, a.mparams) for b in complete)
-    assert {r.number for r in front_records(study)} == {r.number for r in complete if not dominated(r)}
+        return any(b.mean >= a.mean and b.gflops <= a.gflops and b.mparams <= a.mparams
+                   and (b.mean, b.gflops, b.mparams) != (a.mean, a.gflops, a.mparams) for b in ds)
+    assert {d.id for d in design_front(ds)} == {d.id for d in ds if not dominated(d)}
     assert study.user_attrs["space"] == load_space("tiny").to_dict()
 
     # the same command with a larger n_trials continues: the first six are kept unchanged
     before = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
     study = run_search(config(tmp_path, n_trials=8))
     after = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
-    assert len(after) == 8 and all(after[n] == v for n, v in before.items())
+    assert all(after[n] == v for n, v in before.items())
     assert remaining(study, 8) == 0
 
     # a different recipe (or space, or budget) under the same study name is refused
@@ -71,7 +78,7 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
 
 def test_two_workers_share_the_study(tmp_path):
     study = run_search(config(tmp_path, study="w", workers=2, n_trials=3, budget=Budget()))
-    recs = records(study)
+    recs = [r for r in records(study) if r.status is not Status.REPEAT]
     assert 3 <= len(recs) <= 4 and all(r.status == "complete" or r.status == "stopped_early" for r in recs)
     assert len({t.user_attrs["pid"] for t in study.get_trials()}) == 2  # both processes ran trials
 
@@ -80,7 +87,7 @@ def _cmd(tmp_path, n):
     # the installed entry point's code (`python -m se_nas.cli` would not register the subcommands)
     return [sys.executable, "-c", "import sys; from se_nas.cli import main; sys.exit(main(sys.argv[1:]))", "search", "--space", "tiny", "--recipe", "tiny",
             "--budget-gflops", str(BUDGET), "--n-trials", str(n), "--study", "k", "--root", str(tmp_path),
-            "--early-stop", "none"]
+            "--early-stop", "none", "--calibration-seeds", "0", "--confirm-top", "0"]
 
 
 def _wait_for(tmp_path, predicate, proc, limit=120):
@@ -139,7 +146,8 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
     assert dead.state == S.FAIL and "died" in dead.user_attrs["reason"]
     retry = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
     assert len(retry) == 1 and retry[0].state == S.COMPLETE and retry[0].params == killed[0].params
-    counted = [t for t in trials if t.state in (S.COMPLETE, S.FAIL) and t.number != dead.number]
+    counted = [t for t in trials if t.state in (S.COMPLETE, S.FAIL) and t.number != dead.number
+               and t.user_attrs.get("status") != "repeat"]
     assert len(counted) == 4 and not [t for t in trials if t.state in (S.RUNNING, S.WAITING)]
 
 
@@ -209,3 +217,62 @@ def test_cli_bad_space_file(tmp_path, capsys):
 def test_asha_needs_ray(tmp_path):
     with pytest.raises(SearchError, match="asha.*ray"):
         config(tmp_path, early_stop="asha")
+
+
+ONE_DESIGN = """name: one
+backbone: resnet18
+choices: {enabled: [true], reduction: [16], squeeze: [avg], gate: [sigmoid], position: [standard]}
+"""
+
+
+def test_a_repeated_design_is_one_record_and_is_not_trained_again(tmp_path):
+    """A space of one design: the sampler can only propose it again. The search trains it under two
+    seeds (the second because, alone on the front, its uncertainty decides the front), answers every
+    later proposal from the record without training, and stops when nothing new can be proposed."""
+    space = tmp_path / "one.yaml"
+    space.write_text(ONE_DESIGN)
+    study = run_search(config(tmp_path, study="one", space=str(space), budget=Budget(), n_trials=5,
+                              max_seeds_per_design=2, early_stop="none"))
+    recs = records(study)
+    trained = [r for r in recs if r.trained]
+    repeats = [r for r in recs if r.status is Status.REPEAT]
+    assert len(trained) == 2 and trained[0].seed != trained[1].seed
+    assert repeats and all(r.epochs == 0 and r.seconds < 5 for r in repeats)
+    (d,) = designs_of(recs)  # one design, one record: the mean of its seeds, never their maximum
+    accs = [r.accuracy for r in trained]
+    assert d.n == 2 and d.mean == pytest.approx(sum(accs) / 2)
+    assert d.std == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert d.sem() == pytest.approx(d.std / 2 ** 0.5)
+    assert [x.id for x in design_front(designs_of(recs))] == [d.id]
+    # the sampler was told the design's mean for every repeat (not a new, independent result)
+    for r in repeats:
+        assert r.accuracy == pytest.approx(d.mean)
+        assert study.trials[r.number].values[0] == pytest.approx(d.mean)
+    assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
+
+
+def test_calibration_and_confirmation_stages(tmp_path, capsys):
+    cfg = config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
+                 confirm_max_seeds=2, progress=True)
+    study = run_search(cfg)
+    out = capsys.readouterr().out
+    rk = recipe_key(load_recipe("tiny"))
+    runs = stored_runs(study, rk)
+    space = load_space("tiny")
+    seeds = [CONFIRM_SEED, CONFIRM_SEED + 1]
+    for a in (space.plain(), space.baseline()):  # the calibration's runs, reused by the confirmation
+        assert all((a.id, s) in runs and runs[(a.id, s)].accuracy is not None for s in seeds)
+    conf = read_confirmation(study)
+    recs = records(study)
+    # the chosen design was picked from the search's per-design means, before the confirmation ran
+    best = max(designs_of(recs), key=lambda d: (d.mean, -d.gflops, -d.mparams))
+    assert conf.chosen.id == best.id and conf.seeds == tuple(seeds) and conf.complete
+    assert conf.chosen.accuracies == tuple(runs[(best.id, s)].accuracy for s in seeds)
+    assert conf.r16.id == space.baseline().id and conf.plain.id == space.plain().id
+    assert conf.sentence and f"finding: {conf.sentence}" in out
+    # a rerun trains nothing again: the stored runs are reused as they are
+    before = dict(study.user_attrs)
+    study = run_search(config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
+                              confirm_min_seeds=2, confirm_max_seeds=2))
+    assert {k: v for k, v in study.user_attrs.items() if k.startswith("run:")} == \
+        {k: v for k, v in before.items() if k.startswith("run:")}

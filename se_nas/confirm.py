@@ -1,0 +1,332 @@
+"""Seed runs outside the search: calibrating the proxy's noise, and confirming what the search found.
+
+A search trial is one seed of one design, and its winner is the design with the best mean over the
+seeds the search happened to give it. Before se-nas calls anything "better", it trains the designs
+that matter again, under the same K fresh seeds:
+
+- **calibration** (before the search): the plain backbone and the paper's r=16 SE under a few seeds.
+  Their spread measures the proxy's seed noise at every epoch, which early stopping needs before it
+  may stop anything, and the confirmation reuses the runs.
+- **confirmation** (after the search): the search's chosen design (its best per-design mean within
+  the budget, picked *before* these runs, so the runs are an unbiased estimate of it), the next best
+  designs of its front, r=16 and the plain backbone, under K seeds (K from the measured noise, at
+  least 3). Seed k of every design shares data order and initialisation seed, so differences are
+  paired. The final front is built from these means, and ``se_nas.results.finding`` states the
+  result in one sentence.
+
+Every run is stored in the study as it finishes (user attribute ``run:<recipe>:<design>:<seed>``),
+so a killed confirmation resumes where it stopped, ``se-nas compare`` reuses the runs, and any
+storage (SQLite, PostgreSQL, journal) holds them. Seeds are ``CONFIRM_SEED + k``, apart from the
+search trials' seeds (``--seed + trial number``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .arch import Arch
+from .cost import count_cost
+from .results import (Design, Difference, Noise, best_design, design_front, designs_of, finding,
+                      measure_noise, paired_difference)
+from .study import StudyError, StudySettings, records
+
+CONFIRM_SEED = 1000
+RUN_PREFIX = "run:"
+ROLES = {"chosen": "chosen design", "r16": "r=16 SE baseline", "plain": "plain backbone"}
+
+
+def recipe_key(recipe) -> str:
+    """Short hash of a recipe's settings except its seed: runs are stored per (recipe, design, seed)."""
+    d = recipe.to_dict()
+    d.pop("seed", None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def confirm_seeds(k: int) -> list[int]:
+    return [CONFIRM_SEED + i for i in range(k)]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training of one design under one seed, outside the search."""
+
+    arch: Arch
+    seed: int
+    accuracy: float | None  # None: the training failed (``reason`` says why)
+    history: tuple[float, ...] = ()
+    seconds: float = 0.0
+    reason: str = ""
+
+    def to_attr(self) -> dict[str, Any]:
+        return {"arch": self.arch.to_json(), "seed": self.seed, "accuracy": self.accuracy,
+                "history": list(self.history), "seconds": self.seconds, "reason": self.reason}
+
+    @classmethod
+    def from_attr(cls, d: dict[str, Any]) -> "Run":
+        return cls(Arch.from_json(d["arch"]), int(d["seed"]), d.get("accuracy"), tuple(d.get("history", ())),
+                   float(d.get("seconds", 0.0)), d.get("reason", ""))
+
+
+def _key(rk: str, arch: Arch, seed: int) -> str:
+    return f"{RUN_PREFIX}{rk}:{arch.id}:{seed}"
+
+
+def stored_runs(study, rk: str) -> dict[tuple[str, int], Run]:
+    """The runs stored in ``study`` for recipe key ``rk``, by (design id, seed)."""
+    prefix = f"{RUN_PREFIX}{rk}:"
+    out = {}
+    for k, v in study.user_attrs.items():
+        if k.startswith(prefix):
+            run = Run.from_attr(v)
+            out[(run.arch.id, run.seed)] = run
+    return out
+
+
+def train_run(arch: Arch, recipe, seed: int, data, device=None) -> Run:
+    """Train ``arch``'s proxy under ``recipe`` with ``seed``, exactly as a search trial would."""
+    from .train import TrainingFailed, train
+    from .trial import seeded_proxy
+
+    start = time.perf_counter()
+    model, r = seeded_proxy(arch, recipe, data.num_classes, seed)
+    try:
+        res = train(model, r, data, device=device)
+    except TrainingFailed as e:
+        return Run(arch, seed, None, (), time.perf_counter() - start, str(e.reason))
+    return Run(arch, seed, float(res.accuracy), tuple(res.history), time.perf_counter() - start)
+
+
+def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=None, device=None,
+                log: Callable[[str], None] | None = None, stage: str = "confirm") -> dict[tuple[str, int], Run]:
+    """Train every (design, seed) of ``arms`` x ``seeds`` that ``study`` has no run of yet, seed by
+    seed (so an interrupted stage leaves whole rounds), storing each run as it finishes. Returns all
+    runs of the recipe."""
+    rk = recipe_key(recipe)
+    have = stored_runs(study, rk)
+    unique = {}
+    for role, a in arms.items():
+        unique.setdefault(a.id, (role, a))
+    todo = [(seed, role, a) for seed in seeds for role, a in unique.values() if (a.id, seed) not in have]
+    if todo and data is None:
+        from .data import load_data
+
+        data = load_data(recipe)
+    for i, (seed, role, a) in enumerate(todo, 1):
+        run = train_run(a, recipe, seed, data, device)
+        study.set_user_attr(_key(rk, a, seed), run.to_attr())
+        have[(a.id, seed)] = run
+        if log is not None:
+            acc = f"{run.accuracy:.4f}" if run.accuracy is not None else f"failed: {run.reason}"
+            log(f"[{stage} {i}/{len(todo)}] {ROLES.get(role, role)} {a.id} seed {seed}: {acc} ({run.seconds:.1f}s)")
+    return have
+
+
+def design_of(arch: Arch, runs: dict[tuple[str, int], Run], seeds: list[int], deploy) -> Design:
+    """``arch`` as a ``Design`` over its successful runs at ``seeds`` (in seed order)."""
+    c = count_cost(arch, deploy.image_size, deploy.num_classes)
+    ok = [(s, runs[(arch.id, s)].accuracy) for s in seeds
+          if (arch.id, s) in runs and runs[(arch.id, s)].accuracy is not None]
+    return Design(arch, c.gflops, c.mparams, tuple(a for _, a in ok), tuple(s for s, _ in ok))
+
+
+def paired(a: Design, b: Design) -> Difference | None:
+    """``a - b`` over the seeds both have; None if they are one design or share no seed."""
+    if a.id == b.id:
+        return None
+    common = [s for s in a.seeds if s in b.seeds]
+    if not common:
+        return None
+    va = dict(zip(a.seeds, a.accuracies))
+    vb = dict(zip(b.seeds, b.accuracies))
+    return paired_difference([va[s] for s in common], [vb[s] for s in common])
+
+
+# --- noise -----------------------------------------------------------------------------------------
+def study_noise(study, recipe=None, recs=None) -> Noise:
+    """The proxy's seed noise as measured so far: designs the search trained under several seeds,
+    and the calibration/confirmation runs of the study's recipe."""
+    recs = records(study) if recs is None else recs
+    if recipe is None:
+        recipe = StudySettings.of(study).recipe_value()
+    finals: dict[str, list[float]] = {}
+    hists: dict[str, list] = {}
+    for r in recs:
+        if r.trained and r.arch is not None and r.history:
+            hists.setdefault(f"t:{r.arch.id}", []).append(r.history)
+        if r.is_result:
+            finals.setdefault(f"t:{r.arch.id}", []).append(r.accuracy)
+    for (aid, _), run in stored_runs(study, recipe_key(recipe)).items():
+        if run.accuracy is not None:
+            # search trials and confirmation runs of one design are kept apart: different seed ranges
+            hists.setdefault(f"c:{aid}", []).append(run.history)
+            finals.setdefault(f"c:{aid}", []).append(run.accuracy)
+    return measure_noise(hists, finals)
+
+
+def seeds_needed(noise: Noise, effect: float = 0.01, lo: int = 3, hi: int = 5) -> int:
+    """Seeds for a paired comparison to detect a difference of ``effect`` with 80% power at
+    alpha 0.05 (``n = (2.8 * sigma_d / effect)^2``, ``sigma_d = sqrt(2) * sigma`` as if unpaired:
+    conservative), kept within [lo, hi]. Unmeasured noise: ``hi``."""
+    if noise.sigma is None:
+        return hi
+    n = math.ceil((2.8 * math.sqrt(2) * noise.sigma / effect) ** 2)
+    return max(lo, min(hi, n))
+
+
+def detectable(noise: Noise, k: int) -> float | None:
+    """The smallest difference K paired seeds detect with 80% power at alpha 0.05 (same model)."""
+    return None if noise.sigma is None or k < 1 else 2.8 * math.sqrt(2) * noise.sigma / math.sqrt(k)
+
+
+# --- the stages ------------------------------------------------------------------------------------
+def calibrate(study, settings: StudySettings, seeds: int, *, data=None, device=None, log=None) -> Noise:
+    """Train the plain backbone and r=16 under ``seeds`` confirmation seeds (those missing), and
+    return the noise measured with them."""
+    space, recipe = settings.space_value, settings.recipe_value()
+    if seeds > 0:
+        ensure_runs(study, {"plain": space.plain(), "r16": space.baseline()}, confirm_seeds(seeds), recipe,
+                    data=data, device=device, log=log, stage="calibrate")
+    return study_noise(study, recipe)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The confirmed result of a study: every figure here is a mean over the same K seeds."""
+
+    seeds: tuple[int, ...]
+    chosen: Design
+    r16: Design
+    plain: Design
+    designs: tuple[Design, ...]  # every confirmed design (the chosen one, front designs, r16, plain)
+    front: tuple[Design, ...]  # the Pareto front over ``designs`` (confirmed means)
+    vs_r16: Difference | None
+    vs_plain: Difference | None
+    noise: Noise
+    search_mean: float | None = None  # the chosen design's mean over its search trials, for contrast
+    sentence: str = ""
+    detectable: float | None = None
+    over_budget: tuple[str, ...] = field(default_factory=tuple)  # ids of confirmed designs over the budget
+
+    @property
+    def complete(self) -> bool:
+        return all(d.n == len(self.seeds) for d in self.designs)
+
+    def to_dict(self) -> dict[str, Any]:
+        def dd(d: Design) -> dict:
+            return {"arch_id": d.id, "label": d.arch.label, "arch": d.arch.to_dict(), "gflops": d.gflops,
+                    "mparams": d.mparams, "accuracies": list(d.accuracies), "seeds": list(d.seeds),
+                    "mean": d.mean, "sem": d.sem(self.noise), "n": d.n,
+                    "on_front": any(f.id == d.id for f in self.front), "over_budget": d.id in self.over_budget}
+
+        return {"seeds": list(self.seeds), "chosen": self.chosen.id, "r16": self.r16.id, "plain": self.plain.id,
+                "designs": [dd(d) for d in self.designs],
+                "vs_r16": None if self.vs_r16 is None else self.vs_r16.to_dict(),
+                "vs_plain": None if self.vs_plain is None else self.vs_plain.to_dict(),
+                "noise": self.noise.to_dict(), "search_mean": self.search_mean, "sentence": self.sentence,
+                "detectable": self.detectable}
+
+
+def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: Noise | None = None,
+                      min_seeds: int = 3, max_seeds: int = 5, recs=None) -> dict[str, Any] | None:
+    """Pick what to confirm (before any confirmation run, so the pick is not biased by them) and
+    store the plan in the study. Returns the plan, or None if no design was trained to the end."""
+    recs = records(study) if recs is None else recs
+    ds = designs_of(recs)
+    budget = settings.budget_value
+    chosen = best_design(ds, budget.max_gflops)
+    if chosen is None:
+        return None
+    space = settings.space_value
+    front = sorted(design_front(ds), key=lambda d: -d.mean)
+    others = [d.arch for d in front if d.id != chosen.id][: max(0, top - 1)]
+    noise = study_noise(study, settings.recipe_value(), recs) if noise is None else noise
+    k = seeds_needed(noise, lo=min_seeds, hi=max(min_seeds, max_seeds))
+    plan = {"seeds": confirm_seeds(k), "chosen": chosen.arch.to_json(),
+            "designs": [a.to_json() for a in others], "r16": space.baseline().to_json(),
+            "plain": space.plain().to_json()}
+    study.set_user_attr("confirmation", plan)
+    return plan
+
+
+def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3, max_seeds: int = 5, data=None,
+            device=None, log=None) -> "Confirmation | None":
+    """The confirmation stage: plan it (once: a rerun keeps the plan), train what is missing, and
+    return the confirmed result."""
+    plan = study.user_attrs.get("confirmation") or plan_confirmation(
+        study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds)
+    if plan is None:
+        return None
+    arms = {"chosen": Arch.from_json(plan["chosen"]), "r16": Arch.from_json(plan["r16"]),
+            "plain": Arch.from_json(plan["plain"])}
+    for i, a in enumerate(plan["designs"]):
+        arms[f"front design {i + 2}"] = Arch.from_json(a)
+    ensure_runs(study, arms, list(plan["seeds"]), settings.recipe_value(), data=data, device=device, log=log)
+    return read_confirmation(study, settings)
+
+
+def read_confirmation(study, settings: StudySettings | None = None, recs=None) -> "Confirmation | None":
+    """The confirmed result, computed from the stored plan and runs (None before a confirmation)."""
+    plan = study.user_attrs.get("confirmation")
+    if not plan:
+        return None
+    settings = StudySettings.of(study) if settings is None else settings
+    recipe, deploy, budget = settings.recipe_value(), settings.deploy_value, settings.budget_value
+    runs = stored_runs(study, recipe_key(recipe))
+    seeds = list(plan["seeds"])
+    archs = [Arch.from_json(plan["chosen"]), *(Arch.from_json(a) for a in plan["designs"]),
+             Arch.from_json(plan["r16"]), Arch.from_json(plan["plain"])]
+    by_id = {}
+    for a in archs:
+        by_id.setdefault(a.id, design_of(a, runs, seeds, deploy))
+    designs = tuple(by_id.values())
+    chosen, r16, plain = by_id[archs[0].id], by_id[archs[-2].id], by_id[archs[-1].id]
+    recs = records(study) if recs is None else recs
+    noise = study_noise(study, recipe, recs)
+    searched = next((d for d in designs_of(recs) if d.id == chosen.id), None)
+    vs_r16, vs_plain = paired(chosen, r16), paired(chosen, plain)
+    over = tuple(d.id for d in designs if not budget.fits(count_cost(d.arch, deploy.image_size, deploy.num_classes)))
+    within = [d for d in designs if d.id not in over]
+    text = finding(chosen, r16, plain, vs_r16, vs_plain, noise) if chosen.n else ""
+    return Confirmation(tuple(seeds), chosen, r16, plain, designs, tuple(design_front(within)), vs_r16, vs_plain,
+                        noise, None if searched is None else searched.mean, text,
+                        detectable(noise, len(seeds)), over)
+
+
+def chosen_design(study, settings: StudySettings | None = None, max_gflops: float | None = None,
+                  recs=None) -> tuple[Design, str]:
+    """The design a study chose: its confirmed choice (with the confirmation's seeds), else its best
+    per-design mean within ``max_gflops`` (default: the budget). Returns (design, where it came from)."""
+    settings = StudySettings.of(study) if settings is None else settings
+    recs = records(study) if recs is None else recs
+    conf = read_confirmation(study, settings, recs)
+    limit = settings.budget_value.max_gflops if max_gflops is None else max_gflops
+    if conf is not None and conf.chosen.n and (limit is None or conf.chosen.gflops <= limit):
+        return conf.chosen, f"the search's confirmed choice, {conf.chosen.n} seeds"
+    ds = designs_of(recs)
+    best = best_design(ds, limit)
+    if best is None:
+        if ds:
+            raise StudyError(f"no design of study {study.study_name!r} trained to the end is within {limit:g} GFLOPs; "
+                             f"the cheapest has {min(d.gflops for d in ds):.4f}")
+        raise StudyError(f"study {study.study_name!r} has no design trained to the end yet; run `se-nas search` first")
+    return best, f"the search's best per-design mean, {best.n} seed{'s' if best.n != 1 else ''}"
+
+
+def export_choice(study, max_gflops: float | None = None):
+    """What ``se-nas export --best`` trains: ``(arch, seed, checkpoint tag, metadata)``: the chosen
+    design (``chosen_design``) retrained under its first seed, with the design's mean accuracy,
+    standard error and seed count in the metadata."""
+    recs = records(study)
+    settings = StudySettings.of(study)
+    design, why = chosen_design(study, settings, max_gflops, recs)
+    noise = study_noise(study, settings.recipe_value(), recs)
+    info = {"design_accuracy": design.mean, "design_accuracy_sem": design.sem(noise), "design_seeds": design.n,
+            "chosen_from": why, "seed": design.seeds[0],
+            "deploy_cost": {"gflops": design.gflops, "mparams": design.mparams, **settings.deploy}}
+    if design.trials:
+        info["trial"] = design.trials[0]
+    return design.arch, design.seeds[0], f"design-{design.id}-s{design.seeds[0]}", info

@@ -1,0 +1,155 @@
+"""What a search shows while it runs and when it ends: a bar, one line per trial, the summary.
+
+The summary is rendered from ``se_nas.results`` values: per-design means with their standard error
+and seeds, the measured seed noise, the confirmed front and the one-sentence finding.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from .arch import Arch
+from .study import STATUSES, Status, counted, records
+
+
+def trial_line(t) -> str:
+    """``#12 3fa9c01b2e acc 0.964 3.87 GFLOPs 28.1M complete 21.3s`` for a finished trial."""
+    a = t.user_attrs
+    try:
+        status = Status(a.get("status", "failed"))
+    except ValueError:
+        status = Status.FAILED
+    arch_id = Arch.from_json(a["arch"]).id if a.get("arch") else "-" * 10
+    cost = f"{a['gflops']:.2f} GFLOPs {a['mparams']:.1f}M" if a.get("gflops") is not None else ""
+    acc = f"acc {a['accuracy']:.3f}" if (status.trained or status is Status.REPEAT) \
+        and a.get("accuracy") is not None else "acc   -  "
+    what = {Status.COMPLETE: "complete", Status.STOPPED_EARLY: a.get("reason") or "stopped early",
+            Status.OVER_BUDGET: a.get("reason") or "over budget, not trained",
+            Status.REPEAT: a.get("reason") or "repeat, not trained"}.get(
+        status, f"failed: {a.get('reason') or t.system_attrs.get('fail_reason', '')}")
+    secs = f" {a['seconds']:.1f}s" if a.get("seconds") and status is not Status.REPEAT else ""
+    return f"#{t.number} {arch_id} {acc} {cost} {what}{secs}".replace("  ", " ")
+
+
+class Progress:
+    """A tqdm bar over the trials that count towards ``n_trials``, and one line per finished trial."""
+
+    def __init__(self, study, config):
+        self.study, self.config, self.seen = study, config, set()
+        self.bar = None
+        import optuna
+
+        S = optuna.trial.TrialState
+        for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.FAIL)):
+            self.seen.add(t.number)
+        if not config.progress:
+            return
+        from tqdm import tqdm
+
+        done = min(config.n_trials, counted(study)[0])
+        print(f"search {config.study!r}: space {config.space.name} ({config.space.size():,} designs), "
+              f"{config.budget.describe()} on the {config.deploy.image_size}x{config.deploy.image_size}, "
+              f"{config.deploy.num_classes}-class model, recipe {config.recipe_name}, sampler {config.sampler}, "
+              f"{config.workers} worker{'s' if config.workers != 1 else ''}; {done} of {config.n_trials} trials "
+              "already finished", flush=True)
+        self.bar = tqdm(total=config.n_trials, initial=done, unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+    def log(self, line: str) -> None:
+        """A line above the bar (or on stdout without one)."""
+        if self.bar is not None:
+            self.bar.write(line)
+        elif self.config.progress:
+            print(line, flush=True)
+
+    def trial_done(self, t) -> None:
+        if t.number in self.seen:
+            return
+        self.seen.add(t.number)
+        if self.bar is not None:
+            self.bar.write(trial_line(t))
+            if t.user_attrs.get("status") != Status.REPEAT.value:
+                self.bar.update(1)
+
+    def poll(self) -> None:
+        import optuna
+
+        S = optuna.trial.TrialState
+        for t in self.study.get_trials(deepcopy=False, states=(S.COMPLETE, S.FAIL)):
+            self.trial_done(t)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def counts(recs) -> dict[str, int]:
+    """Trials by status, plus ``feasible`` (trained or failed training) and ``infeasible`` (over budget)."""
+    c = dict.fromkeys(STATUSES, 0)
+    for r in recs:
+        c[r.status.value] += 1
+    c["feasible"] = c["complete"] + c["stopped_early"] + c["failed"]
+    c["infeasible"] = c["over_budget"]
+    return c
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def summarize(study, root: str | Path | None = None, storage: str | None = None) -> str:
+    """Counts, the per-design front, the confirmed result and the commands to look further, as printed
+    after a search."""
+    from .confirm import read_confirmation, study_noise
+    from .results import design_front, designs_of
+
+    recs = records(study)
+    c = counts(recs)
+    name = study.study_name
+    trained = [r for r in recs if r.is_result]
+    ds = designs_of(recs)
+    lines = [
+        f"\nstudy {name!r}: {_plural(len(recs), 'trial')}: {c['complete']} trained to the end "
+        f"({_plural(len(ds), 'distinct design')}), {c['stopped_early']} stopped early, {c['failed']} failed, "
+        f"{c['over_budget']} over budget (never trained), {c['repeat']} repeats of a known design "
+        "(answered from its record, not trained)"
+    ]
+    if trained:
+        lines.append(f"distinct designs among the trials trained to the end: {len(ds)} of {len(trained)} "
+                     f"({len(ds) / len(trained):.0%})")
+    conf = read_confirmation(study, recs=recs)
+    noise = conf.noise if conf is not None else study_noise(study, recs=recs)
+    lines.append(f"proxy seed noise: {noise.describe()}")
+    front = design_front(ds)
+    if front:
+        lines.append(f"search front (per-design mean over its search seeds; accuracy up, GFLOPs and params down), "
+                     f"{_plural(len(front), 'design')}:")
+        lines.append(f"  {'id':<10}  {'accuracy (mean ± s.e., seeds)':<30}  {'GFLOPs':>7}  {'params':>7}  design")
+        for d in front:
+            lines.append(f"  {d.id:<10}  {d.describe(noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M  {d.arch.label}")
+    else:
+        lines.append("no trial has been trained to the end yet: no front")
+    if conf is not None:
+        k = len(conf.seeds)
+        det = f"; with {k} seeds it detects differences of about {conf.detectable:.3f} or more" \
+            if conf.detectable is not None and math.isfinite(conf.detectable) else ""
+        lines.append(f"confirmed under the same {k} fresh seeds{det}:")
+        for d in conf.designs:
+            role = ("chosen" if d.id == conf.chosen.id else "r=16" if d.id == conf.r16.id
+                    else "plain" if d.id == conf.plain.id else "front")
+            tag = " (front)" if any(f.id == d.id for f in conf.front) else ""
+            ob = " (over budget)" if d.id in conf.over_budget else ""
+            lines.append(f"  {role:<7} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
+                         f"{tag}{ob}  {d.arch.label}")
+        if not conf.complete:
+            lines.append("  (confirmation incomplete: rerun the command to finish it)")
+        lines.append(f"finding: {conf.sentence}")
+    opts = ""
+    if root is not None and Path(root) != Path("trials"):
+        opts += f" --root {root}"
+    if storage is not None:
+        opts += f" --storage {storage}"
+    lines += ["next:", f"  se-nas compare {name}{opts}", f"  se-nas report {name}{opts}",
+              f"  se-nas export {name} --best -o best.senas{opts}"]
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Per-design records, measured noise, paired differences and the one-sentence finding, by hand."""
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from se_nas.arch import PRESETS, Arch, StageSE
+from se_nas.confirm import detectable, seeds_needed
+from se_nas.results import (Design, Noise, best_design, design_front, finding, group_designs, measure_noise,
+                            paired_difference)
+
+PLAIN = PRESETS["resnet50"]
+R16 = PRESETS["se_resnet50"]
+X = Arch("resnet50", (None, StageSE(8), StageSE(16, "max"), None))
+
+
+def test_group_designs_is_one_record_per_design_with_mean_and_sem():
+    runs = [(X, 3.87, 26.0, 0.95, 0, 0), (PLAIN, 3.86, 25.6, 0.90, 1, 1), (X, 3.87, 26.0, 0.97, 2, 2),
+            (X, 3.87, 26.0, 0.99, 2, 5)]  # seed 2 again: the same run, counted once
+    x, plain = group_designs(runs)
+    assert x.id == X.id and x.accuracies == (0.95, 0.97) and x.seeds == (0, 2) and x.trials == (0, 2)
+    assert x.mean == pytest.approx(0.96) and x.mean != max(x.accuracies)
+    assert x.std == pytest.approx(statistics.stdev([0.95, 0.97]))
+    assert x.sem() == pytest.approx(x.std / math.sqrt(2))
+    noise = Noise(0.03, 10, 4)
+    assert x.sem(noise) == pytest.approx(0.03 / math.sqrt(2))  # the pooled noise has more degrees of freedom
+    assert plain.n == 1 and math.isnan(plain.sem()) and plain.sem(noise) == pytest.approx(0.03)
+    assert x.describe(noise) == "0.9600 ± 0.0212 (2 seeds)"
+
+
+def test_front_and_best_use_means_never_a_lucky_seed():
+    lucky = Design(X, 3.87, 26.0, (0.99, 0.90, 0.91))  # max 0.99, mean 0.933
+    steady = Design(PLAIN, 3.87, 26.0, (0.95, 0.94, 0.96))  # mean 0.95, same cost
+    assert [d.id for d in design_front([lucky, steady])] == [PLAIN.id]
+    assert best_design([lucky, steady]).id == PLAIN.id
+    assert best_design([lucky, steady], max_gflops=3.0) is None
+
+
+def test_noise_is_the_pooled_within_design_std_by_hand():
+    finals = {"a": [0.90, 0.92, 0.94], "b": [0.80, 0.84], "c": [0.7]}
+    hists = {"a": [(0.5, 0.90), (0.6, 0.92), (0.4, 0.94)], "b": [(0.3, 0.80), (0.5, 0.84)], "c": [(0.2,)]}
+    n = measure_noise(hists, finals)
+    ss = (0.02 ** 2 + 0 + 0.02 ** 2) + (0.02 ** 2 * 2)  # sum of squared deviations within a and b
+    assert n.df == 3 and n.designs == 2 and n.sigma == pytest.approx(math.sqrt(ss / 3))
+    ss1 = (0.0 + 0.01 + 0.01) + (0.01 + 0.01)  # epoch 1: a = 0.5, 0.6, 0.4; b = 0.3, 0.5
+    assert n.per_epoch[1] == pytest.approx(math.sqrt(ss1 / 3)) and n.per_epoch_df[1] == 3
+    assert measure_noise({"a": [(0.5,)]}, {"a": [0.5]}).sigma is None
+
+
+def test_paired_difference_against_scipy_and_hand_formula():
+    a, b = [0.95, 0.96, 0.93, 0.97], [0.94, 0.93, 0.93, 0.94]
+    d = paired_difference(a, b)
+    diffs = [x - y for x, y in zip(a, b)]
+    assert d.mean == pytest.approx(statistics.fmean(diffs))
+    assert d.se == pytest.approx(statistics.stdev(diffs) / 2)
+    ref = stats.ttest_rel(a, b)
+    assert d.t == pytest.approx(ref.statistic) and d.p == pytest.approx(ref.pvalue) and d.n == 4
+    assert paired_difference([0.5], [0.4]).p is None
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference([0.5, 0.6], [0.4])
+
+
+def _design(arch, accs, g=3.87, p=26.0):
+    return Design(arch, g, p, tuple(accs), tuple(range(1000, 1000 + len(accs))))
+
+
+def test_finding_for_a_design_that_wins():
+    chosen = _design(X, [0.97, 0.98, 0.97, 0.99, 0.98], 3.865, 25.7)
+    r16 = _design(R16, [0.95, 0.95, 0.96, 0.96, 0.95], 3.872, 28.07)
+    plain = _design(PLAIN, [0.94, 0.95, 0.94, 0.95, 0.95], 3.858, 25.56)
+    vs_r16 = paired_difference(chosen.accuracies, r16.accuracies)
+    vs_plain = paired_difference(chosen.accuracies, plain.accuracies)
+    s = finding(chosen, r16, plain, vs_r16, vs_plain, Noise(0.006, 20, 5))
+    assert vs_r16.significant and vs_plain.significant
+    assert s.startswith(f"Design {X.id}") and f"beats r=16 by +0.024 ± " in s and "5 seeds" in s
+    assert "2.37M fewer parameters" in s and "beats the plain backbone" in s and "± 0.006" in s
+
+
+def test_finding_when_nothing_is_distinguishable():
+    chosen = _design(X, [0.95, 0.97, 0.94])
+    r16 = _design(R16, [0.96, 0.95, 0.95])
+    plain = _design(PLAIN, [0.94, 0.96, 0.96])
+    s = finding(chosen, r16, plain, paired_difference(chosen.accuracies, r16.accuracies),
+                paired_difference(chosen.accuracies, plain.accuracies), Noise(0.011, 8, 3))
+    assert s.startswith("No SE design is distinguishable from the plain backbone or r=16 at this proxy's seed "
+                        "noise (± 0.011)") and X.id in s and "p = " in s
+
+
+def test_finding_when_the_chosen_design_is_the_plain_backbone_or_r16():
+    plain = _design(PLAIN, [0.95, 0.96, 0.95])
+    r16 = _design(R16, [0.95, 0.95, 0.96])
+    vs = paired_difference(plain.accuracies, r16.accuracies)
+    s = finding(plain, r16, plain, vs, None, Noise(0.011, 8, 3))
+    assert s.startswith("The best design is the plain backbone (no SE)") and "no SE design is distinguishable" in s
+    s = finding(r16, r16, plain, None, paired_difference(r16.accuracies, plain.accuracies), Noise(0.011, 8, 3))
+    assert s.startswith("The best design is the paper's fixed r=16 SE")
+
+
+def test_seeds_needed_and_detectable_effect():
+    assert seeds_needed(Noise(None, 0, 0)) == 5
+    assert seeds_needed(Noise(0.001, 10, 3)) == 3  # quiet proxy: the minimum
+    assert seeds_needed(Noise(0.011, 10, 3)) == 5  # digits-like noise: capped
+    assert seeds_needed(Noise(0.006, 10, 3), hi=8) == math.ceil((2.8 * math.sqrt(2) * 0.006 / 0.01) ** 2) == 6
+    assert detectable(Noise(0.011, 10, 3), 5) == pytest.approx(2.8 * math.sqrt(2) * 0.011 / math.sqrt(5))
