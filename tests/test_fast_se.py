@@ -21,7 +21,7 @@ def _unit_pair(backbone: str, se: StageSE, index: int, width: float = 0.125):
     arch = Arch.uniform(backbone, se)
     u = resolve(arch, "small", width).units[index]
     torch.manual_seed(index)
-    fast = ResidualUnit(u, arch.stride_on, se_bias=True).double()
+    fast = ResidualUnit(u, se_bias=True).double()
     for m in fast.modules():  # non-trivial BatchNorm affine parameters, so every term is exercised
         if isinstance(m, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(m.weight, 0.5, 1.5)
