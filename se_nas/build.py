@@ -19,7 +19,7 @@ from .se import SqueezeExcite
 
 
 def _conv_bn(c: Conv) -> list[nn.Module]:
-    return [nn.Conv2d(c.cin, c.cout, c.k, c.stride, c.k // 2, groups=c.groups, bias=False), nn.BatchNorm2d(c.cout)]
+    return [nn.Conv2d(c.cin, c.cout, c.k, c.stride, c.padding, groups=c.groups, bias=False), nn.BatchNorm2d(c.cout)]
 
 
 class ResidualUnit(nn.Module):

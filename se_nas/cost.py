@@ -6,8 +6,8 @@ element and the SE scale one per output element. BatchNorm, ReLU, gates, additio
 pool are not counted. With it, ResNet-50 is 3.86 GFLOPs at 224x224 and SE-ResNet-50 3.87 (Table 2).
 
 The count reads the same layer description (``se_nas.geometry.resolve``) as the builder; the plain
-backbone's share is cached per (backbone form, input) so screening a candidate costs microseconds. fvcore's traced
-count of the built model is the test oracle (``tests/test_cost.py``).
+backbone's share is cached per (backbone form, input) so screening a candidate costs microseconds.
+fvcore's traced count of the built model is the test oracle (``tests/test_cost.py``).
 """
 from __future__ import annotations
 

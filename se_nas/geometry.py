@@ -39,8 +39,12 @@ class Conv:
     stride: int = 1
     groups: int = 1
 
+    @property
+    def padding(self) -> int:
+        return self.k // 2
+
     def out_size(self, size: int) -> int:
-        return conv_out(size, self.k, self.stride, self.k // 2)
+        return conv_out(size, self.k, self.stride, self.padding)
 
 
 # --- units: the residual branch as a sequence of convolutions, each followed by BatchNorm and (but
