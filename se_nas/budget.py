@@ -76,24 +76,34 @@ class Budget:
         return all(c <= 0 for c in self.check(cost))
 
     def excess(self, cost) -> str:
-        """Why a cost is over budget, e.g. ``4.27 > 4.0 GFLOPs`` ('' if within)."""
+        """Why a cost is over budget, e.g. ``4.27 GFLOPs > 4 GFLOPs limit`` ('' if within)."""
         parts = []
         if self.max_gflops is not None and cost.gflops > self.max_gflops:
-            parts.append(f"{cost.gflops:.2f} > {self.max_gflops:g} GFLOPs")
+            parts.append(f"{_above(cost.gflops, self.max_gflops)} GFLOPs > {self.max_gflops:g} GFLOPs limit")
         if self.max_mparams is not None and cost.mparams > self.max_mparams:
-            parts.append(f"{cost.mparams:.2f}M > {self.max_mparams:g}M params")
+            parts.append(f"{_above(cost.mparams, self.max_mparams)}M params > {self.max_mparams:g}M params limit")
         return ", ".join(parts)
 
     def describe(self) -> str:
+        """The budget as a phrase that stands on its own: ``budget <= 4 GFLOPs`` or ``no budget``."""
         parts = []
         if self.max_gflops is not None:
             parts.append(f"<= {self.max_gflops:g} GFLOPs")
         if self.max_mparams is not None:
             parts.append(f"<= {self.max_mparams:g}M params")
-        return " and ".join(parts) or "no budget"
+        return f"budget {' and '.join(parts)}" if parts else "no budget"
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_gflops": self.max_gflops, "max_mparams": self.max_mparams}
+
+
+def _above(value: float, limit: float) -> str:
+    """``value`` with two decimals, or as many more as it takes to show that it exceeds ``limit``."""
+    for digits in range(2, 10):
+        text = f"{value:.{digits}f}"
+        if float(text) > limit:
+            return text
+    return repr(value)
 
 
 def check_feasible(space, budget: Budget, deploy: Deploy) -> None:

@@ -3,7 +3,8 @@
 Every residual unit has five SE slots (``input``, ``mid``, ``residual``, ``identity``, ``output``;
 see ``se_nas.choices.POSITIONS``); the slot an insertion point names holds the SE block and the
 others hold ``nn.Identity``. So one branch-free ``forward`` serves every insertion point of Fig. 5.
-Widths, strides and slots come from ``se_nas.geometry.resolve``, which the cost model reads too.
+Every layer (stem, each unit's convolutions and shortcut, the SE slot) comes from the description
+``se_nas.geometry.resolve`` returns, which the cost model counts.
 """
 from __future__ import annotations
 
@@ -11,45 +12,48 @@ import torch
 from torch import nn
 
 from .arch import Arch, ArchError
-from .geometry import Geometry, Unit, resolve
+from .choices import SLOTS
 from .fused import bn_se_add_relu, can_fuse_tail
+from .geometry import Conv, Geometry, Unit, resolve
 from .se import SqueezeExcite
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(c: Conv) -> list[nn.Module]:
+    return [nn.Conv2d(c.cin, c.cout, c.k, c.stride, c.padding, groups=c.groups, bias=False), nn.BatchNorm2d(c.cout)]
 
 
 class ResidualUnit(nn.Module):
-    """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual unit with SE in one of its slots."""
+    """A residual unit as ``se_nas.geometry`` describes it (a basic unit's two 3x3 convolutions, a
+    bottleneck's 1x1, 3x3, 1x1), with SE in one of its slots.
 
-    def __init__(self, u: Unit, stride_on: str, se_bias: bool):
+    The branch's layers are ``conv1``, ``bn1``, ``conv2``, ... (the state-dict names of model files).
+    """
+
+    def __init__(self, u: Unit, se_bias: bool):
         super().__init__()
         self.relu = nn.ReLU(inplace=True)
-        if u.block == "bottleneck":
-            s1, s2 = (u.stride, 1) if stride_on == "1x1" else (1, u.stride)
-            self.conv1, self.bn1 = _conv_bn(u.in_ch, u.mid_ch, 1, s1)
-            self.conv2, self.bn2 = _conv_bn(u.mid_ch, u.mid_ch, 3, s2, u.groups)
-            self.conv3, self.bn3 = _conv_bn(u.mid_ch, u.out_ch, 1)
-        else:
-            self.conv1, self.bn1 = _conv_bn(u.in_ch, u.mid_ch, 3, u.stride)
-            self.conv2, self.bn2 = _conv_bn(u.mid_ch, u.out_ch, 3)
-            self.conv3 = self.bn3 = None
-        self.shortcut = nn.Sequential(*_conv_bn(u.in_ch, u.out_ch, 1, u.stride)) if u.downsample else nn.Identity()
-        for slot in ("input", "mid", "residual", "identity", "output"):
+        self.depth = len(u.convs)
+        for i, c in enumerate(u.convs, 1):
+            conv, bn = _conv_bn(c)
+            setattr(self, f"conv{i}", conv)
+            setattr(self, f"bn{i}", bn)
+        self.shortcut = nn.Sequential(*_conv_bn(u.shortcut)) if u.shortcut else nn.Identity()
+        for slot in SLOTS:
             se = SqueezeExcite(u.se_channels, u.se, se_bias) if u.slot == slot else nn.Identity()
             setattr(self, f"se_{slot}", se)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return getattr(self, f"bn{self.depth}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.se_input(x)
         identity = self.se_identity(self.shortcut(x))
-        if self.conv3 is None:  # basic: "mid" is after the first 3x3
-            out = self.se_mid(self.relu(self.bn1(self.conv1(x))))
-            out, last_bn = self.conv2(out), self.bn2
-        else:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.se_mid(self.relu(self.bn2(self.conv2(out))))
-            out, last_bn = self.conv3(out), self.bn3
+        out = x
+        for i in range(1, self.depth):
+            out = self.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out)))
+        out = getattr(self, f"conv{self.depth}")(self.se_mid(out))
+        last_bn = self.last_bn
         if can_fuse_tail(last_bn, self.se_residual):
             # standard SE: BatchNorm, scale, addition and ReLU in one Function (se_nas/fused.py)
             out = bn_se_add_relu(out, last_bn, self.se_residual, identity)
@@ -64,15 +68,11 @@ class SEResNet(nn.Module):
     def __init__(self, geom: Geometry, num_classes: int, zero_init_last: bool = True):
         super().__init__()
         self.arch = geom.arch
-        if geom.stem == "imagenet":
-            self.stem = nn.Sequential(
-                *_conv_bn(3, geom.stem_ch, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
-            )
-        else:
-            self.stem = nn.Sequential(*_conv_bn(3, geom.stem_ch, 3, 1), nn.ReLU(inplace=True))
+        pool = [nn.MaxPool2d(*geom.stem_pool)] if geom.stem_pool else []
+        self.stem = nn.Sequential(*_conv_bn(geom.stem_conv), nn.ReLU(inplace=True), *pool)
         stages: list[list[nn.Module]] = [[] for _ in geom.arch.stages]
         for u in geom.units:
-            stages[u.stage].append(ResidualUnit(u, geom.arch.stride_on, geom.arch.se_bias))
+            stages[u.stage].append(ResidualUnit(u, geom.arch.se_bias))
         self.stages = nn.Sequential(*(nn.Sequential(*s) for s in stages))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(geom.out_ch, num_classes)
@@ -88,7 +88,7 @@ class SEResNet(nn.Module):
         if zero_init_last:  # each unit starts as the identity (Goyal et al. 2017)
             for m in self.modules():
                 if isinstance(m, ResidualUnit):
-                    nn.init.zeros_((m.bn3 or m.bn2).weight)
+                    nn.init.zeros_(m.last_bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -103,6 +103,19 @@ BACKBONES: dict[str, BackboneSpec] = {
 # (ResNet-50 = 3.86 GFLOPs); "3x3" is torchvision's and timm's (about 4.1 GFLOPs).
 STRIDE_ON = ("1x1", "3x3")
 
-# Stems: "imagenet" is 7x7/2 conv + 3x3/2 max pool (224x224 inputs); "small" is one 3x3/1 conv and
-# no pooling, for 32x32 and smaller inputs (the CIFAR ResNets of He et al.).
-STEMS = ("imagenet", "small")
+
+
+# --- stems: the layers before the first stage
+@dataclass(frozen=True)
+class StemSpec:
+    kernel: int  # one kernel x kernel convolution (with BatchNorm and ReLU) ...
+    stride: int
+    pool: tuple[int, int, int] | None = None  # ... then a max pool (kernel, stride, padding), if any
+
+
+# "imagenet" is 7x7/2 conv + 3x3/2 max pool (224x224 inputs); "small" is one 3x3/1 conv and no
+# pooling, for 32x32 and smaller inputs (the CIFAR ResNets of He et al.).
+STEMS: dict[str, StemSpec] = {
+    "imagenet": StemSpec(7, 2, (3, 2, 1)),
+    "small": StemSpec(3, 1),
+}

@@ -5,9 +5,9 @@ fully connected layers count their MACs (biases are free); global pooling counts
 element and the SE scale one per output element. BatchNorm, ReLU, gates, additions and the stem's max
 pool are not counted. With it, ResNet-50 is 3.86 GFLOPs at 224x224 and SE-ResNet-50 3.87 (Table 2).
 
-The count reads the same ``se_nas.geometry.resolve`` result as the builder; the plain backbone's
-share is cached per (design, input) so screening a candidate costs a few microseconds. fvcore's traced
-count of the built model is the test oracle (``tests/test_cost.py``).
+The count reads the same layer description (``se_nas.geometry.resolve``) as the builder; the plain
+backbone's share is cached per (backbone form, input) so screening a candidate costs microseconds.
+fvcore's traced count of the built model is the test oracle (``tests/test_cost.py``).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .arch import Arch, StageSE, se_hidden
-from .choices import SQUEEZE_PASSES
-from .geometry import Unit, check_image_size, conv_out, resolve, stem_out
+from .choices import POSITIONS, SQUEEZE_PASSES
+from .geometry import SLOT_POINT, Conv, check_image_size, check_width, conv_out, resolve
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ class Cost:
         return sum(s.se_flops for s in self.stages)
 
 
-def conv_cost(cin: int, cout: int, k: int, out_hw: int, groups: int = 1) -> tuple[int, int]:
+def conv_cost(c: Conv, out_size: int) -> tuple[int, int]:
     """(params, FLOPs) of a bias-free conv followed by BatchNorm (2 * cout affine parameters)."""
-    weights = cout * (cin // groups) * k * k
-    return weights + 2 * cout, weights * out_hw
+    weights = c.cout * (c.cin // c.groups) * c.k * c.k
+    return weights + 2 * c.cout, weights * out_size * out_size
 
 
 def se_cost(channels: int, hw: int, se: StageSE, bias: bool) -> tuple[int, int]:
@@ -69,42 +69,32 @@ def se_cost(channels: int, hw: int, se: StageSE, bias: bool) -> tuple[int, int]:
     return params, passes * channels * hw + excite + channels * hw
 
 
-def _unit_plain(u: Unit, in_size: int, stride_on: str) -> tuple[int, int, int, int]:
-    """(params, FLOPs, SE map side, output side) of a residual unit without its SE."""
-    out = conv_out(in_size, 3, u.stride, 1)  # 1x1/s, 3x3/s and the shortcut agree on the size
-    if u.block == "bottleneck":
-        mid_in = out if stride_on == "1x1" else in_size
-        parts = [
-            conv_cost(u.in_ch, u.mid_ch, 1, mid_in * mid_in),
-            conv_cost(u.mid_ch, u.mid_ch, 3, out * out, u.groups),
-            conv_cost(u.mid_ch, u.out_ch, 1, out * out),
-        ]
-    else:
-        parts = [conv_cost(u.in_ch, u.mid_ch, 3, out * out), conv_cost(u.mid_ch, u.out_ch, 3, out * out)]
-    if u.downsample:
-        parts.append(conv_cost(u.in_ch, u.out_ch, 1, out * out))
-    se_side = in_size if u.slot == "input" else out
-    return sum(p for p, _ in parts), sum(f for _, f in parts), se_side, out
-
-
-@lru_cache(maxsize=1024)
-def _plain(arch: Arch, image_size: int, num_classes: int, stem: str, width: float):
-    """Cached plain costs: stem+head (params, FLOPs), per-stage plain totals, per-unit SE geometry."""
-    g = resolve(arch, stem, width)
-    size = stem_out(image_size, stem)
-    sp, sf = conv_cost(3, g.stem_ch, 7 if stem == "imagenet" else 3, conv_out(image_size, 7, 2, 3) ** 2
-                       if stem == "imagenet" else image_size * image_size)
-    stage_plain = [[0, 0] for _ in arch.stages]
-    se_maps = []  # (stage, channels, hw) per unit carrying SE
+@lru_cache(maxsize=256)
+def _plain(backbone: str, stride_on: str, image_size: int, num_classes: int, stem: str, width: float):
+    """The plain network's costs, cached per backbone form and input (the SE choices don't change
+    them): stem+head (params, FLOPs), per-stage totals, and per unit where its SE slots sit as
+    ``(stage, channels, sides)`` at the points of ``geometry.SLOT_POINT``."""
+    g = resolve(Arch.uniform(backbone, None, stride_on=stride_on), stem, width)
+    size = g.stem_conv.out_size(image_size)
+    extra_p, extra_f = conv_cost(g.stem_conv, size)
+    if g.stem_pool:
+        size = conv_out(size, *g.stem_pool)
+    stage_plain = [[0, 0] for _ in g.arch.stages]
+    sites = []
     for u in g.units:
-        p, f, se_side, size = _unit_plain(u, size, arch.stride_on)
-        stage_plain[u.stage][0] += p
-        stage_plain[u.stage][1] += f
-        if u.se is not None:
-            se_maps.append((u.stage, u.se_channels, se_side * se_side))
-    head_p = g.out_ch * num_classes + num_classes
-    head_f = g.out_ch * size * size + g.out_ch * num_classes  # global pool + FC
-    return sp + head_p, sf + head_f, tuple(map(tuple, stage_plain)), tuple(se_maps)
+        in_size = mid_size = size
+        parts = []
+        for c in u.convs:
+            mid_size, size = size, c.out_size(size)
+            parts.append(conv_cost(c, size))
+        if u.shortcut:
+            parts.append(conv_cost(u.shortcut, u.shortcut.out_size(in_size)))
+        stage_plain[u.stage][0] += sum(p for p, _ in parts)
+        stage_plain[u.stage][1] += sum(f for _, f in parts)
+        sites.append((u.stage, u.points, (in_size, mid_size, size)))
+    extra_p += g.out_ch * num_classes + num_classes  # the classifier
+    extra_f += g.out_ch * size * size + g.out_ch * num_classes  # global pool + classifier
+    return extra_p, extra_f, tuple(map(tuple, stage_plain)), tuple(sites)
 
 
 def count_cost(
@@ -112,12 +102,16 @@ def count_cost(
 ) -> Cost:
     """Parameters and FLOPs of ``build_model(arch, num_classes, stem, width)`` on one image."""
     check_image_size(image_size)
-    extra_p, extra_f, stage_plain, se_maps = _plain(arch, image_size, num_classes, stem, float(width))
+    extra_p, extra_f, stage_plain, sites = _plain(
+        arch.backbone, arch.stride_on, image_size, num_classes, stem, check_width(width))
     se = [[0, 0] for _ in arch.stages]
-    for stage, channels, hw in se_maps:
-        p, f = se_cost(channels, hw, arch.stages[stage], arch.se_bias)
-        se[stage][0] += p
-        se[stage][1] += f
+    for stage, channels, sides in sites:
+        choice = arch.stages[stage]
+        if choice is not None:
+            at = SLOT_POINT[POSITIONS[choice.position]]
+            p, f = se_cost(channels[at], sides[at] * sides[at], choice, arch.se_bias)
+            se[stage][0] += p
+            se[stage][1] += f
     stages = tuple(
         StageCost(i, pp + sp, pf + sf, sp, sf) for i, ((pp, pf), (sp, sf)) in enumerate(zip(stage_plain, se))
     )

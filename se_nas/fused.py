@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-if TYPE_CHECKING:  # se.py imports this module
+if TYPE_CHECKING:  # for annotations only: se.py imports this module
     from .se import SqueezeExcite
 
 
@@ -281,13 +281,17 @@ class _BNScaleAddReLU(torch.autograd.Function):
                 dgamma.to(param_dtype), dbeta.to(param_dtype), *gparams)
 
 
+def _is_se(m: nn.Module) -> bool:
+    """Whether ``m`` is an SE block (``se_nas.se.SqueezeExcite``), told by the interface this module
+    uses rather than by its class: se.py imports this module, so this one must not import se.py."""
+    return callable(getattr(m, "fast_path_applies", None))
+
+
 def can_fuse_tail(bn: nn.Module, se: nn.Module) -> bool:
     """Whether ``bn_se_add_relu`` applies: SE at the standard position with the avg squeeze, a
     BatchNorm in training mode with running statistics, autograd on and no tracer watching."""
-    from .se import SqueezeExcite
-
     return (
-        isinstance(se, SqueezeExcite)
+        _is_se(se)
         and se.fast_path_applies()
         and se.choice.squeeze == "avg"
         and isinstance(bn, nn.BatchNorm2d)
@@ -308,9 +312,7 @@ def bn_se_add_relu(c: torch.Tensor, bn: nn.BatchNorm2d, se: "SqueezeExcite", ide
 
 def set_fast_se(model: nn.Module, enabled: bool) -> nn.Module:
     """Switch every SE block of ``model`` between the fast path and the straightforward one."""
-    from .se import SqueezeExcite
-
     for m in model.modules():
-        if isinstance(m, SqueezeExcite):
+        if _is_se(m):
             m.fused = bool(enabled)
     return model

@@ -47,13 +47,34 @@ def dominates(a, b, directions: Sequence[str]) -> bool:
 
 
 def _front_mask(p: np.ndarray) -> np.ndarray:
-    n = len(p)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
+    """Non-dominated rows of minimisation points ``p``, by the number of objectives (as Optuna's
+    ``_multi_objective.py``): a sort for one or two, pairwise comparisons beyond."""
+    if len(p) == 0:
+        return np.ones(0, dtype=bool)
+    if p.shape[1] == 1:
+        return p[:, 0] == p[:, 0].min()
+    if p.shape[1] == 2:
+        return _front_mask_2d(p)
+    return _front_mask_nd(p)
+
+
+def _front_mask_2d(p: np.ndarray) -> np.ndarray:
+    """O(n log n) sweep. Sorted by x then y, a point is on the front when its y is the least among
+    the points with its x and lower than every y of a smaller x."""
+    order = np.lexsort((p[:, 1], p[:, 0]))
+    x, y = p[order, 0], p[order, 1]
+    first = np.searchsorted(x, x, side="left")  # where each point's group of equal x starts
+    best_before = np.concatenate(([np.inf], np.minimum.accumulate(y)[:-1]))  # least y of earlier rows
+    mask = np.empty(len(p), dtype=bool)
+    mask[order] = (y == y[first]) & (y[first] < best_before[first])
+    return mask
+
+
+def _front_mask_nd(p: np.ndarray) -> np.ndarray:
+    mask = np.ones(len(p), dtype=bool)
+    for i in range(len(p)):
         # i is dominated if some point is <= everywhere and < somewhere; vectorised over all points
-        le = np.all(p <= p[i], axis=1)
-        lt = np.any(p < p[i], axis=1)
-        if np.any(le & lt):
+        if np.any(np.all(p <= p[i], axis=1) & np.any(p < p[i], axis=1)):
             mask[i] = False
     return mask
 

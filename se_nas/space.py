@@ -34,15 +34,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .arch import Arch, ArchError, StageSE, baseline_arch, plain_arch
 from .builtin import SPACES_DIR
 from .choices import BACKBONES, GATES, POSITIONS, SQUEEZES, STRIDE_ON
+from .pareto import pareto_front
 
 DEFAULT_SPACE = "resnet50-per-stage"
 AXES = ("enabled", "reduction", "squeeze", "gate", "position")
 SE_AXES = AXES[1:]
 TOP_KEYS = ("name", "description", "backbone", "stride_on", "se_bias", "shared", "deploy", "choices", "stages")
 DEPLOY_KEYS = ("image_size", "num_classes")
+MAX_VALUES = 64  # per axis: 64 reduction ratios make 5,121 options per stage, costed in about a second
 
 
 class SpaceError(ValueError):
@@ -127,31 +131,44 @@ class SearchSpace:
 
         size = image_size or self.deploy_image_size
         classes = num_classes or self.deploy_num_classes
-
-        def cost(a: Arch) -> tuple[int, int]:
-            c = count_cost(a, size, classes)
-            return c.flops, c.params
-
         plain = self.plain()
-        if self.shared:
+        c0 = count_cost(plain, size, classes)
+
+        def added(i: int, se: StageSE | None) -> tuple[int, int]:
+            """What ``se`` in stage ``i`` adds to the plain network's (FLOPs, parameters)."""
+            c = count_cost(plain.with_stage(i, se), size, classes)
+            return c.flops - c0.flops, c.params - c0.params
+
+        n = len(self.stages)
+        if self.shared:  # every on/off pattern with every design: sums of the designs' stage costs
             st = self.stages[0]
             designs = [StageSE(*combo) for combo in itertools.product(*(st[a] for a in SE_AXES))]
-            candidates = [
-                replace(plain, stages=tuple(se if on else None for on in pattern))
-                for pattern in itertools.product(*(s["enabled"] for s in self.stages))
-                for se in (designs if any(pattern) else [None])
-            ]
-            return [(f, p, a) for (f, p), a in _pareto((cost(a), a) for a in candidates)]
-        f0, p0 = cost(plain)
-        front: list[tuple[tuple[int, int], tuple]] = [((0, 0), ())]  # added cost, picks so far
-        for i in range(len(self.stages)):
-            own = []  # what each option of this stage adds to the plain network's cost
-            for o in self.stage_options(i):
-                f, p = cost(plain.with_stage(i, o))
-                own.append(((f - f0, p - p0), o))
-            own = _pareto(own)
-            front = _pareto(((f + df, p + dp), picks + (o,)) for (f, p), picks in front for (df, dp), o in own)
-        return [(f0 + f, p0 + p, replace(plain, stages=picks)) for (f, p), picks in front]
+            deltas = np.array([[added(i, d) for i in range(n)] for d in designs], dtype=np.int64)
+            costs, picks = [], []
+            for pattern in itertools.product(*(s["enabled"] for s in self.stages)):
+                on = np.array(pattern, dtype=bool)
+                if on.any():
+                    costs.append(deltas[:, on].sum(axis=1))
+                    picks += [tuple(d if o else None for o in pattern) for d in designs]
+                else:
+                    costs.append(np.zeros((1, 2), dtype=np.int64))
+                    picks.append((None,) * n)
+            front_cost = np.concatenate(costs)
+            keep = _front(front_cost)
+            front_cost, front = front_cost[keep], [picks[k] for k in keep]
+        else:  # stage by stage: each stage's own frontier added to the frontier of the stages before
+            front_cost, front = np.zeros((1, 2), dtype=np.int64), [()]
+            for i in range(n):
+                opts = self.stage_options(i)
+                own = np.array([added(i, o) for o in opts], dtype=np.int64)
+                keep = _front(own)
+                own, opts = own[keep], [opts[k] for k in keep]
+                merged = (front_cost[:, None, :] + own[None, :, :]).reshape(-1, 2)
+                keep = _front(merged)
+                front_cost = merged[keep]
+                front = [front[k // len(opts)] + (opts[k % len(opts)],) for k in keep]
+        return [(c0.flops + int(f), c0.params + int(p), replace(plain, stages=picks))
+                for (f, p), picks in zip(front_cost, front)]
 
     def cheapest(self, image_size: int | None = None, num_classes: int | None = None) -> tuple[Arch, Arch]:
         """(fewest GFLOPs, fewest parameters) architectures of the space on the deployment model:
@@ -197,13 +214,19 @@ def load_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
                              f"built-in: {', '.join(list_spaces())}")
         path = builtin
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpaceError(f"cannot read search space file {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                         f"UTF-8); a search space is a YAML file") from None
     try:
         d = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: malformed YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpaceError(f"{where}: malformed YAML: {problem}") from None
     space = _parse(d, str(path), path.stem)
     return replace(space, source=str(path))
 
@@ -212,6 +235,9 @@ def _values(v: Any, where: str, key: str, allowed: tuple) -> tuple:
     vals = v if isinstance(v, list) else [v]
     if not vals:
         raise SpaceError(f"{where}: {key} must list at least one value; allowed: {_fmt(allowed)}")
+    if len(vals) > MAX_VALUES:
+        raise SpaceError(f"{where}: {key} lists {len(vals)} values; at most {MAX_VALUES} are allowed per axis "
+                         f"(each value multiplies the space and the budget check before the first trial)")
     out = []
     for x in vals:
         ok = (isinstance(x, bool) and x in allowed) if key == "enabled" else (
@@ -247,8 +273,9 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
         raise SpaceError(f"{where}: expected a mapping of keys ({', '.join(TOP_KEYS)}), got {type(d).__name__}")
     _check_keys(d, TOP_KEYS, where)
     backbone = d.get("backbone")
-    if backbone not in BACKBONES:
-        raise SpaceError(f"{where}: unknown backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
+        what = "unknown backbone" if isinstance(backbone, str) else "backbone must be one name, got"
+        raise SpaceError(f"{where}: {what} {backbone!r}; allowed: {', '.join(BACKBONES)}")
     n = len(BACKBONES[backbone].depths)
     stride_on = d.get("stride_on", "1x1")
     if stride_on not in STRIDE_ON:
@@ -303,11 +330,9 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
     )
 
 
-def _pareto(items) -> list[tuple[tuple[int, int], Any]]:
-    """The ``((flops, params), value)`` items no other item beats on both, fewest FLOPs first (of
-    items with equal costs, the first)."""
-    out: list[tuple[tuple[int, int], Any]] = []
-    for item in sorted(items, key=lambda t: t[0]):  # stable: ties keep their order
-        if not out or item[0][1] < out[-1][0][1]:
-            out.append(item)
-    return out
+def _front(costs: np.ndarray) -> np.ndarray:
+    """Indices of the ``(flops, params)`` rows no other row beats on both, fewest FLOPs first (of
+    equal rows, the first)."""
+    idx = np.flatnonzero(pareto_front(costs, ("minimize", "minimize")))
+    _, first = np.unique(costs[idx], axis=0, return_index=True)
+    return idx[first]

@@ -114,3 +114,19 @@ def test_no_trained_candidate_exceeds_budget(tmp_path):
     for r in recs:  # the samplers see the budget as Optuna constraints
         c = by_number[r.number].constraints["mparams"]
         assert (c > 0) == (r.status == "over_budget")
+
+
+def test_describe_and_excess_read_on_their_own():
+    """They are printed as they are ("no budget", "over budget: 4.01 GFLOPs > 4 GFLOPs limit")."""
+    assert Budget().describe() == "no budget"
+    assert Budget(max_gflops=4).describe() == "budget <= 4 GFLOPs"
+    assert Budget(max_gflops=4, max_mparams=25.5).describe() == "budget <= 4 GFLOPs and <= 25.5M params"
+    cost = count_cost(PRESETS["se_resnet50"])  # 3.872 GFLOPs, 28.07M params
+    assert Budget(max_gflops=3.5).excess(cost) == "3.87 GFLOPs > 3.5 GFLOPs limit"
+    assert Budget(max_gflops=3.5, max_mparams=20).excess(cost) == (
+        "3.87 GFLOPs > 3.5 GFLOPs limit, 28.07M params > 20M params limit")
+    assert Budget(max_gflops=5, max_mparams=30).excess(cost) == ""
+    # just over the limit: enough digits that the printed value is over it too
+    close = Budget(max_gflops=cost.gflops - 1e-5)
+    shown = close.excess(cost).split()[0]
+    assert float(shown) > close.max_gflops and shown == "3.872"

@@ -8,8 +8,9 @@ import torchvision
 
 from se_nas.arch import PRESETS, Arch, StageSE
 from se_nas.build import build_model
-from se_nas.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.choices import BACKBONES, GATES, POSITIONS, SQUEEZES, BackboneSpec
 from se_nas.cost import count_cost, traced_flops
+from se_nas.geometry import BLOCKS, Conv
 from tests.conftest import random_arch
 
 
@@ -111,3 +112,23 @@ def test_se_overhead_matches_paper_increments():
                              ("resnet152", "se_resnet152", 0.02), ("resnext50_32x4d", "se_resnext50_32x4d", 0.01)]:
         d = count_cost(PRESETS[se]).gflops - count_cost(PRESETS[plain]).gflops
         assert abs(d - delta) < 0.015, (se, d)
+
+
+def _three_conv_unit(cin, mid, cout, stride, groups, stride_on):
+    """A unit the package does not ship: two 3x3s and a 1x1 expansion."""
+    return Conv(cin, mid, 3, stride), Conv(mid, mid, 3, 1, groups), Conv(mid, cout, 1)
+
+
+@pytest.mark.parametrize("position", list(POSITIONS))
+def test_a_new_unit_kind_is_one_table_entry(monkeypatch, position):
+    """Builder and cost model read one layer description: a family added as one BLOCKS entry (and its
+    backbone) is built and counted consistently, with no change to either."""
+    monkeypatch.setitem(BLOCKS, "three_conv", _three_conv_unit)
+    monkeypatch.setitem(BACKBONES, "toynet", BackboneSpec("three_conv", (2, 1), (32, 64), (64, 128), groups=2))
+    arch = Arch.uniform("toynet", StageSE(4, "avg", "sigmoid", position), se_bias=True)
+    model = build_model(arch, 10, "small", 0.5)
+    convs = [m for m in model.stages[0][0].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs[:3]] == [3, 3, 1]
+    cost = count_cost(arch, 16, 10, "small", 0.5)
+    assert cost.params == n_params(model)
+    assert cost.flops == traced_flops(model, 16)

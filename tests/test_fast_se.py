@@ -21,7 +21,7 @@ def _unit_pair(backbone: str, se: StageSE, index: int, width: float = 0.125):
     arch = Arch.uniform(backbone, se)
     u = resolve(arch, "small", width).units[index]
     torch.manual_seed(index)
-    fast = ResidualUnit(u, arch.stride_on, se_bias=True).double()
+    fast = ResidualUnit(u, se_bias=True).double()
     for m in fast.modules():  # non-trivial BatchNorm affine parameters, so every term is exercised
         if isinstance(m, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(m.weight, 0.5, 1.5)
@@ -287,3 +287,16 @@ def test_one_value_per_channel_raises_like_batchnorm_instead_of_corrupting_stats
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         bn_se_add_relu(torch.randn(1, 16, 1, 1), bn, se, torch.randn(1, 16, 1, 1))
     assert torch.isfinite(bn.running_var).all() and torch.isfinite(bn.running_mean).all()
+
+
+def test_fused_does_not_import_se_at_run_time():
+    """se.py imports fused.py; the reverse only for type annotations, so there is no import cycle."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(fused))
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                 and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
+    runtime = [n.module for n in ast.walk(tree)
+               if isinstance(n, ast.ImportFrom) and id(n) not in type_only and n.level]
+    assert "se" not in runtime, runtime

@@ -65,7 +65,7 @@ def test_hand_example_3d():
     assert hypervolume(pts + [(3.5, 0.0, 0.0)], mins, (3.0, 3.0, 3.0)) == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("m", [2, 3, 4])
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_front_and_rank_match_brute_force(m):
     rng = np.random.default_rng(m)
     dirs = tuple(rng.choice(["maximize", "minimize"], m))
@@ -126,3 +126,13 @@ def test_bad_input_is_named(points, directions, match):
 def test_empty_input():
     assert pareto_front(np.empty((0, 2)), ACC_FLOPS).tolist() == []
     assert hypervolume(np.empty((0, 2)), ACC_FLOPS, (0, 1)) == 0.0
+
+
+def test_two_objective_sweep_equals_general_case():
+    """The 2-D dispatch (a sort) and the pairwise general case agree, ties and duplicates included."""
+    from se_nas.pareto import _front_mask_2d, _front_mask_nd
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        pts = rng.integers(0, 6 if trial % 2 else 1000, size=(int(rng.integers(1, 300)), 2)).astype(float)
+        assert _front_mask_2d(pts).tolist() == _front_mask_nd(pts).tolist()

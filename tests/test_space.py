@@ -160,16 +160,28 @@ def test_cheapest_with_off_allowed_is_plain():
     ("backbone: resnet50\nchoices: {enabled: [yes, maybe]}\n", ["enabled", "'maybe'", "true, false"]),
     ("backbone: resnet50\nstride_on: 5x5\n", ["stride_on", "5x5", "1x1"]),
     ("- just\n- a list\n", ["expected a mapping"]),
-    ("backbone: [unclosed\n", ["malformed YAML"]),
+    ("backbone: [unclosed\n", ["malformed YAML", "line 2, column 1", "expected ',' or ']'"]),
+    ("backbone: resnet50\nchoices: {gate: [tanh}\n", ["line 2, column 22", "malformed YAML"]),
+    ("backbone: [resnet18]\n", ["backbone must be one name", "['resnet18']", "resnet50"]),
+    ("backbone: {name: resnet18}\n", ["backbone must be one name", "resnet50"]),
+    (f"backbone: resnet50\nchoices: {{reduction: {list(range(1, 66))}}}\n", ["reduction", "65 values", "at most 64"]),
+    (f"backbone: resnet50\nstages: {{s2: {{reduction: {list(range(1, 66))}}}}}\n", ["stages.s2", "at most 64"]),
 ])
 def test_bad_space_files_name_file_key_and_allowed(tmp_path, text, words):
     p = write(tmp_path, text, "mine.yaml")
     with pytest.raises(SpaceError) as e:
         load_space(p)
     msg = str(e.value)
-    assert str(p) in msg
+    assert str(p) in msg and "\n" not in msg
     for w in words:
         assert w in msg
+
+
+def test_binary_file_is_named(tmp_path):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"PK\x03\x04\x14\x00\xd0\xcf\x11\xe0" * 20)
+    with pytest.raises(SpaceError, match=r"model.pt: not a text file \(byte 0xd0 at offset 6 is not UTF-8\)"):
+        load_space(p)
 
 
 def test_missing_space_file_and_unknown_name(tmp_path):
