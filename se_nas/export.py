@@ -1,7 +1,11 @@
 """Exporting: train a study's chosen design and write it as a model file, ONNX or TorchScript.
 
-The file format itself (save, read, load, checksum, signature) is ``se_nas.modelfile``; its names are
-re-exported here.
+A search keeps no weights, so ``se-nas export`` retrains the chosen trial's *proxy* (the study's
+recipe: small input, narrow width, the dataset's classes) with the trial's seed, which reproduces the
+trial, and writes it with its input preprocessing (``preprocess_for``). ``--deploy`` instead writes the
+deployment-size model the budget was checked on (e.g. 224x224, 1000 classes), untrained; a trained one
+comes from ``se-nas train`` with a full recipe (``trials/imagenet.yaml``). The file format itself
+(save, read, load, checksum, signature) is ``se_nas.modelfile``; its names are re-exported here.
 """
 from __future__ import annotations
 
@@ -12,12 +16,58 @@ import torch
 from torch import nn
 
 from .arch import Arch
+from .budget import Deploy
 from .modelfile import (  # noqa: F401  (re-exported: the file format's public names)
     MODEL_FORMAT, ModelFile, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
 )
 
 FORMATS = ("senas", "onnx", "torchscript")
 SUFFIXES = {"senas": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
+
+
+# --- input preprocessing of each dataset (what se_nas.data feeds a trial, without augmentation) ------------
+def _digits_preprocess(image_size: int) -> Preprocess:
+    """scikit-learn's digits (8x8, values 0..16), normalised with the training split's statistics."""
+    from sklearn.datasets import load_digits
+
+    from .data import stratified_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).div_(16.0)
+    tr, _ = stratified_split(d.target, 0.2)  # the split se_nas.data normalises with
+    return Preprocess(image_size, (x[tr].mean().item(),), (x[tr].std().item(),), pixel_max=16.0, channels=1)
+
+
+def _cifar_preprocess(image_size: int) -> Preprocess:
+    from .data import CIFAR_MEAN, CIFAR_STD
+
+    return Preprocess(image_size, CIFAR_MEAN, CIFAR_STD)
+
+
+def imagenet_preprocess(image_size: int) -> Preprocess:
+    """ImageNet evaluation: shorter side to 256/224 of the input, centre crop, ImageNet statistics."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+
+    return Preprocess(image_size, IMAGENET_MEAN, IMAGENET_STD, resize_to=max(image_size, round(image_size * 256 / 224)))
+
+
+PREPROCESS = {"digits": _digits_preprocess, "cifar10": _cifar_preprocess, "cifar100": _cifar_preprocess,
+              "imagefolder": imagenet_preprocess}
+
+
+def preprocess_for(recipe) -> Preprocess:
+    """How raw images of ``recipe``'s dataset become the input its models were trained on."""
+    if recipe.dataset not in PREPROCESS:
+        raise ValueError(f"no input preprocessing known for dataset {recipe.dataset!r}; known: {', '.join(PREPROCESS)}")
+    return PREPROCESS[recipe.dataset](recipe.image_size)
+
+
+def role_of(recipe, num_classes: int, deploy: Deploy | None = None) -> str:
+    """"deployment" when ``recipe`` trains the deployment model itself (full width, ImageNet stem, its
+    input size and classes), else "proxy"."""
+    d = deploy or Deploy()
+    full = (recipe.stem, recipe.width, recipe.image_size, num_classes) == ("imagenet", 1.0, d.image_size, d.num_classes)
+    return "deployment" if full else "proxy"
 
 
 # --- deployment formats --------------------------------------------------------------------------
@@ -61,13 +111,18 @@ def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> P
     return path
 
 
-def write_formats(model_file: str | Path, fmt: str, out: str | Path, image_size: int) -> Path:
-    """Write the model stored in ``model_file`` as ``fmt`` ("senas" copies nothing) to ``out``."""
+def write_formats(model_file: str | Path, fmt: str, out: str | Path, image_size: int | None = None) -> Path:
+    """Write the model stored in ``model_file`` as ``fmt`` ("senas" copies nothing) to ``out``, for
+    inputs of ``image_size`` (default: the file's preprocessing)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "senas":
         return Path(model_file)
     model = load_model(model_file)
+    if image_size is None:
+        if model.se_nas.preprocess is None:
+            raise ValueError(f"model file {str(model_file)!r} stores no input size; give image_size")
+        image_size = model.se_nas.preprocess.image_size
     return (export_onnx if fmt == "onnx" else export_torchscript)(model, out, image_size)
 
 
@@ -88,21 +143,24 @@ def train_arch(arch: Arch, recipe, *, seed: int | None = None, data=None, checkp
     return model.cpu().eval(), result, data
 
 
-def save_trained(path: str | Path, model: nn.Module, arch: Arch, recipe, data, result, **meta: Any) -> Path:
-    """``save_model`` with the metadata of a training run (accuracy, history, costs, recipe)."""
+def save_trained(path: str | Path, model: nn.Module, arch: Arch, recipe, data, result, *,
+                 deploy: Deploy | None = None, key: bytes | str | None = None, **meta: Any) -> Path:
+    """``save_model`` with what a training run knows: its accuracy, history, cost, recipe, input
+    preprocessing and whether it trained the deployment model (``deploy``) or a proxy of it."""
     from .cost import count_cost
 
-    proxy = count_cost(arch, recipe.image_size, data.num_classes, recipe.stem, recipe.width)
+    role = role_of(recipe, data.num_classes, deploy)
+    cost = count_cost(arch, recipe.image_size, data.num_classes, recipe.stem, recipe.width)
     info = {
         "accuracy": result.accuracy, "history": list(result.history), "epochs": result.epochs,
         "train_seconds": round(result.seconds, 3), "dataset": data.name, "image_size": recipe.image_size,
         "recipe": recipe.to_dict(),
-        "cost": {"gflops": proxy.gflops, "mparams": proxy.mparams, "image_size": recipe.image_size,
-                 "num_classes": data.num_classes, "note": "this file's model (the trained proxy)"},
+        "cost": {"gflops": cost.gflops, "mparams": cost.mparams, "image_size": recipe.image_size,
+                 "num_classes": data.num_classes, "note": f"this file's model (the trained {role})"},
+        **meta,
     }
-    info.update(meta)
     return save_model(path, model, arch, num_classes=data.num_classes, stem=recipe.stem, width=recipe.width,
-                      meta=info)
+                      meta=info, role=role, trained=True, preprocess=preprocess_for(recipe), key=key)
 
 
 def pick_trial(recs, trial: int | None = None, max_gflops: float | None = None):
@@ -142,29 +200,57 @@ def resolve_ref(ref: str, root: str | Path = "trials"):
     return resolve_arch(ref), {"source": ref}
 
 
+def model_file_path(out: str | Path, fmt: str) -> Path:
+    """Where ``export_study`` writes the model file: ``out`` itself, or beside an ONNX/TorchScript ``out``."""
+    out = Path(out)
+    if fmt == "senas":
+        return out
+    path = out.with_suffix(SUFFIXES["senas"])
+    if path == out:
+        raise ValueError(f"-o {out}: with --format {fmt} it names the {fmt} file (e.g. {out.stem}{SUFFIXES[fmt]}); "
+                         f"the model file is written beside it as {path.name}")
+    return path
+
+
 def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials", trial: int | None = None,
-                 max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None) -> Path:
-    """``se-nas export``: train the chosen trial's architecture with the study's recipe and the trial's
-    seed (resuming from ``<root>/<study>/export/trial-N.ckpt``), write the model file, and for
-    ``fmt`` onnx/torchscript the deployment file at ``out`` (the model file beside it)."""
+                 max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None,
+                 deploy: bool = False, key: bytes | str | None = None) -> Path:
+    """``se-nas export``: write the chosen trial's design as a model file and, for ``fmt``
+    onnx/torchscript, also a deployment file at ``out`` (the model file beside it: ``model_file_path``).
+
+    By default the proxy is trained with the study's recipe and the trial's seed (resuming from
+    ``<root>/<study>/export/trial-N.ckpt``), which reproduces the trial. ``deploy=True`` writes the
+    deployment-size model of the study instead, untrained (initial weights from the trial's seed).
+    ``key`` signs the model file. Returns ``out``.
+    """
     from .recipe import Recipe
     from .study import open_study, records
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    model_path = model_file_path(out, fmt)
     study = open_study(study_name, root=root)
     if max_gflops is None and trial is None:
         max_gflops = (study.user_attrs.get("budget") or {}).get("max_gflops")
     rec = pick_trial(records(study), trial, max_gflops)
-    recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
-    ckpt = Path(root) / study_name / "export" / f"trial-{rec.number}.ckpt"
-    model, result, data = train_arch(rec.arch, recipe, seed=rec.seed, checkpoint=ckpt, progress=progress,
-                                     device=device)
-    out = Path(out)
-    model_path = out if fmt == "senas" else out.with_suffix(SUFFIXES["senas"])
-    save_trained(model_path, model, rec.arch, recipe, data, result, study=study_name, trial=rec.number,
-                 search_accuracy=rec.accuracy,
-                 deploy_cost={"gflops": rec.gflops, "mparams": rec.mparams, **(study.user_attrs.get("deploy") or {})})
+    dep = Deploy(**(study.user_attrs.get("deploy") or {}))
+    origin = {"study": study_name, "trial": rec.number, "search_accuracy": rec.accuracy,
+              "deploy_cost": {"gflops": rec.gflops, "mparams": rec.mparams, **dep.to_dict()}}
+    if deploy:
+        from .build import build_model
+
+        torch.manual_seed(rec.seed)
+        model = build_model(rec.arch, dep.num_classes)
+        save_model(model_path, model, rec.arch, num_classes=dep.num_classes, role="deployment", trained=False,
+                   preprocess=imagenet_preprocess(dep.image_size), key=key,
+                   meta={**origin, "note": "untrained; train it with `se-nas train "
+                         f"{study_name}:{rec.number} --recipe imagenet` (or another full recipe)"})
+    else:
+        recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
+        ckpt = Path(root) / study_name / "export" / f"trial-{rec.number}.ckpt"
+        model, result, data = train_arch(rec.arch, recipe, seed=rec.seed, checkpoint=ckpt, progress=progress,
+                                         device=device)
+        save_trained(model_path, model, rec.arch, recipe, data, result, deploy=dep, key=key, **origin)
     if fmt != "senas":
-        write_formats(model_path, fmt, out, recipe.image_size)
-    return out
+        write_formats(model_path, fmt, out)
+    return Path(out)
