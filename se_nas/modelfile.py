@@ -332,8 +332,10 @@ def _read_header(data: bytes) -> dict[str, str]:
     if n > len(data) - 8:
         raise ValueError(f"header claims {n} bytes but only {len(data) - 8} follow")
     head = json.loads(data[8 : 8 + n].decode("utf-8"))
-    meta = head.get("__metadata__") if isinstance(head, dict) else None
-    return dict(meta or {})
+    meta = (head.get("__metadata__") if isinstance(head, dict) else None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("its __metadata__ must map names to strings")
+    return meta
 
 
 def _bounded_build(build: Any, where: str) -> tuple[int, str, float]:

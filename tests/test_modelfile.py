@@ -127,6 +127,11 @@ def test_other_files_are_refused(tmp_path):
         load_model(other)
     with pytest.raises(FileNotFoundError, match="cannot read model file"):
         load_model(tmp_path / "missing.safetensors")
+    head = json.dumps({"__metadata__": {"format": "se-nas/model@1", "arch": 5}}).encode()
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(len(head).to_bytes(8, "little") + head)
+    with pytest.raises(ModelFileError, match="odd.safetensors' is not a readable.*must map names to strings"):
+        load_model(odd)
 
 
 def _header(path):
@@ -174,10 +179,13 @@ def test_header_asking_for_a_huge_model_is_refused_before_allocating(saved, tmp_
              "before, t = peak(), time.perf_counter()\n"
              "try:\n    load_model(sys.argv[1]); print('LOADED')\n"
              "except ModelFileError as e:\n    print('REFUSED', e)\n"
-             "print('GREW_KB', peak() - before, 'SECONDS', time.perf_counter() - t)\n")
+             "print('GREW_KB', peak() - before, 'SECONDS', time.perf_counter() - t)\n"
+             "print('TRAINING_MODULES', [m for m in ('train', 'data', 'trial', 'study', 'search') "
+             "if 'se_nas.' + m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", probe, str(crafted)], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=300).stdout
     assert "REFUSED" in out and f"header asks for a model of {asked:,} parameters" in out and "width=2.0" in out, out
+    assert "TRAINING_MODULES []" in out, out  # loading a model file imports nothing of training
     grew_kb = int(out.split("GREW_KB ")[1].split()[0])
     assert grew_kb < 100_000, out
 
