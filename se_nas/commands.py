@@ -118,30 +118,47 @@ def cmd_report(args):
     return 0
 
 
+def _print_model_file(path, key):
+    from .modelfile import read_model
+
+    print(f"wrote {path}{' (signed)' if key else ''}:")
+    mf = read_model(path, key=key)
+    for line in mf.describe():
+        print(f"  {line}")
+    return mf
+
+
 def cmd_export(args):
-    from .export import export_study
+    from .export import export_study, model_file_path, read_key
     from .storage import latest_study
 
     name = args.study or latest_study(args.root)
+    key = read_key(args.sign_key_file) if args.sign_key_file else None
     path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,
-                        fmt=args.format, progress=not args.quiet, device=args.device)
-    print(f"wrote {path}")
+                        fmt=args.format, progress=not args.quiet, device=args.device, deploy=args.deploy, key=key)
+    mf = _print_model_file(model_file_path(path, args.format), key)
+    if args.format != "senas":
+        s = mf.preprocess.image_size
+        print(f"wrote {path}: the same model as {args.format} (input 'images' N x 3 x {s} x {s} after the "
+              "preprocessing above, output 'logits')")
     return 0
 
 
 def cmd_train(args):
-    from .export import resolve_ref, save_trained, train_arch
+    from .export import read_key, resolve_ref, save_trained, train_arch
     from .recipe import load_recipe
 
     arch, source = resolve_ref(args.arch, args.root)
     recipe = load_recipe(args.recipe)
+    key = read_key(args.sign_key_file) if args.sign_key_file else None
     out = args.output or f"models/{arch.id}-{Path(str(args.recipe)).stem}.safetensors"
     ckpt = Path(args.checkpoint_dir) / f"{Path(out).stem}.ckpt" if args.checkpoint_dir else Path(out).with_suffix(".ckpt")
     print(f"training {arch.id} {arch.label} under recipe {args.recipe}; checkpoint {ckpt} (rerun to resume)")
     model, result, data = train_arch(arch, recipe, seed=args.seed, checkpoint=ckpt, progress=not args.quiet,
                                      device=args.device)
-    save_trained(out, model, arch, recipe, data, result, **source)
-    print(f"accuracy {result.accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f} s); wrote {out}")
+    save_trained(out, model, arch, recipe, data, result, key=key, **source)
+    print(f"accuracy {result.accuracy:.4f} after {result.epochs} epochs ({result.seconds:.1f} s)")
+    _print_model_file(out, key)
     return 0
 
 
@@ -166,16 +183,24 @@ def _register_report(sub):
     p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="train a trial's architecture and write a model file (+ ONNX/TorchScript)")
+    p = sub.add_parser("export", help="train a trial's proxy (or --deploy: the untrained deployment model) and "
+                       "write a model file (+ ONNX/TorchScript)")
     p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export trial N")
     which.add_argument("--best", action="store_true",
                        help="the most accurate completed trial within --max-gflops (the default)")
     p.add_argument("--max-gflops", type=float, default=None, help="GFLOPs limit for --best (default: the study's budget)")
-    p.add_argument("-o", "--output", required=True, help="file to write (.safetensors, or .onnx/.pt with --format)")
+    p.add_argument("-o", "--output", required=True,
+                   help="file to write: the model file (e.g. best.senas), or with --format onnx/torchscript the "
+                   ".onnx/.pt file, the model file then going beside it as .safetensors")
     p.add_argument("--format", choices=FORMATS, default="senas",
                    help="senas: the model file; onnx/torchscript: also a deployment file at -o")
+    p.add_argument("--deploy", action="store_true",
+                   help="write the study's deployment-size model (e.g. 224x224, 1000 classes) of the chosen design, "
+                   "UNTRAINED, instead of the trained proxy; `se-nas train STUDY:N --recipe imagenet` trains one")
+    p.add_argument("--sign-key-file", default=None, metavar="FILE",
+                   help="sign the model file (HMAC-SHA256) with the key in FILE; load_model(path, key=...) checks it")
     p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -186,6 +211,8 @@ def _register_report(sub):
     p.add_argument("--recipe", default="digits", help="built-in recipe name or YAML file (default digits)")
     p.add_argument("-o", "--output", default=None, help="model file (default models/ARCHID-RECIPE.safetensors)")
     p.add_argument("--checkpoint-dir", default=None, help="where the resumable checkpoint goes (default: beside -o)")
+    p.add_argument("--sign-key-file", default=None, metavar="FILE",
+                   help="sign the model file (HMAC-SHA256) with the key in FILE; load_model(path, key=...) checks it")
     p.add_argument("--seed", type=int, default=None, help="initialisation seed (default: the recipe's)")
     p.add_argument("--root", default="trials", help="folder holding the studies, for STUDY:N")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")

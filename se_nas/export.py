@@ -1,209 +1,74 @@
-"""Model files: one file that holds an architecture, its weights and where they came from.
+"""Exporting: train a study's chosen design and write it as a model file, ONNX or TorchScript.
 
-A search keeps no weights (its candidates are cheap proxies), so what a user takes away is written
-here: ``save_model`` writes a safetensors file whose header carries the ``Arch`` JSON, the build
-arguments (number of classes, stem, width), metadata (cost, accuracy, study, trial, recipe, se-nas
-and torch versions) and a SHA-256 checksum over all of it and the weights. ``load_model`` rebuilds a
-ready ``nn.Module`` from the file alone, without the study.
-
-Why safetensors: loading it only parses a JSON header and copies raw tensor bytes, so a model file
-cannot run code (a pickled ``torch.save`` file can). The checksum turns a truncated, corrupted or
-carelessly edited file into a clear error instead of a silently different model. It is not a
-signature: whoever edits a file on purpose can recompute it, so it guards against accidents, and
-safetensors (not the checksum) is what guards against code in the file.
-
-``export_onnx`` and ``export_torchscript`` write deployment files for the same model.
+A search keeps no weights, so ``se-nas export`` retrains the chosen trial's *proxy* (the study's
+recipe: small input, narrow width, the dataset's classes) with the trial's seed, which reproduces the
+trial, and writes it with its input preprocessing (``preprocess_for``). ``--deploy`` instead writes the
+deployment-size model the budget was checked on (e.g. 224x224, 1000 classes), untrained; a trained one
+comes from ``se-nas train`` with a full recipe (``trials/imagenet.yaml``). The file format itself
+(save, read, load, checksum, signature) is ``se_nas.modelfile``; its names are re-exported here.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .arch import Arch, ArchError
-from .build import build_model
-from .choices import STEMS
+from .arch import Arch
+from .cost import count_cost
+from .budget import Deploy
+from .modelfile import (  # noqa: F401  (re-exported: the file format's public names)
+    MODEL_FORMAT, ModelFile, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
+)
 
-MODEL_FORMAT = "se-nas/model@1"
 FORMATS = ("senas", "onnx", "torchscript")
 SUFFIXES = {"senas": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
 
 
-class ModelFileError(ValueError):
-    """A model file that is not one, is damaged, or does not match its own description."""
+# --- input preprocessing of each dataset (what se_nas.data feeds a trial, without augmentation) ------------
+def _digits_preprocess(image_size: int) -> Preprocess:
+    """scikit-learn's digits (8x8, values 0..16), normalised with the training split's statistics."""
+    from sklearn.datasets import load_digits
+
+    from .data import stratified_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).div_(16.0)
+    tr, _ = stratified_split(d.target, 0.2)  # the split se_nas.data normalises with
+    return Preprocess(image_size, (x[tr].mean().item(),), (x[tr].std().item(),), pixel_max=16.0, channels=1)
 
 
-@dataclass(frozen=True)
-class ModelFile:
-    """The parsed contents of a model file."""
+def _cifar_preprocess(image_size: int) -> Preprocess:
+    from .data import CIFAR_MEAN, CIFAR_STD
 
-    arch: Arch
-    num_classes: int
-    stem: str
-    width: float
-    meta: dict[str, Any] = field(default_factory=dict)
-    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def build_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "stem": self.stem, "width": self.width}
-
-    def build(self) -> nn.Module:
-        """The model with this file's weights, in eval mode, on the CPU."""
-        model = build_model(self.arch, **self.build_kwargs)
-        try:
-            model.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as e:
-            # strict loading lists missing/unexpected keys and shape mismatches; keep its first lines
-            detail = " ".join(str(e).split())[:400]
-            raise ModelFileError(f"weights do not fit architecture {self.arch.id}: {detail}") from None
-        return model.eval()
+    return Preprocess(image_size, CIFAR_MEAN, CIFAR_STD)
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    # viewing as bytes works for every dtype (numpy has no bfloat16)
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def imagenet_preprocess(image_size: int) -> Preprocess:
+    """ImageNet evaluation: shorter side to 256/224 of the input, centre crop, ImageNet statistics."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+
+    return Preprocess(image_size, IMAGENET_MEAN, IMAGENET_STD, resize_to=max(image_size, round(image_size * 256 / 224)))
 
 
-def checksum(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the header fields (except the checksum itself) and every tensor's name, dtype,
-    shape and bytes, in sorted order, so any change to the description or the weights shows."""
-    h = hashlib.sha256()
-    for k in sorted(header):
-        if k != "sha256":
-            h.update(f"{k}={header[k]}\n".encode())
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}:{str(t.dtype)}:{tuple(t.shape)}\n".encode())
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()
+PREPROCESS = {"digits": _digits_preprocess, "cifar10": _cifar_preprocess, "cifar100": _cifar_preprocess,
+              "imagefolder": imagenet_preprocess}
 
 
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    return {"se_nas": __version__, "torch": torch.__version__}
-
-
-def save_model(
-    path: str | Path,
-    model: nn.Module,
-    arch: Arch,
-    *,
-    num_classes: int,
-    stem: str = "imagenet",
-    width: float = 1.0,
-    meta: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``model`` (built by ``build_model(arch, num_classes, stem, width)``) to ``path``.
-
-    ``meta`` is any JSON-serialisable dict (accuracy, cost, study, trial, recipe, ...); the se-nas
-    and torch versions are added. Returns the path written.
-    """
-    from safetensors.torch import save_file
-
-    if not isinstance(arch, Arch):
-        raise TypeError(f"arch must be an se_nas.Arch, got {type(arch).__name__}")
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = build_model(arch, num_classes, stem, width).state_dict()
-    if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
-        raise ValueError(
-            f"model does not match architecture {arch.id} built with num_classes={num_classes}, "
-            f"stem={stem!r}, width={width}: its parameters differ from build_model's"
-        )
-    info = dict(meta or {})
-    info.update(_versions())
-    header = {
-        "format": MODEL_FORMAT,
-        "arch": arch.to_json(),
-        "build": json.dumps({"num_classes": num_classes, "stem": stem, "width": float(width)}, sort_keys=True),
-        "meta": json.dumps(info, sort_keys=True, default=str),
-    }
-    header["sha256"] = checksum(header, tensors)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)  # never leave a half-written model file under the real name
-    return path
+def preprocess_for(recipe) -> Preprocess:
+    """How raw images of ``recipe``'s dataset become the input its models were trained on."""
+    if recipe.dataset not in PREPROCESS:
+        raise ValueError(f"no input preprocessing known for dataset {recipe.dataset!r}; known: {', '.join(PREPROCESS)}")
+    return PREPROCESS[recipe.dataset](recipe.image_size)
 
 
-def read_model(path: str | Path, verify: bool = True) -> ModelFile:
-    """Parse and (by default) verify a model file; raises ``ModelFileError`` naming what is wrong."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise FileNotFoundError(f"cannot read model file {str(p)!r}: {e.strerror}") from None
-    try:
-        tensors = load(data)
-        header = _read_header(data)
-    except (SafetensorError, ValueError, OverflowError) as e:
-        raise ModelFileError(
-            f"{str(p)!r} is not a readable se-nas model file (truncated or not safetensors: {e})"
-        ) from None
-    if header.get("format") != MODEL_FORMAT:
-        raise ModelFileError(
-            f"{str(p)!r} is a safetensors file but not an se-nas model: format is "
-            f"{header.get('format')!r}, expected {MODEL_FORMAT!r}"
-        )
-    missing = [k for k in ("arch", "build", "meta", "sha256") if k not in header]
-    if missing:
-        raise ModelFileError(f"{str(p)!r}: header is missing {', '.join(missing)}")
-    if verify:
-        got = checksum(header, tensors)
-        if got != header["sha256"]:
-            raise ModelFileError(
-                f"{str(p)!r}: checksum mismatch (file says {header['sha256'][:16]}..., contents give "
-                f"{got[:16]}...): the file was modified or corrupted after it was written"
-            )
-    try:
-        arch = Arch.from_json(header["arch"], where=f"{p}: arch")
-        build = json.loads(header["build"])
-        meta = json.loads(header["meta"])
-        mf = ModelFile(arch, int(build["num_classes"]), str(build["stem"]), float(build["width"]), meta, tensors)
-    except (ArchError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ModelFileError(f"{str(p)!r}: malformed header ({e})") from None
-    # Check the header's size against the stored classifier before anything is built, so an edited
-    # num_classes can't make load_model allocate a huge model.
-    fc = tensors.get("fc.weight")
-    if fc is None or fc.shape[0] != mf.num_classes:
-        raise ModelFileError(f"{str(p)!r}: header says num_classes={mf.num_classes}, but the stored classifier "
-                             f"'fc.weight' has shape {None if fc is None else tuple(fc.shape)}")
-    return mf
-
-
-def _read_header(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors byte string (8-byte little-endian length, then JSON)."""
-    if len(data) < 8:
-        raise ValueError(f"file is {len(data)} bytes long, shorter than a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError(f"header claims {n} bytes but only {len(data) - 8} follow")
-    meta = json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__") or {}
-    return dict(meta)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored at ``path``: weights loaded, eval mode, on ``device``.
-
-    The file's description is kept on the module as ``model.se_nas`` (a ``ModelFile`` without weights).
-    """
-    mf = read_model(path)
-    model = mf.build().to(device)
-    model.se_nas = ModelFile(mf.arch, mf.num_classes, mf.stem, mf.width, mf.meta)
-    return model
+def role_of(recipe, num_classes: int, deploy: Deploy | None = None) -> str:
+    """"deployment" when ``recipe`` trains the deployment model itself (full width, ImageNet stem, its
+    input size and classes), else "proxy"."""
+    d = deploy or Deploy()
+    full = (recipe.stem, recipe.width, recipe.image_size, num_classes) == ("imagenet", 1.0, d.image_size, d.num_classes)
+    return "deployment" if full else "proxy"
 
 
 # --- deployment formats --------------------------------------------------------------------------
@@ -247,13 +112,18 @@ def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> P
     return path
 
 
-def write_formats(model_file: str | Path, fmt: str, out: str | Path, image_size: int) -> Path:
-    """Write the model stored in ``model_file`` as ``fmt`` ("senas" copies nothing) to ``out``."""
+def write_formats(model_file: str | Path, fmt: str, out: str | Path, image_size: int | None = None) -> Path:
+    """Write the model stored in ``model_file`` as ``fmt`` ("senas" copies nothing) to ``out``, for
+    inputs of ``image_size`` (default: the file's preprocessing)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "senas":
         return Path(model_file)
     model = load_model(model_file)
+    if image_size is None:
+        if model.se_nas.preprocess is None:
+            raise ValueError(f"model file {str(model_file)!r} stores no input size; give image_size")
+        image_size = model.se_nas.preprocess.image_size
     return (export_onnx if fmt == "onnx" else export_torchscript)(model, out, image_size)
 
 
@@ -274,21 +144,24 @@ def train_arch(arch: Arch, recipe, *, seed: int | None = None, data=None, checkp
     return model.cpu().eval(), result, data
 
 
-def save_trained(path: str | Path, model: nn.Module, arch: Arch, recipe, data, result, **meta: Any) -> Path:
-    """``save_model`` with the metadata of a training run (accuracy, history, costs, recipe)."""
+def save_trained(path: str | Path, model: nn.Module, arch: Arch, recipe, data, result, *,
+                 deploy: Deploy | None = None, key: bytes | str | None = None, **meta: Any) -> Path:
+    """``save_model`` with what a training run knows: its accuracy, history, cost, recipe, input
+    preprocessing and whether it trained the deployment model (``deploy``) or a proxy of it."""
     from .cost import count_cost
 
-    proxy = count_cost(arch, recipe.image_size, data.num_classes, recipe.stem, recipe.width)
+    role = role_of(recipe, data.num_classes, deploy)
+    cost = count_cost(arch, recipe.image_size, data.num_classes, recipe.stem, recipe.width)
     info = {
         "accuracy": result.accuracy, "history": list(result.history), "epochs": result.epochs,
         "train_seconds": round(result.seconds, 3), "dataset": data.name, "image_size": recipe.image_size,
         "recipe": recipe.to_dict(),
-        "cost": {"gflops": proxy.gflops, "mparams": proxy.mparams, "image_size": recipe.image_size,
-                 "num_classes": data.num_classes, "note": "this file's model (the trained proxy)"},
+        "cost": {"gflops": cost.gflops, "mparams": cost.mparams, "image_size": recipe.image_size,
+                 "num_classes": data.num_classes, "note": f"this file's model (the trained {role})"},
+        **meta,
     }
-    info.update(meta)
     return save_model(path, model, arch, num_classes=data.num_classes, stem=recipe.stem, width=recipe.width,
-                      meta=info)
+                      meta=info, role=role, trained=True, preprocess=preprocess_for(recipe), key=key)
 
 
 def pick_trial(recs, trial: int | None = None, max_gflops: float | None = None):
@@ -329,13 +202,30 @@ def resolve_ref(ref: str, root: str | Path = "trials"):
     return resolve_arch(ref), {"source": ref}
 
 
+def model_file_path(out: str | Path, fmt: str) -> Path:
+    """Where ``export_study`` writes the model file: ``out`` itself, or beside an ONNX/TorchScript ``out``."""
+    out = Path(out)
+    if fmt == "senas":
+        return out
+    path = out.with_suffix(SUFFIXES["senas"])
+    if path == out:
+        raise ValueError(f"-o {out}: with --format {fmt} it names the {fmt} file (e.g. {out.stem}{SUFFIXES[fmt]}); "
+                         f"the model file is written beside it as {path.name}")
+    return path
+
+
 def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials", trial: int | None = None,
                  max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None,
-                 storage: str | None = None) -> Path:
-    """``se-nas export``: train the chosen design (``--best``: the study's confirmed choice, else its
-    best per-design mean within the budget; or trial N) with the study's recipe and the seed of one of
-    its runs (resuming from ``<root>/<study>/export/``), write the model file, and for ``fmt``
-    onnx/torchscript the deployment file at ``out`` (the model file beside it)."""
+                 storage: str | None = None, deploy: bool = False, key: bytes | str | None = None) -> Path:
+    """``se-nas export``: write the chosen design as a model file and, for ``fmt`` onnx/torchscript,
+    also a deployment file at ``out`` (the model file beside it: ``model_file_path``).
+
+    The design is the study's confirmed choice (``--best``, the default; else its best per-design
+    mean within the budget), or trial N. By default its proxy is trained with the study's recipe
+    and the seed of one of its runs (resuming from ``<root>/<study>/export/``), which reproduces that
+    run. ``deploy=True`` writes the deployment-size model of the study instead, untrained (initial
+    weights from that seed). ``key`` signs the model file. Returns ``out``.
+    """
     from .recipe import Recipe
 
     if fmt not in FORMATS:
@@ -343,6 +233,7 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials
     from .confirm import export_choice
     from .storage import open_study
 
+    model_path = model_file_path(out, fmt)
     study = open_study(study_name, storage=storage, root=root)
     if trial is not None:
         from .study import records
@@ -352,12 +243,24 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials
                                                                             "search_accuracy": rec.accuracy}
     else:
         arch, seed, tag, info = export_choice(study, max_gflops)
-    recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
-    ckpt = Path(root) / study_name / "export" / f"{tag}.ckpt"
-    model, result, data = train_arch(arch, recipe, seed=seed, checkpoint=ckpt, progress=progress, device=device)
-    out = Path(out)
-    model_path = out if fmt == "senas" else out.with_suffix(SUFFIXES["senas"])
-    save_trained(model_path, model, arch, recipe, data, result, study=study_name, **info)
+    dep = Deploy(**(study.user_attrs.get("deploy") or {}))
+    c = count_cost(arch, dep.image_size, dep.num_classes)
+    origin = {"study": study_name, **info, "deploy_cost": {"gflops": c.gflops, "mparams": c.mparams, **dep.to_dict()}}
+    if deploy:
+        from .build import build_model
+
+        torch.manual_seed(seed)
+        model = build_model(arch, dep.num_classes)
+        ref = f"{study_name}:{info['trial']}" if "trial" in info else "DESIGN.json"
+        save_model(model_path, model, arch, num_classes=dep.num_classes, role="deployment", trained=False,
+                   preprocess=imagenet_preprocess(dep.image_size), key=key,
+                   meta={**origin, "note": f"untrained; train it with `se-nas train {ref} --recipe imagenet` "
+                         "(or another full recipe)"})
+    else:
+        recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
+        ckpt = Path(root) / study_name / "export" / f"{tag}.ckpt"
+        model, result, data = train_arch(arch, recipe, seed=seed, checkpoint=ckpt, progress=progress, device=device)
+        save_trained(model_path, model, arch, recipe, data, result, deploy=dep, key=key, **origin)
     if fmt != "senas":
-        write_formats(model_path, fmt, out, recipe.image_size)
-    return out
+        write_formats(model_path, fmt, out)
+    return Path(out)

@@ -1,165 +1,140 @@
-"""Model files: round trips give the same outputs, and damaged or edited files are refused."""
-import json
+"""Exporting a study's design: what the file holds (proxy or deployment model, trained or not), its
+input preprocessing, and what the CLI says it wrote. One real one-trial study is shared by the tests."""
+import os
+import pickle
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
-from se_nas import Arch, StageSE, build_model
-from se_nas.choices import GATES, POSITIONS, SQUEEZES
-from se_nas.export import (
-    ModelFileError, checksum, export_onnx, export_torchscript, load_model, read_model, save_model,
-)
+from se_nas import Arch, StageSE, cli, count_cost
+from se_nas.budget import Budget, Deploy
+from se_nas.data import load_data, stratified_split
+from se_nas.export import preprocess_for, role_of
+from se_nas.modelfile import load_model, read_model
+from se_nas.recipe import Recipe, load_recipe
+from se_nas.storage import open_study
+from se_nas.study import records
+from se_nas.trial import record_outcome, run_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ARCH = Arch("resnet18", (None, StageSE(4, "max"), StageSE(8, gate="hardsigmoid"), None))
 
 
-def _archs():
-    """Architectures that together use every squeeze, gate and position (and stages without SE)."""
-    sq, ga, po = list(SQUEEZES), list(GATES), list(POSITIONS)
-    out = []
-    for i in range(max(len(sq), len(ga), len(po))):
-        stages = tuple(
-            StageSE(reduction=[2, 4, 8, 16][(i + k) % 4], squeeze=sq[(i + k) % len(sq)],
-                    gate=ga[(i + k) % len(ga)], position=po[(i + k) % len(po)])
-            for k in range(4)
-        )
-        out.append(Arch("resnet18" if i % 2 else "resnet50", stages, stride_on="3x3" if i % 2 else "1x1",
-                        se_bias=i % 3 == 0))
-    out.append(Arch("resnet18", (None, StageSE(), None, StageSE(1, "max"))))
-    return out
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A study with one trained trial, as the search writes it."""
+    root = tmp_path_factory.mktemp("w") / "trials"
+    recipe, budget, deploy = load_recipe("tiny"), Budget(), Deploy()
+    study = open_study("st", root=root, create=True)
+    for k, v in (("recipe", recipe.to_dict()), ("budget", budget.to_dict()), ("deploy", deploy.to_dict())):
+        study.set_user_attr(k, v)
+    record_outcome(study, study.ask(), run_trial(ARCH, recipe, budget, deploy, seed=3), budget=budget)
+    return root
 
 
-ARCHS = _archs()
-W = 0.125  # narrow proxies keep the round trips fast
+def _export(root, *args):
+    old = os.umask(0o022)
+    try:
+        return cli.main(["export", "st", "--root", str(root), "--quiet", *map(str, args)])
+    finally:
+        os.umask(old)
 
 
-def _trained_looking(arch, seed=0):
-    """A proxy model whose weights and BatchNorm statistics are not the initial ones."""
-    torch.manual_seed(seed)
-    m = build_model(arch, 7, stem="small", width=W)
+def _digits_val():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    _, va = stratified_split(d.target, 0.2)
+    return d.images[va], d.target[va]
+
+
+def test_export_best_says_what_it_wrote_and_the_file_works_on_raw_images(root, tmp_path, capsys):
+    (tmp_path / "key").write_text("a key of at least sixteen bytes\n")
+    out = tmp_path / "best.senas"
+    assert _export(root, "--best", "-o", out, "--sign-key-file", tmp_path / "key") == 0
+    said = capsys.readouterr().out
+    rec = records(open_study("st", root=root))[0]
+    mf = read_model(out, key=b"a key of at least sixteen bytes")
+    assert mf.authenticated and (mf.role, mf.trained) == ("proxy", True)
+    for text in (f"wrote {out} (signed)", "the design chosen by study 'st'", f"accuracy {rec.accuracy:.4f} over 1 seeds",
+                 ARCH.id, ARCH.label, "the search's proxy model", "not the deployment model", "; trained",
+                 f"validation accuracy {mf.meta['accuracy']:.4f}", "grayscale images, values 0..16"):
+        assert text in said, (text, said)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    # the stored preprocessing is all a user needs: raw scikit-learn digits in, the file's accuracy out
+    model = load_model(out)
+    images, labels = _digits_val()
     with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        m.train()
-        m(torch.randn(4, 3, 8, 8))  # moves running mean/var away from 0/1
-    return m.eval()
+        pred = model(model.se_nas.preprocess(images)).argmax(1).numpy()
+    assert (pred == labels).mean() == pytest.approx(mf.meta["accuracy"], abs=1e-9)
 
 
-def test_choices_are_all_covered():
-    used = [s for a in ARCHS for s in a.stages if s is not None]
-    assert {s.squeeze for s in used} == set(SQUEEZES)
-    assert {s.gate for s in used} == set(GATES)
-    assert {s.position for s in used} == set(POSITIONS)
+def test_export_deploy_writes_the_untrained_deployment_model(root, tmp_path, capsys):
+    out = tmp_path / "deploy.senas"
+    assert _export(root, "--deploy", "-o", out) == 0
+    said = capsys.readouterr().out
+    mf = read_model(out)
+    assert (mf.role, mf.trained, mf.num_classes, mf.stem, mf.width) == ("deployment", False, 1000, "imagenet", 1.0)
+    assert mf.preprocess == preprocess_for(load_recipe("imagenet"))  # what `se-nas train --recipe imagenet` stores
+    params = sum(v.numel() for k, v in load_model(out).named_parameters())
+    assert params == count_cost(ARCH).params == round(records(open_study("st", root=root))[0].mparams * 1e6)
+    for text in ("the deployment-size model the budget was checked on", "UNTRAINED", "1000 classes",
+                 "shorter side resized to 256, centre 224x224 crop"):
+        assert text in said, (text, said)
+    assert "se-nas train st:0 --recipe imagenet" in mf.meta["note"]
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.id)
-def test_round_trip_same_outputs(arch, tmp_path):
-    m = _trained_looking(arch)
-    x = torch.randn(3, 3, 8, 8)
-    with torch.no_grad():
-        want = m(x)
-    path = save_model(tmp_path / "m.safetensors", m, arch, num_classes=7, stem="small", width=W,
-                      meta={"accuracy": 0.5, "study": "s", "trial": 3})
-    loaded = load_model(path)
-    assert not loaded.training
-    assert loaded.se_nas.arch == arch and loaded.se_nas.meta["trial"] == 3
-    assert loaded.se_nas.meta["torch"] == torch.__version__
-    with torch.no_grad():
-        got = loaded(x)
-    assert torch.equal(got, want)
-    # buffers too (running statistics), not only parameters
-    for k, v in m.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
+def test_export_onnx_names_both_files_and_refuses_to_overwrite_the_model_file(root, tmp_path, capsys):
+    out = tmp_path / "best.onnx"
+    assert _export(root, "--format", "onnx", "-o", out) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'best.safetensors'}:" in said and f"wrote {out}: the same model as onnx (input 'images' N x 3 x 8 x 8" in said
+    assert out.stat().st_size > 0
+    assert _export(root, "--format", "onnx", "-o", tmp_path / "x.safetensors") == 2
+    err = capsys.readouterr().err
+    assert "with --format onnx it names the onnx file (e.g. x.onnx)" in err and len(err.splitlines()) == 1
 
 
-@pytest.fixture
-def saved(tmp_path):
-    arch = ARCHS[1]
-    m = _trained_looking(arch)
-    path = save_model(tmp_path / "m.safetensors", m, arch, num_classes=7, stem="small", width=W,
-                      meta={"accuracy": 0.625})
-    return path, m, arch
+def test_role_is_deployment_only_for_the_deployment_model_itself():
+    assert role_of(load_recipe("imagenet"), 1000) == "deployment"
+    assert role_of(load_recipe("imagenet"), 10) == "proxy"
+    assert role_of(load_recipe("digits"), 10) == "proxy"
+    assert role_of(load_recipe("tiny"), 1000, Deploy(8, 1000)) == "proxy"  # small stem, narrow
 
 
-def test_flipped_weight_byte_is_a_checksum_error(saved):
-    path, _, _ = saved
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0x01  # inside the last tensor's bytes
-    path.write_bytes(bytes(data))
-    with pytest.raises(ModelFileError, match="checksum mismatch"):
-        load_model(path)
+@pytest.mark.parametrize("size", [8, 20])
+def test_digits_preprocessing_reproduces_the_validation_inputs(size):
+    recipe = Recipe(dataset="digits", image_size=size)
+    images, _ = _digits_val()
+    torch.testing.assert_close(preprocess_for(recipe)(images), load_data(recipe).val.images, atol=1e-6, rtol=0)
 
 
-def test_edited_metadata_is_a_checksum_error(saved):
-    path, _, _ = saved
-    data = path.read_bytes()
-    assert b"0.625" in data
-    path.write_bytes(data.replace(b"0.625", b"0.925"))  # same length, still valid JSON
-    with pytest.raises(ModelFileError, match="checksum mismatch"):
-        load_model(path)
+def test_cifar_preprocessing_reproduces_the_validation_inputs(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                         b"labels": [i % 10 for i in range(20)]}, f)
+    recipe = Recipe(dataset="cifar10", data_dir=str(tmp_path), image_size=24)
+    val = load_data(recipe).val
+    want, _ = val.batch(torch.arange(len(val)))
+    torch.testing.assert_close(preprocess_for(recipe)(val.images), want, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("keep", [0.0, 0.001, 0.5, 0.999])
-def test_truncated_file_is_refused(saved, keep):
-    path, _, _ = saved
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(ModelFileError, match="not a readable se-nas model file"):
-        load_model(path)
+def test_imagefolder_preprocessing_matches_the_validation_transform(tmp_path):
+    from PIL import Image
 
-
-def test_other_files_are_refused(tmp_path):
-    from safetensors.torch import save_file
-
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"\x80\x04\x95 this is a pickle, not a model" * 10)
-    with pytest.raises(ModelFileError, match="not a readable"):
-        load_model(junk)
-    other = tmp_path / "other.safetensors"
-    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "pt"})
-    with pytest.raises(ModelFileError, match="not an se-nas model"):
-        load_model(other)
-    with pytest.raises(FileNotFoundError, match="cannot read model file"):
-        load_model(tmp_path / "missing.safetensors")
-
-
-def test_weights_that_do_not_fit_are_named(saved, tmp_path):
-    """A consistent file (valid checksum) whose tensors don't match its architecture."""
-    from safetensors.torch import save_file
-
-    path, _, _ = saved
-    mf = read_model(path)
-    tensors = dict(mf.state_dict)
-    dropped = sorted(tensors)[0]
-    del tensors[dropped]
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))["__metadata__"]
-    header["sha256"] = checksum(header, tensors)
-    bad = tmp_path / "bad.safetensors"
-    save_file(tensors, str(bad), metadata=header)
-    with pytest.raises(ModelFileError, match=f"weights do not fit.*{dropped}"):
-        load_model(bad)
-
-
-def test_save_refuses_a_model_of_another_architecture(tmp_path):
-    m = build_model(ARCHS[0], 7, stem="small", width=W)
-    with pytest.raises(ValueError, match="does not match architecture"):
-        save_model(tmp_path / "x.safetensors", m, ARCHS[1], num_classes=7, stem="small", width=W)
-
-
-@pytest.mark.parametrize("arch", [ARCHS[1], ARCHS[3]], ids=lambda a: a.id)
-def test_deployment_formats_give_the_same_outputs(arch, tmp_path):
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
-    m = _trained_looking(arch)
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        want = m(x).numpy()
-    ts = torch.jit.load(str(export_torchscript(m, tmp_path / "m.pt", 8)))
-    with torch.no_grad():
-        np.testing.assert_allclose(ts(x).numpy(), want, rtol=1e-5, atol=1e-5)
-    proto = onnx.load(str(export_onnx(m, tmp_path / "m.onnx", 8)))
-    onnx.checker.check_model(proto)
-    got = ReferenceEvaluator(proto).run(None, {"images": x.numpy()})[0]  # batch 2: dynamic axis works
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        for split in ("train", "val"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(tmp_path / split / c / "0.png")
+    recipe = Recipe(dataset="imagefolder", data_dir=str(tmp_path), image_size=16)
+    val = load_data(recipe).val
+    raw = np.asarray(Image.open(val.samples[0][0]).convert("RGB")).transpose(2, 0, 1)
+    # PIL rounds its resized image to 8 bits, the tensor path does not: at most 1/255 before normalising
+    torch.testing.assert_close(preprocess_for(recipe)(raw)[0], val[0][0], atol=1.01 / 255 / 0.224, rtol=0)
