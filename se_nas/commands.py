@@ -1,6 +1,22 @@
-"""Subcommands beyond ``cost`` and ``presets``: each registers its parser with ``se_nas.cli``."""
-from . import cli as _cli
-from .cli import _positive_int
+"""The subcommands, one table: each name has its arguments and its handler, a thin function over the
+library. Handlers and argument builders import the library when they run, so listing the commands
+(``se-nas --help``, ``--version``) loads none of it, and each command loads only what it uses."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------
@@ -41,20 +57,10 @@ def _number(kind, positive: bool):
     return parse
 
 
-def _register_search(sub):
-    import argparse
-
+def _search_arguments(p):
     from .search import BACKENDS, EARLY_STOPS, SAMPLERS
     from .space import DEFAULT_SPACE
 
-    p = sub.add_parser(
-        "search", help="search SE designs under a FLOPs/params budget (multi-objective, resumable)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Search per-stage SE designs: each candidate is costed on the deployment model "
-        "first (over budget = never trained), then a proxy is trained under the recipe. Objectives: "
-        "validation accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues "
-        "the study. Example: se-nas search --budget-gflops 4",
-    )
     p.add_argument("--budget-gflops", type=float, default=None, metavar="G",
                    help="largest GFLOPs of the deployment model (1 FLOP = 1 multiply-accumulate)")
     p.add_argument("--budget-mparams", type=float, default=None, metavar="M",
@@ -89,11 +95,6 @@ def _register_search(sub):
                    "similar cost and beaten by one no more expensive; asha: Ray's ASHA (--backend ray); none")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler; trial N trains with seed SEED+N")
     p.add_argument("--root", default="trials", help="folder holding the studies (ROOT/STUDY/study.db)")
-    p.set_defaults(func=cmd_search)
-
-
-
-_cli._REGISTER.append(_register_search)
 
 
 # --- report / export / train / compare (se_nas.report, se_nas.export, se_nas.compare) -------------
@@ -146,16 +147,15 @@ def cmd_compare(args):
     return 0
 
 
-def _register_report(sub):
-    from .export import FORMATS
-
-    p = sub.add_parser("report", help="Pareto report of a study: offline HTML, PNG figures, CSV, Markdown")
+def _report_arguments(p):
     p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
     p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
     p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="train a trial's architecture and write a model file (+ ONNX/TorchScript)")
+
+def _export_arguments(p):
+    from .export import FORMATS
+
     p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export trial N")
@@ -168,9 +168,9 @@ def _register_report(sub):
     p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train", help="train any architecture fully under a recipe (resumable) and export it")
+
+def _train_arguments(p):
     p.add_argument("arch", help="STUDY:N (trial N of a study), a JSON file or a preset name")
     p.add_argument("--recipe", default="digits", help="built-in recipe name or YAML file (default digits)")
     p.add_argument("-o", "--output", default=None, help="model file (default models/ARCHID-RECIPE.safetensors)")
@@ -179,9 +179,9 @@ def _register_report(sub):
     p.add_argument("--root", default="trials", help="folder holding the studies, for STUDY:N")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="chosen design vs the r=16 baseline and the plain backbone over K seeds")
+
+def _compare_arguments(p):
     p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per design (default 3)")
     p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")
@@ -190,15 +190,53 @@ def _register_report(sub):
     p.add_argument("--out", default="reports", help="results go to OUT/STUDY/ (default reports)")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_compare)
 
 
-from pathlib import Path  # noqa: E402
+# --- cost / presets / recipes: designs and recipes as files to start editing from -----------------
+def cmd_cost(args):
+    from .arch import resolve_arch
+    from .cost import count_cost
 
-_cli._REGISTER.append(_register_report)
+    arch = resolve_arch(args.arch)
+    c = count_cost(arch, args.image_size, args.num_classes)
+    print(f"{arch.id}  {arch.label}")
+    print(f"input {args.image_size}x{args.image_size}, {args.num_classes} classes; 1 FLOP = 1 multiply-accumulate")
+    print(f"{'stage':<8}{'SE':<22}{'params (M)':>12}{'GFLOPs':>10}{'SE params (M)':>15}{'SE GFLOPs':>11}")
+    for s in c.stages:
+        se = arch.stages[s.stage]
+        print(f"{s.stage + 1:<8}{'-' if se is None else se.label:<22}{s.params / 1e6:>12.3f}"
+              f"{s.flops / 1e9:>10.4f}{s.se_params / 1e6:>15.3f}{s.se_flops / 1e9:>11.4f}")
+    rest_p = c.params - sum(s.params for s in c.stages)
+    rest_f = c.flops - sum(s.flops for s in c.stages)
+    print(f"{'stem+head':<30}{rest_p / 1e6:>12.3f}{rest_f / 1e9:>10.4f}")
+    print(f"{'total':<30}{c.mparams:>12.3f}{c.gflops:>10.4f}{c.se_params / 1e6:>15.3f}{c.se_flops / 1e9:>11.4f}")
+    return 0
 
 
-# --- recipes (se_nas.recipe) -----------------------------------------------------------------------
+def _cost_arguments(p):
+    p.add_argument("arch", help="a JSON file or a preset name (see `se-nas presets`)")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
+    p.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (default 1000)")
+
+
+def cmd_presets(args):
+    from .arch import PRESETS
+    from .choices import pick
+    from .cost import count_cost
+
+    if args.name:
+        print(pick(PRESETS, args.name, "preset").to_json(indent=2))
+        return 0
+    for name, arch in PRESETS.items():
+        c = count_cost(arch)
+        print(f"{name:<24}{c.gflops:>8.2f} GFLOPs{c.mparams:>8.1f} M params   {arch.label}")
+    return 0
+
+
+def _presets_arguments(p):
+    p.add_argument("name", nargs="?", help="print this preset as JSON")
+
+
 def cmd_recipes(args):
     from .recipe import RECIPE_DIR, builtin_recipes, load_recipe
 
@@ -220,10 +258,39 @@ def cmd_recipes(args):
     return 0
 
 
-def _register_recipes(sub):
-    p = sub.add_parser("recipes", help="list the built-in trial recipes, or print one as YAML to start editing from")
+def _recipes_arguments(p):
     p.add_argument("name", nargs="?", help="a built-in recipe name or a YAML file: print it (validated)")
-    p.set_defaults(func=cmd_recipes)
 
 
-_cli._REGISTER.append(_register_recipes)
+# --- the table ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    help: str  # one line in `se-nas --help`
+    arguments: Callable[[argparse.ArgumentParser], None]  # adds the command's arguments
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None  # the top of `se-nas NAME --help` (default: help)
+
+
+# In the order of the flow: search, compare, report, export or train; then the tools for designs.
+COMMANDS: dict[str, Command] = {
+    "search": Command(
+        "search SE designs under a FLOPs/params budget (multi-objective, resumable)",
+        _search_arguments, cmd_search,
+        "Search per-stage SE designs: each candidate is costed on the deployment model first (over "
+        "budget = never trained), then a proxy is trained under the recipe. Objectives: validation "
+        "accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues the study. "
+        "Example: se-nas search --budget-gflops 4"),
+    "compare": Command("chosen design vs the r=16 baseline and the plain backbone over K seeds",
+                       _compare_arguments, cmd_compare),
+    "report": Command("Pareto report of a study: offline HTML, PNG figures, CSV, Markdown",
+                      _report_arguments, cmd_report),
+    "export": Command("train a trial's architecture and write a model file (+ ONNX/TorchScript)",
+                      _export_arguments, cmd_export),
+    "train": Command("train any architecture fully under a recipe (resumable) and export it",
+                     _train_arguments, cmd_train),
+    "cost": Command("per-stage and total parameters and GFLOPs of an architecture", _cost_arguments, cmd_cost),
+    "presets": Command("list presets, or print one preset's JSON to start editing from",
+                       _presets_arguments, cmd_presets),
+    "recipes": Command("list the built-in trial recipes, or print one as YAML to start editing from",
+                       _recipes_arguments, cmd_recipes),
+}
