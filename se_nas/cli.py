@@ -74,3 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nse-nas {args.command}: interrupted; everything finished so far is saved", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":  # python -m se_nas.cli, like python -m se_nas
+    sys.exit(main())

@@ -71,6 +71,9 @@ def test_version(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out == f"se-nas {se_nas.__version__}\n"
+    for module in ("se_nas", "se_nas.cli"):  # python -m runs the same command
+        out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True).stdout
+        assert out == f"se-nas {se_nas.__version__}\n", module
 
 
 def test_top_level_help_is_for_users(capsys):
