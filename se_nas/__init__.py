@@ -2,15 +2,35 @@
 
 The flow: search space -> ``Arch`` -> cost check -> ``build_model`` -> training -> study ->
 report / export / compare. See the README for the command line.
+
+The public names load their module on first use (PEP 562), so ``import se_nas`` and the command
+line's ``--help`` do not import torch.
 """
-from .arch import PRESETS, Arch, ArchError, StageSE, resolve_arch
-from .build import build_model
-from .cost import Cost, count_cost
-from .export import load_model  # se_nas.load_model(FILE) -> a ready nn.Module, no study needed
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_HOME = {
+    "Arch": "arch", "ArchError": "arch", "StageSE": "arch", "PRESETS": "arch", "resolve_arch": "arch",
+    "build_model": "build",
+    "Cost": "cost", "count_cost": "cost",
+    "load_model": "export",  # se_nas.load_model(FILE) -> a ready nn.Module, no study needed
+}
 
 __all__ = [
     "Arch", "ArchError", "StageSE", "PRESETS", "resolve_arch", "build_model", "Cost", "count_cost",
     "load_model", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'se_nas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

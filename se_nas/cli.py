@@ -1,89 +1,68 @@
-"""The ``se-nas`` command line. It parses and delegates: every subcommand is a thin function over
-the library, so anything the CLI does can be done from Python too."""
+"""The ``se-nas`` command line: the parser over the table of subcommands in ``commands.py``, and the
+one place that turns bad input into one line on stderr. Only the subcommand being run gets its
+arguments built, because building them imports its part of the library."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from .arch import PRESETS, ArchError, resolve_arch
-from .cost import count_cost
+from . import __version__
+from .commands import COMMANDS
+
+DESCRIPTION = """\
+Search per-stage Squeeze-and-Excitation designs of a ResNet under a FLOPs/params budget.
+Each proposed design is costed analytically on the deployment model its search space declares
+(224x224, 1000 classes as in the paper); only designs within the budget are trained, as a small
+proxy under a trial recipe.
+
+The flow:
+  se-nas search --budget-gflops 4         propose, cost and train designs (resumable)
+  se-nas compare --seeds 3                the best design vs the paper's r=16 SE and the plain backbone
+  se-nas report                           Pareto fronts and every trial: HTML, PNG, CSV, Markdown
+  se-nas export --best -o best.senas      the best design within budget as one model file
+
+Designs without training: se-nas presets; se-nas cost se_resnet50."""
+
+EPILOG = "Each command has its own --help. SE_NAS_DEBUG=1 adds the traceback to an error."
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2, no traceback."""
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's default is stated once: by its help text, in words, or else added here from
+    its ``default=`` (None and off flags have no default worth printing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
-# --- cost / presets ------------------------------------------------------------------------------
-def cmd_cost(args: argparse.Namespace) -> int:
-    arch = resolve_arch(args.arch)
-    c = count_cost(arch, args.image_size, args.num_classes)
-    print(f"{arch.id}  {arch.label}")
-    print(f"input {args.image_size}x{args.image_size}, {args.num_classes} classes; 1 FLOP = 1 multiply-accumulate")
-    print(f"{'stage':<8}{'SE':<22}{'params (M)':>12}{'GFLOPs':>10}{'SE params (M)':>15}{'SE GFLOPs':>11}")
-    for s in c.stages:
-        se = arch.stages[s.stage]
-        print(f"{s.stage + 1:<8}{'-' if se is None else se.label:<22}{s.params / 1e6:>12.3f}"
-              f"{s.flops / 1e9:>10.4f}{s.se_params / 1e6:>15.3f}{s.se_flops / 1e9:>11.4f}")
-    rest_p = c.params - sum(s.params for s in c.stages)
-    rest_f = c.flops - sum(s.flops for s in c.stages)
-    print(f"{'stem+head':<30}{rest_p / 1e6:>12.3f}{rest_f / 1e9:>10.4f}")
-    print(f"{'total':<30}{c.mparams:>12.3f}{c.gflops:>10.4f}{c.se_params / 1e6:>15.3f}{c.se_flops / 1e9:>11.4f}")
-    return 0
-
-
-def cmd_presets(args: argparse.Namespace) -> int:
-    if args.name:
-        if args.name not in PRESETS:
-            raise UserError(f"unknown preset {args.name!r}; presets: {', '.join(PRESETS)}")
-        print(PRESETS[args.name].to_json(indent=2))
-        return 0
-    for name, arch in PRESETS.items():
-        c = count_cost(arch)
-        print(f"{name:<24}{c.gflops:>8.2f} GFLOPs{c.mparams:>8.1f} M params   {arch.label}")
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="se-nas", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    c = sub.add_parser("cost", help="per-stage and total parameters and GFLOPs of an architecture")
-    c.add_argument("arch", help="a JSON file or a preset name (see `se-nas presets`)")
-    c.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
-    c.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (default 1000)")
-    c.set_defaults(func=cmd_cost)
-
-    c = sub.add_parser("presets", help="list presets, or print one preset's JSON to start editing from")
-    c.add_argument("name", nargs="?", help="print this preset as JSON")
-    c.set_defaults(func=cmd_presets)
-
-    for register in _REGISTER:
-        register(sub)
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the arguments of ``commands`` (default: every subcommand) built; the other
+    subcommands are listed by name and help only."""
+    p = argparse.ArgumentParser(prog="se-nas", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        c = sub.add_parser(name, help=command.help, description=command.description or command.help,
+                           formatter_class=_HelpFormatter)
+        c.set_defaults(run=command.run)
+        if commands is None or name in commands:
+            command.arguments(c)
     return p
 
 
-# Subcommands defined in other modules add themselves here (see se_nas/commands.py).
-_REGISTER: list = []
-
-
 def main(argv: list[str] | None = None) -> int:
-    from . import commands  # noqa: F401  (registers the search/report/export/... subcommands)
-
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The top level has only flags, so the first other word names the subcommand.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([command] if command else []).parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (UserError, ArchError, ValueError, FileNotFoundError) as e:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
         # Our errors name the thing, the bad value and what is allowed; SE_NAS_DEBUG=1 adds the traceback.
         if os.environ.get("SE_NAS_DEBUG"):
             raise
@@ -97,9 +76,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    # Run as `python -m se_nas.cli`, this file is __main__ while commands.py registers into the
-    # imported se_nas.cli: delegate to that one.
-    from se_nas.cli import main as _main
-
-    sys.exit(_main())
+if __name__ == "__main__":  # python -m se_nas.cli, like python -m se_nas
+    sys.exit(main())

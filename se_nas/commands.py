@@ -1,6 +1,32 @@
-"""Subcommands beyond ``cost`` and ``presets``: each registers its parser with ``se_nas.cli``."""
-from . import cli as _cli
-from .cli import _positive_int
+"""The subcommands, one table: each name has its arguments and its handler, a thin function over the
+library. Handlers and argument builders import the library when they run, so listing the commands
+(``se-nas --help``, ``--version``) loads none of it, and each command loads only what it uses."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _storage_argument(p) -> None:
+    """The same study location options on every command that reads or writes a study."""
+    import os
+
+    p.add_argument("--storage", default=os.environ.get("SE_NAS_STORAGE") or None, metavar="URL",
+                   help="Optuna storage URL of the study (default: sqlite:///ROOT/STUDY/study.db, or $SE_NAS_STORAGE "
+                   "when set): postgresql://USER@HOST/DB for many machines, journal:PATH for a journal file on NFS")
+    p.add_argument("--root", default="trials", help="folder holding the studies, ROOT/STUDY/ (default trials)")
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------
@@ -40,21 +66,11 @@ def _number(kind, positive: bool):
     return parse
 
 
-def _register_search(sub):
-    import argparse
-
+def _search_arguments(p):
     from .samplers import SAMPLERS
     from .search import BACKENDS, DEFAULT_N_TRIALS, EARLY_STOPS
     from .space import DEFAULT_SPACE
 
-    p = sub.add_parser(
-        "search", help="search SE designs under a FLOPs/params budget (multi-objective, resumable)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Search per-stage SE designs: each candidate is costed on the deployment model "
-        "first (over budget = never trained), then a proxy is trained under the recipe. Objectives: "
-        "validation accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues "
-        "the study. Example: se-nas search --budget-gflops 4",
-    )
     p.add_argument("--budget-gflops", type=float, default=None, metavar="G",
                    help="largest GFLOPs of the deployment model (1 FLOP = 1 multiply-accumulate)")
     p.add_argument("--budget-mparams", type=float, default=None, metavar="M",
@@ -73,9 +89,6 @@ def _register_search(sub):
                    help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes running trials at once on this machine, sharing the study storage")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default sqlite:///ROOT/STUDY/study.db); postgresql://... for "
-                   "many machines, journal:PATH for a journal file on NFS")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",
                    help="optuna: trials run in this process (or --workers); ray: trials run as Ray Tune tasks")
     p.add_argument("--ray-address", default=None,
@@ -99,21 +112,18 @@ def _register_search(sub):
                    help="a design proposed again gets another seed (up to S) only while it decides the front; "
                    "otherwise it is answered from its record without training")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler; trial N trains with seed SEED+N")
-    p.add_argument("--root", default="trials", help="folder holding the studies (ROOT/STUDY/study.db)")
-    p.set_defaults(func=cmd_search)
-
-
-
-_cli._REGISTER.append(_register_search)
+    _storage_argument(p)
 
 
 # --- report / export / train / compare (se_nas.report, se_nas.export, se_nas.compare) -------------
 def cmd_report(args):
     from .report import make_report
 
-    rep, paths = make_report(args.study, root=args.root, out=args.out)
-    print(f"study {rep.study}: {len(rep.frame)} trials, {rep.n_best} on the Pareto front, "
-          f"normalised hypervolume {rep.hypervolume[-1]:.4f}")
+    rep, paths = make_report(args.study, root=args.root, out=args.out, storage=args.storage)
+    print(f"study {rep.study}: {len(rep.frame)} trials, {len(rep.designs)} designs trained to the end, "
+          f"{rep.n_best} on the Pareto front of per-design means, normalised hypervolume {rep.hypervolume[-1]:.4f}")
+    if rep.finding:
+        print(f"finding: {rep.finding}")
     print(f"wrote {paths['report.html'].parent}/ ({', '.join(sorted(p.name for p in paths.values()))})")
     return 0
 
@@ -132,10 +142,11 @@ def cmd_export(args):
     from .export import export_study, model_file_path, read_key
     from .storage import latest_study
 
-    name = args.study or latest_study(args.root)
+    name = args.study or latest_study(args.root, args.storage)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,
-                        fmt=args.format, progress=not args.quiet, device=args.device, deploy=args.deploy, key=key)
+                        fmt=args.format, progress=not args.quiet, device=args.device, deploy=args.deploy, key=key,
+                        storage=args.storage)
     mf = _print_model_file(model_file_path(path, args.format), key)
     if args.format != "senas":
         s = mf.preprocess.image_size
@@ -148,7 +159,7 @@ def cmd_train(args):
     from .export import read_key, resolve_ref, save_trained, train_arch
     from .recipe import load_recipe
 
-    arch, source = resolve_ref(args.arch, args.root)
+    arch, source = resolve_ref(args.arch, args.root, args.storage)
     recipe = load_recipe(args.recipe)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     out = args.output or f"models/{arch.id}-{Path(str(args.recipe)).stem}.safetensors"
@@ -166,7 +177,7 @@ def cmd_compare(args):
     from .arch import resolve_arch
     from .compare import compare, compare_md
 
-    res = compare(args.study, root=args.root, out=args.out, seeds=args.seeds, recipe=args.recipe,
+    res = compare(args.study, root=args.root, storage=args.storage, out=args.out, seeds=args.seeds, recipe=args.recipe,
                   arch=resolve_arch(args.arch) if args.arch else None, device=args.device,
                   progress=not args.quiet)
     print(compare_md(res))
@@ -174,22 +185,22 @@ def cmd_compare(args):
     return 0
 
 
-def _register_report(sub):
+def _report_arguments(p):
+    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    _storage_argument(p)
+    p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
+
+
+
+def _export_arguments(p):
     from .export import FORMATS
 
-    p = sub.add_parser("report", help="Pareto report of a study: offline HTML, PNG figures, CSV, Markdown")
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
-    p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
-    p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("export", help="train a trial's proxy (or --deploy: the untrained deployment model) and "
-                       "write a model file (+ ONNX/TorchScript)")
     p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export trial N")
     which.add_argument("--best", action="store_true",
-                       help="the most accurate completed trial within --max-gflops (the default)")
+                       help="the study's chosen design (the default): its confirmed choice, else the best "
+                       "per-design mean accuracy within --max-gflops")
     p.add_argument("--max-gflops", type=float, default=None, help="GFLOPs limit for --best (default: the study's budget)")
     p.add_argument("-o", "--output", required=True,
                    help="file to write: the model file (e.g. best.senas), or with --format onnx/torchscript the "
@@ -201,12 +212,12 @@ def _register_report(sub):
                    "UNTRAINED, instead of the trained proxy; `se-nas train STUDY:N --recipe imagenet` trains one")
     p.add_argument("--sign-key-file", default=None, metavar="FILE",
                    help="sign the model file (HMAC-SHA256) with the key in FILE; load_model(path, key=...) checks it")
-    p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
+    _storage_argument(p)
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train", help="train any architecture fully under a recipe (resumable) and export it")
+
+def _train_arguments(p):
     p.add_argument("arch", help="STUDY:N (trial N of a study), a JSON file or a preset name")
     p.add_argument("--recipe", default="digits", help="built-in recipe name or YAML file (default digits)")
     p.add_argument("-o", "--output", default=None, help="model file (default models/ARCHID-RECIPE.safetensors)")
@@ -214,29 +225,68 @@ def _register_report(sub):
     p.add_argument("--sign-key-file", default=None, metavar="FILE",
                    help="sign the model file (HMAC-SHA256) with the key in FILE; load_model(path, key=...) checks it")
     p.add_argument("--seed", type=int, default=None, help="initialisation seed (default: the recipe's)")
-    p.add_argument("--root", default="trials", help="folder holding the studies, for STUDY:N")
+    _storage_argument(p)
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="chosen design vs the r=16 baseline and the plain backbone over K seeds")
+
+def _compare_arguments(p):
     p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per design (default 3)")
+    p.add_argument("--seeds", type=_positive_int, default=None,
+                   help="seeds per design (default: the search's confirmation seeds, so nothing is trained again; else 3)")
     p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")
-    p.add_argument("--arch", default=None, help="compare this architecture instead of the best trial")
-    p.add_argument("--root", default="trials", help="folder holding the studies (default trials)")
+    p.add_argument("--arch", default=None, help="compare this architecture instead of the chosen design")
+    _storage_argument(p)
     p.add_argument("--out", default="reports", help="results go to OUT/STUDY/ (default reports)")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_compare)
 
 
-from pathlib import Path  # noqa: E402
+# --- cost / presets / recipes: designs and recipes as files to start editing from -----------------
+def cmd_cost(args):
+    from .arch import resolve_arch
+    from .cost import count_cost
 
-_cli._REGISTER.append(_register_report)
+    arch = resolve_arch(args.arch)
+    c = count_cost(arch, args.image_size, args.num_classes)
+    print(f"{arch.id}  {arch.label}")
+    print(f"input {args.image_size}x{args.image_size}, {args.num_classes} classes; 1 FLOP = 1 multiply-accumulate")
+    print(f"{'stage':<8}{'SE':<22}{'params (M)':>12}{'GFLOPs':>10}{'SE params (M)':>15}{'SE GFLOPs':>11}")
+    for s in c.stages:
+        se = arch.stages[s.stage]
+        print(f"{s.stage + 1:<8}{'-' if se is None else se.label:<22}{s.params / 1e6:>12.3f}"
+              f"{s.flops / 1e9:>10.4f}{s.se_params / 1e6:>15.3f}{s.se_flops / 1e9:>11.4f}")
+    rest_p = c.params - sum(s.params for s in c.stages)
+    rest_f = c.flops - sum(s.flops for s in c.stages)
+    print(f"{'stem+head':<30}{rest_p / 1e6:>12.3f}{rest_f / 1e9:>10.4f}")
+    print(f"{'total':<30}{c.mparams:>12.3f}{c.gflops:>10.4f}{c.se_params / 1e6:>15.3f}{c.se_flops / 1e9:>11.4f}")
+    return 0
 
 
-# --- recipes (se_nas.recipe) -----------------------------------------------------------------------
+def _cost_arguments(p):
+    p.add_argument("arch", help="a JSON file or a preset name (see `se-nas presets`)")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
+    p.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (default 1000)")
+
+
+def cmd_presets(args):
+    from .arch import PRESETS
+    from .choices import pick
+    from .cost import count_cost
+
+    if args.name:
+        print(pick(PRESETS, args.name, "preset").to_json(indent=2))
+        return 0
+    for name, arch in PRESETS.items():
+        c = count_cost(arch)
+        print(f"{name:<24}{c.gflops:>8.2f} GFLOPs{c.mparams:>8.1f} M params   {arch.label}")
+    return 0
+
+
+def _presets_arguments(p):
+    p.add_argument("name", nargs="?", help="print this preset as JSON")
+
+
 def cmd_recipes(args):
     from .recipe import RECIPE_DIR, builtin_recipes, load_recipe
 
@@ -258,10 +308,39 @@ def cmd_recipes(args):
     return 0
 
 
-def _register_recipes(sub):
-    p = sub.add_parser("recipes", help="list the built-in trial recipes, or print one as YAML to start editing from")
+def _recipes_arguments(p):
     p.add_argument("name", nargs="?", help="a built-in recipe name or a YAML file: print it (validated)")
-    p.set_defaults(func=cmd_recipes)
 
 
-_cli._REGISTER.append(_register_recipes)
+# --- the table ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    help: str  # one line in `se-nas --help`
+    arguments: Callable[[argparse.ArgumentParser], None]  # adds the command's arguments
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None  # the top of `se-nas NAME --help` (default: help)
+
+
+# In the order of the flow: search, compare, report, export or train; then the tools for designs.
+COMMANDS: dict[str, Command] = {
+    "search": Command(
+        "search SE designs under a FLOPs/params budget (multi-objective, resumable)",
+        _search_arguments, cmd_search,
+        "Search per-stage SE designs: each candidate is costed on the deployment model first (over "
+        "budget = never trained), then a proxy is trained under the recipe. Objectives: validation "
+        "accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues the study. "
+        "Example: se-nas search --budget-gflops 4"),
+    "compare": Command("chosen design vs the r=16 baseline and the plain backbone over K seeds",
+                       _compare_arguments, cmd_compare),
+    "report": Command("Pareto report of a study: offline HTML, PNG figures, CSV, Markdown",
+                      _report_arguments, cmd_report),
+    "export": Command("train the chosen design's proxy (or --deploy: the untrained deployment model) and "
+                      "write a model file (+ ONNX/TorchScript)", _export_arguments, cmd_export),
+    "train": Command("train any architecture fully under a recipe (resumable) and export it",
+                     _train_arguments, cmd_train),
+    "cost": Command("per-stage and total parameters and GFLOPs of an architecture", _cost_arguments, cmd_cost),
+    "presets": Command("list presets, or print one preset's JSON to start editing from",
+                       _presets_arguments, cmd_presets),
+    "recipes": Command("list the built-in trial recipes, or print one as YAML to start editing from",
+                       _recipes_arguments, cmd_recipes),
+}

@@ -185,7 +185,7 @@ def pick_trial(recs, trial: int | None = None, max_gflops: float | None = None):
     return max(within, key=lambda r: (r.accuracy, -r.gflops))
 
 
-def resolve_ref(ref: str, root: str | Path = "trials"):
+def resolve_ref(ref: str, root: str | Path = "trials", storage: str | None = None):
     """An architecture reference of the CLI: ``STUDY:N`` (trial N of a study), a JSON file or a preset.
     Returns ``(arch, source)`` where source says where it came from (for the metadata)."""
     from .arch import resolve_arch
@@ -197,7 +197,7 @@ def resolve_ref(ref: str, root: str | Path = "trials"):
         name, _, num = ref.rpartition(":")
         if not num.isdigit():
             raise ValueError(f"trial reference must be STUDY:N with N a trial number, got {ref!r}")
-        rec = pick_trial(records(open_study(name, root=root)), trial=int(num))
+        rec = pick_trial(records(open_study(name, storage=storage, root=root)), trial=int(num))
         return rec.arch, {"study": name, "trial": rec.number, "trial_accuracy": rec.accuracy}
     return resolve_arch(ref), {"source": ref}
 

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import se_nas
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,7 @@ def test_wheel_carries_and_loads_the_builtin_spaces_and_recipes(tmp_path):
     src = _clean_copy(tmp_path / "src")
     _run("-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w", str(tmp_path / "dist"))
     (wheel,) = (tmp_path / "dist").glob("se_nas-*.whl")
+    assert wheel.name.startswith(f"se_nas-{se_nas.__version__}-")  # one version: se_nas.__version__
     names = set(zipfile.ZipFile(wheel).namelist())
     for folder, packaged in (("search_spaces", "builtin_spaces"), ("trials", "builtin_recipes")):
         files = {f"se_nas/{packaged}/{p.name}" for p in (ROOT / folder).glob("*.yaml")}
