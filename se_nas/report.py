@@ -59,6 +59,7 @@ class Report:
     markers: list[Marker] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # recipe, budget, deploy, space of the study
     compare_md: str = ""
+    comparison: dict[str, Any] | None = None  # compare.json as ``se-nas compare`` wrote it
 
     @property
     def n_best(self) -> int:
@@ -119,7 +120,22 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
         choices=choice_frequencies([r.arch for r in done], [bool(m) for m, c in zip(mask, complete) if c]),
         importances=importances, importance_note=note, markers=markers, settings=settings,
         compare_md=cmp_md.read_text() if cmp_md.exists() else "",
+        comparison=load_comparison(compare_path(study_name, out)),
     )
+
+
+def load_comparison(path: Path) -> dict[str, Any] | None:
+    """The results ``se-nas compare`` wrote to ``path`` (compare.json), None if it has not run."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("arms"), list):
+            raise ValueError("no list of arms")
+    except (ValueError, AttributeError) as e:
+        raise StudyError(f"{str(path)!r} is not a comparison written by `se-nas compare` ({e}); "
+                         "run `se-nas compare` again or delete it") from None
+    return data
 
 
 def _state_text(r) -> str:
@@ -399,10 +415,12 @@ def _settings_lines(rep: Report) -> list[str]:
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
 padding:0 1em;color:#222}h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
-img{max-width:100%}table{border-collapse:collapse;font-size:12px}th,td{padding:3px 7px;border-bottom:1px solid #eee;
-text-align:left;white-space:nowrap}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
-tr.pareto td{background:#fdecea}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:#555;font-size:.9em}.wrap{max-height:600px;overflow:auto}code{background:#f4f4f4;padding:0 3px}"""
+img{max-width:100%}p,li{overflow-wrap:anywhere}table{border-collapse:collapse;font-size:12px}
+th,td{padding:3px 7px;border-bottom:1px solid #eee;text-align:left}th{background:#f4f4f4}
+table.sortable th{cursor:pointer;position:sticky;top:0}table.sortable td{white-space:nowrap}
+tr.pareto td{background:#fdecea}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.note{color:#555;font-size:.9em}.wrap{max-height:600px;overflow:auto}.scroll{overflow-x:auto}
+code{background:#f4f4f4;padding:0 3px}"""
 
 # Sort the table by a clicked header: numbers numerically, text alphabetically, click again to reverse.
 JS = """document.querySelectorAll('table.sortable th').forEach(function(th,i){th.addEventListener('click',function(){
@@ -410,6 +428,62 @@ var tb=th.closest('table').tBodies[0],rows=Array.from(tb.rows),asc=th.dataset.as
 rows.sort(function(a,b){var x=a.cells[i].dataset.v||a.cells[i].textContent,y=b.cells[i].dataset.v||b.cells[i].textContent,
 p=parseFloat(x),q=parseFloat(y),c=(!isNaN(p)&&!isNaN(q))?p-q:x.localeCompare(y);return asc?c:-c;});
 rows.forEach(function(r){tb.appendChild(r);});});});"""
+
+
+def _intro_html(rep: Report) -> str:
+    f = rep.frame
+    counts = ", ".join(f"{int((f.status == s).sum())} {t}" for s, t in STATUS_TEXT.items() if (f.status == s).any())
+    return (f"<p>{len(f)} trials: {html.escape(counts)}. Pareto front over the completed, within-budget trials: "
+            f"<strong>{rep.n_best} designs</strong>. Normalised hypervolume after the last trial: "
+            f"<strong>{rep.hypervolume[-1]:.4f}</strong>.</p>")
+
+
+def _comparison_html(cmp: dict[str, Any]) -> str:
+    """The comparison section, from compare.json: the setup, one table row per design, the tests."""
+    e = html.escape
+    k = len(cmp.get("seeds", []))
+    setup = f"{k} seed(s) per design"
+    if cmp.get("recipe"):
+        r = cmp["recipe"]
+        setup += (f", recipe {cmp.get('recipe_name', '')} ({r['dataset']} at {r['image_size']} px, {r['stem']} stem, "
+                  f"width x{r['width']}, {r['epochs']} epochs)")
+    if cmp.get("deploy"):
+        d = cmp["deploy"]
+        setup += (f". GFLOPs and parameters: deployment model ({d['image_size']}x{d['image_size']}, "
+                  f"{d['num_classes']} classes)")
+    if cmp.get("machine"):
+        setup += (f". Latency: median forward pass of the trained proxy at batch 1 on {cmp.get('device', '')} "
+                  f"({cmp['machine']})")
+    vs = cmp.get("vs_r16") or {}
+    rows = []
+    for arm in cmp["arms"]:
+        test = vs.get(arm["role"], {}).get("accuracy")
+        trial = f" (trial {arm['trial']})" if arm.get("trial") is not None else ""
+        latency = (f"{arm['latency_mean']:.3f} ± {arm.get('latency_std', 0):.3f}" if "latency_mean" in arm else "")
+        cells = [e(f"{arm.get('name', arm['role'])}{trial}"), f"<code>{e(arm['arch_id'])}</code>",
+                 f"{arm['accuracy_mean']:.4f} ± {arm.get('accuracy_std', 0):.4f}", f"{arm['gflops']:.4f}",
+                 f"{arm['mparams']:.3f}", latency,
+                 "" if test is None else f"{test['diff_mean']:+.4f}",
+                 "" if test is None else ("n/a" if test["p"] is None else f"{test['p']:.3g}")]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" if i < 2 else f'<td class="num">{c}</td>'
+                                     for i, c in enumerate(cells)) + "</tr>")
+    head = "".join(f"<th>{h}</th>" if i < 2 else f'<th class="num">{h}</th>' for i, h in enumerate(
+        ["design", "arch id", "accuracy (mean ± std)", "GFLOPs", "M params", "latency ms (mean ± std)",
+         "Δ accuracy vs r=16", "p (paired t)"]))
+    tests = []
+    for role, t in vs.items():
+        a, lat = t["accuracy"], t.get("latency_ms")
+        name = next((arm.get("name", role) for arm in cmp["arms"] if arm["role"] == role), role)
+        text = f"{name} vs r=16: accuracy {a['diff_mean']:+.4f} ("
+        text += (f"t = {a['t']:.3f}, p = {a['p']:.3g}, " if a["p"] is not None else "") + f"{a['note']})"
+        if lat:
+            text += f"; latency {lat['diff_mean']:+.3f} ms" + (f" (p = {lat['p']:.3g})" if lat["p"] is not None else "")
+        tests.append(f"<li>{e(text)}</li>")
+    designs = "".join(f"<li>{e(arm.get('name', arm['role']))}: <code>{e(arm['label'])}</code></li>"
+                      for arm in cmp["arms"] if arm.get("label"))
+    return (f'<h2>Comparison against the fixed r=16 SE baseline</h2><p>{e(setup)}.</p>'
+            f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            + (f"<ul>{''.join(tests)}</ul>" if tests else "") + (f"<p>Designs:</p><ul>{designs}</ul>" if designs else ""))
 
 
 def report_html(rep: Report, figs: dict[str, bytes]) -> str:
@@ -433,21 +507,16 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
             cells.append(f'<td class="num" data-v="{"" if v is None or v != v else v}">{_fmt(v, nd)}</td>')
         cells += [f'<td class="num">{r.epochs}</td>', f"<td>{e(r.state)}</td>"]
         body.append(f'<tr{" class=pareto" if r.pareto else ""}>' + "".join(cells) + "</tr>")
-    md = summary_md(rep)
     settings = "".join(f"<li>{e(line[2:])}</li>" for line in _settings_lines(rep))
     markers = "".join(f"<li>{e(m.name)} <code>{e(m.arch_id)}</code>: accuracy {m.accuracy:.4f}, {m.gflops:.4f} GFLOPs, "
                       f"{m.mparams:.3f} M params ({e(m.source)})</li>" for m in rep.markers)
     imp = (img("importance.png", "parameter importances") + f'<p class="note">{e(rep.importance_note)}.</p>'
            if rep.importances else f"<p>Not available: {e(rep.importance_note)}.</p>")
-    compare = ""
-    if rep.compare_md:
-        compare = "<h2>Comparison against the r=16 baseline</h2><pre>" + e(rep.compare_md.strip()) + "</pre>"
-    intro = md.split("\n")[2]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>se-nas report: {e(rep.study)}</title>
 <style>{CSS}</style></head><body>
 <h1>se-nas report: <code>{e(rep.study)}</code></h1>
-<p>{e(intro.replace("**", ""))}</p><ul>{settings}</ul>
+{_intro_html(rep)}<ul>{settings}</ul>
 <h2>Pareto front</h2>
 <p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
@@ -460,7 +529,7 @@ are the deployment model's. The front is computed over completed, within-budget 
 M params {rep.ideal[2]:.3f}..{rep.reference[2]:.3f}.</p>
 <h2>Per-stage choices among the Pareto designs</h2>{img("choices.png", "choice frequencies")}
 <h2>Parameter importances</h2>{imp}
-{compare}
+{_comparison_html(rep.comparison) if rep.comparison else ""}
 <h2>All trials</h2><p class="note">Click a column header to sort. Pareto designs are highlighted.</p>
 <div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>
 <script>{JS}</script>

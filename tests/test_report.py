@@ -2,6 +2,7 @@
 import json
 import random
 import re
+import shutil
 
 import numpy as np
 import optuna
@@ -173,3 +174,49 @@ def test_cli(tmp_path, capsys):
     open_study("nothing", root=tmp_path / "trials", create=True)
     assert cli.main(["report", "nothing", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 2
     assert "has no completed trial yet" in capsys.readouterr().err
+
+
+# --- the page as people read it ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small real study (the README's commands on the tiny space and recipe), compared and reported."""
+    from se_nas import cli
+
+    d = tmp_path_factory.mktemp("demo")
+    trials, out = str(d / "trials"), str(d / "reports")
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.815", "--n-trials", "6",
+                     "--study", "demo", "--root", trials]) == 0
+    assert cli.main(["compare", "demo", "--root", trials, "--out", out, "--seeds", "2", "--quiet"]) == 0
+    assert cli.main(["report", "demo", "--root", trials, "--out", out]) == 0
+    return d / "reports" / "demo"
+
+
+def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
+    page = (demo / "report.html").read_text()
+    cmp = json.loads((demo / "compare.json").read_text())
+    section = page[page.index("<h2>Comparison"):page.index("<h2>All trials")]
+    # no Markdown shows through: no <pre>, table pipes, headings or backticks
+    assert "<pre" not in page and "|---" not in page and "| design |" not in page and "##" not in page
+    assert "`" not in page
+    rows = re.findall(r"<tr>(.*?)</tr>", section[section.index("<tbody>"):])
+    assert len(rows) == len(cmp["arms"]) == 3
+    for row, arm in zip(rows, cmp["arms"]):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert arm["arch_id"] in cells[1] and cells[2] == f"{arm['accuracy_mean']:.4f} ± {arm['accuracy_std']:.4f}"
+        assert cells[3] == f"{arm['gflops']:.4f}" and cells[5].startswith(f"{arm['latency_mean']:.3f}")
+        test = cmp["vs_r16"].get(arm["role"])
+        assert cells[6] == ("" if test is None else f"{test['accuracy']['diff_mean']:+.4f}")
+    # the intro is rendered from the data too: the trial count, the front's size
+    rep = build_report("demo", root=demo.parents[1] / "trials", out=demo.parent)
+    intro = page[page.index("</h1>"):page.index("<ul>")]
+    assert f"{len(rep.frame)} trials:" in intro and f"<strong>{rep.n_best} designs</strong>" in intro
+    # the page reads compare.json, not compare.md: a different Markdown file changes nothing
+    (demo / "compare.md").write_text("## something else\n\n| a | b |\n")
+    rep2, paths = make_report("demo", root=demo.parents[1] / "trials", out=tmp_path)
+    assert "Comparison against the fixed r=16 SE baseline" not in paths["report.html"].read_text()  # no compare here
+    shutil.copy(demo / "compare.json", tmp_path / "demo" / "compare.json")
+    rep2, paths = make_report("demo", root=demo.parents[1] / "trials", out=tmp_path)
+    assert re.findall(r"<tr>.*?</tr>", paths["report.html"].read_text().split("<h2>Comparison")[1].split("<h2>")[0]) \
+        == re.findall(r"<tr>.*?</tr>", section)
