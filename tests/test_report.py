@@ -1,8 +1,13 @@
-"""The study report: built from a real Optuna study, checked against hand counts and a plain loop."""
+"""The study report: built from a real Optuna study, checked against hand counts and a plain loop,
+and the written page opened in a real headless browser where Chromium is installed."""
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -177,6 +182,8 @@ def test_cli(tmp_path, capsys):
 
 
 # --- the page as people read it ------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +227,23 @@ def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
     rep2, paths = make_report("demo", root=demo.parents[1] / "trials", out=tmp_path)
     assert re.findall(r"<tr>.*?</tr>", paths["report.html"].read_text().split("<h2>Comparison")[1].split("<h2>")[0]) \
         == re.findall(r"<tr>.*?</tr>", section)
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install "
+                    "chromium); the report's browser check (scripts/check_report_browser.py) needs it")
+def test_report_in_headless_chromium(demo, tmp_path):
+    script = [sys.executable, str(REPO / "scripts" / "check_report_browser.py"), "--chromium", CHROMIUM]
+    run = subprocess.run([*script, str(demo / "report.html"), "--screenshot", str(tmp_path / "shot.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    png = (tmp_path / "shot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1400
+    # the checker sees what it is there for: a copy that fetches an image and has a 3000 px line fails
+    bad = (demo / "report.html").read_text().replace(
+        "<h2>All trials", '<img src="http://127.0.0.1:9/x.png"><pre>' + "x" * 3000 + "</pre><h2>All trials")
+    (tmp_path / "bad.html").write_text(bad)
+    run = subprocess.run([*script, str(tmp_path / "bad.html"), "--screenshot", str(tmp_path / "bad.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "horizontal overflow at 1400 px" in run.stderr and "pre (" in run.stderr
+    assert "requested 1 resource(s): http://127.0.0.1:9/x.png" in run.stderr
