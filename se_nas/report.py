@@ -272,9 +272,11 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     m2 = pareto_front(sub[["accuracy", col]].to_numpy(float), ("maximize", "minimize"))
     st = sub[m2].sort_values(col)
     ax.step(st[col], st.accuracy, where="post", c="#c0392b", lw=1.2, alpha=0.8, zorder=3)
+    # Reference designs are hollow outlines on top, so a trial at the same point (the plain backbone
+    # is often one) still shows through them.
     for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):
-        ax.scatter([getattr(m, col)], [m.accuracy], c=color, marker=mk, s=140 if mk == "*" else 60,
-                   edgecolors="black", linewidths=0.6, label=f"{m.name} ({m.source})", zorder=4)
+        ax.scatter([getattr(m, col)], [m.accuracy], marker=mk, s=220 if mk == "*" else 110, facecolors="none",
+                   edgecolors=color, linewidths=1.6, label=f"{m.name}\n({m.source})", zorder=4)
     budget = (rep.settings.get("budget") or {}).get("max_gflops" if col == "gflops" else "max_mparams")
     if budget:
         ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")
@@ -282,7 +284,8 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     ax.set_ylabel("validation accuracy (proxy)")
     ax.set_title(f"{rep.study}: accuracy against {'GFLOPs' if col == 'gflops' else 'parameters'}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")  # never over a point if avoidable
+    # beside the axes, never over a point (savefig's tight bounding box makes room for it)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
     return fig
 
 
@@ -296,20 +299,45 @@ def _hv_plot(plt, rep: Report):
     return fig
 
 
+def allowed_choices(rep: Report) -> list[dict[str, set[str]]] | None:
+    """Per stage, per axis: every value the study's search space allows, spelled as in ``rep.choices``
+    ("off" for a stage that may go without SE). None for a study that stored no space.
+
+    Reads the form ``SearchSpace.to_dict()`` stores (every axis listed for every stage), which
+    ``SearchSpace.from_dict`` (the YAML form) does not take back.
+    """
+    if not rep.settings.get("space"):
+        return None
+    out = []
+    for st in rep.settings["space"]["stages"]:
+        off = {"off"} if False in st["enabled"] else set()
+        se = True in st["enabled"]
+        out.append({axis: off | ({str(v) for v in st[axis]} if se else set()) for axis in AXES})
+    return out
+
+
 def _choice_plot(plt, rep: Report):
     c = rep.choices
+    allowed = allowed_choices(rep)
     fig, axes = plt.subplots(1, len(AXES), figsize=(3.2 * len(AXES), 3.4), squeeze=False)
-    stages = sorted(c.stage.unique())
+    stages = sorted(set(c.stage) | set(range(1, len(allowed) + 1) if allowed else ()))
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#eeeeee")
     for ax, axis in zip(axes[0], AXES):
         sub = c[c.axis == axis]
-        values = sorted(sub.value.unique(), key=_value_order)
+        # every allowed value gets a row, chosen or not; a value a stage does not allow is blank there
+        values = sorted(set(sub.value).union(*(a[axis] for a in allowed or ())), key=_value_order)
         grid = np.zeros((len(values), len(stages)))
+        if allowed:
+            for j, stage in enumerate(stages):
+                ok = allowed[stage - 1][axis] if stage <= len(allowed) else set()
+                grid[[v not in ok for v in values], j] = np.nan
         for _, row in sub.iterrows():
             grid[values.index(row.value), stages.index(row.stage)] = row.best
-        ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto")
+        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
         for i in range(len(values)):
             for j in range(len(stages)):
-                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, "not allowed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0%}", ha="center",
+                        va="center", fontsize=6 if np.isnan(grid[i, j]) else 8,
                         color="white" if grid[i, j] > 0.6 else "black")
         ax.set_xticks(range(len(stages)), [f"stage {s}" for s in stages], fontsize=8)
         ax.set_yticks(range(len(values)), values, fontsize=8)

@@ -16,7 +16,7 @@ import pytest
 from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
 from se_nas.cost import count_cost
 from se_nas.study import StudyError, TrialOutcome, open_study
-from se_nas.report import build_report, choice_frequencies, latest_study, make_report
+from se_nas.report import _choice_plot, _pareto_plot, _plt, build_report, choice_frequencies, latest_study, make_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CAT = optuna.distributions.CategoricalDistribution
@@ -247,3 +247,63 @@ def test_report_in_headless_chromium(demo, tmp_path):
     assert run.returncode == 1
     assert "horizontal overflow at 1400 px" in run.stderr and "pre (" in run.stderr
     assert "requested 1 resource(s): http://127.0.0.1:9/x.png" in run.stderr
+
+
+# --- figures -------------------------------------------------------------------------------------
+def _pixels(fig):
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def test_a_trial_under_a_reference_marker_stays_visible(tmp_path):
+    study = make_study(tmp_path)
+    plain = plain_arch(Arch.uniform("resnet50", None))
+    add(study, plain, {}, {}, "complete", accuracy=0.99)  # cheapest and most accurate: on the front
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    marker = next(m for m in rep.markers if m.name == "plain backbone")
+    plt = _plt()
+    for col in ("gflops", "mparams"):
+        fig = _pareto_plot(plt, rep, col, col)
+        ax = fig.axes[0]
+        img = _pixels(fig)
+        x, y = ax.transData.transform((getattr(marker, col), marker.accuracy))
+        centre = img[img.shape[0] - int(round(y)), int(round(x))]
+        # the front's red (#c0392b) shows at the marker's centre
+        assert np.abs(centre - (0xc0, 0x39, 0x2b)).max() < 40, (col, centre)
+        plt.close(fig)
+
+
+def test_legends_sit_outside_the_axes(tmp_path):
+    study = make_study(tmp_path)
+    add(study, baseline_arch(Arch.uniform("resnet50", None)), {}, {}, "complete", accuracy=0.6)
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    plt = _plt()
+    for col in ("gflops", "mparams"):
+        fig = _pareto_plot(plt, rep, col, col)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent()
+        assert not legend.overlaps(ax.get_window_extent()), col
+        plt.close(fig)
+
+
+def test_choice_heatmaps_list_every_value_the_space_allows(tmp_path):
+    from se_nas.space import load_space
+
+    study = make_study(tmp_path)  # samples r in {4, 8, 16, 32}, squeeze avg/max, always the sigmoid gate
+    space = load_space("resnet50-per-stage").to_dict()
+    space["stages"][3]["reduction"] = [4, 8, 16, 32]  # as `s4: {reduction: [4, 8, 16, 32]}` stores it
+    study.set_user_attr("space", space)
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    assert "hardsigmoid" not in set(rep.choices.value) and "2" not in set(rep.choices.value)
+    plt = _plt()
+    fig = _choice_plot(plt, rep)
+    labels = {ax.get_title(): [t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes}
+    for axis in ("reduction", "squeeze", "gate", "position"):
+        allowed = {str(v) for st in space["stages"] for v in st[axis]} | {"off"}
+        assert set(labels[axis]) == allowed, axis
+    # a value one stage does not allow is marked there, not shown as 0%: r=2 in stage 4
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("not allowed") == 1
+    assert texts[labels["reduction"].index("2") * 4 + 3] == "not allowed"
+    plt.close(fig)
