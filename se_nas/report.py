@@ -18,6 +18,9 @@ import html
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -566,19 +569,26 @@ M params {rep.ideal[2]:.3f}..{rep.reference[2]:.3f}.</p>
 
 
 def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.html, summary.md, trials.csv and the PNG figures into ``out_dir``."""
+    """Write report.html, summary.md, trials.csv and the PNG figures into ``out_dir``.
+
+    Every file is rendered and written under a temporary folder in ``out_dir`` first, then renamed
+    into place, report.html last: a run killed half-way leaves a hidden ``.writing-*`` folder and the
+    previous report, never a new report.html beside missing figures.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = figures(rep)
-    paths = {}
-    for name, data in figs.items():
-        (out / name).write_bytes(data)
-        paths[name] = out / name
-    for name, text in (("trials.csv", trials_csv(rep)), ("summary.md", summary_md(rep)),
-                       ("report.html", report_html(rep, figs))):
-        (out / name).write_text(text)
-        paths[name] = out / name
-    return paths
+    files = {**figs, "trials.csv": trials_csv(rep).encode(), "summary.md": summary_md(rep).encode(),
+             "report.html": report_html(rep, figs).encode()}
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        for name in files:  # report.html is the last key
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {name: out / name for name in files}
 
 
 def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT):

@@ -5,6 +5,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +308,41 @@ def test_choice_heatmaps_list_every_value_the_space_allows(tmp_path):
     assert texts.count("not allowed") == 1
     assert texts[labels["reduction"].index("2") * 4 + 3] == "not allowed"
     plt.close(fig)
+
+
+# --- writing -------------------------------------------------------------------------------------
+KILL_ON_SECOND_WRITE = """
+import os, pathlib, signal, sys
+from se_nas.report import make_report
+writes = 0
+real = {"bytes": pathlib.Path.write_bytes, "text": pathlib.Path.write_text}
+def counting(kind):
+    def write(self, data, *a, **k):
+        global writes
+        writes += 1
+        if writes == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real[kind](self, data, *a, **k)
+    return write
+pathlib.Path.write_bytes, pathlib.Path.write_text = counting("bytes"), counting("text")
+make_report("s1", root=sys.argv[1], out=sys.argv[2])
+"""
+
+
+def test_a_killed_report_never_looks_complete(tmp_path):
+    make_study(tmp_path, n=6)  # few completed trials: no importances, a quick report
+    out = tmp_path / "reports"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = [sys.executable, "-c", KILL_ON_SECOND_WRITE, str(tmp_path / "trials"), str(out)]
+    assert subprocess.run(child, env=env, capture_output=True).returncode == -signal.SIGKILL
+    # killed while writing its second file: nothing of the new report is visible
+    assert [p.name for p in (out / "s1").iterdir() if not p.name.startswith(".")] == []
+    # a report that exists stays whole when a rewrite is killed
+    rep, paths = make_report("s1", root=tmp_path / "trials", out=out)
+    before = {p.name: p.read_bytes() for p in paths.values()}
+    assert subprocess.run(child, env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in (out / "s1").iterdir() if not p.name.startswith(".")} == before
+    # a finished run leaves no temporary files behind
+    hidden = {p.name for p in (out / "s1").iterdir() if p.name.startswith(".")}
+    make_report("s1", root=tmp_path / "trials", out=out)
+    assert {p.name for p in (out / "s1").iterdir() if p.name.startswith(".")} == hidden
