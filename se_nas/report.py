@@ -591,8 +591,16 @@ def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
     return {name: out / name for name in files}
 
 
+def check_study_name(name: str) -> str:
+    """``name`` names the folder out/<study>/: refuse one that would point anywhere else or hide it."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise StudyError(f"study name {name!r} is not allowed for a report: it names the folder "
+                         "reports/<study>/, so it must not be empty, contain '/' or '\\', or start with '.'")
+    return name
+
+
 def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT):
     """``se-nas report``: build and write the report of ``study`` (default: the latest) to out/<study>/."""
-    name = study or latest_study(root)
+    name = check_study_name(study or latest_study(root))
     rep = build_report(name, root, out)
     return rep, write_report(rep, Path(out) / name)

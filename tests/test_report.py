@@ -346,3 +346,15 @@ def test_a_killed_report_never_looks_complete(tmp_path):
     hidden = {p.name for p in (out / "s1").iterdir() if p.name.startswith(".")}
     make_report("s1", root=tmp_path / "trials", out=out)
     assert {p.name for p in (out / "s1").iterdir() if p.name.startswith(".")} == hidden
+
+
+def test_study_names_outside_the_reports_folder_are_refused(tmp_path, capsys):
+    from se_nas import cli
+
+    base = tmp_path / "a" / "b"
+    make_study(base, "../../esc", n=8)  # a study that exists, with completed trials
+    for name in ("../../esc", ".hidden", "a/b", "a\\b"):
+        assert cli.main(["report", name, "--root", str(base / "trials"), "--out", str(base / "reports")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and repr(name) in err and "must not be empty, contain '/'" in err
+    assert not list(tmp_path.rglob("report.html")) and not list(tmp_path.rglob("*.png"))
