@@ -20,6 +20,9 @@ import html
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from .compare import DEFAULT_OUT, compare_path
 from .confirm import Confirmation, read_confirmation, study_noise
 from .pareto import hypervolume_history, pareto_front
 from .results import Design, Noise, design_front, designs_of
-from .storage import DEFAULT_ROOT, latest_study, open_study
+from .storage import DEFAULT_ROOT, check_study_name, latest_study, open_study
 from .study import DIRECTIONS, Status, StudyError, StudySettings, records, to_frame
 
 AXES = ("reduction", "squeeze", "gate", "position")
@@ -67,12 +70,12 @@ class Report:
     front: list[Design] = field(default_factory=list)  # the search's per-design front
     noise: Noise | None = None
     confirmation: Confirmation | None = None
-    compare: dict[str, Any] | None = None  # compare.json, if `se-nas compare` ran
+    comparison: dict[str, Any] | None = None  # compare.json as ``se-nas compare`` wrote it
 
     @property
     def finding(self) -> str:
-        if self.compare and self.compare.get("finding"):
-            return self.compare["finding"]
+        if self.comparison and self.comparison.get("finding"):
+            return self.comparison["finding"]
         return self.confirmation.sentence if self.confirmation is not None else ""
 
     @property
@@ -121,7 +124,7 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     conf = read_confirmation(study, st, recs)
     noise = conf.noise if conf is not None else study_noise(study, recs=recs)
     cmp_path = compare_path(study_name, out)
-    cmp = json.loads(cmp_path.read_text()) if cmp_path.exists() else None
+    cmp = load_comparison(cmp_path)
     cmp_md = cmp_path.with_suffix(".md")
     best_ids = {d.id for d in front}
     return Report(
@@ -129,8 +132,22 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
         choices=choice_frequencies([d.arch for d in designs], [d.id in best_ids for d in designs]),
         importances=importances, importance_note=note, markers=_markers(designs, conf, cmp), settings=settings,
         compare_md=cmp_md.read_text() if cmp_md.exists() else "", designs=designs, front=front, noise=noise,
-        confirmation=conf, compare=cmp,
+        confirmation=conf, comparison=cmp,
     )
+
+
+def load_comparison(path: Path) -> dict[str, Any] | None:
+    """The results ``se-nas compare`` wrote to ``path`` (compare.json), None if it has not run."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("arms"), list):
+            raise ValueError("no list of arms")
+    except (ValueError, AttributeError) as e:
+        raise StudyError(f"{str(path)!r} is not a comparison written by `se-nas compare` ({e}); "
+                         "run `se-nas compare` again or delete it") from None
+    return data
 
 
 def _state_text(r) -> str:
@@ -269,9 +286,11 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     m2 = pareto_front(sub[["accuracy", col]].to_numpy(float), ("maximize", "minimize"))
     st = sub[m2].sort_values(col)
     ax.step(st[col], st.accuracy, where="post", c="#c0392b", lw=1.2, alpha=0.8, zorder=3)
+    # Reference designs are hollow outlines on top, so a trial at the same point (the plain backbone
+    # is often one) still shows through them.
     for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):
-        ax.scatter([getattr(m, col)], [m.accuracy], c=color, marker=mk, s=140 if mk == "*" else 60,
-                   edgecolors="black", linewidths=0.6, label=f"{m.name} ({m.source})", zorder=4)
+        ax.scatter([getattr(m, col)], [m.accuracy], marker=mk, s=220 if mk == "*" else 110, facecolors="none",
+                   edgecolors=color, linewidths=1.6, label=f"{m.name}\n({m.source})", zorder=4)
     budget = (rep.settings.get("budget") or {}).get("max_gflops" if col == "gflops" else "max_mparams")
     if budget:
         ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")
@@ -279,7 +298,8 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     ax.set_ylabel("validation accuracy (proxy)")
     ax.set_title(f"{rep.study}: accuracy against {'GFLOPs' if col == 'gflops' else 'parameters'}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")  # never over a point if avoidable
+    # beside the axes, never over a point (savefig's tight bounding box makes room for it)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
     return fig
 
 
@@ -293,20 +313,45 @@ def _hv_plot(plt, rep: Report):
     return fig
 
 
+def allowed_choices(rep: Report) -> list[dict[str, set[str]]] | None:
+    """Per stage, per axis: every value the study's search space allows, spelled as in ``rep.choices``
+    ("off" for a stage that may go without SE). None for a study that stored no space.
+
+    Reads the form ``SearchSpace.to_dict()`` stores (every axis listed for every stage), which
+    ``SearchSpace.from_dict`` (the YAML form) does not take back.
+    """
+    if not rep.settings.get("space"):
+        return None
+    out = []
+    for st in rep.settings["space"]["stages"]:
+        off = {"off"} if False in st["enabled"] else set()
+        se = True in st["enabled"]
+        out.append({axis: off | ({str(v) for v in st[axis]} if se else set()) for axis in AXES})
+    return out
+
+
 def _choice_plot(plt, rep: Report):
     c = rep.choices
+    allowed = allowed_choices(rep)
     fig, axes = plt.subplots(1, len(AXES), figsize=(3.2 * len(AXES), 3.4), squeeze=False)
-    stages = sorted(c.stage.unique())
+    stages = sorted(set(c.stage) | set(range(1, len(allowed) + 1) if allowed else ()))
+    cmap = plt.get_cmap("Reds").with_extremes(bad="#eeeeee")
     for ax, axis in zip(axes[0], AXES):
         sub = c[c.axis == axis]
-        values = sorted(sub.value.unique(), key=_value_order)
+        # every allowed value gets a row, chosen or not; a value a stage does not allow is blank there
+        values = sorted(set(sub.value).union(*(a[axis] for a in allowed or ())), key=_value_order)
         grid = np.zeros((len(values), len(stages)))
+        if allowed:
+            for j, stage in enumerate(stages):
+                ok = allowed[stage - 1][axis] if stage <= len(allowed) else set()
+                grid[[v not in ok for v in values], j] = np.nan
         for _, row in sub.iterrows():
             grid[values.index(row.value), stages.index(row.stage)] = row.best
-        ax.imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto")
+        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
         for i in range(len(values)):
             for j in range(len(stages)):
-                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, "not allowed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0%}", ha="center",
+                        va="center", fontsize=6 if np.isnan(grid[i, j]) else 8,
                         color="white" if grid[i, j] > 0.6 else "black")
         ax.set_xticks(range(len(stages)), [f"stage {s}" for s in stages], fontsize=8)
         ax.set_yticks(range(len(values)), values, fontsize=8)
@@ -445,10 +490,12 @@ def _settings_lines(rep: Report) -> list[str]:
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
 padding:0 1em;color:#222}h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
-img{max-width:100%}table{border-collapse:collapse;font-size:12px}th,td{padding:3px 7px;border-bottom:1px solid #eee;
-text-align:left;white-space:nowrap}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
-tr.pareto td{background:#fdecea}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:#555;font-size:.9em}.wrap{max-height:600px;overflow:auto}code{background:#f4f4f4;padding:0 3px}"""
+img{max-width:100%}p,li{overflow-wrap:anywhere}table{border-collapse:collapse;font-size:12px}
+th,td{padding:3px 7px;border-bottom:1px solid #eee;text-align:left}th{background:#f4f4f4}
+table.sortable th{cursor:pointer;position:sticky;top:0}table.sortable td{white-space:nowrap}
+tr.pareto td{background:#fdecea}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.note{color:#555;font-size:.9em}.wrap{max-height:600px;overflow:auto}.scroll{overflow-x:auto}
+code{background:#f4f4f4;padding:0 3px}"""
 
 # Sort the table by a clicked header: numbers numerically, text alphabetically, click again to reverse.
 JS = """document.querySelectorAll('table.sortable th').forEach(function(th,i){th.addEventListener('click',function(){
@@ -456,6 +503,74 @@ var tb=th.closest('table').tBodies[0],rows=Array.from(tb.rows),asc=th.dataset.as
 rows.sort(function(a,b){var x=a.cells[i].dataset.v||a.cells[i].textContent,y=b.cells[i].dataset.v||b.cells[i].textContent,
 p=parseFloat(x),q=parseFloat(y),c=(!isNaN(p)&&!isNaN(q))?p-q:x.localeCompare(y);return asc?c:-c;});
 rows.forEach(function(r){tb.appendChild(r);});});});"""
+
+
+def _intro_html(rep: Report) -> str:
+    finding = f'<p class="finding"><strong>Finding:</strong> {html.escape(rep.finding)}</p>' if rep.finding else ""
+    return f"{finding}<p>{html.escape(intro_text(rep))}</p>"
+
+
+def _comparison_html(cmp: dict[str, Any]) -> str:
+    """The comparison section, from compare.json: the setup, one table row per design, the tests."""
+    e = html.escape
+    k = len(cmp.get("seeds", []))
+    setup = f"{k} seed(s) per design"
+    if cmp.get("recipe"):
+        r = cmp["recipe"]
+        setup += (f", recipe {cmp.get('recipe_name', '')} ({r['dataset']} at {r['image_size']} px, {r['stem']} stem, "
+                  f"width x{r['width']}, {r['epochs']} epochs)")
+    if cmp.get("deploy"):
+        d = cmp["deploy"]
+        setup += (f". GFLOPs and parameters: deployment model ({d['image_size']}x{d['image_size']}, "
+                  f"{d['num_classes']} classes)")
+    if cmp.get("machine"):
+        setup += (f". Latency: median forward pass of the trained proxy at batch 1 on {cmp.get('device', '')} "
+                  f"({cmp['machine']})")
+    if cmp.get("same_as"):
+        setup += f". The chosen design is the {cmp['same_as'] if cmp['same_as'] != 'r16' else 'r=16 baseline'} itself: one row"
+    vs16, vspl = cmp.get("vs_r16") or {}, cmp.get("vs_plain") or {}
+
+    def delta(t):
+        if t is None:
+            return "", ""
+        se = t.get("diff_se")
+        d = f"{t['diff_mean']:+.4f}" + (f" ± {se:.4f}" if isinstance(se, (int, float)) and se == se else "")
+        return d, ("n/a" if t["p"] is None else f"{t['p']:.3g}")
+
+    rows = []
+    for arm in cmp["arms"]:
+        trial = f" (trial {arm['trial']})" if arm.get("trial") is not None else ""
+        latency = (f"{arm['latency_mean']:.3f} ± {arm.get('latency_std', 0):.3f}" if "latency_mean" in arm else "")
+        err = arm.get("accuracy_sem", arm.get("accuracy_std", 0))
+        acc = f"{arm['accuracy_mean']:.4f}" + (f" ± {err:.4f}" if isinstance(err, (int, float)) and err == err else "")
+        d16 = delta((vs16.get(arm["role"]) or {}).get("accuracy"))
+        dpl = delta((vspl.get(arm["role"]) or {}).get("accuracy"))
+        cells = [e(f"{arm.get('name', arm['role'])}{trial}"), f"<code>{e(arm['arch_id'])}</code>", acc,
+                 str(arm.get("n", len(arm.get("accuracy", [])))), f"{arm['gflops']:.4f}", f"{arm['mparams']:.3f}",
+                 latency, *d16, *dpl]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" if i < 2 else f'<td class="num">{c}</td>'
+                                     for i, c in enumerate(cells)) + "</tr>")
+    head = "".join(f"<th>{h}</th>" if i < 2 else f'<th class="num">{h}</th>' for i, h in enumerate(
+        ["design", "arch id", "accuracy (mean ± s.e.)", "seeds", "GFLOPs", "M params", "latency ms (mean ± std)",
+         "Δ accuracy vs r=16", "p (paired t)", "Δ accuracy vs plain", "p (paired t)"]))
+    tests = []
+    for ref, vs in (("r=16", vs16), ("the plain backbone", vspl)):
+        for role, t in vs.items():
+            a, lat = t["accuracy"], t.get("latency_ms")
+            if a is None:
+                continue
+            name = next((arm.get("name", role) for arm in cmp["arms"] if arm["role"] == role), role)
+            text = f"{name} vs {ref}: accuracy {a['diff_mean']:+.4f} ("
+            text += (f"t = {a['t']:.3f}, p = {a['p']:.3g}, " if a["p"] is not None else "") + f"{a['note']})"
+            if lat:
+                text += f"; latency {lat['diff_mean']:+.3f} ms" + (f" (p = {lat['p']:.3g})" if lat["p"] is not None else "")
+            tests.append(f"<li>{e(text)}</li>")
+    designs = "".join(f"<li>{e(arm.get('name', arm['role']))}: <code>{e(arm['label'])}</code></li>"
+                      for arm in cmp["arms"] if arm.get("label"))
+    finding = f"<p><strong>Finding:</strong> {e(cmp['finding'])}</p>" if cmp.get("finding") else ""
+    return (f'<h2>Comparison against the fixed r=16 SE baseline and the plain backbone</h2>{finding}<p>{e(setup)}.</p>'
+            f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+            + (f"<ul>{''.join(tests)}</ul>" if tests else "") + (f"<p>Designs:</p><ul>{designs}</ul>" if designs else ""))
 
 
 def report_html(rep: Report, figs: dict[str, bytes]) -> str:
@@ -484,16 +599,11 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
                       f"{m.mparams:.3f} M params ({e(m.source)})</li>" for m in rep.markers)
     imp = (img("importance.png", "parameter importances") + f'<p class="note">{e(rep.importance_note)}.</p>'
            if rep.importances else f"<p>Not available: {e(rep.importance_note)}.</p>")
-    compare = ""
-    if rep.compare_md:
-        compare = "<h2>Comparison against the r=16 baseline</h2><pre>" + e(rep.compare_md.strip()) + "</pre>"
-    intro = intro_text(rep)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>se-nas report: {e(rep.study)}</title>
 <style>{CSS}</style></head><body>
 <h1>se-nas report: <code>{e(rep.study)}</code></h1>
-{f'<p class="finding"><b>Finding:</b> {e(rep.finding)}</p>' if rep.finding else ""}
-<p>{e(intro)}</p><ul>{settings}</ul>
+{_intro_html(rep)}<ul>{settings}</ul>
 <h2>Pareto front</h2>
 <p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
@@ -506,7 +616,7 @@ are the deployment model's. The front is computed over completed, within-budget 
 M params {rep.ideal[2]:.3f}..{rep.reference[2]:.3f}.</p>
 <h2>Per-stage choices among the Pareto designs</h2>{img("choices.png", "choice frequencies")}
 <h2>Parameter importances</h2>{imp}
-{compare}
+{_comparison_html(rep.comparison) if rep.comparison else ""}
 <h2>All trials</h2><p class="note">Click a column header to sort. Pareto designs are highlighted.</p>
 <div class="wrap"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>
 <script>{JS}</script>
@@ -515,24 +625,31 @@ M params {rep.ideal[2]:.3f}..{rep.reference[2]:.3f}.</p>
 
 
 def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.html, summary.md, trials.csv and the PNG figures into ``out_dir``."""
+    """Write report.html, summary.md, trials.csv and the PNG figures into ``out_dir``.
+
+    Every file is rendered and written under a temporary folder in ``out_dir`` first, then renamed
+    into place, report.html last: a run killed half-way leaves a hidden ``.writing-*`` folder and the
+    previous report, never a new report.html beside missing figures.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = figures(rep)
-    paths = {}
-    for name, data in figs.items():
-        (out / name).write_bytes(data)
-        paths[name] = out / name
-    for name, text in (("trials.csv", trials_csv(rep)), ("summary.md", summary_md(rep)),
-                       ("report.html", report_html(rep, figs))):
-        (out / name).write_text(text)
-        paths[name] = out / name
-    return paths
+    files = {**figs, "trials.csv": trials_csv(rep).encode(), "summary.md": summary_md(rep).encode(),
+             "report.html": report_html(rep, figs).encode()}
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        for name in files:  # report.html is the last key
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {name: out / name for name in files}
 
 
 def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
                 storage: str | None = None):
     """``se-nas report``: build and write the report of ``study`` (default: the latest) to out/<study>/."""
-    name = study or latest_study(root, storage)
+    name = check_study_name(study or latest_study(root, storage))
     rep = build_report(name, root, out, storage)
     return rep, write_report(rep, Path(out) / name)

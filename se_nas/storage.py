@@ -26,8 +26,8 @@ def check_study_name(name: str) -> str:
     """A study name becomes a folder name: a plain name, no path separators, not starting with '.'."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
             or any(ord(c) < 32 for c in name):
-        raise StorageError(f"study name must be a plain name (letters, digits, '-', '_'; no '/', not starting "
-                           f"with '.'), got {name!r}")
+        raise StorageError(f"study name {name!r} is not allowed: it names the folders trials/<study>/ and "
+                           "reports/<study>/, so it must not be empty, contain '/' or '\\', or start with '.'")
     return name
 
 

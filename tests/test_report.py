@@ -1,7 +1,15 @@
-"""The study report: built from a real Optuna study, checked against hand counts and a plain loop."""
+"""The study report: built from a real Optuna study, checked against hand counts and a plain loop,
+and the written page opened in a real headless browser where Chromium is installed."""
+import html
 import json
+import os
 import random
 import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -11,7 +19,7 @@ from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
 from se_nas.cost import count_cost
 from se_nas.storage import latest_study, open_study
 from se_nas.study import StudyError, TrialOutcome
-from se_nas.report import build_report, choice_frequencies, make_report
+from se_nas.report import _choice_plot, _pareto_plot, _plt, build_report, choice_frequencies, make_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CAT = optuna.distributions.CategoricalDistribution
@@ -177,3 +185,187 @@ def test_cli(tmp_path, capsys):
     open_study("nothing", root=tmp_path / "trials", create=True)
     assert cli.main(["report", "nothing", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 2
     assert "has no completed trial yet" in capsys.readouterr().err
+
+
+# --- the page as people read it ------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small real study (the README's commands on the tiny space and recipe), compared and reported."""
+    from se_nas import cli
+
+    d = tmp_path_factory.mktemp("demo")
+    trials, out = str(d / "trials"), str(d / "reports")
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.815", "--n-trials", "6",
+                     "--study", "demo", "--root", trials]) == 0
+    assert cli.main(["compare", "demo", "--root", trials, "--out", out, "--seeds", "2", "--quiet"]) == 0
+    assert cli.main(["report", "demo", "--root", trials, "--out", out]) == 0
+    return d / "reports" / "demo"
+
+
+def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
+    page = (demo / "report.html").read_text()
+    cmp = json.loads((demo / "compare.json").read_text())
+    section = page[page.index("<h2>Comparison"):page.index("<h2>All trials")]
+    # no Markdown shows through: no <pre>, table pipes, headings or backticks
+    assert "<pre" not in page and "|---" not in page and "| design |" not in page and "##" not in page
+    assert "`" not in page
+    rows = re.findall(r"<tr>(.*?)</tr>", section[section.index("<tbody>"):])
+    assert len(rows) == len(cmp["arms"]) == 3
+    for row, arm in zip(rows, cmp["arms"]):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        assert arm["arch_id"] in cells[1] and cells[2] == f"{arm['accuracy_mean']:.4f} ± {arm['accuracy_sem']:.4f}"
+        assert cells[3] == str(arm["n"]) == str(len(cmp["seeds"]))  # every design over the same seeds
+        assert cells[4] == f"{arm['gflops']:.4f}" and cells[6].startswith(f"{arm['latency_mean']:.3f}")
+        for col, ref in ((7, "vs_r16"), (9, "vs_plain")):
+            test = cmp[ref].get(arm["role"])
+            assert cells[col] == ("" if test is None else
+                                  f"{test['accuracy']['diff_mean']:+.4f} ± {test['accuracy']['diff_se']:.4f}")
+    assert f"Finding:</strong> {html.escape(cmp['finding'])}" in section
+    # the intro is rendered from the data too: the trial count, the front's size
+    rep = build_report("demo", root=demo.parents[1] / "trials", out=demo.parent)
+    intro = page[page.index("</h1>"):page.index("<ul>")]
+    assert f"{len(rep.frame)} trials:" in intro and f"front over per-design means: {rep.n_best} designs" in intro
+    # the page reads compare.json, not compare.md: a different Markdown file changes nothing
+    (demo / "compare.md").write_text("## something else\n\n| a | b |\n")
+    rep2, paths = make_report("demo", root=demo.parents[1] / "trials", out=tmp_path)
+    assert "Comparison against the fixed r=16 SE baseline" not in paths["report.html"].read_text()  # no compare here
+    shutil.copy(demo / "compare.json", tmp_path / "demo" / "compare.json")
+    rep2, paths = make_report("demo", root=demo.parents[1] / "trials", out=tmp_path)
+    assert re.findall(r"<tr>.*?</tr>", paths["report.html"].read_text().split("<h2>Comparison")[1].split("<h2>")[0]) \
+        == re.findall(r"<tr>.*?</tr>", section)
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install "
+                    "chromium); the report's browser check (scripts/check_report_browser.py) needs it")
+def test_report_in_headless_chromium(demo, tmp_path):
+    script = [sys.executable, str(REPO / "scripts" / "check_report_browser.py"), "--chromium", CHROMIUM]
+    run = subprocess.run([*script, str(demo / "report.html"), "--screenshot", str(tmp_path / "shot.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    png = (tmp_path / "shot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1400
+    # the checker sees what it is there for: a copy that fetches an image and has a 3000 px line fails
+    bad = (demo / "report.html").read_text().replace(
+        "<h2>All trials", '<img src="http://127.0.0.1:9/x.png"><pre>' + "x" * 3000 + "</pre><h2>All trials")
+    (tmp_path / "bad.html").write_text(bad)
+    run = subprocess.run([*script, str(tmp_path / "bad.html"), "--screenshot", str(tmp_path / "bad.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "horizontal overflow at 1400 px" in run.stderr and "pre (" in run.stderr
+    assert "requested 1 resource(s): http://127.0.0.1:9/x.png" in run.stderr
+
+
+# --- figures -------------------------------------------------------------------------------------
+def _pixels(fig):
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def test_a_trial_under_a_reference_marker_stays_visible(tmp_path):
+    study = make_study(tmp_path)
+    plain = plain_arch(Arch.uniform("resnet50", None))
+    add(study, plain, {}, {}, "complete", accuracy=0.99)  # cheapest and most accurate: on the front
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    marker = next(m for m in rep.markers if m.name == "plain backbone")
+    plt = _plt()
+    for col in ("gflops", "mparams"):
+        fig = _pareto_plot(plt, rep, col, col)
+        ax = fig.axes[0]
+        img = _pixels(fig)
+        x, y = ax.transData.transform((getattr(marker, col), marker.accuracy))
+        centre = img[img.shape[0] - int(round(y)), int(round(x))]
+        # the front's red (#c0392b) shows at the marker's centre
+        assert np.abs(centre - (0xc0, 0x39, 0x2b)).max() < 40, (col, centre)
+        plt.close(fig)
+
+
+def test_legends_sit_outside_the_axes(tmp_path):
+    study = make_study(tmp_path)
+    add(study, baseline_arch(Arch.uniform("resnet50", None)), {}, {}, "complete", accuracy=0.6)
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    plt = _plt()
+    for col in ("gflops", "mparams"):
+        fig = _pareto_plot(plt, rep, col, col)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent()
+        assert not legend.overlaps(ax.get_window_extent()), col
+        plt.close(fig)
+
+
+def test_choice_heatmaps_list_every_value_the_space_allows(tmp_path):
+    from se_nas.space import load_space
+
+    study = make_study(tmp_path)  # samples r in {4, 8, 16, 32}, squeeze avg/max, always the sigmoid gate
+    space = load_space("resnet50-per-stage").to_dict()
+    space["stages"][3]["reduction"] = [4, 8, 16, 32]  # as `s4: {reduction: [4, 8, 16, 32]}` stores it
+    study.set_user_attr("space", space)
+    rep = build_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    assert "hardsigmoid" not in set(rep.choices.value) and "2" not in set(rep.choices.value)
+    plt = _plt()
+    fig = _choice_plot(plt, rep)
+    labels = {ax.get_title(): [t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes}
+    for axis in ("reduction", "squeeze", "gate", "position"):
+        allowed = {str(v) for st in space["stages"] for v in st[axis]} | {"off"}
+        assert set(labels[axis]) == allowed, axis
+    # a value one stage does not allow is marked there, not shown as 0%: r=2 in stage 4
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("not allowed") == 1
+    assert texts[labels["reduction"].index("2") * 4 + 3] == "not allowed"
+    plt.close(fig)
+
+
+# --- writing -------------------------------------------------------------------------------------
+KILL_ON_SECOND_WRITE = """
+import os, pathlib, signal, sys
+from se_nas.report import make_report
+writes = 0
+real = {"bytes": pathlib.Path.write_bytes, "text": pathlib.Path.write_text}
+def counting(kind):
+    def write(self, data, *a, **k):
+        global writes
+        writes += 1
+        if writes == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real[kind](self, data, *a, **k)
+    return write
+pathlib.Path.write_bytes, pathlib.Path.write_text = counting("bytes"), counting("text")
+make_report("s1", root=sys.argv[1], out=sys.argv[2])
+"""
+
+
+def test_a_killed_report_never_looks_complete(tmp_path):
+    make_study(tmp_path, n=6)  # few completed trials: no importances, a quick report
+    out = tmp_path / "reports"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = [sys.executable, "-c", KILL_ON_SECOND_WRITE, str(tmp_path / "trials"), str(out)]
+    assert subprocess.run(child, env=env, capture_output=True).returncode == -signal.SIGKILL
+    # killed while writing its second file: nothing of the new report is visible
+    assert [p.name for p in (out / "s1").iterdir() if not p.name.startswith(".")] == []
+    # a report that exists stays whole when a rewrite is killed
+    rep, paths = make_report("s1", root=tmp_path / "trials", out=out)
+    before = {p.name: p.read_bytes() for p in paths.values()}
+    assert subprocess.run(child, env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in (out / "s1").iterdir() if not p.name.startswith(".")} == before
+    # a finished run leaves no temporary files behind
+    hidden = {p.name for p in (out / "s1").iterdir() if p.name.startswith(".")}
+    make_report("s1", root=tmp_path / "trials", out=out)
+    assert {p.name for p in (out / "s1").iterdir() if p.name.startswith(".")} == hidden
+
+
+def test_study_names_outside_the_reports_folder_are_refused(tmp_path, capsys):
+    from se_nas import cli
+
+    base = tmp_path / "a" / "b"
+    esc = (base / "trials" / "../../esc").resolve()  # a study that exists there (se-nas refuses to make one)
+    esc.mkdir(parents=True)
+    optuna.create_study(study_name="../../esc", storage=f"sqlite:///{esc}/study.db")
+    for name in ("../../esc", ".hidden", "a/b", "a\\b"):
+        assert cli.main(["report", name, "--root", str(base / "trials"), "--out", str(base / "reports")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and repr(name) in err and "must not be empty, contain '/'" in err
+    assert not list(tmp_path.rglob("report.html")) and not list(tmp_path.rglob("*.png"))
