@@ -24,14 +24,15 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .recipe import Recipe
+if TYPE_CHECKING:  # recipe validates dataset names against DATASETS below, so it imports this module
+    from .recipe import Recipe
 
 SPLIT_SEED = 0  # the train/validation split never depends on the trial seed
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -279,9 +280,15 @@ def _imagefolder(recipe: Recipe) -> DataBundle:
     return DataBundle(_cap(train, labels, recipe), val, len(classes), f"imagefolder:{root.name}")
 
 
-_LOADERS = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "imagefolder": _imagefolder}
+# The datasets a recipe may name, each with its loader; ``Recipe`` validates ``dataset`` against this table.
+DATASETS: dict[str, Callable[[Recipe], DataBundle]] = {
+    "digits": _digits,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "imagefolder": _imagefolder,
+}
 
 
 def load_data(recipe: Recipe) -> DataBundle:
     """The training and validation data that ``recipe`` names (see the module docstring for splits)."""
-    return _LOADERS[recipe.dataset](recipe)
+    return DATASETS[recipe.dataset](recipe)

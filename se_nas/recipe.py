@@ -13,17 +13,52 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import torch
 import yaml
 
 from .builtin import RECIPE_DIR
 from .choices import STEMS
+from .data import DATASETS
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+# --- optimizers and learning-rate schedules: a name -> implementation table each ----------------------
+def _sgd(params: Iterable[torch.nn.Parameter], r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+
+
+def _adamw(params: Iterable[torch.nn.Parameter], r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], Recipe], torch.optim.Optimizer]] = {
+    "sgd": _sgd,  # with momentum, Nesterov off
+    "adamw": _adamw,
+}
+
+
+# A schedule maps (recipe, step, warm-up steps, steps per epoch) to the lr multiplier after warm-up.
+def _cosine(r: Recipe, step: int, warm: int, steps_per_epoch: int) -> float:
+    t = (step - warm) / max(1, r.epochs * steps_per_epoch - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))  # to 0 at the last step
+
+
+def _step(r: Recipe, step: int, warm: int, steps_per_epoch: int) -> float:
+    return r.step_gamma ** ((step // steps_per_epoch) // r.step_epochs)
+
+
+def _constant(r: Recipe, step: int, warm: int, steps_per_epoch: int) -> float:
+    return 1.0
+
+
+SCHEDULES: dict[str, Callable[[Recipe, int, int, int], float]] = {
+    "cosine": _cosine,
+    "step": _step,
+    "constant": _constant,
+}
 
 
 class RecipeError(ValueError):
@@ -90,8 +125,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = _check(f.name, getattr(self, f.name))
-            object.__setattr__(self, f.name, value)
+            object.__setattr__(self, f.name, _RULES[f.name](f.name, getattr(self, f.name)))
         # Rules between fields.
         if self.dataset != "digits" and self.data_dir is None:
             raise RecipeError(f"data_dir is required for dataset {self.dataset!r} (the folder with its files)")
@@ -112,7 +146,7 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> "Recipe":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> Recipe:
         """A recipe from a mapping; missing keys take the defaults. Errors start with ``where``."""
         if not isinstance(d, Mapping):
             raise RecipeError(f"{where}: a recipe must be a mapping of keys to values, got {type(d).__name__}")
@@ -154,7 +188,8 @@ def _float(key: str, value: Any, low: float, high: float, *, low_open: bool = Fa
     return float(v)
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+def _choice(key: str, value: Any, allowed: Iterable[str]) -> str:
+    """One of the names of a table (or a tuple of names)."""
     if not isinstance(value, str) or value not in allowed:
         raise RecipeError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
     return value
@@ -166,58 +201,63 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
-def _check(key: str, value: Any) -> Any:
-    """The validated (and normalised) value of one field."""
-    if key == "dataset":
-        return _choice(key, value, DATASETS)
-    if key == "data_dir":
-        if value is None:
-            return None
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise _fail(key, value, "a folder path or null")
-        return str(Path(value).expanduser())
-    if key == "stem":
-        return _choice(key, value, STEMS)
-    if key == "optimizer":
-        return _choice(key, value, OPTIMIZERS)
-    if key == "schedule":
-        return _choice(key, value, SCHEDULES)
-    if key == "device":
-        if not isinstance(value, str) or not _DEVICE_RE.match(value):
-            raise _fail(key, value, "one of auto, cpu, cuda, cuda:N, mps")
-        return value
-    if key in ("image_size", "epochs", "batch_size", "step_epochs"):
-        return _int(key, value, 1)
-    if key in ("seed", "num_workers"):
-        return _int(key, value, 0)
-    if key in ("max_train_samples", "threads"):
-        return None if value is None else _int(key, value, 1)
-    if key == "width":
-        return _float(key, value, 0, 4, low_open=True, high_open=False)
-    if key == "lr":
-        return _float(key, value, 0, 10, low_open=True, high_open=False)
-    if key == "momentum":
-        return _float(key, value, 0, 1)
-    if key == "weight_decay":
-        return _float(key, value, 0, 1)
-    if key == "warmup_epochs":
-        return _float(key, value, 0, math.inf)
-    if key == "step_gamma":
-        return _float(key, value, 0, 1, low_open=True, high_open=False)
-    if key == "label_smoothing":
-        return _float(key, value, 0, 1)
-    if key in ("amp", "channels_last", "augment"):
-        return _bool(key, value)
-    if key == "rungs":
-        if value is None:
-            return ()
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise _fail(key, value, "a list of increasing epoch numbers")
-        rungs = tuple(_int(key, r, 1) for r in value)
-        if any(b <= a for a, b in zip(rungs, rungs[1:])):
-            raise _fail(key, list(value), "a list of strictly increasing epoch numbers")
-        return rungs
-    raise RecipeError(f"unknown key {key!r}")  # a field added without a rule
+def _folder(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise _fail(key, value, "a folder path or null")
+    return str(Path(value).expanduser())
+
+
+def _device(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        raise _fail(key, value, "one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+def _rungs(key: str, value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _fail(key, value, "a list of increasing epoch numbers")
+    rungs = tuple(_int(key, r, 1) for r in value)
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise _fail(key, list(value), "a list of strictly increasing epoch numbers")
+    return rungs
+
+
+def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda key, value: None if value is None else rule(key, value)
+
+
+# One rule per field: it returns the validated (and normalised) value or raises a RecipeError.
+_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "dataset": lambda k, v: _choice(k, v, DATASETS),
+    "data_dir": _folder,
+    "image_size": lambda k, v: _int(k, v, 1),
+    "stem": lambda k, v: _choice(k, v, STEMS),
+    "width": lambda k, v: _float(k, v, 0, 4, low_open=True, high_open=False),
+    "epochs": lambda k, v: _int(k, v, 1),
+    "batch_size": lambda k, v: _int(k, v, 1),
+    "optimizer": lambda k, v: _choice(k, v, OPTIMIZERS),
+    "lr": lambda k, v: _float(k, v, 0, 10, low_open=True, high_open=False),
+    "momentum": lambda k, v: _float(k, v, 0, 1),
+    "weight_decay": lambda k, v: _float(k, v, 0, 1),
+    "schedule": lambda k, v: _choice(k, v, SCHEDULES),
+    "warmup_epochs": lambda k, v: _float(k, v, 0, math.inf),
+    "step_epochs": lambda k, v: _int(k, v, 1),
+    "step_gamma": lambda k, v: _float(k, v, 0, 1, low_open=True, high_open=False),
+    "label_smoothing": lambda k, v: _float(k, v, 0, 1),
+    "seed": lambda k, v: _int(k, v, 0),
+    "num_workers": lambda k, v: _int(k, v, 0),
+    "threads": _optional(lambda k, v: _int(k, v, 1)),
+    "device": _device,
+    "amp": _bool,
+    "channels_last": _bool,
+    "augment": _bool,
+    "rungs": _rungs,
+    "max_train_samples": _optional(lambda k, v: _int(k, v, 1)),
+}
 
 
 def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data import DataBundle, TensorData
-from .recipe import Recipe
+from .recipe import OPTIMIZERS, SCHEDULES, Recipe
 
 NAN_CHECK_EVERY = 32  # steps between NaN checks: one host sync per check instead of one per step
 
@@ -87,16 +87,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def lr_factor(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
     """Learning-rate multiplier at optimisation step ``step`` (0-based): linear warm-up, then the schedule."""
-    total = recipe.epochs * steps_per_epoch
     warm = int(round(recipe.warmup_epochs * steps_per_epoch))
     if step < warm:
         return (step + 1) / warm
-    if recipe.schedule == "cosine":
-        t = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-    if recipe.schedule == "step":
-        return recipe.step_gamma ** ((step // steps_per_epoch) // recipe.step_epochs)
-    return 1.0
+    return SCHEDULES[recipe.schedule](recipe, step, warm, steps_per_epoch)
 
 
 def _batches(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
@@ -245,11 +239,7 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainRes
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                              weight_decay=recipe.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = OPTIMIZERS[recipe.optimizer](model.parameters(), recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)

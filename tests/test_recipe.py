@@ -96,6 +96,24 @@ def test_bad_value_names_key_value_and_rule(tmp_path, key, value, needle):
     assert shown in msg, msg
 
 
+def test_dataset_names_are_the_loader_table(monkeypatch):
+    """One truth: a loader added to data.DATASETS is a dataset a recipe may name, and load_data
+    dispatches to it; an unknown name lists the table's names."""
+    from se_nas import data
+
+    bundle = object()
+    monkeypatch.setitem(data.DATASETS, "mine", lambda r: bundle)
+    assert data.load_data(Recipe(dataset="mine", data_dir="somewhere")) is bundle
+    with pytest.raises(RecipeError, match="unknown dataset 'theirs'; allowed: digits, cifar10, cifar100, imagefolder, mine"):
+        Recipe(dataset="theirs")
+
+
+def test_every_field_has_one_rule():
+    from se_nas.recipe import _RULES
+
+    assert list(_RULES) == [f.name for f in dataclasses.fields(Recipe)]
+
+
 def test_cross_field_rules():
     with pytest.raises(RecipeError, match="data_dir is required for dataset 'cifar10'"):
         Recipe(dataset="cifar10")

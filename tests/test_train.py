@@ -12,7 +12,7 @@ from torch import nn
 
 from se_nas import PRESETS, build_model
 from se_nas.data import DataBundle, TensorData, load_data
-from se_nas.recipe import load_recipe
+from se_nas.recipe import OPTIMIZERS, SCHEDULES, load_recipe
 from se_nas.train import (TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor, pick_device,
                           seed_everything, train)
 
@@ -52,6 +52,21 @@ def test_lr_factor_step_and_constant():
     assert lr_factor(89 * spe, r, spe) == pytest.approx(0.01)
     c = dataclasses.replace(r, schedule="constant")
     assert {lr_factor(s, c, spe) for s in range(0, 600, 37)} == {1.0}
+
+
+def test_optimizer_and_schedule_tables_are_the_dispatch(tiny, data, monkeypatch):
+    # An entry added to a table is a name a recipe accepts and the trainer uses: no other list to edit.
+    made = []
+
+    def nesterov(params, r):
+        made.append(torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=True))
+        return made[-1]
+
+    monkeypatch.setitem(OPTIMIZERS, "nesterov", nesterov)
+    monkeypatch.setitem(SCHEDULES, "half", lambda r, step, warm, steps_per_epoch: 0.5)
+    r = dataclasses.replace(tiny, optimizer="nesterov", schedule="half", epochs=1, rungs=())
+    train(_model(r, data), r, data)
+    assert made and made[0].param_groups[0]["nesterov"] and made[0].param_groups[0]["lr"] == 0.5 * r.lr
 
 
 # --- batches and evaluation ---------------------------------------------------------------------------
