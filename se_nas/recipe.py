@@ -23,6 +23,11 @@ from .choices import STEMS
 from .data import DATASETS
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Upper bounds that catch a typo before it allocates: image_size 100000 would ask for terabytes.
+MAX_IMAGE_SIZE = 1024  # ImageNet models train at 224-600
+MAX_BATCH_SIZE = 65536  # per process
+MAX_EPOCHS = 10000
+MAX_SEED = 2**63 - 1  # torch's generators take 64-bit seeds
 
 
 # --- optimizers and learning-rate schedules: a name -> implementation table each ----------------------
@@ -164,9 +169,9 @@ def _fail(key: str, value: Any, rule: str) -> RecipeError:
     return RecipeError(f"{key} must be {rule}, got {key}={value!r}")
 
 
-def _int(key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _fail(key, value, f"an integer >= {low}")
+def _int(key: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise _fail(key, value, f"an integer >= {low}" if high is None else f"an integer in {low}..{high}")
     return value
 
 
@@ -234,21 +239,21 @@ def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 _RULES: dict[str, Callable[[str, Any], Any]] = {
     "dataset": lambda k, v: _choice(k, v, DATASETS),
     "data_dir": _folder,
-    "image_size": lambda k, v: _int(k, v, 1),
+    "image_size": lambda k, v: _int(k, v, 1, MAX_IMAGE_SIZE),
     "stem": lambda k, v: _choice(k, v, STEMS),
     "width": lambda k, v: _float(k, v, 0, 4, low_open=True, high_open=False),
-    "epochs": lambda k, v: _int(k, v, 1),
-    "batch_size": lambda k, v: _int(k, v, 1),
+    "epochs": lambda k, v: _int(k, v, 1, MAX_EPOCHS),
+    "batch_size": lambda k, v: _int(k, v, 1, MAX_BATCH_SIZE),
     "optimizer": lambda k, v: _choice(k, v, OPTIMIZERS),
     "lr": lambda k, v: _float(k, v, 0, 10, low_open=True, high_open=False),
     "momentum": lambda k, v: _float(k, v, 0, 1),
     "weight_decay": lambda k, v: _float(k, v, 0, 1),
     "schedule": lambda k, v: _choice(k, v, SCHEDULES),
     "warmup_epochs": lambda k, v: _float(k, v, 0, math.inf),
-    "step_epochs": lambda k, v: _int(k, v, 1),
+    "step_epochs": lambda k, v: _int(k, v, 1, MAX_EPOCHS),
     "step_gamma": lambda k, v: _float(k, v, 0, 1, low_open=True, high_open=False),
     "label_smoothing": lambda k, v: _float(k, v, 0, 1),
-    "seed": lambda k, v: _int(k, v, 0),
+    "seed": lambda k, v: _int(k, v, 0, MAX_SEED),
     "num_workers": lambda k, v: _int(k, v, 0),
     "threads": _optional(lambda k, v: _int(k, v, 1)),
     "device": _device,
