@@ -13,8 +13,8 @@ from torch import nn
 from se_nas import PRESETS, build_model
 from se_nas.data import DataBundle, TensorData, load_data
 from se_nas.recipe import OPTIMIZERS, SCHEDULES, load_recipe
-from se_nas.train import (TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor, pick_device,
-                          seed_everything, train)
+from se_nas.train import (Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
+                          pick_device, seed_everything, train)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,24 @@ def test_non_finite_loss_fails_with_epoch_and_step(tiny, data, kind):
     with pytest.raises(TrainingFailed) as e:
         train(model, tiny, data)
     assert e.value.reason == f"loss became {kind} at epoch 2 step 3"
+
+
+def test_on_progress_gets_every_step_and_each_validation(tiny, data):
+    calls = []
+    res = train(_model(tiny, data), tiny, data, on_progress=calls.append)
+    steps = len(data.train) // tiny.batch_size  # 12, fewer than a loss-check window: checked at epoch end
+    expected = []
+    for e in (1, 2):  # after each step, then once more after validation
+        expected += [(e, s, False) for s in range(1, steps + 1)] + [(e, steps, True)]
+    assert [(p.epoch, p.step, p.val_accuracy is not None) for p in calls] == expected
+    assert all(p.epochs == 2 and p.steps == steps for p in calls)
+    assert [p.val_accuracy for p in calls if p.val_accuracy is not None] == list(res.history)
+    assert all(p.loss is None for p in calls[:steps - 1])  # no loss known before the first check
+    first = calls[steps - 1].loss
+    assert abs(first - math.log(10)) < 1.0  # epoch 1 starts near the loss of a uniform guess
+    assert calls[-1].loss < first  # and training lowers it
+    assert str(calls[-1]) == f"epoch 2/2 step {steps}/{steps} loss {calls[-1].loss:.3g} val {res.history[-1]:.3f}"
+    assert str(Progress(1, 5, 3, 22, None)) == "epoch 1/5 step 3/22"
 
 
 class _OOM(nn.Module):
