@@ -5,8 +5,10 @@ constant schedules optional), label smoothing, mixed precision (bf16 autocast wh
 it, else fp16 with a GradScaler) and channels_last on CUDA, DataLoader workers for file-backed data,
 and a seed that makes a trial reproducible (same seed, same device -> the same history on CPU).
 
-A NaN/inf loss or running out of memory raises ``TrainingFailed`` with the reason, so a search can
-record the failure and go on.
+A NaN/inf loss, a diverged one (a window of steps averaging ``DIVERGED`` times the loss of a uniform
+guess, ln C, or more: the model is confidently wrong) or running out of memory raises
+``TrainingFailed`` with the reason, so a search can record the failure and go on. Accuracy at chance
+is no such sign on its own: healthy proxies are often at chance after their first epoch.
 ``on_epoch(epoch, val_accuracy)`` is called after every epoch's validation and may stop the run early
 (the search's rung rule); ``on_progress(Progress)`` after every step, for a live status line. With ``checkpoint=path`` the full state
 is written atomically after every epoch and a rerun resumes from it, ending with the same history as an
@@ -35,10 +37,14 @@ from .data import DataBundle, TensorData
 from .recipe import OPTIMIZERS, SCHEDULES, Recipe
 
 NAN_CHECK_EVERY = 32  # steps between loss checks: one host sync per check instead of one per step
+# A window of steps whose mean loss is this many times that of a uniform guess (ln C) has diverged.
+# Healthy training of the built-in digits and tiny recipes stays below 1.4x (measured on presets and
+# random designs); lr 10 reaches 20x to 1e12x within two epochs while staying finite.
+DIVERGED = 10.0
 
 
 class TrainingFailed(RuntimeError):
-    """A trial that cannot finish (non-finite loss, out of memory); ``reason`` says why."""
+    """A trial that cannot finish (non-finite or diverged loss, out of memory); ``reason`` says why."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -233,7 +239,7 @@ def train(
     True to stop early. ``checkpoint``: a file to save to after every epoch and resume from if present.
     ``progress`` shows a tqdm bar per epoch on stderr; ``on_progress(Progress)`` gets the same updates
     as values (after every step and every validation), e.g. for a caller's own live status line.
-    Raises ``TrainingFailed`` for a non-finite loss or out of memory.
+    Raises ``TrainingFailed`` for a non-finite or diverged loss, or out of memory.
     """
     dev = pick_device(recipe.device if device is None else str(device))
     # fixed input shapes: let cuDNN pick the fastest kernels; both settings are put back afterwards
@@ -323,7 +329,7 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
                     sched.step()
                     losses.append(loss.detach())
                     if len(losses) == NAN_CHECK_EVERY or step + 1 == steps:
-                        loss_now = _check_finite(losses, epoch, step)
+                        loss_now = _check_losses(losses, epoch, step, data.num_classes)
                         losses.clear()
                     bar.update(1)
                     if on_progress is not None:
@@ -362,8 +368,9 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
     return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
 
 
-def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> float:
-    """The mean of ``losses`` (one window of steps ending at ``last_step``); fails on a non-finite loss."""
+def _check_losses(losses: list[torch.Tensor], epoch: int, last_step: int, classes: int) -> float:
+    """The mean of ``losses`` (one window of steps ending at ``last_step``); fails on a non-finite loss
+    or a diverged mean (``DIVERGED`` times ln ``classes``, the loss of a uniform guess, or more)."""
     stacked = torch.stack(losses).float()
     bad = (~torch.isfinite(stacked)).nonzero()
     if bad.numel():
@@ -371,4 +378,9 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> flo
         step = last_step - len(losses) + 1 + i + 1  # 1-based step within the epoch
         kind = "nan" if math.isnan(float(stacked[i])) else "inf"
         raise TrainingFailed(f"loss became {kind} at epoch {epoch} step {step}")
-    return float(stacked.mean())
+    mean, uniform = float(stacked.mean()), math.log(classes)
+    if mean > DIVERGED * uniform:
+        raise TrainingFailed(
+            f"diverged: mean training loss {mean:.3g} at epoch {epoch} step {last_step + 1}, {mean / uniform:.3g}x "
+            f"that of a uniform guess (ln {classes} = {uniform:.2f}); limit {DIVERGED:g}x; try a lower lr")
+    return mean

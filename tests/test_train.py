@@ -3,6 +3,7 @@ failures, checkpoint resume and reproducibility across processes."""
 import dataclasses
 import json
 import math
+import random
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ from torch import nn
 from se_nas import PRESETS, build_model
 from se_nas.data import DataBundle, TensorData, load_data
 from se_nas.recipe import OPTIMIZERS, SCHEDULES, load_recipe
-from se_nas.train import (Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
+from se_nas.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
                           pick_device, seed_everything, train)
+from tests.conftest import random_arch
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +176,32 @@ def test_non_finite_loss_fails_with_epoch_and_step(tiny, data, kind):
     with pytest.raises(TrainingFailed) as e:
         train(model, tiny, data)
     assert e.value.reason == f"loss became {kind} at epoch 2 step 3"
+
+
+def test_diverging_but_finite_training_fails_with_the_reason(tiny, data):
+    # lr 10 (the issue's case): the loss grows to thousands while staying finite, accuracy at chance.
+    r = dataclasses.replace(tiny, lr=10.0)
+    with pytest.raises(TrainingFailed) as e:
+        train(_model(r, data), r, data)
+    reason = e.value.reason
+    assert reason.startswith("diverged: mean training loss ") and "at epoch 1 step 12, " in reason, reason
+    assert "x that of a uniform guess (ln 10 = 2.30); limit 10x; try a lower lr" in reason, reason
+    ratio = float(reason.split(", ")[1].split("x ")[0])
+    assert ratio > DIVERGED
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+def test_healthy_training_stays_far_below_the_divergence_limit(tiny, data, seed):
+    """The other side of the rule: the tiny recipe at its lr and at 3x it (SE-ResNet-50 and a random
+    design with NoSqueeze, max+avg squeeze and hard-sigmoid) keeps every checked loss under a third of the limit."""
+    arch = PRESETS["se_resnet50"] if seed is None else random_arch(random.Random(seed), "resnet50")
+    for lr in (tiny.lr, 3 * tiny.lr):
+        r = dataclasses.replace(tiny, lr=lr)
+        seed_everything(0)
+        model = build_model(arch, data.num_classes, r.stem, r.width)
+        seen = []
+        train(model, r, data, on_progress=lambda p: p.loss is not None and seen.append(p.loss))
+        assert seen and max(seen) < DIVERGED / 3 * math.log(10), (arch.label, lr, seen)
 
 
 def test_on_progress_gets_every_step_and_each_validation(tiny, data):
