@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from .builtin import RECIPE_DIR
+from .arch import read_text
 from .choices import STEMS
 from .data import DATASETS
 
@@ -275,14 +276,35 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
         path = RECIPE_DIR / f"{text}.yaml"
     else:
         path = Path(text).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(
             f"recipe {text!r}: no such file; give a YAML file or a built-in recipe name: {', '.join(builtin)}"
         )
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.yaml"))[:8]
+        raise RecipeError(f"recipe {text!r} is a directory; give one YAML file (in it: {', '.join(inside) or 'none'}) "
+                          f"or a built-in recipe name: {', '.join(builtin)}")
+    content = read_text(path, "recipe", RecipeError)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(content)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        raise RecipeError(f"{path}:{_yaml_problem(e, content)}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: YAML nested too deeply; a recipe is one mapping of keys to values") from None
     if data is None:
         data = {}
     return Recipe.from_dict(data, where=str(path))
+
+
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+    """``LINE:COLUMN: not valid YAML: PROBLEM``, the parser's error in one line (it prints up to 8)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        line, column = e.problem_mark.line + 1, e.problem_mark.column + 1
+        problem = e.problem or e.context
+    elif isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow (binary content)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        problem = str(e).splitlines()[0]
+    else:
+        return f" not valid YAML: {str(e).splitlines()[0]}"
+    return f"{line}:{column}: not valid YAML: {problem}"

@@ -144,14 +144,45 @@ def test_missing_recipe_lists_builtin_names(tmp_path):
         load_recipe("digitz")
 
 
-def test_not_a_mapping_and_bad_yaml(tmp_path):
+def test_not_a_mapping(tmp_path):
     p = tmp_path / "list.yaml"
     p.write_text("- 1\n- 2\n")
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(p)
-    p.write_text("epochs: [1, \n")
-    with pytest.raises(RecipeError, match="not valid YAML"):
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("epochs: [1, \n", "2:1", "expected the node content, but found '<stream end>'"),
+    ("epochs: 3\nlr: 0.1: 2\n", "2:8", "mapping values are not allowed here"),
+    ("epochs: 3\nseed: \x00\n", "2:7", "unacceptable character #x0000: special characters are not allowed"),
+])
+def test_bad_yaml_is_one_line_with_file_line_column_and_problem(tmp_path, text, where, problem):
+    # PyYAML's own message is up to 8 lines of context; the user gets FILE:LINE:COLUMN and the problem.
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(RecipeError) as e:
         load_recipe(p)
+    assert str(e.value) == f"{p}:{where}: not valid YAML: {problem}"
+
+
+def test_deeply_nested_yaml_is_one_line_not_recursion_error(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"{p}: YAML nested too deeply; a recipe is one mapping of keys to values"
+
+
+def test_a_directory_or_a_binary_file_as_recipe_says_so(tmp_path):
+    (tmp_path / "mine.yaml").write_text("epochs: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(tmp_path)
+    assert str(e.value).startswith(f"recipe {str(tmp_path)!r} is a directory; give one YAML file (in it: mine.yaml)")
+    p = tmp_path / "image.yaml"
+    p.write_bytes(bytes(range(200, 256)) * 4)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"recipe {str(p)!r} is not a text file: byte 0xc8 at position 0 is not UTF-8"
 
 
 def test_cli_recipes_lists_prints_and_rejects(tmp_path, capsys):
