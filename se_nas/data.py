@@ -4,8 +4,8 @@
 tensor ``3 x S x S`` and an int label, the number of classes, a name). Sources:
 
 - ``digits`` (the default): scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), which
-  ship with scikit-learn. Scaled to [0, 1], normalised, resized once to ``image_size`` (bilinear),
-  repeated to 3 channels and kept in memory. Split: stratified 80/20 train/validation with the fixed
+  ship with scikit-learn. Scaled to [0, 1], normalised, repeated to 3 channels and kept in memory at
+  8x8; each batch is resized to ``image_size`` (bilinear). Split: stratified 80/20 train/validation with the fixed
   seed 0, the same for every trial whatever its seed.
 - ``cifar10`` / ``cifar100``: the standard python-format folder (``data_batch_1..5`` and
   ``test_batch``, or ``train`` and ``test`` for CIFAR-100). Validation is a stratified 10% hold-out of
@@ -171,12 +171,11 @@ def _digits(recipe: Recipe) -> DataBundle:
     tr, va = stratified_split(d.target, 0.2)
     # Normalise with the training split's statistics (the validation split must not leak into them).
     mean, std = x[tr].mean(), x[tr].std()
-    x = (x - mean) / std
-    if recipe.image_size != 8:
-        x = F.interpolate(x, size=(recipe.image_size, recipe.image_size), mode="bilinear", align_corners=False)
-    x = x.repeat(1, 3, 1, 1).contiguous()
-    train = TensorData(x[tr], y[tr])
-    return DataBundle(_cap(train, d.target[tr], recipe), TensorData(x[va], y[va]), 10, "digits")
+    x = ((x - mean) / std).repeat(1, 3, 1, 1).contiguous()
+    # Kept at 8x8 (1.4 MB) and resized per batch, so image_size 1024 does not hold 23 GB of copies.
+    train = TensorData(x[tr], y[tr], size=recipe.image_size)
+    return DataBundle(_cap(train, d.target[tr], recipe), TensorData(x[va], y[va], size=recipe.image_size), 10,
+                      "digits")
 
 
 # --- CIFAR ----------------------------------------------------------------------------------------------
