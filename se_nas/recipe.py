@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import yaml
 
-from .builtin import RECIPE_DIR
 from .arch import read_text
+from .builtin import RECIPE_DIR
 from .choices import STEMS
 from .data import DATASETS
 
@@ -80,16 +80,18 @@ def builtin_recipes() -> list[str]:
 class Recipe:
     """How one trial trains its candidate.
 
-    dataset:           "digits" (built in, no download), "cifar10", "cifar100", "imagefolder".
+    dataset:           a name of ``se_nas.data.DATASETS``: "digits" (built in, no download),
+                       "cifar10", "cifar100", "imagefolder".
     data_dir:          folder of the dataset (not used by "digits"); ``~`` is expanded.
-    image_size:        side of the square training input in pixels.
+    image_size:        side of the square training input in pixels (1..1024).
     stem, width:       the proxy model: ``build_model(arch, classes, stem, width)``.
-    epochs:            epochs per trial; ``rungs`` are the epochs after which early stopping may stop it.
-    batch_size:        training batch size (evaluation uses twice as much).
-    optimizer:         "sgd" (with ``momentum``, Nesterov off) or "adamw".
+    epochs:            epochs per trial (1..10000); ``rungs`` are the epochs after which early
+                       stopping may stop it.
+    batch_size:        training batch size, 1..65536 (evaluation uses twice as much).
+    optimizer:         a name of ``OPTIMIZERS``: "sgd" (with ``momentum``, Nesterov off) or "adamw".
     lr:                peak learning rate, reached after ``warmup_epochs`` of linear warm-up.
-    schedule:          "cosine" (to 0 at the last step), "step" (times ``step_gamma`` every
-                       ``step_epochs``) or "constant"; applied per step.
+    schedule:          a name of ``SCHEDULES``: "cosine" (to 0 at the last step), "step" (times
+                       ``step_gamma`` every ``step_epochs``) or "constant"; applied per step.
     weight_decay:      applied to every parameter (the paper's ResNet recipe does the same).
     label_smoothing:   cross-entropy label smoothing in [0, 1).
     seed:              data order, augmentation and (if the caller seeds before building) the init.

@@ -10,9 +10,9 @@ guess, ln C, or more: the model is confidently wrong) or running out of memory r
 ``TrainingFailed`` with the reason, so a search can record the failure and go on. Accuracy at chance
 is no such sign on its own: healthy proxies are often at chance after their first epoch.
 ``on_epoch(epoch, val_accuracy)`` is called after every epoch's validation and may stop the run early
-(the search's rung rule); ``on_progress(Progress)`` after every step, for a live status line. With ``checkpoint=path`` the full state
-is written atomically after every epoch and a rerun resumes from it, ending with the same history as an
-uninterrupted run.
+(the search's rung rule); ``on_progress(Progress)`` after every step, for a live status line. With
+``checkpoint=path`` the full state is written atomically after every epoch and a rerun resumes from
+it, ending with the same history as an uninterrupted run.
 """
 from __future__ import annotations
 

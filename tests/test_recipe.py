@@ -109,7 +109,8 @@ def test_dataset_names_are_the_loader_table(monkeypatch):
     bundle = object()
     monkeypatch.setitem(data.DATASETS, "mine", lambda r: bundle)
     assert data.load_data(Recipe(dataset="mine", data_dir="somewhere")) is bundle
-    with pytest.raises(RecipeError, match="unknown dataset 'theirs'; allowed: digits, cifar10, cifar100, imagefolder, mine"):
+    with pytest.raises(RecipeError, match="unknown dataset 'theirs'; allowed: digits, cifar10, cifar100, "
+                                          "imagefolder, mine"):
         Recipe(dataset="theirs")
 
 
