@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,24 @@ ARCH_FORMAT = "se-nas/arch@1"
 
 class ArchError(ValueError):
     """An architecture description that breaks a rule; the message names the field and the value."""
+
+
+def read_text(path: str | Path, what: str, error: type[ValueError]) -> str:
+    """The UTF-8 text of file ``path``, or an ``error`` in one line naming ``what``, the file and why not
+    (missing, a directory, unreadable, binary)."""
+    p = Path(path)
+    if p.is_dir():
+        raise error(f"{what} {str(p)!r} is a directory, not a file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"cannot read {what} {str(p)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {str(p)!r} is not a text file: byte 0x{e.object[e.start]:02x} at position {e.start} "
+                    f"is not UTF-8") from None
+
+
+_show = reprlib.repr  # a user's value in an error message, shortened (a 1 MB list stays one short line)
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,7 @@ class StageSE:
     def __post_init__(self) -> None:
         r = self.reduction
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ArchError(f"reduction ratio must be a positive integer, got reduction={r!r}")
+            raise ArchError(f"reduction ratio must be a positive integer, got reduction={_show(r)}")
         for name, table in (("squeeze", SQUEEZES), ("gate", GATES), ("position", POSITIONS)):
             try:
                 pick(table, getattr(self, name), name)
@@ -88,9 +107,9 @@ class Arch:
         except ChoiceError as e:
             raise ArchError(str(e)) from None
         if self.stride_on not in STRIDE_ON:
-            raise ArchError(f"unknown stride_on {self.stride_on!r}; allowed: {', '.join(STRIDE_ON)}")
+            raise ArchError(f"unknown stride_on {_show(self.stride_on)}; allowed: {', '.join(STRIDE_ON)}")
         if not isinstance(self.se_bias, bool):
-            raise ArchError(f"se_bias must be true or false, got se_bias={self.se_bias!r}")
+            raise ArchError(f"se_bias must be true or false, got se_bias={_show(self.se_bias)}")
         stages = tuple(self.stages)
         if len(stages) != len(spec.depths):
             raise ArchError(
@@ -98,7 +117,7 @@ class Arch:
             )
         for i, s in enumerate(stages):
             if s is not None and not isinstance(s, StageSE):
-                raise ArchError(f"stages[{i}] must be a StageSE or None, got {s!r}")
+                raise ArchError(f"stages[{i}] must be a StageSE or None, got {_show(s)}")
         object.__setattr__(self, "stages", stages)
 
     # --- constructors
@@ -157,18 +176,18 @@ class Arch:
         if unknown:
             raise ArchError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
         if "format" in d and d["format"] != ARCH_FORMAT:
-            raise ArchError(f"{where}: format must be {ARCH_FORMAT!r}, got {d['format']!r}")
+            raise ArchError(f"{where}: format must be {ARCH_FORMAT!r}, got {_show(d['format'])}")
         if "backbone" not in d:
             raise ArchError(f"{where}: missing key 'backbone'; allowed: {', '.join(BACKBONES)}")
         stages = d.get("stages")
         if not isinstance(stages, list):
-            raise ArchError(f"{where}: 'stages' must be a list (one entry per stage), got {stages!r}")
-        return cls(
-            backbone=d["backbone"],
-            stages=tuple(_stage_from_dict(s, f"{where}: stages[{i}]") for i, s in enumerate(stages)),
-            stride_on=d.get("stride_on", "1x1"),
-            se_bias=d.get("se_bias", False),
-        )
+            raise ArchError(f"{where}: 'stages' must be a list (one entry per stage), got {_show(stages)}")
+        stages = tuple(_stage_from_dict(s, f"{where}: stages[{i}]") for i, s in enumerate(stages))
+        try:
+            return cls(backbone=d["backbone"], stages=stages, stride_on=d.get("stride_on", "1x1"),
+                       se_bias=d.get("se_bias", False))
+        except ArchError as e:
+            raise ArchError(f"{where}: {e}") from None
 
     @classmethod
     def from_json(cls, text: str, where: str = "architecture") -> "Arch":
@@ -176,6 +195,9 @@ class Arch:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ArchError(f"{where}: malformed JSON ({e})") from None
+        except RecursionError:
+            raise ArchError(f"{where}: JSON nested too deeply; an architecture is an object of stage objects "
+                            f"(3 levels)") from None
         return cls.from_dict(d, where)
 
     def save(self, path: str | Path) -> None:
@@ -183,19 +205,14 @@ class Arch:
 
     @classmethod
     def load(cls, path: str | Path) -> "Arch":
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise ArchError(f"cannot read architecture file {str(p)!r}: {e.strerror}") from None
-        return cls.from_json(text, where=str(p))
+        return cls.from_json(read_text(path, "architecture file", ArchError), where=str(path))
 
 
 def _stage_from_dict(s: Any, where: str) -> StageSE | None:
     if s is None or s is False:
         return None
     if not isinstance(s, dict):
-        raise ArchError(f"{where}: expected an object or null (no SE), got {s!r}")
+        raise ArchError(f"{where}: expected an object or null (no SE), got {_show(s)}")
     names = {f.name for f in fields(StageSE)}
     unknown = sorted(set(s) - names)
     if unknown:

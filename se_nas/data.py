@@ -4,8 +4,8 @@
 tensor ``3 x S x S`` and an int label, the number of classes, a name). Sources:
 
 - ``digits`` (the default): scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), which
-  ship with scikit-learn. Scaled to [0, 1], normalised, resized once to ``image_size`` (bilinear),
-  repeated to 3 channels and kept in memory. Split: stratified 80/20 train/validation with the fixed
+  ship with scikit-learn. Scaled to [0, 1], normalised, repeated to 3 channels and kept in memory at
+  8x8; each batch is resized to ``image_size`` (bilinear). Split: stratified 80/20 train/validation with the fixed
   seed 0, the same for every trial whatever its seed.
 - ``cifar10`` / ``cifar100``: the standard python-format folder (``data_batch_1..5`` and
   ``test_batch``, or ``train`` and ``test`` for CIFAR-100). Validation is a stratified 10% hold-out of
@@ -24,14 +24,15 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from .recipe import Recipe
+if TYPE_CHECKING:  # recipe validates dataset names against DATASETS below, so it imports this module
+    from .recipe import Recipe
 
 SPLIT_SEED = 0  # the train/validation split never depends on the trial seed
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -170,12 +171,11 @@ def _digits(recipe: Recipe) -> DataBundle:
     tr, va = stratified_split(d.target, 0.2)
     # Normalise with the training split's statistics (the validation split must not leak into them).
     mean, std = x[tr].mean(), x[tr].std()
-    x = (x - mean) / std
-    if recipe.image_size != 8:
-        x = F.interpolate(x, size=(recipe.image_size, recipe.image_size), mode="bilinear", align_corners=False)
-    x = x.repeat(1, 3, 1, 1).contiguous()
-    train = TensorData(x[tr], y[tr])
-    return DataBundle(_cap(train, d.target[tr], recipe), TensorData(x[va], y[va]), 10, "digits")
+    x = ((x - mean) / std).repeat(1, 3, 1, 1).contiguous()
+    # Kept at 8x8 (1.4 MB) and resized per batch, so image_size 1024 does not hold 23 GB of copies.
+    train = TensorData(x[tr], y[tr], size=recipe.image_size)
+    return DataBundle(_cap(train, d.target[tr], recipe), TensorData(x[va], y[va], size=recipe.image_size), 10,
+                      "digits")
 
 
 # --- CIFAR ----------------------------------------------------------------------------------------------
@@ -279,9 +279,15 @@ def _imagefolder(recipe: Recipe) -> DataBundle:
     return DataBundle(_cap(train, labels, recipe), val, len(classes), f"imagefolder:{root.name}")
 
 
-_LOADERS = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "imagefolder": _imagefolder}
+# The datasets a recipe may name, each with its loader; ``Recipe`` validates ``dataset`` against this table.
+DATASETS: dict[str, Callable[[Recipe], DataBundle]] = {
+    "digits": _digits,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "imagefolder": _imagefolder,
+}
 
 
 def load_data(recipe: Recipe) -> DataBundle:
     """The training and validation data that ``recipe`` names (see the module docstring for splits)."""
-    return _LOADERS[recipe.dataset](recipe)
+    return DATASETS[recipe.dataset](recipe)

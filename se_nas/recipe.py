@@ -13,17 +13,58 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import torch
 import yaml
 
+from .arch import read_text
 from .builtin import RECIPE_DIR
 from .choices import STEMS
+from .data import DATASETS
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Upper bounds that catch a typo before it allocates: image_size 100000 would ask for terabytes.
+MAX_IMAGE_SIZE = 1024  # ImageNet models train at 224-600
+MAX_BATCH_SIZE = 65536  # per process
+MAX_EPOCHS = 10000
+MAX_SEED = 2**63 - 1  # torch's generators take 64-bit seeds
+
+
+# --- optimizers and learning-rate schedules: a name -> implementation table each ----------------------
+def _sgd(params: Iterable[torch.nn.Parameter], r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+
+
+def _adamw(params: Iterable[torch.nn.Parameter], r: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], Recipe], torch.optim.Optimizer]] = {
+    "sgd": _sgd,  # with momentum, Nesterov off
+    "adamw": _adamw,
+}
+
+
+# A schedule maps (recipe, step, warm-up steps, steps per epoch) to the lr multiplier after warm-up.
+def _cosine(r: Recipe, step: int, warm: int, steps_per_epoch: int) -> float:
+    t = (step - warm) / max(1, r.epochs * steps_per_epoch - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))  # to 0 at the last step
+
+
+def _step(r: Recipe, step: int, warm: int, steps_per_epoch: int) -> float:
+    return r.step_gamma ** ((step // steps_per_epoch) // r.step_epochs)
+
+
+def _constant(r: Recipe, step: int, warm: int, steps_per_epoch: int) -> float:
+    return 1.0
+
+
+SCHEDULES: dict[str, Callable[[Recipe, int, int, int], float]] = {
+    "cosine": _cosine,
+    "step": _step,
+    "constant": _constant,
+}
 
 
 class RecipeError(ValueError):
@@ -39,16 +80,18 @@ def builtin_recipes() -> list[str]:
 class Recipe:
     """How one trial trains its candidate.
 
-    dataset:           "digits" (built in, no download), "cifar10", "cifar100", "imagefolder".
+    dataset:           a name of ``se_nas.data.DATASETS``: "digits" (built in, no download),
+                       "cifar10", "cifar100", "imagefolder".
     data_dir:          folder of the dataset (not used by "digits"); ``~`` is expanded.
-    image_size:        side of the square training input in pixels.
+    image_size:        side of the square training input in pixels (1..1024).
     stem, width:       the proxy model: ``build_model(arch, classes, stem, width)``.
-    epochs:            epochs per trial; ``rungs`` are the epochs after which early stopping may stop it.
-    batch_size:        training batch size (evaluation uses twice as much).
-    optimizer:         "sgd" (with ``momentum``, Nesterov off) or "adamw".
+    epochs:            epochs per trial (1..10000); ``rungs`` are the epochs after which early
+                       stopping may stop it.
+    batch_size:        training batch size, 1..65536 (evaluation uses twice as much).
+    optimizer:         a name of ``OPTIMIZERS``: "sgd" (with ``momentum``, Nesterov off) or "adamw".
     lr:                peak learning rate, reached after ``warmup_epochs`` of linear warm-up.
-    schedule:          "cosine" (to 0 at the last step), "step" (times ``step_gamma`` every
-                       ``step_epochs``) or "constant"; applied per step.
+    schedule:          a name of ``SCHEDULES``: "cosine" (to 0 at the last step), "step" (times
+                       ``step_gamma`` every ``step_epochs``) or "constant"; applied per step.
     weight_decay:      applied to every parameter (the paper's ResNet recipe does the same).
     label_smoothing:   cross-entropy label smoothing in [0, 1).
     seed:              data order, augmentation and (if the caller seeds before building) the init.
@@ -90,8 +133,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = _check(f.name, getattr(self, f.name))
-            object.__setattr__(self, f.name, value)
+            object.__setattr__(self, f.name, _RULES[f.name](f.name, getattr(self, f.name)))
         # Rules between fields.
         if self.dataset != "digits" and self.data_dir is None:
             raise RecipeError(f"data_dir is required for dataset {self.dataset!r} (the folder with its files)")
@@ -112,7 +154,7 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> "Recipe":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> Recipe:
         """A recipe from a mapping; missing keys take the defaults. Errors start with ``where``."""
         if not isinstance(d, Mapping):
             raise RecipeError(f"{where}: a recipe must be a mapping of keys to values, got {type(d).__name__}")
@@ -130,9 +172,9 @@ def _fail(key: str, value: Any, rule: str) -> RecipeError:
     return RecipeError(f"{key} must be {rule}, got {key}={value!r}")
 
 
-def _int(key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _fail(key, value, f"an integer >= {low}")
+def _int(key: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise _fail(key, value, f"an integer >= {low}" if high is None else f"an integer in {low}..{high}")
     return value
 
 
@@ -154,7 +196,8 @@ def _float(key: str, value: Any, low: float, high: float, *, low_open: bool = Fa
     return float(v)
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+def _choice(key: str, value: Any, allowed: Iterable[str]) -> str:
+    """One of the names of a table (or a tuple of names)."""
     if not isinstance(value, str) or value not in allowed:
         raise RecipeError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
     return value
@@ -166,58 +209,63 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
-def _check(key: str, value: Any) -> Any:
-    """The validated (and normalised) value of one field."""
-    if key == "dataset":
-        return _choice(key, value, DATASETS)
-    if key == "data_dir":
-        if value is None:
-            return None
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise _fail(key, value, "a folder path or null")
-        return str(Path(value).expanduser())
-    if key == "stem":
-        return _choice(key, value, STEMS)
-    if key == "optimizer":
-        return _choice(key, value, OPTIMIZERS)
-    if key == "schedule":
-        return _choice(key, value, SCHEDULES)
-    if key == "device":
-        if not isinstance(value, str) or not _DEVICE_RE.match(value):
-            raise _fail(key, value, "one of auto, cpu, cuda, cuda:N, mps")
-        return value
-    if key in ("image_size", "epochs", "batch_size", "step_epochs"):
-        return _int(key, value, 1)
-    if key in ("seed", "num_workers"):
-        return _int(key, value, 0)
-    if key in ("max_train_samples", "threads"):
-        return None if value is None else _int(key, value, 1)
-    if key == "width":
-        return _float(key, value, 0, 4, low_open=True, high_open=False)
-    if key == "lr":
-        return _float(key, value, 0, 10, low_open=True, high_open=False)
-    if key == "momentum":
-        return _float(key, value, 0, 1)
-    if key == "weight_decay":
-        return _float(key, value, 0, 1)
-    if key == "warmup_epochs":
-        return _float(key, value, 0, math.inf)
-    if key == "step_gamma":
-        return _float(key, value, 0, 1, low_open=True, high_open=False)
-    if key == "label_smoothing":
-        return _float(key, value, 0, 1)
-    if key in ("amp", "channels_last", "augment"):
-        return _bool(key, value)
-    if key == "rungs":
-        if value is None:
-            return ()
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise _fail(key, value, "a list of increasing epoch numbers")
-        rungs = tuple(_int(key, r, 1) for r in value)
-        if any(b <= a for a, b in zip(rungs, rungs[1:])):
-            raise _fail(key, list(value), "a list of strictly increasing epoch numbers")
-        return rungs
-    raise RecipeError(f"unknown key {key!r}")  # a field added without a rule
+def _folder(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise _fail(key, value, "a folder path or null")
+    return str(Path(value).expanduser())
+
+
+def _device(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        raise _fail(key, value, "one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+def _rungs(key: str, value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _fail(key, value, "a list of increasing epoch numbers")
+    rungs = tuple(_int(key, r, 1) for r in value)
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise _fail(key, list(value), "a list of strictly increasing epoch numbers")
+    return rungs
+
+
+def _optional(rule: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda key, value: None if value is None else rule(key, value)
+
+
+# One rule per field: it returns the validated (and normalised) value or raises a RecipeError.
+_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "dataset": lambda k, v: _choice(k, v, DATASETS),
+    "data_dir": _folder,
+    "image_size": lambda k, v: _int(k, v, 1, MAX_IMAGE_SIZE),
+    "stem": lambda k, v: _choice(k, v, STEMS),
+    "width": lambda k, v: _float(k, v, 0, 4, low_open=True, high_open=False),
+    "epochs": lambda k, v: _int(k, v, 1, MAX_EPOCHS),
+    "batch_size": lambda k, v: _int(k, v, 1, MAX_BATCH_SIZE),
+    "optimizer": lambda k, v: _choice(k, v, OPTIMIZERS),
+    "lr": lambda k, v: _float(k, v, 0, 10, low_open=True, high_open=False),
+    "momentum": lambda k, v: _float(k, v, 0, 1),
+    "weight_decay": lambda k, v: _float(k, v, 0, 1),
+    "schedule": lambda k, v: _choice(k, v, SCHEDULES),
+    "warmup_epochs": lambda k, v: _float(k, v, 0, math.inf),
+    "step_epochs": lambda k, v: _int(k, v, 1, MAX_EPOCHS),
+    "step_gamma": lambda k, v: _float(k, v, 0, 1, low_open=True, high_open=False),
+    "label_smoothing": lambda k, v: _float(k, v, 0, 1),
+    "seed": lambda k, v: _int(k, v, 0, MAX_SEED),
+    "num_workers": lambda k, v: _int(k, v, 0),
+    "threads": _optional(lambda k, v: _int(k, v, 1)),
+    "device": _device,
+    "amp": _bool,
+    "channels_last": _bool,
+    "augment": _bool,
+    "rungs": _rungs,
+    "max_train_samples": _optional(lambda k, v: _int(k, v, 1)),
+}
 
 
 def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
@@ -230,14 +278,35 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
         path = RECIPE_DIR / f"{text}.yaml"
     else:
         path = Path(text).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(
             f"recipe {text!r}: no such file; give a YAML file or a built-in recipe name: {', '.join(builtin)}"
         )
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.yaml"))[:8]
+        raise RecipeError(f"recipe {text!r} is a directory; give one YAML file (in it: {', '.join(inside) or 'none'}) "
+                          f"or a built-in recipe name: {', '.join(builtin)}")
+    content = read_text(path, "recipe", RecipeError)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(content)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        raise RecipeError(f"{path}:{_yaml_problem(e, content)}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: YAML nested too deeply; a recipe is one mapping of keys to values") from None
     if data is None:
         data = {}
     return Recipe.from_dict(data, where=str(path))
+
+
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+    """``LINE:COLUMN: not valid YAML: PROBLEM``, the parser's error in one line (it prints up to 8)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        line, column = e.problem_mark.line + 1, e.problem_mark.column + 1
+        problem = e.problem or e.context
+    elif isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow (binary content)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        problem = str(e).splitlines()[0]
+    else:
+        return f" not valid YAML: {str(e).splitlines()[0]}"
+    return f"{line}:{column}: not valid YAML: {problem}"

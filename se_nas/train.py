@@ -5,11 +5,14 @@ constant schedules optional), label smoothing, mixed precision (bf16 autocast wh
 it, else fp16 with a GradScaler) and channels_last on CUDA, DataLoader workers for file-backed data,
 and a seed that makes a trial reproducible (same seed, same device -> the same history on CPU).
 
-A NaN/inf loss or running out of memory raises ``TrainingFailed`` with the reason, so a search can
-record the failure and go on. ``on_epoch(epoch, val_accuracy)`` is called after every epoch's
-validation and may stop the run early (the search's rung rule). With ``checkpoint=path`` the full state
-is written atomically after every epoch and a rerun resumes from it, ending with the same history as an
-uninterrupted run.
+A NaN/inf loss, a diverged one (a window of steps averaging ``DIVERGED`` times the loss of a uniform
+guess, ln C, or more: the model is confidently wrong) or running out of memory raises
+``TrainingFailed`` with the reason, so a search can record the failure and go on. Accuracy at chance
+is no such sign on its own: healthy proxies are often at chance after their first epoch.
+``on_epoch(epoch, val_accuracy)`` is called after every epoch's validation and may stop the run early
+(the search's rung rule); ``on_progress(Progress)`` after every step, for a live status line. With
+``checkpoint=path`` the full state is written atomically after every epoch and a rerun resumes from
+it, ending with the same history as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -31,17 +34,47 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .data import DataBundle, TensorData
-from .recipe import Recipe
+from .recipe import OPTIMIZERS, SCHEDULES, Recipe
 
-NAN_CHECK_EVERY = 32  # steps between NaN checks: one host sync per check instead of one per step
+NAN_CHECK_EVERY = 32  # steps between loss checks: one host sync per check instead of one per step
+# A window of steps whose mean loss is this many times that of a uniform guess (ln C) has diverged.
+# Healthy training of the built-in digits and tiny recipes stays below 1.4x (measured on presets and
+# random designs); lr 10 reaches 20x to 1e12x within two epochs while staying finite.
+DIVERGED = 10.0
 
 
 class TrainingFailed(RuntimeError):
-    """A trial that cannot finish (non-finite loss, out of memory); ``reason`` says why."""
+    """A trial that cannot finish (non-finite or diverged loss, out of memory); ``reason`` says why."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a training run is, as passed to ``train(on_progress=...)``; ``str()`` is a short status line.
+
+    ``on_progress`` is called after every optimisation step and once more after each epoch's validation
+    (then ``val_accuracy`` is set). ``loss`` is the mean training loss of the latest checked window of
+    steps (every ``NAN_CHECK_EVERY`` steps and at the end of each epoch; None before the first check),
+    so reporting it costs no extra device sync.
+    """
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # steps done in this epoch, 1..steps
+    steps: int  # steps per epoch
+    loss: float | None
+    val_accuracy: float | None = None
+
+    def __str__(self) -> str:
+        text = f"epoch {self.epoch}/{self.epochs} step {self.step}/{self.steps}"
+        if self.loss is not None:
+            text += f" loss {self.loss:.3g}"
+        if self.val_accuracy is not None:
+            text += f" val {self.val_accuracy:.3f}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -87,16 +120,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def lr_factor(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
     """Learning-rate multiplier at optimisation step ``step`` (0-based): linear warm-up, then the schedule."""
-    total = recipe.epochs * steps_per_epoch
     warm = int(round(recipe.warmup_epochs * steps_per_epoch))
     if step < warm:
         return (step + 1) / warm
-    if recipe.schedule == "cosine":
-        t = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-    if recipe.schedule == "step":
-        return recipe.step_gamma ** ((step // steps_per_epoch) // recipe.step_epochs)
-    return 1.0
+    return SCHEDULES[recipe.schedule](recipe, step, warm, steps_per_epoch)
 
 
 def _batches(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
@@ -204,17 +231,20 @@ def train(
     on_epoch: Callable[[int, float], bool] | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` under ``recipe``; validate on ``data.val`` after every epoch.
 
     ``device`` overrides ``recipe.device``. ``on_epoch(epoch, val_accuracy)`` (epoch 1-based) returns
     True to stop early. ``checkpoint``: a file to save to after every epoch and resume from if present.
-    Raises ``TrainingFailed`` for a non-finite loss or out of memory.
+    ``progress`` shows a tqdm bar per epoch on stderr; ``on_progress(Progress)`` gets the same updates
+    as values (after every step and every validation), e.g. for a caller's own live status line.
+    Raises ``TrainingFailed`` for a non-finite or diverged loss, or out of memory.
     """
     dev = pick_device(recipe.device if device is None else str(device))
     # fixed input shapes: let cuDNN pick the fastest kernels; both settings are put back afterwards
     with _torch_settings(recipe.threads, cudnn_benchmark=dev.type == "cuda"):
-        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress)
+        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress)
 
 
 @contextlib.contextmanager
@@ -232,7 +262,7 @@ def _torch_settings(threads: int | None, cudnn_benchmark: bool):
         torch.backends.cudnn.benchmark = old[1]
 
 
-def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainResult:
+def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress) -> TrainResult:
     amp_dtype = _amp_dtype(recipe, dev)
     channels_last = recipe.channels_last and dev.type == "cuda"
     seed_everything(recipe.seed)
@@ -245,11 +275,7 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainRes
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                              weight_decay=recipe.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = OPTIMIZERS[recipe.optimizer](model.parameters(), recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe, steps))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -288,6 +314,7 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainRes
             with tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="step", leave=False,
                       disable=not progress) as bar:
                 losses: list[torch.Tensor] = []
+                loss_now: float | None = None
                 for step, (x, y) in enumerate(batches):
                     x = x.to(dev, non_blocking=True)
                     y = y.to(dev, non_blocking=True)
@@ -301,16 +328,19 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainRes
                     scaler.update()
                     sched.step()
                     losses.append(loss.detach())
-                    if len(losses) == NAN_CHECK_EVERY:
-                        _check_finite(losses, epoch, step)
+                    if len(losses) == NAN_CHECK_EVERY or step + 1 == steps:
+                        loss_now = _check_losses(losses, epoch, step, data.num_classes)
                         losses.clear()
                     bar.update(1)
-                _check_finite(losses, epoch, step)
+                    if on_progress is not None:
+                        on_progress(Progress(epoch, recipe.epochs, step + 1, steps, loss_now))
                 val_batches = _batches(data.val, eval_bs, shuffle=False, seed=0, drop_last=False,
                                        num_workers=recipe.num_workers, pin=pin)
                 acc = evaluate(model, val_batches, dev, amp_dtype=amp_dtype, channels_last=channels_last)
                 bar.set_postfix(val_acc=f"{acc:.3f}")
             history.append(acc)
+            if on_progress is not None:
+                on_progress(Progress(epoch, recipe.epochs, steps, steps, loss_now, acc))
             stopped = bool(on_epoch(epoch, acc)) if on_epoch is not None else False
             seconds += time.perf_counter() - t0
             if ckpt is not None:
@@ -338,9 +368,9 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress) -> TrainRes
     return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
 
 
-def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> None:
-    if not losses:
-        return
+def _check_losses(losses: list[torch.Tensor], epoch: int, last_step: int, classes: int) -> float:
+    """The mean of ``losses`` (one window of steps ending at ``last_step``); fails on a non-finite loss
+    or a diverged mean (``DIVERGED`` times ln ``classes``, the loss of a uniform guess, or more)."""
     stacked = torch.stack(losses).float()
     bad = (~torch.isfinite(stacked)).nonzero()
     if bad.numel():
@@ -348,3 +378,9 @@ def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> Non
         step = last_step - len(losses) + 1 + i + 1  # 1-based step within the epoch
         kind = "nan" if math.isnan(float(stacked[i])) else "inf"
         raise TrainingFailed(f"loss became {kind} at epoch {epoch} step {step}")
+    mean, uniform = float(stacked.mean()), math.log(classes)
+    if mean > DIVERGED * uniform:
+        raise TrainingFailed(
+            f"diverged: mean training loss {mean:.3g} at epoch {epoch} step {last_step + 1}, {mean / uniform:.3g}x "
+            f"that of a uniform guess (ln {classes} = {uniform:.2f}); limit {DIVERGED:g}x; try a lower lr")
+    return mean

@@ -82,3 +82,40 @@ def test_presets_and_resolve(tmp_path):
         resolve_arch("se_resnet5")
     with pytest.raises(ArchError, match="cannot read architecture file"):
         resolve_arch(str(tmp_path / "missing.json"))
+
+
+# --- files a user may give as an architecture: each bad one is one line naming the file -----------------
+def test_binary_file_names_the_file_and_the_byte(tmp_path):
+    p = tmp_path / "model.json"
+    p.write_bytes(b'{"backbone": "resnet50", ' + bytes([0xD0, 0xCF, 0x11, 0xE0]) * 8)
+    with pytest.raises(ArchError) as e:
+        resolve_arch(str(p))
+    assert str(e.value) == f"architecture file {str(p)!r} is not a text file: byte 0xd0 at position 25 is not UTF-8"
+
+
+def test_stage_count_mismatch_in_a_file_names_the_file(tmp_path):
+    p = tmp_path / "three.json"
+    p.write_text('{"backbone": "resnet50", "stages": [null, null, null]}')
+    with pytest.raises(ArchError) as e:
+        resolve_arch(str(p))
+    assert str(e.value) == f"{p}: resnet50 has 4 stages, got 3 stage entries"
+    with pytest.raises(ArchError, match=r"^architecture: unknown stride_on '5x5'"):
+        Arch.from_dict({"backbone": "resnet50", "stages": [None] * 4, "stride_on": "5x5"})
+
+
+def test_deeply_nested_json_is_one_line_not_recursion_error(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArchError) as e:
+        resolve_arch(str(p))
+    assert str(e.value) == f"{p}: JSON nested too deeply; an architecture is an object of stage objects (3 levels)"
+
+
+def test_a_directory_and_a_huge_value_are_one_short_line(tmp_path):
+    with pytest.raises(ArchError, match=r"is a directory, not a file$"):
+        resolve_arch(str(tmp_path))
+    huge = {"backbone": "resnet50", "stages": [[[1] * 100_000], None, None, None]}
+    with pytest.raises(ArchError) as e:
+        Arch.from_dict(huge, "big.json")
+    msg = str(e.value)
+    assert msg.startswith("big.json: stages[0]: expected an object or null (no SE), got [[1, 1, 1,") and len(msg) < 120

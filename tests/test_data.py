@@ -78,9 +78,17 @@ def test_digits_resize_matches_bilinear_interpolate_and_is_deterministic():
     b = load_data(Recipe(image_size=16, seed=123))  # the trial seed does not change the split
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.images, b.val.images)
     small = load_data(Recipe(image_size=8))
-    ref = F.interpolate(small.train.images[:5, :1], size=(16, 16), mode="bilinear", align_corners=False)
-    assert torch.allclose(a.train.images[:5, :1], ref, atol=1e-5)
-    assert a.train[0][0].shape == (3, 16, 16)
+    ref = F.interpolate(small.train.images[:5], size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.equal(a.train.batch(torch.arange(5))[0], ref)
+    assert a.train[0][0].shape == (3, 16, 16) and a.val[0][0].shape == (3, 16, 16)
+
+
+def test_digits_memory_does_not_grow_with_image_size():
+    # Held at 8x8 and resized per batch: the largest allowed size holds 1.4 MB, not 23 GB of copies.
+    big = load_data(Recipe(image_size=1024, max_train_samples=100))
+    assert big.train.images.shape[1:] == big.val.images.shape[1:] == (3, 8, 8)
+    x, _ = big.val.batch(torch.arange(2))
+    assert x.shape == (2, 3, 1024, 1024)
 
 
 def test_digits_max_train_samples_is_a_stratified_subset():

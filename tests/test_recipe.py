@@ -66,10 +66,15 @@ def test_unknown_key_names_file_key_and_allowed(tmp_path):
         ("schedule", "linear", "cosine, step, constant"),
         ("stem", "big", "imagenet, small"),
         ("device", "gpu", "auto, cpu, cuda"),
-        ("epochs", 0, "integer >= 1"),
-        ("epochs", 2.5, "integer >= 1"),
-        ("batch_size", True, "integer >= 1"),
-        ("image_size", -8, "integer >= 1"),
+        ("epochs", 0, "integer in 1..10000"),
+        ("epochs", 2.5, "integer in 1..10000"),
+        ("epochs", 100000, "integer in 1..10000"),
+        ("batch_size", True, "integer in 1..65536"),
+        ("batch_size", 10**6, "integer in 1..65536"),
+        ("image_size", -8, "integer in 1..1024"),
+        ("image_size", 100000, "integer in 1..1024"),  # would try to allocate terabytes
+        ("step_epochs", 10**9, "integer in 1..10000"),
+        ("seed", 2**64, "integer in 0..9223372036854775807"),  # torch's generators overflow
         ("lr", 0, "(0, 10]"),
         ("lr", float("nan"), "finite number"),
         ("lr", "fast", "a number"),
@@ -77,7 +82,7 @@ def test_unknown_key_names_file_key_and_allowed(tmp_path):
         ("momentum", 1.0, "[0, 1)"),
         ("label_smoothing", -0.1, "[0, 1)"),
         ("weight_decay", -1, "[0, 1)"),
-        ("seed", -1, "integer >= 0"),
+        ("seed", -1, "integer in 0..9223372036854775807"),
         ("amp", "yes", "true or false"),
         ("rungs", [3, 2], "strictly increasing"),
         ("rungs", "2", "list"),
@@ -94,6 +99,25 @@ def test_bad_value_names_key_value_and_rule(tmp_path, key, value, needle):
     assert str(p) in msg and key in msg and needle in msg, msg
     shown = "nan" if value != value else repr(value)
     assert shown in msg, msg
+
+
+def test_dataset_names_are_the_loader_table(monkeypatch):
+    """One truth: a loader added to data.DATASETS is a dataset a recipe may name, and load_data
+    dispatches to it; an unknown name lists the table's names."""
+    from se_nas import data
+
+    bundle = object()
+    monkeypatch.setitem(data.DATASETS, "mine", lambda r: bundle)
+    assert data.load_data(Recipe(dataset="mine", data_dir="somewhere")) is bundle
+    with pytest.raises(RecipeError, match="unknown dataset 'theirs'; allowed: digits, cifar10, cifar100, "
+                                          "imagefolder, mine"):
+        Recipe(dataset="theirs")
+
+
+def test_every_field_has_one_rule():
+    from se_nas.recipe import _RULES
+
+    assert list(_RULES) == [f.name for f in dataclasses.fields(Recipe)]
 
 
 def test_cross_field_rules():
@@ -121,14 +145,45 @@ def test_missing_recipe_lists_builtin_names(tmp_path):
         load_recipe("digitz")
 
 
-def test_not_a_mapping_and_bad_yaml(tmp_path):
+def test_not_a_mapping(tmp_path):
     p = tmp_path / "list.yaml"
     p.write_text("- 1\n- 2\n")
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(p)
-    p.write_text("epochs: [1, \n")
-    with pytest.raises(RecipeError, match="not valid YAML"):
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("epochs: [1, \n", "2:1", "expected the node content, but found '<stream end>'"),
+    ("epochs: 3\nlr: 0.1: 2\n", "2:8", "mapping values are not allowed here"),
+    ("epochs: 3\nseed: \x00\n", "2:7", "unacceptable character #x0000: special characters are not allowed"),
+])
+def test_bad_yaml_is_one_line_with_file_line_column_and_problem(tmp_path, text, where, problem):
+    # PyYAML's own message is up to 8 lines of context; the user gets FILE:LINE:COLUMN and the problem.
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(RecipeError) as e:
         load_recipe(p)
+    assert str(e.value) == f"{p}:{where}: not valid YAML: {problem}"
+
+
+def test_deeply_nested_yaml_is_one_line_not_recursion_error(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("[" * 2000 + "]" * 2000)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"{p}: YAML nested too deeply; a recipe is one mapping of keys to values"
+
+
+def test_a_directory_or_a_binary_file_as_recipe_says_so(tmp_path):
+    (tmp_path / "mine.yaml").write_text("epochs: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(tmp_path)
+    assert str(e.value).startswith(f"recipe {str(tmp_path)!r} is a directory; give one YAML file (in it: mine.yaml)")
+    p = tmp_path / "image.yaml"
+    p.write_bytes(bytes(range(200, 256)) * 4)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"recipe {str(p)!r} is not a text file: byte 0xc8 at position 0 is not UTF-8"
 
 
 def test_cli_recipes_lists_prints_and_rejects(tmp_path, capsys):

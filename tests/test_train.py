@@ -3,6 +3,7 @@ failures, checkpoint resume and reproducibility across processes."""
 import dataclasses
 import json
 import math
+import random
 import subprocess
 import sys
 
@@ -12,9 +13,10 @@ from torch import nn
 
 from se_nas import PRESETS, build_model
 from se_nas.data import DataBundle, TensorData, load_data
-from se_nas.recipe import load_recipe
-from se_nas.train import (TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor, pick_device,
-                          seed_everything, train)
+from se_nas.recipe import OPTIMIZERS, SCHEDULES, load_recipe
+from se_nas.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
+                          pick_device, seed_everything, train)
+from tests.conftest import random_arch
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,21 @@ def test_lr_factor_step_and_constant():
     assert lr_factor(89 * spe, r, spe) == pytest.approx(0.01)
     c = dataclasses.replace(r, schedule="constant")
     assert {lr_factor(s, c, spe) for s in range(0, 600, 37)} == {1.0}
+
+
+def test_optimizer_and_schedule_tables_are_the_dispatch(tiny, data, monkeypatch):
+    # An entry added to a table is a name a recipe accepts and the trainer uses: no other list to edit.
+    made = []
+
+    def nesterov(params, r):
+        made.append(torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=True))
+        return made[-1]
+
+    monkeypatch.setitem(OPTIMIZERS, "nesterov", nesterov)
+    monkeypatch.setitem(SCHEDULES, "half", lambda r, step, warm, steps_per_epoch: 0.5)
+    r = dataclasses.replace(tiny, optimizer="nesterov", schedule="half", epochs=1, rungs=())
+    train(_model(r, data), r, data)
+    assert made and made[0].param_groups[0]["nesterov"] and made[0].param_groups[0]["lr"] == 0.5 * r.lr
 
 
 # --- batches and evaluation ---------------------------------------------------------------------------
@@ -159,6 +176,50 @@ def test_non_finite_loss_fails_with_epoch_and_step(tiny, data, kind):
     with pytest.raises(TrainingFailed) as e:
         train(model, tiny, data)
     assert e.value.reason == f"loss became {kind} at epoch 2 step 3"
+
+
+def test_diverging_but_finite_training_fails_with_the_reason(tiny, data):
+    # lr 10 (the issue's case): the loss grows to thousands while staying finite, accuracy at chance.
+    r = dataclasses.replace(tiny, lr=10.0)
+    with pytest.raises(TrainingFailed) as e:
+        train(_model(r, data), r, data)
+    reason = e.value.reason
+    assert reason.startswith("diverged: mean training loss ") and "at epoch 1 step 12, " in reason, reason
+    assert "x that of a uniform guess (ln 10 = 2.30); limit 10x; try a lower lr" in reason, reason
+    ratio = float(reason.split(", ")[1].split("x ")[0])
+    assert ratio > DIVERGED
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+def test_healthy_training_stays_far_below_the_divergence_limit(tiny, data, seed):
+    """The other side of the rule: the tiny recipe at its lr and at 3x it (SE-ResNet-50 and a random
+    design with NoSqueeze, max+avg squeeze and hard-sigmoid) keeps every checked loss under a third of the limit."""
+    arch = PRESETS["se_resnet50"] if seed is None else random_arch(random.Random(seed), "resnet50")
+    for lr in (tiny.lr, 3 * tiny.lr):
+        r = dataclasses.replace(tiny, lr=lr)
+        seed_everything(0)
+        model = build_model(arch, data.num_classes, r.stem, r.width)
+        seen = []
+        train(model, r, data, on_progress=lambda p: p.loss is not None and seen.append(p.loss))
+        assert seen and max(seen) < DIVERGED / 3 * math.log(10), (arch.label, lr, seen)
+
+
+def test_on_progress_gets_every_step_and_each_validation(tiny, data):
+    calls = []
+    res = train(_model(tiny, data), tiny, data, on_progress=calls.append)
+    steps = len(data.train) // tiny.batch_size  # 12, fewer than a loss-check window: checked at epoch end
+    expected = []
+    for e in (1, 2):  # after each step, then once more after validation
+        expected += [(e, s, False) for s in range(1, steps + 1)] + [(e, steps, True)]
+    assert [(p.epoch, p.step, p.val_accuracy is not None) for p in calls] == expected
+    assert all(p.epochs == 2 and p.steps == steps for p in calls)
+    assert [p.val_accuracy for p in calls if p.val_accuracy is not None] == list(res.history)
+    assert all(p.loss is None for p in calls[:steps - 1])  # no loss known before the first check
+    first = calls[steps - 1].loss
+    assert abs(first - math.log(10)) < 1.0  # epoch 1 starts near the loss of a uniform guess
+    assert calls[-1].loss < first  # and training lowers it
+    assert str(calls[-1]) == f"epoch 2/2 step {steps}/{steps} loss {calls[-1].loss:.3g} val {res.history[-1]:.3f}"
+    assert str(Progress(1, 5, 3, 22, None)) == "epoch 1/5 step 3/22"
 
 
 class _OOM(nn.Module):
