@@ -15,7 +15,7 @@ from typing import Callable
 from .cost import count_cost
 from .earlystop import RungStopper, peers_of
 from .samplers import make_sampler, process_seed, quiet_optuna
-from .storage import open_study, owner_attrs
+from .storage import open_study, owner_attrs, recover_dead_trials
 from .study import SearchError, Status, counted, records, remaining
 from .trial import configure_threads, record_outcome, repeat_outcome, run_trial
 
@@ -117,7 +117,12 @@ def _worker(config, index: int, on_done: Callable | None = None, data=None) -> N
     if data is None:
         data = load_data(config.recipe)
     streak = 0
-    while remaining(study, config.n_trials) > 0:
+    while True:
+        # Before counting: a trial of a process that died since (beside us, or a killed rerun) is
+        # retried here, not counted as running until this process runs out of trials and leaves it.
+        recover_dead_trials(study)
+        if remaining(study, config.n_trials) <= 0:
+            break
         frozen = run_one(study, config, data=data)
         if on_done is not None:
             on_done(frozen)

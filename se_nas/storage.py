@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_ROOT = Path("trials")
+MAX_RETRIES = 3  # retries of a trial whose process died, by pid (ours) or heartbeat (Optuna's)
+OWNERLESS_GRACE_S = 120.0  # a RUNNING trial with no host/pid this long after its start is dead
 
 
 class StorageError(ValueError):
@@ -39,11 +41,63 @@ def default_storage(name: str, root: str | Path = DEFAULT_ROOT) -> str:
     return f"sqlite:///{(study_dir(name, root) / 'study.db').as_posix()}"
 
 
+# The driver SQLAlchemy imports for a URL's dialect (``postgresql://`` means psycopg 3 in SQLAlchemy
+# 2.1) and the package that brings it: what to install when it is missing.
+DRIVER_PACKAGES = {
+    "postgresql": "se-nas[postgres] (psycopg 3)", "postgresql+psycopg": "se-nas[postgres] (psycopg 3)",
+    "postgresql+psycopg2": "psycopg2-binary", "postgresql+pg8000": "pg8000", "postgresql+asyncpg": "asyncpg",
+    "mysql": "mysqlclient", "mysql+mysqldb": "mysqlclient", "mysql+pymysql": "PyMySQL",
+}
+
+
+def _rdb_url(url: str) -> str:
+    """``url`` with a database driver that is installed, or one line saying which package to install.
+    A plain ``postgresql://`` takes psycopg 3 (SQLAlchemy's default) and falls back to psycopg2 when
+    only that is installed; a URL that names its driver (``postgresql+psycopg2://``) gets that one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        u = make_url(url)
+        dialect = u.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise StorageError(f"--storage {_shown(url)}: not a storage URL SQLAlchemy knows ({e}); allowed: "
+                           "sqlite:///PATH, postgresql://USER@HOST/DB, mysql+pymysql://..., journal:PATH") from None
+    try:
+        dialect.import_dbapi()
+        return url
+    except ImportError:
+        pass
+    if u.drivername == "postgresql":
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    package = DRIVER_PACKAGES.get(u.drivername, f"the DB-API module of SQLAlchemy's {u.drivername!r} dialect")
+    raise StorageError(f"--storage {_shown(url)} needs the database driver for {u.drivername!r}, which is not "
+                       f"installed: pip install {package}")
+
+
+def _shown(url: str) -> str:
+    """A storage URL as it may be printed: without its password."""
+    if "://" not in url:
+        return repr(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        return repr(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return repr(url.split("://", 1)[0] + "://...")
+
+
 def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_ROOT, *, create: bool = True,
                  heartbeat: bool = False):
     """The Optuna storage for study ``name``: the default SQLite file, an RDB URL, or a journal file
-    (``journal:PATH``). With ``heartbeat`` (the processes that run trials), RDB storages get a
-    heartbeat so trials of a dead process on another machine are failed and retried."""
+    (``journal:PATH``; nothing else is a journal, whatever its file is called). With ``heartbeat``
+    (the processes that run trials), RDB storages get a heartbeat so trials of a dead process on
+    another machine are failed and retried."""
     import optuna
 
     if url is None:
@@ -54,17 +108,20 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
+        if not url[len("journal:"):]:
+            raise StorageError("--storage 'journal:' names no file; allowed: journal:PATH")
         return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
     if "://" not in url:
         raise StorageError(f"--storage must be an Optuna storage URL (sqlite:///..., postgresql://..., "
-                           f"mysql://...) or journal:PATH, got {url!r}")
+                           f"mysql://...) or journal:PATH, got {_shown(url)}")
+    url = _rdb_url(url)
     for attempt in range(3):
         try:
-            beat = dict(heartbeat_interval=60, grace_period=240,
-                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-                        ) if heartbeat else {}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+                beat = dict(heartbeat_interval=60, grace_period=240,
+                            heartbeat_stale_trial_callback=retry) if heartbeat else {}
                 storage = optuna.storages.RDBStorage(
                     url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None, **beat)
             break
@@ -72,7 +129,7 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
             # Two processes opening a new database at once can race on creating Optuna's schema: the
             # loser sees "table already exists" or a duplicate version row. Once it exists, retry works.
             if attempt == 2:
-                raise StorageError(f"cannot open storage {url!r}: {' '.join(str(e).split())[:300]}") from None
+                raise StorageError(f"cannot open storage {_shown(url)}: {' '.join(str(e).split())[:300]}") from None
             time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite"):
         _fast_sqlite(storage.engine)
@@ -165,24 +222,60 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover_dead_trials(study) -> list[int]:
-    """Fail the RUNNING trials whose owner process on this host is gone; enqueue their parameters
-    again so the next ask retries them. Returns the numbers of the trials failed."""
+def _attempts(trial, by_number: dict) -> int:
+    """How many times this design has been tried in this chain: 1 + the retries through ``retry_of``."""
+    n, seen = 1, {trial.number}
+    prev = trial.user_attrs.get("retry_of")
+    while isinstance(prev, int) and prev in by_number and prev not in seen:
+        n, seen = n + 1, seen | {prev}
+        prev = by_number[prev].user_attrs.get("retry_of")
+    return n
+
+
+def _why_dead(t, host: str, now, grace_s: float) -> str | None:
+    """Why the RUNNING trial ``t`` is dead, or None while its owner may still be working on it."""
+    owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+    if owner_host is None and pid is None:
+        # Its process died between ask and recording its owner; a live one records it within moments.
+        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        return f"its process died before recording its host and pid (no owner after {age:.0f} s)" \
+            if age > grace_s else None
+    if owner_host != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
+        return None
+    return f"process {pid} on {host} died"
+
+
+def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
+    """Fail the RUNNING trials whose owner process on this host is gone, and those that have had no
+    owner for ``grace_s`` seconds; enqueue their parameters again so the next ask retries them, at
+    most ``MAX_RETRIES`` times per design (a design whose process is killed every time, e.g. by the
+    OOM killer, must not block the study). Cheap when nothing died: one query of the RUNNING
+    trials. Returns the numbers of the trials failed."""
+    import datetime
+
     import optuna
 
-    host, failed = socket.gethostname(), []
+    host, now, failed, by_number = socket.gethostname(), datetime.datetime.now(), [], None
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if owner_host != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
+        reason = _why_dead(t, host, now, grace_s)
+        if reason is None:
             continue
+        if by_number is None:
+            by_number = {x.number: x for x in study.get_trials(deepcopy=False)}
+        attempts = _attempts(t, by_number)
+        retry = attempts <= MAX_RETRIES
+        if not retry:
+            reason += f"; not retried again: this design was tried {attempts} times and died each time"
         storage = study._storage  # no public API fails another process's trial; Optuna's own
         try:
-            storage.set_trial_user_attr(t._trial_id, "reason", f"process {pid} on {host} died")
+            storage.set_trial_user_attr(t._trial_id, "reason", reason)
             storage.set_trial_user_attr(t._trial_id, "status", "failed")
             if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another rerun (or the heartbeat) failed it first and enqueued the retry
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            continue  # another process (or the heartbeat) failed it first and enqueued the retry
+        if retry:
+            # A trial that died right after ask has no params yet: its enqueued ones, if it had any.
+            study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs={"retry_of": t.number})
         failed.append(t.number)
     return failed

@@ -1,0 +1,147 @@
+"""Where studies live and how trials of dead processes come back: storage URLs (SQLite, journal files,
+PostgreSQL on a real throwaway server), the retry cap, ownerless trials, recovery while a search runs."""
+import datetime
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from se_nas import cli
+from se_nas.budget import Budget
+from se_nas.optuna_backend import _worker
+from se_nas.search import SearchConfig, prepare_study
+from se_nas.storage import MAX_RETRIES, make_storage, open_study, recover_dead_trials
+from se_nas.study import counted
+
+S = optuna.trial.TrialState
+
+
+# --- storage URLs ------------------------------------------------------------------------------------
+def test_only_journal_prefix_is_a_journal(tmp_path):
+    """A SQLite file may be called anything, ``.log`` included; only ``journal:PATH`` is a journal."""
+    st = make_storage("s", f"sqlite:///{tmp_path}/study.log")
+    assert isinstance(st, optuna.storages.RDBStorage)
+    optuna.create_study(study_name="s", storage=st)
+    assert (tmp_path / "study.log").read_bytes()[:16] == b"SQLite format 3\x00"
+    journal = make_storage("s", f"journal:{tmp_path}/study.db")
+    assert isinstance(journal, optuna.storages.JournalStorage)
+    optuna.create_study(study_name="s", storage=journal)
+    assert not (tmp_path / "study.db").read_bytes().startswith(b"SQLite")
+
+
+@pytest.mark.parametrize("url, words", [
+    ("trials/x/study.db", ["'trials/x/study.db'", "journal:PATH", "sqlite:///"]),
+    ("nosuchdb://host/db", ["'nosuchdb://host/db'", "not a storage URL", "postgresql://"]),
+    ("journal:", ["'journal:'", "journal:PATH"]),
+    # pg8000 is not a dependency: the line names the package to install, and hides the password
+    ("postgresql+pg8000://me:secret@localhost/db", ["postgresql+pg8000", "pip install pg8000"]),
+])
+def test_bad_storage_url_is_one_line(tmp_path, capsys, url, words):
+    rc = cli.main(["report", "s", "--root", str(tmp_path), "--storage", url])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--storage" in err, err
+    assert all(w in err for w in words), err
+    assert "secret" not in err
+
+
+# --- recovering trials of dead processes ---------------------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _study(tmp_path):
+    return open_study("r", root=tmp_path, create=True)
+
+
+def _running(study, owner: dict | None, started_ago_s: float = 0.0, x: int | None = None):
+    """A RUNNING trial as a process leaves it when it dies: asked, maybe sampled, maybe owned."""
+    if started_ago_s:
+        start = datetime.datetime.now() - datetime.timedelta(seconds=started_ago_s)
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=S.RUNNING, value=None, datetime_start=start, datetime_complete=None, params={},
+            distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1)
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        trial = optuna.Trial(study, trial_id)
+    else:
+        trial = study.ask()
+    if x is not None:
+        trial.suggest_int("x", 0, 9)
+    for k, v in (owner or {}).items():
+        trial.set_user_attr(k, v)
+    return trial
+
+
+def test_a_design_that_dies_every_time_is_retried_three_times(tmp_path):
+    study = _study(tmp_path)
+    owner = {"host": socket.gethostname(), "pid": _dead_pid()}
+    first = current = _running(study, owner, x=1)
+    xs = []
+    for attempt in range(1, MAX_RETRIES + 2):
+        assert recover_dead_trials(study) == [current.number]
+        if attempt <= MAX_RETRIES:  # the retry waits; the next ask takes it, with the same design
+            assert len(study.get_trials(states=(S.WAITING,))) == 1
+            current = _running(study, owner, x=1)
+            xs.append(current.params["x"])
+    assert not study.get_trials(states=(S.WAITING,))
+    trials = study.get_trials()
+    assert len(trials) == MAX_RETRIES + 1 and all(t.state == S.FAIL for t in trials)
+    assert xs == [first.params["x"]] * MAX_RETRIES
+    assert [t.user_attrs.get("retry_of") for t in trials] == [None, 0, 1, 2]
+    last = trials[-1].user_attrs["reason"]
+    assert f"process {owner['pid']}" in last and "died" in last and "not retried again" in last and "4 times" in last
+    assert all("not retried" not in t.user_attrs["reason"] for t in trials[:-1])
+    assert counted(study) == (1, 0)  # the chain is one failed trial towards --n-trials, nothing runs
+
+
+def test_an_ownerless_running_trial_is_dead_after_the_grace_period(tmp_path):
+    study = _study(tmp_path)
+    old = _running(study, None, started_ago_s=600)
+    fresh = _running(study, None)  # just asked: its process records the owner in a moment
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = _running(study, {"host": socket.gethostname(), "pid": live.pid}, started_ago_s=600)
+        other_host = _running(study, {"host": "elsewhere", "pid": _dead_pid()}, started_ago_s=600)
+        assert recover_dead_trials(study) == [old.number]
+        assert recover_dead_trials(study, grace_s=0) == [fresh.number]  # the grace is what spared it
+    finally:
+        live.kill()
+        live.wait()
+    by_number = {t.number: t for t in study.get_trials()}
+    assert "before recording its host and pid" in by_number[old.number].user_attrs["reason"]
+    for t in (alive, other_host):
+        assert by_number[t.number].state == S.RUNNING
+    retries = {t.user_attrs["retry_of"] for t in by_number.values() if t.state == S.WAITING}
+    assert retries == {old.number, fresh.number}
+
+
+def _search_config(tmp_path, **kw):
+    return SearchConfig(**{"study": "w", "space": "tiny", "recipe": "tiny", "budget": Budget(), "n_trials": 3,
+                           "root": tmp_path, "progress": False, "calibration_seeds": 0, "confirm_top": 0,
+                           "early_stop": "none", **kw})
+
+
+def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):
+    """A second process dies mid-trial while this one searches: this one retries its trial and the
+    study ends with exactly n_trials counted, nothing left running."""
+    config = _search_config(tmp_path)
+    study = prepare_study(config)
+    dead = []
+
+    def neighbour_dies(frozen):
+        if not dead:
+            dead.append(_running(study, {"host": socket.gethostname(), "pid": _dead_pid()}).number)
+
+    _worker(config, 0, on_done=neighbour_dies)
+    trials = {t.number: t for t in study.get_trials()}
+    assert dead and trials[dead[0]].state == S.FAIL and "died" in trials[dead[0]].user_attrs["reason"]
+    assert [t for t in trials.values() if t.user_attrs.get("retry_of") == dead[0]][0].state == S.COMPLETE
+    assert counted(study) == (3, 0)
