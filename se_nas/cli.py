@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from . import __version__
@@ -60,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     # The top level has only flags, so the first other word names the subcommand.
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser([command] if command else []).parse_args(argv)
+    # SIGTERM (kill, timeout, systemd) stops a command like Ctrl-C: the trials in flight, here and in
+    # worker processes, are failed as interrupted and enqueued; the exit code is 128 + the signal.
+    got = [signal.SIGINT]
+
+    def terminate(signum, frame):
+        got[0] = signum
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (main called from a thread): leave signals alone
+        previous = None
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
@@ -73,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print(f"\nse-nas {args.command}: interrupted; everything finished so far is saved", file=sys.stderr)
-        return 130
+        return 128 + got[0]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # python -m se_nas.cli, like python -m se_nas

@@ -276,3 +276,60 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert {k: v for k, v in study.user_attrs.items() if k.startswith("run:")} == \
         {k: v for k, v in before.items() if k.startswith("run:")}
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (exited, waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
+    """`kill PID` (also timeout's and systemd's signal) of a search with two worker processes: the
+    parent stops its workers, whose trials in flight are failed as interrupted and enqueued, and
+    exits 143 (128 + SIGTERM, the shell's convention); a rerun finishes the study."""
+    cmd = _cmd(tmp_path, 2) + ["--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pids = set()
+    try:
+        running = _wait_for(tmp_path, lambda ts: len([t for t in ts if t.state == S.RUNNING
+                                                      and "arch" in t.user_attrs]) == 2, proc)
+        pids = {t.user_attrs["pid"] for t in running if "pid" in t.user_attrs}
+        assert len(pids) == 2 and proc.pid not in pids
+        start = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.time() - start
+        deadline = time.time() + 5  # the workers exited before the parent did; allow for the reaping
+        while not all(_gone(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.1)
+        orphans = [p for p in pids if not _gone(p)]
+    finally:
+        for p in [proc.pid] + [p for p in pids if not _gone(p)]:  # never leave a process training
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 143 and "interrupted" in err, err
+    assert took < 30 and not orphans, (took, orphans)
+    storage = f"sqlite:///{tmp_path}/k/study.db"
+    trials = optuna.load_study(study_name="k", storage=storage).get_trials()
+    stopped = [t for t in trials if t.state == S.FAIL]
+    assert {t.user_attrs["pid"] for t in stopped} == pids
+    assert all(t.user_attrs["reason"] == "interrupted" for t in stopped)
+    waiting = {t.user_attrs["retry_of"] for t in trials if t.state == S.WAITING}
+    assert waiting == {t.number for t in stopped} and not [t for t in trials if t.state == S.RUNNING]
+
+    rerun = subprocess.run(_cmd(tmp_path, 2), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="k", storage=storage)
+    assert remaining(study, 2) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
