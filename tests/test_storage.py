@@ -13,8 +13,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from se_nas import cli
+from se_nas import cli, load_model
 from se_nas.budget import Budget
+from se_nas.compare import compare
 from se_nas.optuna_backend import _worker
 from se_nas.search import SearchConfig, prepare_study
 from se_nas.storage import MAX_RETRIES, make_storage, open_study, recover_dead_trials
@@ -145,3 +146,108 @@ def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):
     assert dead and trials[dead[0]].state == S.FAIL and "died" in trials[dead[0]].user_attrs["reason"]
     assert [t for t in trials.values() if t.user_attrs.get("retry_of") == dead[0]][0].state == S.COMPLETE
     assert counted(study) == (3, 0)
+
+
+# --- PostgreSQL, on a real throwaway server -------------------------------------------------------------
+def _pg_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or where Debian's packages put it (not on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(versions[-1]) if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL cluster of its own on a free localhost port, for this module's tests; removed after.
+    initdb and the server refuse to run as root, so as root they run as the ``postgres`` user (made by
+    Debian's package) or ``nobody``."""
+    import pwd
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl): apt-get install postgresql (.ci/run does)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("no PostgreSQL driver: pip install -e '.[postgres]' (.ci/run does)")
+    as_user = {}
+    if os.geteuid() == 0:
+        names = [n for n in ("postgres", "nobody") if _has_user(n)]
+        if not names:
+            pytest.skip("running as root and there is no unprivileged user (postgres, nobody) to run PostgreSQL")
+        pw = pwd.getpwnam(names[0])
+        as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    top = tempfile.mkdtemp(prefix="se-nas-pg-")
+    data, port = os.path.join(top, "data"), _free_port()
+    if as_user:
+        os.chown(top, as_user["user"], as_user["group"])
+    run = dict(capture_output=True, text=True, timeout=120, cwd=top, **as_user)
+    try:
+        made = subprocess.run([initdb, "-D", data, "-U", "senas", "-A", "trust", "--no-sync", "--no-locale",
+                               "-E", "UTF8"], **run)
+        assert made.returncode == 0, made.stderr
+        options = f"-p {port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        started = subprocess.run([pg_ctl, "-D", data, "-l", os.path.join(top, "server.log"), "-w", "-t", "60",
+                                  "-o", options, "start"], **run)
+        assert started.returncode == 0, started.stderr + _read(os.path.join(top, "server.log"))
+        yield f"postgresql://senas@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], **run)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text()[-2000:] if os.path.exists(path) else ""
+
+
+def test_search_report_export_compare_on_postgresql(postgres_url, tmp_path, capsys):
+    """The documented URL, psycopg 3: a real search on the server, then every command that reads a
+    study reads it from there (nothing is written under --root)."""
+    common = ["--storage", postgres_url, "--root", str(tmp_path / "trials")]
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--calibration-seeds", "0",
+                     "--confirm-top", "0", "--early-stop", "none", "--n-trials", "3", "--study", "pg", *common]) == 0
+    assert make_storage("pg", postgres_url).engine.dialect.driver == "psycopg"  # SQLAlchemy's default: psycopg 3
+    assert counted(open_study("pg", storage=postgres_url)) == (3, 0)
+    assert not (tmp_path / "trials").exists()
+    out = str(tmp_path / "reports")
+    assert cli.main(["report", "pg", *common, "--out", out]) == 0
+    assert (tmp_path / "reports" / "pg" / "report.html").exists()
+    assert cli.main(["export", "pg", "--best", *common, "-o", str(tmp_path / "best.senas"), "--quiet"]) == 0
+    assert load_model(tmp_path / "best.senas").se_nas.meta["study"] == "pg"
+    # compare through the library: the same code as `se-nas compare --storage`, with a short latency run
+    res = compare("pg", storage=postgres_url, root=tmp_path / "trials", out=out, seeds=1, latency_repeats=2,
+                  log=lambda *a: None)
+    assert res["study"] == "pg" and (tmp_path / "reports" / "pg" / "compare.json").exists()
+    err = capsys.readouterr().err
+    assert "error" not in err, err
+
+
+def test_both_postgresql_url_forms(postgres_url, monkeypatch):
+    """``postgresql+psycopg2://`` uses psycopg2 when it is installed, and a plain ``postgresql://``
+    falls back to it when psycopg 3 is missing (SQLAlchemy's default for the plain form)."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (the postgres extra brings psycopg 3)")
+    optuna.create_study(study_name="forms", storage=make_storage("forms", postgres_url))
+    url2 = postgres_url.replace("postgresql://", "postgresql+psycopg2://")
+    st = make_storage("forms", url2)
+    assert st.engine.dialect.driver == "psycopg2" and optuna.load_study(study_name="forms", storage=st)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if only psycopg2 were installed
+    st = make_storage("forms", postgres_url)
+    assert st.engine.dialect.driver == "psycopg2" and optuna.load_study(study_name="forms", storage=st)
