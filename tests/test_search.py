@@ -329,7 +329,7 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
     waiting = {t.user_attrs["retry_of"] for t in trials if t.state == S.WAITING}
     assert waiting == {t.number for t in stopped} and not [t for t in trials if t.state == S.RUNNING]
 
-    rerun = subprocess.run(_cmd(tmp_path, 2), capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    study = optuna.load_study(study_name="k", storage=storage)
+    study = run_search(config(tmp_path, study="k", n_trials=2, early_stop="none"))  # the rerun, in this process
     assert remaining(study, 2) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
+    retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in waiting]
+    assert len(retried) == 2 and all(t.state == S.COMPLETE for t in retried)
