@@ -3,8 +3,13 @@ dead processes.
 
 The default is one SQLite file per study, ``<root>/<study>/study.db`` (WAL mode). ``--storage``
 takes any Optuna RDB URL (PostgreSQL or MySQL for many machines) or ``journal:PATH`` for a journal
-file (NFS). Every command that reads a study takes the same ``storage`` argument, so a study run
-anywhere can be reported, exported and compared.
+file (NFS); only that prefix makes a journal. A URL's database driver is checked before connecting
+(PostgreSQL: psycopg 3 from the ``se-nas[postgres]`` extra, or psycopg2), and a missing one is one
+line naming the package. Every command that reads a study takes the same ``storage`` argument, so a
+study run anywhere can be reported, exported and compared.
+
+A trial of a dead process (its pid gone on this host, no owner recorded after a grace period, or a
+stale heartbeat on an RDB storage) is failed and retried, at most ``MAX_RETRIES`` times per design.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ def default_storage(name: str, root: str | Path = DEFAULT_ROOT) -> str:
 # The driver SQLAlchemy imports for a URL's dialect (``postgresql://`` means psycopg 3 in SQLAlchemy
 # 2.1) and the package that brings it: what to install when it is missing.
 DRIVER_PACKAGES = {
-    "postgresql": "se-nas[postgres] (psycopg 3)", "postgresql+psycopg": "se-nas[postgres] (psycopg 3)",
+    "postgresql": "'se-nas[postgres]' (psycopg 3)", "postgresql+psycopg": "'se-nas[postgres]' (psycopg 3)",
     "postgresql+psycopg2": "psycopg2-binary", "postgresql+pg8000": "pg8000", "postgresql+asyncpg": "asyncpg",
     "mysql": "mysqlclient", "mysql+mysqldb": "mysqlclient", "mysql+pymysql": "PyMySQL",
 }
@@ -84,11 +89,12 @@ def _shown(url: str) -> str:
     """A storage URL as it may be printed: without its password."""
     if "://" not in url:
         return repr(url)
-    try:
-        from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
+    try:
         return repr(make_url(url).render_as_string(hide_password=True))
-    except Exception:
+    except (ArgumentError, ValueError):  # unparsable: show only its scheme, in case a password is in it
         return repr(url.split("://", 1)[0] + "://...")
 
 
