@@ -89,7 +89,10 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its own deprecation
+        # the legacy exporter announces its own deprecation, and tracing warns about shape-dependent
+        # Python branches (the builder's, which are fixed once the model is built)
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.filterwarnings("ignore", category=category)
         torch.onnx.export(
             model, (_example(model, image_size),), str(path), dynamo=False, opset_version=opset,
             input_names=["images"], output_names=["logits"],
@@ -106,7 +109,8 @@ def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        for category in (FutureWarning, torch.jit.TracerWarning):  # torch.jit's deprecation; see export_onnx
+            warnings.filterwarnings("ignore", category=category)
         traced = torch.jit.trace(model, _example(model, image_size))
     traced.save(str(path))
     return path
