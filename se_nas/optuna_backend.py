@@ -43,7 +43,7 @@ def _context(study, config, exclude: int):
     return context
 
 
-def run_one(study, config, data=None, device=None):
+def run_one(study, config, data=None, device=None, live=None):
     """Ask for one candidate, run it (or answer it from the record), record it; returns the FrozenTrial.
 
     On Ctrl-C the trial is failed as "interrupted" and enqueued again, then the interrupt goes on.
@@ -74,8 +74,9 @@ def run_one(study, config, data=None, device=None):
                     cost = count_cost(arch, config.deploy.image_size, config.deploy.num_classes)
                     stopper = RungStopper(config.recipe.rungs, cost.gflops, cost.mparams,
                                           _context(study, config, trial.number))
+                on_progress = None if live is None else (lambda p: live(f"#{trial.number} {arch.id} {p}"))
                 outcome = run_trial(arch, config.recipe, config.budget, config.deploy, seed=seed, data=data,
-                                    should_stop=stopper, device=device)
+                                    should_stop=stopper, device=device, on_progress=on_progress)
             return record_outcome(study, trial, outcome, budget=config.budget)
     except KeyboardInterrupt:
         trial.set_user_attr("status", Status.FAILED.value)
@@ -106,7 +107,7 @@ def propose_fresh(study, space, seed: int) -> bool:
     return False
 
 
-def _worker(config, index: int, on_done: Callable | None = None, data=None) -> None:
+def _worker(config, index: int, on_done: Callable | None = None, data=None, live=None) -> None:
     """One search process: its own sampler, the shared storage, the loaded data."""
     from .data import load_data
 
@@ -118,7 +119,7 @@ def _worker(config, index: int, on_done: Callable | None = None, data=None) -> N
         data = load_data(config.recipe)
     streak = 0
     while remaining(study, config.n_trials) > 0:
-        frozen = run_one(study, config, data=data)
+        frozen = run_one(study, config, data=data, live=live)
         if on_done is not None:
             on_done(frozen)
         streak = streak + 1 if frozen.user_attrs.get("status") == Status.REPEAT.value else 0
@@ -143,7 +144,7 @@ def _spawned_worker(config, index: int) -> None:
 def run(study, config, progress, data) -> None:
     """Run trials until the study has ``config.n_trials`` counted ones."""
     if config.workers == 1:
-        _worker(config, 0, on_done=progress.trial_done, data=data)
+        _worker(config, 0, on_done=progress.trial_done, data=data, live=progress.live)
     else:
         _run_processes(config, progress)
 

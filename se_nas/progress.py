@@ -33,11 +33,17 @@ def trial_line(t) -> str:
 
 
 class Progress:
-    """A tqdm bar over the trials that count towards ``n_trials``, and one line per finished trial."""
+    """A tqdm bar over the trials that count towards ``n_trials`` (or over the runs of the calibration
+    and confirmation stages), one line per finished trial or run, and a live status line of the
+    training in flight (epoch, step, loss, last validation accuracy) as the bar's postfix."""
+
+    LIVE_EVERY = 0.5  # seconds between live-line refreshes
 
     def __init__(self, study, config):
         self.study, self.config, self.seen = study, config, set()
         self.bar = None
+        self._live_at = 0.0
+        self._trials_done = 0
         import optuna
 
         S = optuna.trial.TrialState
@@ -45,15 +51,37 @@ class Progress:
             self.seen.add(t.number)
         if not config.progress:
             return
-        from tqdm import tqdm
-
         done = min(config.n_trials, counted(study)[0])
         print(f"search {config.study!r}: space {config.space.name} ({config.space.size():,} designs), "
               f"{config.budget.describe()} on the {config.deploy.image_size}x{config.deploy.image_size}, "
               f"{config.deploy.num_classes}-class model, recipe {config.recipe_name}, sampler {config.sampler}, "
               f"{config.workers} worker{'s' if config.workers != 1 else ''}; {done} of {config.n_trials} trials "
               "already finished", flush=True)
-        self.bar = tqdm(total=config.n_trials, initial=done, unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self._trials_done = done
+
+    def stage(self, name: str, total: int) -> None:
+        """A bar for one stage: ``search`` over the trials, or ``calibrate``/``confirm`` over seed runs."""
+        if not self.config.progress:
+            return
+        from tqdm import tqdm
+
+        self.close()
+        initial = self._trials_done if name == "search" else 0
+        self.bar = tqdm(total=total, initial=initial, desc=name, unit="trial" if name == "search" else "run",
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def live(self, text: str) -> None:
+        """The training in flight, shown after the bar (throttled: training calls this every step)."""
+        import time
+
+        now = time.monotonic()
+        if self.bar is not None and now - self._live_at >= self.LIVE_EVERY:
+            self._live_at = now
+            self.bar.set_postfix_str(text[:80], refresh=True)
 
     def log(self, line: str) -> None:
         """A line above the bar (or on stdout without one)."""
@@ -67,6 +95,7 @@ class Progress:
             return
         self.seen.add(t.number)
         if self.bar is not None:
+            self.bar.set_postfix_str("", refresh=False)
             self.bar.write(trial_line(t))
             if t.user_attrs.get("status") != Status.REPEAT.value:
                 self.bar.update(1)

@@ -56,10 +56,11 @@ def seeded(recipe, seed: int):
 
 
 def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
-              should_stop=None, device=None, backend: str = "optuna") -> TrialOutcome:
+              should_stop=None, device=None, backend: str = "optuna", on_progress=None) -> TrialOutcome:
     """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
 
-    ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping).
+    ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping);
+    ``on_progress(se_nas.train.Progress)`` after every step (a live status line).
     ``data`` is a loaded ``DataBundle`` (loaded from the recipe if None); ``seed`` makes the trial
     reproducible (weights, data order, augmentation).
     """
@@ -67,7 +68,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     cost = count_cost(arch, deploy.image_size, deploy.num_classes)
     common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend=backend)
     if not budget.fits(cost):
-        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"over budget ({budget.excess(cost)}), not trained",
+        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost)}, not trained",
                             seconds=time.perf_counter() - start, **common)
 
     from .train import TrainingFailed, train
@@ -78,7 +79,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
         data = load_data(recipe)
     model, trial_recipe = seeded_proxy(arch, recipe, data.num_classes, seed)
     try:
-        result = train(model, trial_recipe, data, device=device, on_epoch=should_stop)
+        result = train(model, trial_recipe, data, device=device, on_epoch=should_stop, on_progress=on_progress)
     except TrainingFailed as e:
         return TrialOutcome(status=Status.FAILED, reason=str(getattr(e, "reason", "") or e),
                             seconds=time.perf_counter() - start, **common)

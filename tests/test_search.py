@@ -1,6 +1,7 @@
 """End-to-end searches on the tiny space with the tiny recipe: real training, real SQLite studies,
 real processes (resume after SIGKILL, several workers), and the command's errors."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,7 +256,13 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     cfg = config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
                  confirm_max_seeds=2, progress=True)
     study = run_search(cfg)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # each stage has its bar, and the training in flight shows as a live line (epoch, step)
+    for stage in ("calibrate:", "search:", "confirm:"):
+        assert stage in captured.err
+    assert re.search(r"#\d+ [0-9a-f]{10} epoch [12]/2 step \d+/\d+", captured.err)
+    assert re.search(r"plain [0-9a-f]{10} s1000 epoch", captured.err)
     rk = recipe_key(load_recipe("tiny"))
     runs = stored_runs(study, rk)
     space = load_space("tiny")
