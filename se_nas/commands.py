@@ -23,10 +23,12 @@ def _storage_argument(p) -> None:
     """The same study location options on every command that reads or writes a study."""
     import os
 
+    from .storage import DEFAULT_ROOT  # standard library only: cheap at parse time
+
     p.add_argument("--storage", default=os.environ.get("SE_NAS_STORAGE") or None, metavar="URL",
                    help="Optuna storage URL of the study (default: sqlite:///ROOT/STUDY/study.db, or $SE_NAS_STORAGE "
                    "when set): postgresql://USER@HOST/DB for many machines, journal:PATH for a journal file on NFS")
-    p.add_argument("--root", default="trials", help="folder holding the studies, ROOT/STUDY/ (default trials)")
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help=f"folder holding the studies, ROOT/STUDY/ (default {DEFAULT_ROOT})")
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from torch import nn
 from .arch import Arch
 from .cost import count_cost
 from .budget import Deploy
+from .storage import DEFAULT_ROOT
 from .modelfile import (  # noqa: F401  (re-exported: the file format's public names)
     MODEL_FORMAT, ModelFile, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
 )
@@ -189,7 +190,7 @@ def pick_trial(recs, trial: int | None = None, max_gflops: float | None = None):
     return max(within, key=lambda r: (r.accuracy, -r.gflops))
 
 
-def resolve_ref(ref: str, root: str | Path = "trials", storage: str | None = None):
+def resolve_ref(ref: str, root: str | Path = DEFAULT_ROOT, storage: str | None = None):
     """An architecture reference of the CLI: ``STUDY:N`` (trial N of a study), a JSON file or a preset.
     Returns ``(arch, source)`` where source says where it came from (for the metadata)."""
     from .arch import resolve_arch
@@ -218,7 +219,7 @@ def model_file_path(out: str | Path, fmt: str) -> Path:
     return path
 
 
-def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials", trial: int | None = None,
+def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT_ROOT, trial: int | None = None,
                  max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None,
                  storage: str | None = None, deploy: bool = False, key: bytes | str | None = None) -> Path:
     """``se-nas export``: write the chosen design as a model file and, for ``fmt`` onnx/torchscript,

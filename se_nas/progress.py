@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .arch import Arch
+from .storage import DEFAULT_ROOT
 from .study import STATUSES, Status, counted, records
 
 
@@ -175,7 +176,7 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
             lines.append("  (confirmation incomplete: rerun the command to finish it)")
         lines.append(f"finding: {conf.sentence}")
     opts = ""
-    if root is not None and Path(root) != Path("trials"):
+    if root is not None and Path(root) != DEFAULT_ROOT:
         opts += f" --root {root}"
     if storage is not None:
         opts += f" --storage {storage}"
