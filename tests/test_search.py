@@ -19,6 +19,7 @@ from se_nas.recipe import load_recipe
 from se_nas.results import design_front, designs_of
 from se_nas.search import SearchConfig, SearchError, run_search
 from se_nas.space import load_space
+from se_nas.storage import open_study
 from se_nas.study import Status, records, remaining
 
 S = optuna.trial.TrialState
@@ -277,6 +278,24 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     assert conf.chosen.accuracies == tuple(runs[(best.id, s)].accuracy for s in seeds)
     assert conf.r16.id == space.baseline().id and conf.plain.id == space.plain().id
     assert conf.sentence and f"finding: {conf.sentence}" in out
+    # the confirmation reaches the report, compare and export --best
+    from se_nas.compare import compare
+    from se_nas.export import export_study, read_model
+    from se_nas.report import build_report
+
+    rep = build_report("c", root=tmp_path, out=tmp_path / "reports")
+    assert rep.confirmation.chosen.id == conf.chosen.id and rep.finding == conf.sentence
+    assert {m.name: m.accuracy for m in rep.markers} == {"r=16 SE baseline": conf.r16.mean,
+                                                         "plain backbone": conf.plain.mean}
+    runs_before = {k: v for k, v in study.user_attrs.items() if k.startswith("run:")}
+    res = compare("c", root=tmp_path, out=tmp_path / "reports", latency_repeats=2, log=lambda *_: None)
+    assert res["seeds"] == seeds and res["arms"][0]["arch_id"] == conf.chosen.id  # the confirmation's seeds
+    assert res["arms"][0]["accuracy"] == list(conf.chosen.accuracies)
+    assert {k: v for k, v in open_study("c", root=tmp_path).user_attrs.items() if k.startswith("run:")} == runs_before
+    mf = read_model(export_study("c", tmp_path / "best.senas", root=tmp_path))
+    assert mf.arch == conf.chosen.arch and mf.meta["design_seeds"] == 2 and mf.meta["seed"] == CONFIRM_SEED
+    assert mf.meta["design_accuracy"] == pytest.approx(conf.chosen.mean)
+    assert mf.meta["accuracy"] == conf.chosen.accuracies[0]  # retrained under seed 1000: that run exactly
     # a rerun trains nothing again: the stored runs are reused as they are
     before = dict(study.user_attrs)
     study = run_search(config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
