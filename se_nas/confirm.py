@@ -32,7 +32,7 @@ from .arch import Arch
 from .cost import count_cost
 from .results import (Design, Difference, Noise, best_design, design_front, designs_of, finding,
                       measure_noise, paired_difference)
-from .study import StudyError, StudySettings, records
+from .study import StudyError, StudySettings, counted, records
 
 CONFIRM_SEED = 1000
 RUN_PREFIX = "run:"
@@ -228,20 +228,6 @@ class Confirmation:
     def complete(self) -> bool:
         return all(d.n == len(self.seeds) for d in self.designs)
 
-    def to_dict(self) -> dict[str, Any]:
-        def dd(d: Design) -> dict:
-            return {"arch_id": d.id, "label": d.arch.label, "arch": d.arch.to_dict(), "gflops": d.gflops,
-                    "mparams": d.mparams, "accuracies": list(d.accuracies), "seeds": list(d.seeds),
-                    "mean": d.mean, "sem": d.sem(self.noise), "n": d.n,
-                    "on_front": any(f.id == d.id for f in self.front), "over_budget": d.id in self.over_budget}
-
-        return {"seeds": list(self.seeds), "chosen": self.chosen.id, "r16": self.r16.id, "plain": self.plain.id,
-                "designs": [dd(d) for d in self.designs],
-                "vs_r16": None if self.vs_r16 is None else self.vs_r16.to_dict(),
-                "vs_plain": None if self.vs_plain is None else self.vs_plain.to_dict(),
-                "noise": self.noise.to_dict(), "search_mean": self.search_mean, "sentence": self.sentence,
-                "detectable": self.detectable}
-
 
 def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: Noise | None = None,
                       min_seeds: int = 3, max_seeds: int = 5, recs=None) -> dict[str, Any] | None:
@@ -258,7 +244,7 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
     others = [d.arch for d in front if d.id != chosen.id][: max(0, top - 1)]
     noise = study_noise(study, settings.recipe_value(), recs) if noise is None else noise
     k = seeds_needed(noise, lo=min_seeds, hi=max(min_seeds, max_seeds))
-    plan = {"seeds": confirm_seeds(k), "chosen": chosen.arch.to_json(),
+    plan = {"after_trials": counted(study)[0], "seeds": confirm_seeds(k), "chosen": chosen.arch.to_json(),
             "designs": [a.to_json() for a in others], "r16": space.baseline().to_json(),
             "plain": space.plain().to_json()}
     study.set_user_attr("confirmation", plan)
@@ -267,10 +253,11 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
 
 def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3, max_seeds: int = 5, data=None,
             device=None, log=None, progress=None) -> "Confirmation | None":
-    """The confirmation stage: plan it (once: a rerun keeps the plan), train what is missing, and
-    return the confirmed result."""
-    plan = study.user_attrs.get("confirmation") or plan_confirmation(
-        study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds)
+    """The confirmation stage: plan it (a rerun keeps the plan, unless the search has trained more
+    trials since, when the choice is made again), train what is missing, and return the result."""
+    plan = study.user_attrs.get("confirmation")
+    if not plan or plan.get("after_trials") != counted(study)[0]:
+        plan = plan_confirmation(study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds)
     if plan is None:
         return None
     arms = {"chosen": Arch.from_json(plan["chosen"]), "r16": Arch.from_json(plan["r16"]),

@@ -174,6 +174,11 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
                          f"{tag}{ob}  {d.arch.label}")
         if not conf.complete:
             lines.append("  (confirmation incomplete: rerun the command to finish it)")
+        if conf.search_mean is not None and conf.chosen.n:
+            searched = next((d for d in ds if d.id == conf.chosen.id), None)
+            n = f" over {_plural(searched.n, 'seed')}" if searched is not None else ""
+            lines.append(f"the chosen design: {conf.search_mean:.4f} in the search{n}, picked as the best of "
+                         f"{_plural(len(ds), 'design')}; {conf.chosen.mean:.4f} under the confirmation's fresh seeds")
         lines.append(f"finding: {conf.sentence}")
     opts = ""
     if root is not None and Path(root) != DEFAULT_ROOT:

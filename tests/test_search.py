@@ -302,3 +302,8 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert {k: v for k, v in study.user_attrs.items() if k.startswith("run:")} == \
         {k: v for k, v in before.items() if k.startswith("run:")}
+    assert study.user_attrs["confirmation"] == before["confirmation"]
+    # continuing the search with more trials makes the choice again, after them
+    study = run_search(config(tmp_path, study="c", n_trials=5, calibration_seeds=2, confirm_top=2,
+                              confirm_min_seeds=2, confirm_max_seeds=2))
+    assert study.user_attrs["confirmation"]["after_trials"] == 5
