@@ -169,25 +169,17 @@ def save_trained(path: str | Path, model: nn.Module, arch: Arch, recipe, data, r
                       meta=info, role=role, trained=True, preprocess=preprocess_for(recipe), key=key)
 
 
-def pick_trial(recs, trial: int | None = None, max_gflops: float | None = None):
-    """The trial to export: number ``trial``, or the most accurate completed trial within
-    ``max_gflops`` (ties: fewer GFLOPs). Raises ``ValueError`` saying what is available."""
-    if trial is not None:
-        hit = [r for r in recs if r.number == trial]
-        if not hit:
-            raise ValueError(f"no trial {trial} in this study; trials are 0..{len(recs) - 1}")
-        if hit[0].arch is None or hit[0].status not in ("complete", "stopped_early"):
-            raise ValueError(f"trial {trial} was not trained (status {hit[0].status}"
-                             f"{': ' + hit[0].reason if hit[0].reason else ''}); pick a completed trial")
-        return hit[0]
-    done = [r for r in recs if r.status == "complete"]
-    if not done:
-        raise ValueError("no completed trial in this study yet; run `se-nas search` first")
-    within = [r for r in done if max_gflops is None or r.gflops <= max_gflops]
-    if not within:
-        cheapest = min(r.gflops for r in done)
-        raise ValueError(f"no completed trial within --max-gflops {max_gflops:g}; the cheapest has {cheapest:.4f}")
-    return max(within, key=lambda r: (r.accuracy, -r.gflops))
+def pick_trial(recs, trial: int):
+    """Trial number ``trial`` of a study's records, if it was trained (``se-nas export --trial N``,
+    ``se-nas train STUDY:N``); raises ``ValueError`` saying what is available. The study's *choice*
+    is a design, not a trial: see ``se_nas.confirm.chosen_design``."""
+    hit = [r for r in recs if r.number == trial]
+    if not hit:
+        raise ValueError(f"no trial {trial} in this study; trials are 0..{len(recs) - 1}")
+    if hit[0].arch is None or not hit[0].trained:
+        raise ValueError(f"trial {trial} was not trained (status {hit[0].status}"
+                         f"{': ' + hit[0].reason if hit[0].reason else ''}); pick a trained trial")
+    return hit[0]
 
 
 def resolve_ref(ref: str, root: str | Path = DEFAULT_ROOT, storage: str | None = None):

@@ -115,12 +115,10 @@ class Progress:
 
 
 def counts(recs) -> dict[str, int]:
-    """Trials by status, plus ``feasible`` (trained or failed training) and ``infeasible`` (over budget)."""
+    """How many trials have each status."""
     c = dict.fromkeys(STATUSES, 0)
     for r in recs:
         c[r.status.value] += 1
-    c["feasible"] = c["complete"] + c["stopped_early"] + c["failed"]
-    c["infeasible"] = c["over_budget"]
     return c
 
 

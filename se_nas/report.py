@@ -277,7 +277,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     (same K fresh seeds) as squares, and the r=16 baseline and plain backbone as hollow markers."""
     f = rep.frame
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    runs = f[f.status.isin(["complete", "stopped_early"])]
+    runs = f[f.status.isin([Status.COMPLETE.value, Status.STOPPED_EARLY.value])]
     if len(runs):
         ax.scatter(runs[col], runs.accuracy, c="#d9d9d9", marker=".", s=16, label="single runs (one seed each)", zorder=1)
     on_front = {d.id for d in rep.front}
