@@ -1,12 +1,22 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
-format as the Optuna backend, and a rerun continues the study."""
+format as the Optuna backend, answers repeated designs from the record, and a rerun continues the study."""
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from se_nas.budget import Budget  # noqa: E402
+from se_nas.optuna_backend import REPEAT_STREAK  # noqa: E402
+from se_nas.results import design_front, designs_of  # noqa: E402
 from se_nas.search import SearchConfig, run_search  # noqa: E402
-from se_nas.study import records  # noqa: E402
+from se_nas.study import Status, records, remaining  # noqa: E402
+from tests.test_search import ONE_DESIGN  # noqa: E402
+
+
+def config(tmp_path, **kw):
+    kw = {"study": "r", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=1.9), "n_trials": 3,
+          "backend": "ray", "cpus_per_trial": 1, "early_stop": "none", "root": tmp_path, "progress": False,
+          "calibration_seeds": 0, "confirm_top": 0, **kw}
+    return SearchConfig(**kw)
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +27,7 @@ def local_ray():
 
 
 def test_ray_search_runs_concurrent_trials_into_the_study(local_ray, tmp_path):
-    cfg = SearchConfig(study="r", space="tiny", recipe="tiny", budget=Budget(max_gflops=1.9), n_trials=3,
-                       backend="ray", cpus_per_trial=1, early_stop="none", root=tmp_path, progress=False)
-    study = run_search(cfg)
+    study = run_search(config(tmp_path))
     recs = records(study)
     assert len(recs) == 3
     assert {r.backend for r in recs} == {"ray"}
@@ -32,5 +40,27 @@ def test_ray_search_runs_concurrent_trials_into_the_study(local_ray, tmp_path):
     assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(ts, ts[1:]))
 
     # Rerunning with a higher target continues the same study: the 3 trials are kept, 1 is added.
-    study = run_search(SearchConfig(**{**cfg.__dict__, "n_trials": 4}))
+    study = run_search(config(tmp_path, n_trials=4))
     assert len(records(study)) == 4 and [r.number for r in records(study)][:3] == [r.number for r in recs]
+
+
+def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(local_ray, tmp_path):
+    """A space of one design on two CPUs: Ray trains it under two seeds at once; every later proposal
+    waits for them, is answered from the record (never trained), and the search ends once a streak of
+    repeats finds nothing new."""
+    space = tmp_path / "one.yaml"
+    space.write_text(ONE_DESIGN)
+    study = run_search(config(tmp_path, study="one", space=str(space), budget=Budget(), n_trials=5,
+                              max_seeds_per_design=2))
+    recs = records(study)
+    trained = [r for r in recs if r.trained]
+    repeats = [r for r in recs if r.status is Status.REPEAT]
+    assert len(trained) == 2 and trained[0].seed != trained[1].seed
+    assert len(repeats) == REPEAT_STREAK and len(recs) == 2 + REPEAT_STREAK
+    assert all(r.backend == "ray" and r.epochs == 0 and not r.history for r in repeats)
+    (d,) = designs_of(recs)
+    assert d.n == 2 and d.mean == pytest.approx(sum(r.accuracy for r in trained) / 2)
+    assert [x.id for x in design_front(designs_of(recs))] == [d.id]
+    for r in repeats:  # told the design's mean over both seeds, not one seed's figure
+        assert r.accuracy == pytest.approx(d.mean) and study.trials[r.number].values[0] == pytest.approx(d.mean)
+    assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
