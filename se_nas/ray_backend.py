@@ -122,6 +122,13 @@ def _make_searcher(config, study, progress):
 
     class StudySearch(OptunaSearch):
         parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
+        on_done = None  # the progress display's trial_done
+
+        def __getstate__(self):
+            # Ray pickles the searcher with the Tuner (for Tuner.restore; our checkpoint is the study):
+            # the progress display stays here, it holds the terminal (a pytest or Jupyter stream
+            # can't be pickled).
+            return {k: v for k, v in self.__dict__.items() if k != "on_done"}
 
         def suggest(self, trial_id: str):
             # A repeat of a known design is answered here, from the record, and Optuna is asked again:
@@ -149,8 +156,8 @@ def _make_searcher(config, study, progress):
                 if flying:
                     self.parked = (self._ot_trials.pop(trial_id), self._in_flight())
                     return None
-                progress.trial_done(record_outcome(self._ot_study, self._ot_trials.pop(trial_id), outcome,
-                                                   budget=config.budget))
+                self.on_done(record_outcome(self._ot_study, self._ot_trials.pop(trial_id), outcome,
+                                            budget=config.budget))
                 streak += 1
                 if streak >= REPEAT_STREAK:
                     if not propose_fresh(self._ot_study, space, base_seed + number):
@@ -171,7 +178,7 @@ def _make_searcher(config, study, progress):
                                     reason="the Ray trial raised an error before reporting (see Ray's log)",
                                     budget=config.budget)
             self._completed_trials.add(trial_id)
-            progress.trial_done(frozen)
+            self.on_done(frozen)
 
         # The study is the checkpoint: a rerun continues from it, so Ray need not pickle the searcher.
         def save_to_dir(self, *args, **kwargs) -> None:
@@ -181,8 +188,10 @@ def _make_searcher(config, study, progress):
             pass
 
     sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0]))
-    return StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
-                       storage=study._storage, study_name=study.study_name)
+    searcher = StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
+                           storage=study._storage, study_name=study.study_name)
+    searcher.on_done = progress.trial_done
+    return searcher
 
 
 def _rung_stopper(config, study):

@@ -1,13 +1,17 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
-format as the Optuna backend, answers repeated designs from the record, and a rerun continues the study."""
+format as the Optuna backend, answers repeated designs from the record, calibrates and confirms on the
+driver, and a rerun continues the study."""
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from se_nas.budget import Budget  # noqa: E402
+from se_nas.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs  # noqa: E402
 from se_nas.optuna_backend import REPEAT_STREAK  # noqa: E402
+from se_nas.recipe import load_recipe  # noqa: E402
 from se_nas.results import design_front, designs_of  # noqa: E402
 from se_nas.search import SearchConfig, run_search  # noqa: E402
+from se_nas.space import load_space  # noqa: E402
 from se_nas.study import Status, records, remaining  # noqa: E402
 from tests.test_search import ONE_DESIGN  # noqa: E402
 
@@ -19,9 +23,32 @@ def config(tmp_path, **kw):
     return SearchConfig(**kw)
 
 
+def test_ray_search_calibrates_and_confirms_on_the_driver(tmp_path, capfd):
+    """Calibration and confirmation run on the driver into the same study, with the progress display."""
+    ray.shutdown()  # the search starts Ray itself, as `se-nas search --backend ray` does (the next tests reuse it)
+    study = run_search(config(tmp_path, study="c", progress=True, calibration_seeds=2, confirm_top=2,
+                              confirm_min_seeds=2, confirm_max_seeds=2))
+    out = capfd.readouterr().out
+
+    recs = records(study)
+    assert len(recs) >= 3 and {r.backend for r in recs} == {"ray"}
+    runs = stored_runs(study, recipe_key(load_recipe("tiny")))
+    space, seeds = load_space("tiny"), [CONFIRM_SEED, CONFIRM_SEED + 1]
+    for a in (space.plain(), space.baseline()):  # the calibration's runs, reused by the confirmation
+        assert all(runs[(a.id, s)].accuracy is not None for s in seeds)
+    plan = study.user_attrs["confirmation"]
+    assert plan["seeds"] == seeds
+    conf = read_confirmation(study)
+    best = max(designs_of(recs), key=lambda d: (d.mean, -d.gflops, -d.mparams))
+    assert conf.chosen.id == best.id and conf.complete and conf.sentence
+    assert conf.chosen.accuracies == tuple(runs[(best.id, s)].accuracy for s in seeds)
+    assert f"finding: {conf.sentence}" in out
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
