@@ -26,6 +26,7 @@ with the Optuna backend.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from typing import Any
@@ -219,6 +220,18 @@ def _rung_stopper(config, study):
     return RungStopper()
 
 
+class _TokenNotice(logging.Filter):
+    """Ray's notices that it turned on token authentication for the cluster (and saved a new token
+    for it): a stray line in our progress display on every run, with nothing for the user to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Token authentication is enabled for this Ray cluster",
+                                                   "Generated new authentication token"))
+
+
+_TOKEN_NOTICE = _TokenNotice()
+
+
 def run(study, config, progress, data=None) -> None:
     """Run trials as Ray Tune trials until the study has ``config.n_trials`` counted ones."""
     import ray
@@ -234,6 +247,7 @@ def run(study, config, progress, data=None) -> None:
     if todo <= 0:
         return
     if not ray.is_initialized():
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
         kw = {} if config.ray_address in (None, "", "local") else {"address": config.ray_address}
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
     trainable = tune.with_parameters(

@@ -1,6 +1,8 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
 format as the Optuna backend, answers repeated designs from the record, calibrates and confirms on the
-driver, and a rerun continues the study."""
+driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
+import re
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -8,6 +10,7 @@ ray = pytest.importorskip("ray")
 from se_nas.budget import Budget  # noqa: E402
 from se_nas.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs  # noqa: E402
 from se_nas.optuna_backend import REPEAT_STREAK  # noqa: E402
+from se_nas.progress import summarize, trial_line  # noqa: E402
 from se_nas.recipe import load_recipe  # noqa: E402
 from se_nas.results import design_front, designs_of  # noqa: E402
 from se_nas.search import SearchConfig, run_search  # noqa: E402
@@ -23,12 +26,18 @@ def config(tmp_path, **kw):
     return SearchConfig(**kw)
 
 
-def test_ray_search_calibrates_and_confirms_on_the_driver(tmp_path, capfd):
-    """Calibration and confirmation run on the driver into the same study, with the progress display."""
-    ray.shutdown()  # the search starts Ray itself, as `se-nas search --backend ray` does (the next tests reuse it)
+# tqdm's bar on stderr, as it redraws itself: "100%|██████████| 3/3 [00:19<00:00,  6.41s/trial]"
+BAR = re.compile(r"\d+%\|[^|]*\| *\d+/\d+ \[[^\]]*\]")
+STAGE_LINE = re.compile(r"\[(calibrate|confirm) \d+/\d+\] .+")
+
+
+def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(tmp_path, capfd):
+    """Calibration and confirmation run on the driver into the same study; the terminal shows only
+    se-nas's header, trial and stage lines, bar and summary: no Ray notice, no experiment box."""
+    ray.shutdown()  # the search starts Ray itself, as `se-nas search --backend ray` does; the next tests reuse it
     study = run_search(config(tmp_path, study="c", progress=True, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
-    out = capfd.readouterr().out
+    out, err = capfd.readouterr()
 
     recs = records(study)
     assert len(recs) >= 3 and {r.backend for r in recs} == {"ray"}
@@ -43,6 +52,12 @@ def test_ray_search_calibrates_and_confirms_on_the_driver(tmp_path, capfd):
     assert conf.chosen.id == best.id and conf.complete and conf.sentence
     assert conf.chosen.accuracies == tuple(runs[(best.id, s)].accuracy for s in seeds)
     assert f"finding: {conf.sentence}" in out
+
+    ours = {trial_line(t) for t in study.trials} | set(summarize(study, tmp_path).splitlines()) | {""}
+    stray = [line for line in out.splitlines() if line not in ours and not STAGE_LINE.fullmatch(line)
+             and not line.startswith("search 'c': space tiny ")]
+    stray += [s for s in re.split(r"[\r\n]", err) if s.strip() and not BAR.fullmatch(s.strip())]
+    assert not stray, stray
 
 
 @pytest.fixture(scope="module")
