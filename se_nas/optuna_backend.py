@@ -17,9 +17,7 @@ from .earlystop import RungStopper, peers_of
 from .samplers import make_sampler, process_seed, quiet_optuna
 from .storage import open_study, owner_attrs
 from .study import SearchError, Status, counted, records, remaining
-from .trial import configure_threads, record_outcome, repeat_outcome, run_trial
-
-REPEAT_STREAK = 8  # repeats in a row after which a fresh design is proposed at random
+from .trial import REPEAT_STREAK, configure_threads, propose_fresh, record_outcome, repeat_outcome, run_trial
 
 
 def _heartbeat(study, trial):
@@ -67,7 +65,7 @@ def run_one(study, config, data=None, device=None, live=None):
             seed = config.seed + trial.number
             recs = records(study)
             outcome = repeat_outcome(arch, recs, study_noise(study, config.recipe, recs), seed=seed,
-                                     max_seeds=config.max_seeds_per_design)
+                                     max_seeds=config.max_seeds_per_design, exclude=trial.number)
             if outcome is None:
                 stopper = None
                 if config.early_stop == "rungs" and config.recipe.rungs:
@@ -89,22 +87,6 @@ def run_one(study, config, data=None, device=None, live=None):
         trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
-
-
-def propose_fresh(study, space, seed: int) -> bool:
-    """Enqueue a random design the study has not seen (when the sampler keeps proposing known ones).
-    Returns False if none was found in a few hundred draws (a small, exhausted space)."""
-    import optuna
-
-    seen = {r.arch.id for r in records(study) if r.arch is not None}
-    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    for _ in range(300):
-        t = scratch.ask()
-        arch = space.sample(t)
-        if arch.id not in seen:
-            study.enqueue_trial(t.params, user_attrs={"fresh_after_repeats": True})
-            return True
-    return False
 
 
 def _worker(config, index: int, on_done: Callable | None = None, data=None, live=None) -> None:

@@ -106,7 +106,7 @@ def _make_searcher(config, study, progress):
     from ray.tune.search.optuna import OptunaSearch
 
     from .confirm import study_noise
-    from .optuna_backend import REPEAT_STREAK, propose_fresh
+    from .trial import REPEAT_STREAK, propose_fresh
     from .samplers import make_sampler, process_seed
     from .storage import owner_attrs
     from .study import counted
