@@ -27,7 +27,8 @@ def config(tmp_path, **kw):
 
 
 # tqdm's bar on stderr, as it redraws itself: "100%|██████████| 3/3 [00:19<00:00,  6.41s/trial]"
-BAR = re.compile(r"\d+%\|[^|]*\| *\d+/\d+ \[[^\]]*\]")
+# tqdm's bar: an optional stage name, the bar, and the live line of the training in flight in [...]
+BAR = re.compile(r"(?:(?:calibrate|search|confirm): *)?\d+%\|[^|]*\| *\d+/\d+ \[.*\]")
 STAGE_LINE = re.compile(r"\[(calibrate|confirm) \d+/\d+\] .+")
 
 
