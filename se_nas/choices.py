@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import torch
-import torch.nn.functional as F
-
 
 class ChoiceError(ValueError):
     """A value that is not one of an axis's allowed names (or not in its allowed range)."""
@@ -27,34 +24,23 @@ def pick(table: Mapping[str, object], name: object, what: str) -> object:
 
 # --- squeeze: how a (N, C, H, W) map becomes the channel descriptor z (Sec. 3.1, Table 11, Table 16)
 # "none" is the paper's NoSqueeze: no pooling, the excitation runs as 1x1 convolutions at every position.
-def _avg(x: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(x, 1)
-
-
-def _max(x: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_max_pool2d(x, 1)
-
-
-def _avgmax(x: torch.Tensor) -> torch.Tensor:
-    # Sum of the two descriptors, fed to one excitation (one MLP, unlike CBAM's two passes).
-    return F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1)
-
-
-SQUEEZES: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-    "avg": _avg,
-    "max": _max,
-    "avgmax": _avgmax,
-    "none": None,
+# The names and what they mean live here; their torch implementations live in ``se_nas.se`` (its only
+# user), so the analytic cost model, the CLI's ``cost`` and the search space never import torch.
+SQUEEZES: dict[str, str] = {
+    "avg": "global average pooling",
+    "max": "global max pooling",
+    "avgmax": "sum of the average and max descriptors, one excitation (unlike CBAM's two passes)",
+    "none": "NoSqueeze: no pooling, the excitation as 1x1 convolutions at every position",
 }
 # How many passes over the feature map the squeeze reads (its FLOPs are passes * C * H * W).
 SQUEEZE_PASSES: dict[str, int] = {"avg": 1, "max": 1, "avgmax": 2, "none": 0}
 
 # --- gate: the excitation's final nonlinearity (Table 12)
-GATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sigmoid": torch.sigmoid,
-    "hardsigmoid": F.hardsigmoid,
-    "tanh": torch.tanh,
-    "relu": F.relu,
+GATES: dict[str, str] = {
+    "sigmoid": "sigmoid (the paper's)",
+    "hardsigmoid": "hard sigmoid, relu6(x + 3) / 6 (MobileNetV3)",
+    "tanh": "tanh",
+    "relu": "ReLU",
 }
 
 # --- insertion point in a residual unit (Fig. 5, Tables 14 and 15), as the slot of the unit it fills.

@@ -23,10 +23,12 @@ def _storage_argument(p) -> None:
     """The same study location options on every command that reads or writes a study."""
     import os
 
+    from .storage import DEFAULT_ROOT  # standard library only: cheap at parse time
+
     p.add_argument("--storage", default=os.environ.get("SE_NAS_STORAGE") or None, metavar="URL",
                    help="Optuna storage URL of the study (default: sqlite:///ROOT/STUDY/study.db, or $SE_NAS_STORAGE "
                    "when set): postgresql://USER@HOST/DB for many machines, journal:PATH for a journal file on NFS")
-    p.add_argument("--root", default="trials", help="folder holding the studies, ROOT/STUDY/ (default trials)")
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help=f"folder holding the studies, ROOT/STUDY/ (default {DEFAULT_ROOT})")
 
 
 # --- search (se_nas.search) ----------------------------------------------------------------------
@@ -83,8 +85,8 @@ def _search_arguments(p):
                    help="study name (default: space and budget, e.g. resnet50-per-stage-4gflops); "
                    "an existing study is continued")
     p.add_argument("--n-trials", type=_positive_int, default=DEFAULT_N_TRIALS,
-                   help="finished trials the study should have in total (a rerun continues towards it); "
-                   "over-budget proposals count, and are nearly free")
+                   help="trials the study should have in total (a rerun continues towards it): trained, failed or "
+                   "over budget (nearly free); repeats of a known design answered from its record don't count")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget")
     p.add_argument("--workers", type=_positive_int, default=1,
@@ -98,8 +100,9 @@ def _search_arguments(p):
     p.add_argument("--gpus-per-trial", type=_number(float, False), default=0.0,
                    help="GPUs each Ray trial reserves, fractions allowed (e.g. 0.5: two trials per GPU)")
     p.add_argument("--early-stop", choices=EARLY_STOPS, default="rungs",
-                   help="rungs: stop a candidate at the recipe's rung epochs if it is poor among trials of "
-                   "similar cost and beaten by one no more expensive; asha: Ray's ASHA (--backend ray); none")
+                   help="rungs: stop a candidate at the recipe's rung epochs only if designs of similar cost, one "
+                   "of them no more expensive, beat it by more than twice the measured seed noise; asha: Ray's "
+                   "ASHA (--backend ray); none")
     p.add_argument("--calibration-seeds", type=int, default=3, metavar="K",
                    help="before the search, train the plain backbone and r=16 under K seeds to measure the "
                    "proxy's seed noise (0: skip; early stopping then stops nothing)")

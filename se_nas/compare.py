@@ -115,7 +115,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     if seeds is None:
         seeds = len(conf.seeds) if conf is not None else 3
     if recipe is None:
-        recipe, recipe_name = settings.recipe_value(), "the study's"
+        recipe, recipe_name = settings.recipe_value(), "the study's recipe"
     else:
         recipe_name = recipe if isinstance(recipe, str) else "custom"
         recipe = load_recipe(recipe)

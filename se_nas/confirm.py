@@ -32,11 +32,12 @@ from .arch import Arch
 from .cost import count_cost
 from .results import (Design, Difference, Noise, best_design, design_front, designs_of, finding,
                       measure_noise, paired_difference)
-from .study import StudyError, StudySettings, records
+from .study import StudyError, StudySettings, counted, records
 
 CONFIRM_SEED = 1000
 RUN_PREFIX = "run:"
-ROLES = {"chosen": "chosen design", "r16": "r=16 SE baseline", "plain": "plain backbone"}
+ROLES = {"chosen": "chosen design", "r16": "r=16 SE baseline", "plain": "plain backbone",
+         "front2": "front design 2", "front3": "front design 3", "front4": "front design 4"}
 
 
 def recipe_key(recipe) -> str:
@@ -86,7 +87,7 @@ def stored_runs(study, rk: str) -> dict[tuple[str, int], Run]:
     return out
 
 
-def train_run(arch: Arch, recipe, seed: int, data, device=None) -> Run:
+def train_run(arch: Arch, recipe, seed: int, data, device=None, on_progress=None) -> Run:
     """Train ``arch``'s proxy under ``recipe`` with ``seed``, exactly as a search trial would."""
     from .train import TrainingFailed, train
     from .trial import seeded_proxy
@@ -94,17 +95,19 @@ def train_run(arch: Arch, recipe, seed: int, data, device=None) -> Run:
     start = time.perf_counter()
     model, r = seeded_proxy(arch, recipe, data.num_classes, seed)
     try:
-        res = train(model, r, data, device=device)
+        res = train(model, r, data, device=device, on_progress=on_progress)
     except TrainingFailed as e:
         return Run(arch, seed, None, (), time.perf_counter() - start, str(e.reason))
     return Run(arch, seed, float(res.accuracy), tuple(res.history), time.perf_counter() - start)
 
 
 def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=None, device=None,
-                log: Callable[[str], None] | None = None, stage: str = "confirm") -> dict[tuple[str, int], Run]:
+                log: Callable[[str], None] | None = None, stage: str = "confirm", progress=None
+                ) -> dict[tuple[str, int], Run]:
     """Train every (design, seed) of ``arms`` x ``seeds`` that ``study`` has no run of yet, seed by
     seed (so an interrupted stage leaves whole rounds), storing each run as it finishes. Returns all
-    runs of the recipe."""
+    runs of the recipe. ``progress`` (a ``se_nas.progress.Progress``) shows a bar and a live line;
+    otherwise ``log`` gets one line per run."""
     rk = recipe_key(recipe)
     have = stored_runs(study, rk)
     unique = {}
@@ -115,13 +118,23 @@ def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=
         from .data import load_data
 
         data = load_data(recipe)
+    if progress is not None and todo:
+        progress.stage(stage, len(todo))
+        log = progress.log
     for i, (seed, role, a) in enumerate(todo, 1):
-        run = train_run(a, recipe, seed, data, device)
+        name = f"{ROLES.get(role, role)} {a.id} seed {seed}"
+        short = f"{role} {a.id} s{seed}"
+        live = None if progress is None else (lambda p, short=short: progress.live(f"{short} {p}"))
+        run = train_run(a, recipe, seed, data, device, on_progress=live)
         study.set_user_attr(_key(rk, a, seed), run.to_attr())
         have[(a.id, seed)] = run
         if log is not None:
             acc = f"{run.accuracy:.4f}" if run.accuracy is not None else f"failed: {run.reason}"
-            log(f"[{stage} {i}/{len(todo)}] {ROLES.get(role, role)} {a.id} seed {seed}: {acc} ({run.seconds:.1f}s)")
+            log(f"[{stage} {i}/{len(todo)}] {name}: {acc} ({run.seconds:.1f}s)")
+        if progress is not None:
+            progress.advance()
+    if progress is not None and todo:
+        progress.close()
     return have
 
 
@@ -183,13 +196,13 @@ def detectable(noise: Noise, k: int) -> float | None:
 
 
 # --- the stages ------------------------------------------------------------------------------------
-def calibrate(study, settings: StudySettings, seeds: int, *, data=None, device=None, log=None) -> Noise:
+def calibrate(study, settings: StudySettings, seeds: int, *, data=None, device=None, log=None, progress=None) -> Noise:
     """Train the plain backbone and r=16 under ``seeds`` confirmation seeds (those missing), and
     return the noise measured with them."""
     space, recipe = settings.space_value, settings.recipe_value()
     if seeds > 0:
         ensure_runs(study, {"plain": space.plain(), "r16": space.baseline()}, confirm_seeds(seeds), recipe,
-                    data=data, device=device, log=log, stage="calibrate")
+                    data=data, device=device, log=log, stage="calibrate", progress=progress)
     return study_noise(study, recipe)
 
 
@@ -215,20 +228,6 @@ class Confirmation:
     def complete(self) -> bool:
         return all(d.n == len(self.seeds) for d in self.designs)
 
-    def to_dict(self) -> dict[str, Any]:
-        def dd(d: Design) -> dict:
-            return {"arch_id": d.id, "label": d.arch.label, "arch": d.arch.to_dict(), "gflops": d.gflops,
-                    "mparams": d.mparams, "accuracies": list(d.accuracies), "seeds": list(d.seeds),
-                    "mean": d.mean, "sem": d.sem(self.noise), "n": d.n,
-                    "on_front": any(f.id == d.id for f in self.front), "over_budget": d.id in self.over_budget}
-
-        return {"seeds": list(self.seeds), "chosen": self.chosen.id, "r16": self.r16.id, "plain": self.plain.id,
-                "designs": [dd(d) for d in self.designs],
-                "vs_r16": None if self.vs_r16 is None else self.vs_r16.to_dict(),
-                "vs_plain": None if self.vs_plain is None else self.vs_plain.to_dict(),
-                "noise": self.noise.to_dict(), "search_mean": self.search_mean, "sentence": self.sentence,
-                "detectable": self.detectable}
-
 
 def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: Noise | None = None,
                       min_seeds: int = 3, max_seeds: int = 5, recs=None) -> dict[str, Any] | None:
@@ -245,7 +244,7 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
     others = [d.arch for d in front if d.id != chosen.id][: max(0, top - 1)]
     noise = study_noise(study, settings.recipe_value(), recs) if noise is None else noise
     k = seeds_needed(noise, lo=min_seeds, hi=max(min_seeds, max_seeds))
-    plan = {"seeds": confirm_seeds(k), "chosen": chosen.arch.to_json(),
+    plan = {"after_trials": counted(study)[0], "seeds": confirm_seeds(k), "chosen": chosen.arch.to_json(),
             "designs": [a.to_json() for a in others], "r16": space.baseline().to_json(),
             "plain": space.plain().to_json()}
     study.set_user_attr("confirmation", plan)
@@ -253,18 +252,20 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
 
 
 def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3, max_seeds: int = 5, data=None,
-            device=None, log=None) -> "Confirmation | None":
-    """The confirmation stage: plan it (once: a rerun keeps the plan), train what is missing, and
-    return the confirmed result."""
-    plan = study.user_attrs.get("confirmation") or plan_confirmation(
-        study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds)
+            device=None, log=None, progress=None) -> "Confirmation | None":
+    """The confirmation stage: plan it (a rerun keeps the plan, unless the search has trained more
+    trials since, when the choice is made again), train what is missing, and return the result."""
+    plan = study.user_attrs.get("confirmation")
+    if not plan or plan.get("after_trials") != counted(study)[0]:
+        plan = plan_confirmation(study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds)
     if plan is None:
         return None
     arms = {"chosen": Arch.from_json(plan["chosen"]), "r16": Arch.from_json(plan["r16"]),
             "plain": Arch.from_json(plan["plain"])}
     for i, a in enumerate(plan["designs"]):
-        arms[f"front design {i + 2}"] = Arch.from_json(a)
-    ensure_runs(study, arms, list(plan["seeds"]), settings.recipe_value(), data=data, device=device, log=log)
+        arms[f"front{i + 2}"] = Arch.from_json(a)
+    ensure_runs(study, arms, list(plan["seeds"]), settings.recipe_value(), data=data, device=device, log=log,
+                progress=progress)
     return read_confirmation(study, settings)
 
 

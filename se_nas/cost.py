@@ -131,9 +131,14 @@ def traced_flops(model, image_size: int = 224) -> int:
     fvcore counts BatchNorm by default and does not know max pooling or the SE scale: we switch the
     former off and count the latter two like average pooling and other elementwise ops.
     """
+    import warnings
+
     import torch
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import elementwise_flop_counter
+
+    with warnings.catch_warnings():  # fvcore scripts a helper at import time; torch calls that deprecated
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+        from fvcore.nn.jit_handles import elementwise_flop_counter
 
     was_training = model.training
     model.eval()

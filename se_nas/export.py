@@ -18,6 +18,7 @@ from torch import nn
 from .arch import Arch
 from .cost import count_cost
 from .budget import Deploy
+from .storage import DEFAULT_ROOT
 from .modelfile import (  # noqa: F401  (re-exported: the file format's public names)
     MODEL_FORMAT, ModelFile, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
 )
@@ -89,7 +90,10 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its own deprecation
+        # the legacy exporter announces its own deprecation, and tracing warns about shape-dependent
+        # Python branches (the builder's, which are fixed once the model is built)
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.filterwarnings("ignore", category=category)
         torch.onnx.export(
             model, (_example(model, image_size),), str(path), dynamo=False, opset_version=opset,
             input_names=["images"], output_names=["logits"],
@@ -106,7 +110,8 @@ def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        for category in (FutureWarning, torch.jit.TracerWarning):  # torch.jit's deprecation; see export_onnx
+            warnings.filterwarnings("ignore", category=category)
         traced = torch.jit.trace(model, _example(model, image_size))
     traced.save(str(path))
     return path
@@ -164,28 +169,20 @@ def save_trained(path: str | Path, model: nn.Module, arch: Arch, recipe, data, r
                       meta=info, role=role, trained=True, preprocess=preprocess_for(recipe), key=key)
 
 
-def pick_trial(recs, trial: int | None = None, max_gflops: float | None = None):
-    """The trial to export: number ``trial``, or the most accurate completed trial within
-    ``max_gflops`` (ties: fewer GFLOPs). Raises ``ValueError`` saying what is available."""
-    if trial is not None:
-        hit = [r for r in recs if r.number == trial]
-        if not hit:
-            raise ValueError(f"no trial {trial} in this study; trials are 0..{len(recs) - 1}")
-        if hit[0].arch is None or hit[0].status not in ("complete", "stopped_early"):
-            raise ValueError(f"trial {trial} was not trained (status {hit[0].status}"
-                             f"{': ' + hit[0].reason if hit[0].reason else ''}); pick a completed trial")
-        return hit[0]
-    done = [r for r in recs if r.status == "complete"]
-    if not done:
-        raise ValueError("no completed trial in this study yet; run `se-nas search` first")
-    within = [r for r in done if max_gflops is None or r.gflops <= max_gflops]
-    if not within:
-        cheapest = min(r.gflops for r in done)
-        raise ValueError(f"no completed trial within --max-gflops {max_gflops:g}; the cheapest has {cheapest:.4f}")
-    return max(within, key=lambda r: (r.accuracy, -r.gflops))
+def pick_trial(recs, trial: int):
+    """Trial number ``trial`` of a study's records, if it was trained (``se-nas export --trial N``,
+    ``se-nas train STUDY:N``); raises ``ValueError`` saying what is available. The study's *choice*
+    is a design, not a trial: see ``se_nas.confirm.chosen_design``."""
+    hit = [r for r in recs if r.number == trial]
+    if not hit:
+        raise ValueError(f"no trial {trial} in this study; trials are 0..{len(recs) - 1}")
+    if hit[0].arch is None or not hit[0].trained:
+        raise ValueError(f"trial {trial} was not trained (status {hit[0].status}"
+                         f"{': ' + hit[0].reason if hit[0].reason else ''}); pick a trained trial")
+    return hit[0]
 
 
-def resolve_ref(ref: str, root: str | Path = "trials", storage: str | None = None):
+def resolve_ref(ref: str, root: str | Path = DEFAULT_ROOT, storage: str | None = None):
     """An architecture reference of the CLI: ``STUDY:N`` (trial N of a study), a JSON file or a preset.
     Returns ``(arch, source)`` where source says where it came from (for the metadata)."""
     from .arch import resolve_arch
@@ -214,7 +211,7 @@ def model_file_path(out: str | Path, fmt: str) -> Path:
     return path
 
 
-def export_study(study_name: str, out: str | Path, *, root: str | Path = "trials", trial: int | None = None,
+def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT_ROOT, trial: int | None = None,
                  max_gflops: float | None = None, fmt: str = "senas", progress: bool = False, device=None,
                  storage: str | None = None, deploy: bool = False, key: bytes | str | None = None) -> Path:
     """``se-nas export``: write the chosen design as a model file and, for ``fmt`` onnx/torchscript,

@@ -17,9 +17,7 @@ from .earlystop import RungStopper, peers_of
 from .samplers import make_sampler, process_seed, quiet_optuna
 from .storage import open_study, owner_attrs, recover_dead_trials
 from .study import SearchError, Status, counted, records, remaining
-from .trial import configure_threads, record_outcome, repeat_outcome, run_trial
-
-REPEAT_STREAK = 8  # repeats in a row after which a fresh design is proposed at random
+from .trial import REPEAT_STREAK, configure_threads, propose_fresh, record_outcome, repeat_outcome, run_trial
 
 
 def _heartbeat(study, trial):
@@ -43,7 +41,7 @@ def _context(study, config, exclude: int):
     return context
 
 
-def run_one(study, config, data=None, device=None):
+def run_one(study, config, data=None, device=None, live=None):
     """Ask for one candidate, run it (or answer it from the record), record it; returns the FrozenTrial.
 
     On Ctrl-C the trial is failed as "interrupted" and enqueued again, then the interrupt goes on.
@@ -67,15 +65,16 @@ def run_one(study, config, data=None, device=None):
             seed = config.seed + trial.number
             recs = records(study)
             outcome = repeat_outcome(arch, recs, study_noise(study, config.recipe, recs), seed=seed,
-                                     max_seeds=config.max_seeds_per_design)
+                                     max_seeds=config.max_seeds_per_design, exclude=trial.number)
             if outcome is None:
                 stopper = None
                 if config.early_stop == "rungs" and config.recipe.rungs:
                     cost = count_cost(arch, config.deploy.image_size, config.deploy.num_classes)
                     stopper = RungStopper(config.recipe.rungs, cost.gflops, cost.mparams,
                                           _context(study, config, trial.number))
+                on_progress = None if live is None else (lambda p: live(f"#{trial.number} {arch.id} {p}"))
                 outcome = run_trial(arch, config.recipe, config.budget, config.deploy, seed=seed, data=data,
-                                    should_stop=stopper, device=device)
+                                    should_stop=stopper, device=device, on_progress=on_progress)
             return record_outcome(study, trial, outcome, budget=config.budget)
     except KeyboardInterrupt:
         trial.set_user_attr("status", Status.FAILED.value)
@@ -90,23 +89,7 @@ def run_one(study, config, data=None, device=None):
         raise
 
 
-def propose_fresh(study, space, seed: int) -> bool:
-    """Enqueue a random design the study has not seen (when the sampler keeps proposing known ones).
-    Returns False if none was found in a few hundred draws (a small, exhausted space)."""
-    import optuna
-
-    seen = {r.arch.id for r in records(study) if r.arch is not None}
-    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    for _ in range(300):
-        t = scratch.ask()
-        arch = space.sample(t)
-        if arch.id not in seen:
-            study.enqueue_trial(t.params, user_attrs={"fresh_after_repeats": True})
-            return True
-    return False
-
-
-def _worker(config, index: int, on_done: Callable | None = None, data=None) -> None:
+def _worker(config, index: int, on_done: Callable | None = None, data=None, live=None) -> None:
     """One search process: its own sampler, the shared storage, the loaded data."""
     from .data import load_data
 
@@ -123,7 +106,7 @@ def _worker(config, index: int, on_done: Callable | None = None, data=None) -> N
         recover_dead_trials(study)
         if remaining(study, config.n_trials) <= 0:
             break
-        frozen = run_one(study, config, data=data)
+        frozen = run_one(study, config, data=data, live=live)
         if on_done is not None:
             on_done(frozen)
         streak = streak + 1 if frozen.user_attrs.get("status") == Status.REPEAT.value else 0
@@ -148,7 +131,7 @@ def _spawned_worker(config, index: int) -> None:
 def run(study, config, progress, data) -> None:
     """Run trials until the study has ``config.n_trials`` counted ones."""
     if config.workers == 1:
-        _worker(config, 0, on_done=progress.trial_done, data=data)
+        _worker(config, 0, on_done=progress.trial_done, data=data, live=progress.live)
     else:
         _run_processes(config, progress)
 

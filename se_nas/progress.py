@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .arch import Arch
+from .storage import DEFAULT_ROOT
 from .study import STATUSES, Status, counted, records
 
 
@@ -33,11 +34,17 @@ def trial_line(t) -> str:
 
 
 class Progress:
-    """A tqdm bar over the trials that count towards ``n_trials``, and one line per finished trial."""
+    """A tqdm bar over the trials that count towards ``n_trials`` (or over the runs of the calibration
+    and confirmation stages), one line per finished trial or run, and a live status line of the
+    training in flight (epoch, step, loss, last validation accuracy) as the bar's postfix."""
+
+    LIVE_EVERY = 0.5  # seconds between live-line refreshes
 
     def __init__(self, study, config):
         self.study, self.config, self.seen = study, config, set()
         self.bar = None
+        self._live_at = 0.0
+        self._trials_done = 0
         import optuna
 
         S = optuna.trial.TrialState
@@ -45,15 +52,37 @@ class Progress:
             self.seen.add(t.number)
         if not config.progress:
             return
-        from tqdm import tqdm
-
         done = min(config.n_trials, counted(study)[0])
         print(f"search {config.study!r}: space {config.space.name} ({config.space.size():,} designs), "
               f"{config.budget.describe()} on the {config.deploy.image_size}x{config.deploy.image_size}, "
               f"{config.deploy.num_classes}-class model, recipe {config.recipe_name}, sampler {config.sampler}, "
               f"{config.workers} worker{'s' if config.workers != 1 else ''}; {done} of {config.n_trials} trials "
               "already finished", flush=True)
-        self.bar = tqdm(total=config.n_trials, initial=done, unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self._trials_done = done
+
+    def stage(self, name: str, total: int) -> None:
+        """A bar for one stage: ``search`` over the trials, or ``calibrate``/``confirm`` over seed runs."""
+        if not self.config.progress:
+            return
+        from tqdm import tqdm
+
+        self.close()
+        initial = self._trials_done if name == "search" else 0
+        self.bar = tqdm(total=total, initial=initial, desc=name, unit="trial" if name == "search" else "run",
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def live(self, text: str) -> None:
+        """The training in flight, shown after the bar (throttled: training calls this every step)."""
+        import time
+
+        now = time.monotonic()
+        if self.bar is not None and now - self._live_at >= self.LIVE_EVERY:
+            self._live_at = now
+            self.bar.set_postfix_str(text[:80], refresh=True)
 
     def log(self, line: str) -> None:
         """A line above the bar (or on stdout without one)."""
@@ -67,6 +96,7 @@ class Progress:
             return
         self.seen.add(t.number)
         if self.bar is not None:
+            self.bar.set_postfix_str("", refresh=False)
             self.bar.write(trial_line(t))
             if t.user_attrs.get("status") != Status.REPEAT.value:
                 self.bar.update(1)
@@ -85,12 +115,10 @@ class Progress:
 
 
 def counts(recs) -> dict[str, int]:
-    """Trials by status, plus ``feasible`` (trained or failed training) and ``infeasible`` (over budget)."""
+    """How many trials have each status."""
     c = dict.fromkeys(STATUSES, 0)
     for r in recs:
         c[r.status.value] += 1
-    c["feasible"] = c["complete"] + c["stopped_early"] + c["failed"]
-    c["infeasible"] = c["over_budget"]
     return c
 
 
@@ -144,9 +172,14 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
                          f"{tag}{ob}  {d.arch.label}")
         if not conf.complete:
             lines.append("  (confirmation incomplete: rerun the command to finish it)")
+        if conf.search_mean is not None and conf.chosen.n:
+            searched = next((d for d in ds if d.id == conf.chosen.id), None)
+            n = f" over {_plural(searched.n, 'seed')}" if searched is not None else ""
+            lines.append(f"the chosen design: {conf.search_mean:.4f} in the search{n}, picked as the best of "
+                         f"{_plural(len(ds), 'design')}; {conf.chosen.mean:.4f} under the confirmation's fresh seeds")
         lines.append(f"finding: {conf.sentence}")
     opts = ""
-    if root is not None and Path(root) != Path("trials"):
+    if root is not None and Path(root) != DEFAULT_ROOT:
         opts += f" --root {root}"
     if storage is not None:
         opts += f" --storage {storage}"

@@ -13,8 +13,11 @@ take a single metric); ``none`` trains every candidate to the end.
 
 Repeats: the searcher's ``suggest`` asks Optuna for a design, and a design the study has already
 trained is answered from its record on the driver (``se_nas.trial.repeat_outcome``), exactly as on
-the Optuna backend; only designs that need training become Ray trials. Calibration and confirmation
-run on the driver (``se_nas.search.run_search``), so their runs land in the same study.
+the Optuna backend; only designs that need training become Ray trials. Seeds of a design still in
+flight count towards its ``max_seeds_per_design``: a proposal of it that needs no further seed waits
+for them and is then answered from the full record. A streak of repeats ends with a fresh design, or
+ends the search when the space has none left. Calibration and confirmation run on the driver
+(``se_nas.search.run_search``), so their runs land in the same study.
 
 Resuming: the study is the source of truth. Rerunning the same command counts the study's finished
 trials and runs only the rest; trials the dead driver left running are failed and retried, exactly as
@@ -23,6 +26,7 @@ with the Optuna backend.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from typing import Any
@@ -98,9 +102,11 @@ def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
 
 def _make_searcher(config, study, progress):
     """Ray's OptunaSearch on our study: it asks our sampler and we record each outcome ourselves."""
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     from .confirm import study_noise
+    from .trial import REPEAT_STREAK, propose_fresh
     from .samplers import make_sampler, process_seed
     from .storage import owner_attrs
     from .study import counted
@@ -116,22 +122,51 @@ def _make_searcher(config, study, progress):
         return {"arch": arch.to_json(), "seed": base_seed + trial.number}
 
     class StudySearch(OptunaSearch):
+        parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
+        on_done = None  # the progress display's trial_done
+
+        def __getstate__(self):
+            # Ray pickles the searcher with the Tuner (for Tuner.restore; our checkpoint is the study):
+            # the progress display stays here, it holds the terminal (a pytest or Jupyter stream
+            # can't be pickled).
+            return {k: v for k, v in self.__dict__.items() if k != "on_done"}
+
         def suggest(self, trial_id: str):
             # A repeat of a known design is answered here, from the record, and Optuna is asked again:
-            # only designs that need training reach Ray (bounded, like the Optuna backend's streak).
-            for _ in range(50):
+            # only designs that need training reach Ray. A design with seeds in flight gets another one
+            # only if it could use it; otherwise it waits for them and is answered from the full record.
+            # A streak of repeats ends with a fresh design, as on the Optuna backend.
+            streak = 0
+            while True:
+                if self.parked is not None:
+                    if self.parked[1] == self._in_flight():
+                        return None  # nothing has ended yet: Ray asks again later
+                    self._ot_trials[trial_id], self.parked = self.parked[0], None
                 config_ = super().suggest(trial_id)
                 if not isinstance(config_, dict) or "arch" not in config_:
                     return config_
+                arch, number = Arch.from_json(config_["arch"]), self._ot_trials[trial_id].number
                 recs = records(self._ot_study)
-                outcome = repeat_outcome(Arch.from_json(config_["arch"]), recs,
-                                         study_noise(self._ot_study, config.recipe, recs), seed=config_["seed"],
-                                         max_seeds=config.max_seeds_per_design, backend="ray")
-                if outcome is None:
+                flying = sum(1 for r in recs if r.status is Status.RUNNING and r.number != number
+                             and r.arch is not None and r.arch.id == arch.id)
+                outcome = repeat_outcome(arch, recs, study_noise(self._ot_study, config.recipe, recs),
+                                         seed=config_["seed"], backend="ray",
+                                         max_seeds=max(1, config.max_seeds_per_design - flying))
+                if outcome is None and flying < config.max_seeds_per_design:
                     return config_
-                ot_trial = self._ot_trials.pop(trial_id)
-                progress.trial_done(record_outcome(self._ot_study, ot_trial, outcome, budget=config.budget))
-            return config_
+                if flying:
+                    self.parked = (self._ot_trials.pop(trial_id), self._in_flight())
+                    return None
+                self.on_done(record_outcome(self._ot_study, self._ot_trials.pop(trial_id), outcome,
+                                            budget=config.budget))
+                streak += 1
+                if streak >= REPEAT_STREAK:
+                    if not propose_fresh(self._ot_study, space, base_seed + number):
+                        return Searcher.FINISHED  # every design of the space is known
+                    streak = 0
+
+        def _in_flight(self) -> frozenset:
+            return frozenset(t for t in self._ot_trials if t not in self._completed_trials)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -144,7 +179,7 @@ def _make_searcher(config, study, progress):
                                     reason="the Ray trial raised an error before reporting (see Ray's log)",
                                     budget=config.budget)
             self._completed_trials.add(trial_id)
-            progress.trial_done(frozen)
+            self.on_done(frozen)
 
         # The study is the checkpoint: a rerun continues from it, so Ray need not pickle the searcher.
         def save_to_dir(self, *args, **kwargs) -> None:
@@ -154,8 +189,10 @@ def _make_searcher(config, study, progress):
             pass
 
     sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0]))
-    return StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
-                       storage=study._storage, study_name=study.study_name)
+    searcher = StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
+                           storage=study._storage, study_name=study.study_name)
+    searcher.on_done = progress.trial_done
+    return searcher
 
 
 def _rung_stopper(config, study):
@@ -183,6 +220,18 @@ def _rung_stopper(config, study):
     return RungStopper()
 
 
+class _TokenNotice(logging.Filter):
+    """Ray's notices that it turned on token authentication for the cluster (and saved a new token
+    for it): a stray line in our progress display on every run, with nothing for the user to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Token authentication is enabled for this Ray cluster",
+                                                   "Generated new authentication token"))
+
+
+_TOKEN_NOTICE = _TokenNotice()
+
+
 def run(study, config, progress, data=None) -> None:
     """Run trials as Ray Tune trials until the study has ``config.n_trials`` counted ones."""
     import ray
@@ -198,6 +247,7 @@ def run(study, config, progress, data=None) -> None:
     if todo <= 0:
         return
     if not ray.is_initialized():
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
         kw = {} if config.ray_address in (None, "", "local") else {"address": config.ray_address}
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
     trainable = tune.with_parameters(

@@ -272,25 +272,41 @@ def _png(plt, fig) -> bytes:
 
 
 def _pareto_plot(plt, rep: Report, col: str, unit: str):
+    """Each design at its mean accuracy over its seeds with a ± standard-error bar (single runs as
+    faint dots behind), the per-design front in red with its 2-D staircase, the confirmed designs
+    (same K fresh seeds) as squares, and the r=16 baseline and plain backbone as hollow markers."""
     f = rep.frame
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    styles = [("complete", "#9bb7d4", "o", "completed"), ("stopped_early", "#d9d9d9", "v", "stopped early")]
-    for status, color, marker, label in styles:
-        s = f[(f.status == status) & ~f.pareto]
-        if len(s):
-            ax.scatter(s[col], s.accuracy, c=color, marker=marker, s=22, label=label, zorder=2)
-    front = f[f.pareto]
-    ax.scatter(front[col], front.accuracy, c="#c0392b", s=34, label="Pareto front (3 objectives)", zorder=3)
-    # the 2-D front of this projection, drawn as a staircase
-    sub = f[f.status == "complete"]
-    m2 = pareto_front(sub[["accuracy", col]].to_numpy(float), ("maximize", "minimize"))
-    st = sub[m2].sort_values(col)
-    ax.step(st[col], st.accuracy, where="post", c="#c0392b", lw=1.2, alpha=0.8, zorder=3)
-    # Reference designs are hollow outlines on top, so a trial at the same point (the plain backbone
+    runs = f[f.status.isin([Status.COMPLETE.value, Status.STOPPED_EARLY.value])]
+    if len(runs):
+        ax.scatter(runs[col], runs.accuracy, c="#d9d9d9", marker=".", s=16, label="single runs (one seed each)", zorder=1)
+    on_front = {d.id for d in rep.front}
+
+    def errbar(ds, color, marker, size, label, z, face=None):
+        if not ds:
+            return
+        x = [getattr(d, col) for d in ds]
+        y = [d.mean for d in ds]
+        e = [d.sem(rep.noise) if d.sem(rep.noise) == d.sem(rep.noise) else 0.0 for d in ds]
+        ax.errorbar(x, y, yerr=e, fmt=marker, ms=size, color=color, mfc=face or color, ecolor=color, elinewidth=1,
+                    capsize=2, label=label, zorder=z)
+
+    errbar([d for d in rep.designs if d.id not in on_front], "#5b8cc0", "o", 4.5, "design: mean ± s.e. over its seeds", 2)
+    errbar(rep.front, "#c0392b", "o", 5.5, "per-design Pareto front (3 objectives)", 3)
+    if rep.designs:  # the 2-D front of this projection, over per-design means, as a staircase
+        pts = np.array([[d.mean, getattr(d, col)] for d in rep.designs])
+        m2 = pareto_front(pts, ("maximize", "minimize"))
+        st = pts[m2][np.argsort(pts[m2][:, 1])]
+        ax.step(st[:, 1], st[:, 0], where="post", c="#c0392b", lw=1.2, alpha=0.8, zorder=3)
+    conf = rep.confirmation
+    if conf is not None:
+        errbar([d for d in conf.designs if d.n], "black", "s", 6, f"confirmed: mean ± s.e. over the same {len(conf.seeds)} "
+               "fresh seeds", 4, face="none")
+    # Reference designs are hollow outlines on top, so a design at the same point (the plain backbone
     # is often one) still shows through them.
     for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):
         ax.scatter([getattr(m, col)], [m.accuracy], marker=mk, s=220 if mk == "*" else 110, facecolors="none",
-                   edgecolors=color, linewidths=1.6, label=f"{m.name}\n({m.source})", zorder=4)
+                   edgecolors=color, linewidths=1.6, label=f"{m.name}\n({m.source})", zorder=5)
     budget = (rep.settings.get("budget") or {}).get("max_gflops" if col == "gflops" else "max_mparams")
     if budget:
         ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")

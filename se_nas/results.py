@@ -213,7 +213,8 @@ def _cost_words(a: Design, b: Design) -> str:
     dp, dg = a.mparams - b.mparams, a.gflops - b.gflops
     if abs(dp) < 5e-4 and abs(dg) < 5e-5:
         return "at the same cost"
-    parts = [f"{abs(dp):.2f}M {'fewer' if dp < 0 else 'more'} parameters"]
+    size = f"{abs(dp):.2f}M" if abs(dp) >= 0.01 else f"{abs(dp) * 1e3:.1f}K"
+    parts = [f"{size} {'fewer' if dp < 0 else 'more'} parameters"]
     if abs(dg) >= 5e-4:
         parts.append(f"{abs(dg):.3f} {'fewer' if dg < 0 else 'more'} GFLOPs")
     return "with " + " and ".join(parts)

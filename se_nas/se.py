@@ -15,7 +15,10 @@ keeps the straightforward code, which is also what tracing (fvcore, export) alwa
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .arch import StageSE, se_hidden
@@ -23,12 +26,35 @@ from .choices import GATES, SQUEEZES
 from . import fused as _fused
 
 
+# The implementations of the names in ``se_nas.choices`` (which stays free of torch).
+def _avg(x: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+def _max(x: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_max_pool2d(x, 1)
+
+
+def _avgmax(x: torch.Tensor) -> torch.Tensor:
+    # Sum of the two descriptors, fed to one excitation (one MLP, unlike CBAM's two passes).
+    return F.adaptive_avg_pool2d(x, 1) + F.adaptive_max_pool2d(x, 1)
+
+
+SQUEEZE_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "avg": _avg, "max": _max, "avgmax": _avgmax, "none": None}
+GATE_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid, "tanh": torch.tanh, "relu": F.relu}
+if set(SQUEEZE_FNS) != set(SQUEEZES) or set(GATE_FNS) != set(GATES):  # a name added to one table only
+    raise ImportError(f"se_nas.se implements squeezes {sorted(SQUEEZE_FNS)} and gates {sorted(GATE_FNS)}, but "
+                      f"se_nas.choices names {sorted(SQUEEZES)} and {sorted(GATES)}")
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, se: StageSE, bias: bool = False, fused: bool = True):
         super().__init__()
         hidden = se_hidden(channels, se.reduction)
-        self.squeeze = SQUEEZES[se.squeeze]
-        self.gate = GATES[se.gate]
+        self.squeeze = SQUEEZE_FNS[se.squeeze]
+        self.gate = GATE_FNS[se.gate]
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
         self.choice = se

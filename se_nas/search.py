@@ -183,12 +183,13 @@ def run_search(config: SearchConfig):
     configure_threads(1)  # calibration and confirmation run here; worker processes set their own
     try:
         if config.calibration_seeds:
-            calibrate(study, config.settings, config.calibration_seeds, data=data, log=progress.log)
+            calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress)
+        progress.stage("search", config.n_trials)
         BACKENDS[config.backend](study, config, progress, data)
-        progress.close()  # the confirmation's lines follow the search's, without a finished bar
+        progress.close()
         if config.confirm_top:
             confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
-                    max_seeds=config.confirm_max_seeds, data=data, log=progress.log)
+                    max_seeds=config.confirm_max_seeds, data=data, progress=progress)
     finally:
         progress.close()
         torch.set_num_threads(threads)

@@ -56,10 +56,11 @@ def seeded(recipe, seed: int):
 
 
 def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
-              should_stop=None, device=None, backend: str = "optuna") -> TrialOutcome:
+              should_stop=None, device=None, backend: str = "optuna", on_progress=None) -> TrialOutcome:
     """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
 
-    ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping).
+    ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping);
+    ``on_progress(se_nas.train.Progress)`` after every step (a live status line).
     ``data`` is a loaded ``DataBundle`` (loaded from the recipe if None); ``seed`` makes the trial
     reproducible (weights, data order, augmentation).
     """
@@ -67,7 +68,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     cost = count_cost(arch, deploy.image_size, deploy.num_classes)
     common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend=backend)
     if not budget.fits(cost):
-        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"over budget ({budget.excess(cost)}), not trained",
+        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost)}, not trained",
                             seconds=time.perf_counter() - start, **common)
 
     from .train import TrainingFailed, train
@@ -78,7 +79,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
         data = load_data(recipe)
     model, trial_recipe = seeded_proxy(arch, recipe, data.num_classes, seed)
     try:
-        result = train(model, trial_recipe, data, device=device, on_epoch=should_stop)
+        result = train(model, trial_recipe, data, device=device, on_epoch=should_stop, on_progress=on_progress)
     except TrainingFailed as e:
         return TrialOutcome(status=Status.FAILED, reason=str(getattr(e, "reason", "") or e),
                             seconds=time.perf_counter() - start, **common)
@@ -92,7 +93,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
 
 
 def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
-                   backend: str = "optuna") -> TrialOutcome | None:
+                   backend: str = "optuna", exclude: int | None = None) -> TrialOutcome | None:
     """What to do with a proposal of a design the study has already trained: ``None`` to train it
     (a new design, or a deliberate extra seed), else a ``repeat`` outcome answered from the record.
 
@@ -101,6 +102,8 @@ def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
     higher cost (``se_nas.results``). Otherwise the sampler is told the design's mean over its seeds
     and nothing is trained. A design stopped early is answered with its record (the rung judged
     it); a design that failed or was over budget is run again (both are cheap or informative).
+    Seeds of the design still training in other processes count towards ``max_seeds`` (``exclude``:
+    the number of the trial asking, itself running).
     """
     from .pareto import dominates
     from .results import designs_of
@@ -115,7 +118,9 @@ def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
         r = same[-1]
         return TrialOutcome(accuracy=r.accuracy, reason=f"repeat of trial {r.number} (stopped early): "
                             "answered from its record, not trained", **common)
-    if done.n < max_seeds:
+    in_flight = sum(1 for r in records if r.status is Status.RUNNING and r.number != exclude
+                    and r.arch is not None and r.arch.id == arch.id)
+    if done.n + in_flight < max_seeds:
         optimistic = done.mean + 2 * done.sem(noise) if done.n > 1 or noise.sigma is not None else 1.0
         rivals = [d for d in designs_of(records) if d.id != done.id]
         if not any(dominates([d.mean, d.gflops, d.mparams], [optimistic, done.gflops, done.mparams],
@@ -124,6 +129,27 @@ def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
     trials = ", ".join(str(t) for t in done.trials)
     return TrialOutcome(accuracy=done.mean, reason=f"repeat of trial{'s' if done.n > 1 else ''} {trials}: told its "
                         f"mean over {done.n} seed{'s' if done.n > 1 else ''}, not trained", **common)
+
+
+REPEAT_STREAK = 8  # repeats in a row after which a fresh design is proposed at random
+
+
+def propose_fresh(study, space, seed: int) -> bool:
+    """Enqueue a random design the study has not seen (when the sampler keeps proposing known ones).
+    Returns False if none was found in a few hundred draws (a small, exhausted space)."""
+    import optuna
+
+    from .study import records
+
+    seen = {r.arch.id for r in records(study) if r.arch is not None}
+    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for _ in range(300):
+        t = scratch.ask()
+        arch = space.sample(t)
+        if arch.id not in seen:
+            study.enqueue_trial(t.params, user_attrs={"fresh_after_repeats": True})
+            return True
+    return False
 
 
 def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = "",

@@ -47,8 +47,6 @@ def test_listing_commands_and_their_help_import_no_library(argv):
     assert not {m for m in loaded if m.startswith("se_nas.")} - {"se_nas.cli", "se_nas.commands"}
 
 
-@pytest.mark.xfail(strict=True, reason="se_nas/choices.py imports torch at module level for the gate and "
-                   "squeeze functions, and arch.py imports choices: the analytic cost model pulls in torch")
 @pytest.mark.parametrize("argv", [["cost", "resnet50"], ["presets"]])
 def test_cost_and_presets_do_not_import_torch(argv):
     assert "torch" not in _loaded_after(_run_main(*argv))

@@ -1,25 +1,76 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
-format as the Optuna backend, and a rerun continues the study."""
+format as the Optuna backend, answers repeated designs from the record, calibrates and confirms on the
+driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
+import re
+
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from se_nas.budget import Budget  # noqa: E402
+from se_nas.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs  # noqa: E402
+from se_nas.optuna_backend import REPEAT_STREAK  # noqa: E402
+from se_nas.progress import summarize, trial_line  # noqa: E402
+from se_nas.recipe import load_recipe  # noqa: E402
+from se_nas.results import design_front, designs_of  # noqa: E402
 from se_nas.search import SearchConfig, run_search  # noqa: E402
-from se_nas.study import records  # noqa: E402
+from se_nas.space import load_space  # noqa: E402
+from se_nas.study import Status, records, remaining  # noqa: E402
+from tests.test_search import ONE_DESIGN  # noqa: E402
+
+
+def config(tmp_path, **kw):
+    kw = {"study": "r", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=1.9), "n_trials": 3,
+          "backend": "ray", "cpus_per_trial": 1, "early_stop": "none", "root": tmp_path, "progress": False,
+          "calibration_seeds": 0, "confirm_top": 0, **kw}
+    return SearchConfig(**kw)
+
+
+# tqdm's bar on stderr, as it redraws itself: "100%|██████████| 3/3 [00:19<00:00,  6.41s/trial]"
+# tqdm's bar: an optional stage name, the bar, and the live line of the training in flight in [...]
+BAR = re.compile(r"(?:(?:calibrate|search|confirm): *)?\d+%\|[^|]*\| *\d+/\d+ \[.*\]")
+STAGE_LINE = re.compile(r"\[(calibrate|confirm) \d+/\d+\] .+")
+
+
+def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(tmp_path, capfd):
+    """Calibration and confirmation run on the driver into the same study; the terminal shows only
+    se-nas's header, trial and stage lines, bar and summary: no Ray notice, no experiment box."""
+    ray.shutdown()  # the search starts Ray itself, as `se-nas search --backend ray` does; the next tests reuse it
+    study = run_search(config(tmp_path, study="c", progress=True, calibration_seeds=2, confirm_top=2,
+                              confirm_min_seeds=2, confirm_max_seeds=2))
+    out, err = capfd.readouterr()
+
+    recs = records(study)
+    assert len(recs) >= 3 and {r.backend for r in recs} == {"ray"}
+    runs = stored_runs(study, recipe_key(load_recipe("tiny")))
+    space, seeds = load_space("tiny"), [CONFIRM_SEED, CONFIRM_SEED + 1]
+    for a in (space.plain(), space.baseline()):  # the calibration's runs, reused by the confirmation
+        assert all(runs[(a.id, s)].accuracy is not None for s in seeds)
+    plan = study.user_attrs["confirmation"]
+    assert plan["seeds"] == seeds
+    conf = read_confirmation(study)
+    best = max(designs_of(recs), key=lambda d: (d.mean, -d.gflops, -d.mparams))
+    assert conf.chosen.id == best.id and conf.complete and conf.sentence
+    assert conf.chosen.accuracies == tuple(runs[(best.id, s)].accuracy for s in seeds)
+    assert f"finding: {conf.sentence}" in out
+
+    ours = {trial_line(t) for t in study.trials} | set(summarize(study, tmp_path).splitlines()) | {""}
+    stray = [line for line in out.splitlines() if line not in ours and not STAGE_LINE.fullmatch(line)
+             and not line.startswith("search 'c': space tiny ")]
+    stray += [s for s in re.split(r"[\r\n]", err) if s.strip() and not BAR.fullmatch(s.strip())]
+    assert not stray, stray
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
 
 def test_ray_search_runs_concurrent_trials_into_the_study(local_ray, tmp_path):
-    cfg = SearchConfig(study="r", space="tiny", recipe="tiny", budget=Budget(max_gflops=1.9), n_trials=3,
-                       backend="ray", cpus_per_trial=1, early_stop="none", root=tmp_path, progress=False)
-    study = run_search(cfg)
+    study = run_search(config(tmp_path))
     recs = records(study)
     assert len(recs) == 3
     assert {r.backend for r in recs} == {"ray"}
@@ -32,5 +83,27 @@ def test_ray_search_runs_concurrent_trials_into_the_study(local_ray, tmp_path):
     assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(ts, ts[1:]))
 
     # Rerunning with a higher target continues the same study: the 3 trials are kept, 1 is added.
-    study = run_search(SearchConfig(**{**cfg.__dict__, "n_trials": 4}))
+    study = run_search(config(tmp_path, n_trials=4))
     assert len(records(study)) == 4 and [r.number for r in records(study)][:3] == [r.number for r in recs]
+
+
+def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(local_ray, tmp_path):
+    """A space of one design on two CPUs: Ray trains it under two seeds at once; every later proposal
+    waits for them, is answered from the record (never trained), and the search ends once a streak of
+    repeats finds nothing new."""
+    space = tmp_path / "one.yaml"
+    space.write_text(ONE_DESIGN)
+    study = run_search(config(tmp_path, study="one", space=str(space), budget=Budget(), n_trials=5,
+                              max_seeds_per_design=2))
+    recs = records(study)
+    trained = [r for r in recs if r.trained]
+    repeats = [r for r in recs if r.status is Status.REPEAT]
+    assert len(trained) == 2 and trained[0].seed != trained[1].seed
+    assert len(repeats) == REPEAT_STREAK and len(recs) == 2 + REPEAT_STREAK
+    assert all(r.backend == "ray" and r.epochs == 0 and not r.history for r in repeats)
+    (d,) = designs_of(recs)
+    assert d.n == 2 and d.mean == pytest.approx(sum(r.accuracy for r in trained) / 2)
+    assert [x.id for x in design_front(designs_of(recs))] == [d.id]
+    for r in repeats:  # told the design's mean over both seeds, not one seed's figure
+        assert r.accuracy == pytest.approx(d.mean) and study.trials[r.number].values[0] == pytest.approx(d.mean)
+    assert remaining(study, 5) == 3  # repeats don't count towards --n-trials

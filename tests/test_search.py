@@ -1,6 +1,7 @@
 """End-to-end searches on the tiny space with the tiny recipe: real training, real SQLite studies,
 real processes (resume after SIGKILL, several workers), and the command's errors."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from se_nas.recipe import load_recipe
 from se_nas.results import design_front, designs_of
 from se_nas.search import SearchConfig, SearchError, run_search
 from se_nas.space import load_space
+from se_nas.storage import open_study
 from se_nas.study import Status, records, remaining
 
 S = optuna.trial.TrialState
@@ -255,7 +257,13 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     cfg = config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
                  confirm_max_seeds=2, progress=True)
     study = run_search(cfg)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # each stage has its bar, and the training in flight shows as a live line (epoch, step)
+    for stage in ("calibrate:", "search:", "confirm:"):
+        assert stage in captured.err
+    assert re.search(r"#\d+ [0-9a-f]{10} epoch [12]/2 step \d+/\d+", captured.err)
+    assert re.search(r"plain [0-9a-f]{10} s1000 epoch", captured.err)
     rk = recipe_key(load_recipe("tiny"))
     runs = stored_runs(study, rk)
     space = load_space("tiny")
@@ -270,12 +278,35 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     assert conf.chosen.accuracies == tuple(runs[(best.id, s)].accuracy for s in seeds)
     assert conf.r16.id == space.baseline().id and conf.plain.id == space.plain().id
     assert conf.sentence and f"finding: {conf.sentence}" in out
+    # the confirmation reaches the report, compare and export --best
+    from se_nas.compare import compare
+    from se_nas.export import export_study, read_model
+    from se_nas.report import build_report
+
+    rep = build_report("c", root=tmp_path, out=tmp_path / "reports")
+    assert rep.confirmation.chosen.id == conf.chosen.id and rep.finding == conf.sentence
+    assert {m.name: m.accuracy for m in rep.markers} == {"r=16 SE baseline": conf.r16.mean,
+                                                         "plain backbone": conf.plain.mean}
+    runs_before = {k: v for k, v in study.user_attrs.items() if k.startswith("run:")}
+    res = compare("c", root=tmp_path, out=tmp_path / "reports", latency_repeats=2, log=lambda *_: None)
+    assert res["seeds"] == seeds and res["arms"][0]["arch_id"] == conf.chosen.id  # the confirmation's seeds
+    assert res["arms"][0]["accuracy"] == list(conf.chosen.accuracies)
+    assert {k: v for k, v in open_study("c", root=tmp_path).user_attrs.items() if k.startswith("run:")} == runs_before
+    mf = read_model(export_study("c", tmp_path / "best.senas", root=tmp_path))
+    assert mf.arch == conf.chosen.arch and mf.meta["design_seeds"] == 2 and mf.meta["seed"] == CONFIRM_SEED
+    assert mf.meta["design_accuracy"] == pytest.approx(conf.chosen.mean)
+    assert mf.meta["accuracy"] == conf.chosen.accuracies[0]  # retrained under seed 1000: that run exactly
     # a rerun trains nothing again: the stored runs are reused as they are
     before = dict(study.user_attrs)
     study = run_search(config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert {k: v for k, v in study.user_attrs.items() if k.startswith("run:")} == \
         {k: v for k, v in before.items() if k.startswith("run:")}
+    assert study.user_attrs["confirmation"] == before["confirmation"]
+    # continuing the search with more trials makes the choice again, after them
+    study = run_search(config(tmp_path, study="c", n_trials=5, calibration_seeds=2, confirm_top=2,
+                              confirm_min_seeds=2, confirm_max_seeds=2))
+    assert study.user_attrs["confirmation"]["after_trials"] == 5
 
 
 def _gone(pid: int) -> bool:
