@@ -4,7 +4,8 @@ Each process asks its own sampler (``se_nas.samplers.process_seed``) for a desig
 it needs training (``se_nas.trial.repeat_outcome``: a design already trained is answered from its
 record unless another seed is worth it), trains it with the one trial function and records the
 outcome. Ctrl-C or SIGTERM fails the trial in flight as "interrupted" and enqueues it for the next
-run; trials of dead processes are failed and enqueued again when a process starts.
+run; before each trial, every process fails and enqueues again the trials of dead processes
+(``se_nas.storage.recover_dead_trials``).
 """
 from __future__ import annotations
 
