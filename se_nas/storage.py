@@ -261,6 +261,8 @@ def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
 
     import optuna
 
+    from .study import Status
+
     host, now, failed, by_number = socket.gethostname(), datetime.datetime.now(), [], None
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         reason = _why_dead(t, host, now, grace_s)
@@ -275,7 +277,7 @@ def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
         storage = study._storage  # no public API fails another process's trial; Optuna's own
         try:
             storage.set_trial_user_attr(t._trial_id, "reason", reason)
-            storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            storage.set_trial_user_attr(t._trial_id, "status", Status.FAILED.value)
             if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
