@@ -438,10 +438,12 @@ def summary_md(rep: Report) -> str:
                   "", head, rule]
         front = {d.id for d in conf.front}
         for row, d in zip(_design_rows(conf.designs, conf.noise, cols_of), conf.designs):
-            role = (" (chosen)" if d.id == conf.chosen.id else " (r=16)" if d.id == conf.r16.id
-                    else " (plain)" if d.id == conf.plain.id else "")
-            row = row.replace(f"| `{d.id}` |", f"| **`{d.id}`**{role} |" if d.id in front else f"| `{d.id}`{role} |", 1)
-            lines.append(row + (" over budget" if d.id in conf.over_budget else ""))
+            role = ("chosen" if d.id == conf.chosen.id else "r=16" if d.id == conf.r16.id
+                    else "plain" if d.id == conf.plain.id else "")
+            tags = ", ".join(t for t in (role, "over budget" if d.id in conf.over_budget else "") if t)
+            tags = f" ({tags})" if tags else ""
+            row = row.replace(f"| `{d.id}` |", f"| **`{d.id}`**{tags} |" if d.id in front else f"| `{d.id}`{tags} |", 1)
+            lines.append(row)
     lines += ["", "## Search front (per design)", "",
               "Each design's accuracy is the mean over the seeds the search trained it with (standard error from the "
               f"measured seed noise {rep.noise.describe() if rep.noise else ''}); accuracy is the proxy's validation "
