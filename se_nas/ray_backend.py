@@ -46,9 +46,10 @@ _MODES = ["max" if d == "maximize" else "min" for d in DIRECTIONS]
 def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int) -> None:
     """One Ray trial: run the backend-agnostic trial function and report its outcome.
 
-    Each epoch before the last is reported as it ends (provisionally "stopped_early", so that if a
-    Stopper or ASHA ends the trial there, its last result is already a complete record); the last
-    report carries the whole outcome.
+    A first report at epoch 0 says where the trial runs (before the data loads, which can be long:
+    a node lost then is named too). Each epoch before the last is reported as it ends (provisionally
+    "stopped_early", so that if a Stopper or ASHA ends the trial there, its last result is already a
+    complete record); the last report carries the whole outcome.
     """
     import torch
     from ray import tune
@@ -63,6 +64,8 @@ def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: di
     rec, bud, dep = Recipe.from_dict(recipe), Budget(**budget), Deploy(**deploy)
     cost = count_cost(arch, dep.image_size, dep.num_classes)
     history: list[float] = []
+    tune.report({**dict(zip(OBJECTIVES, (0.0, cost.gflops, cost.mparams))), "epoch": 0,
+                 "status": Status.RUNNING.value, "node": json.dumps(_node())})
 
     def report_epoch(epoch: int, accuracy: float) -> bool:
         history.append(accuracy)
@@ -225,13 +228,13 @@ def _make_searcher(config, study, progress):
             return frozenset(t for t in self._ot_trials if t not in self._completed_trials)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # The node is known from the first epoch on, so a trial lost with its node names it
+            # The node is known from the first report on, so a trial lost with its node names it
             # (Ray gives no result with the error of a trial whose node died).
             if trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._place(trial_id, result)
 
-        def _place(self, trial_id: str, result: dict) -> None:
-            if "node" in result and trial_id not in self.last:
+        def _place(self, trial_id: str, result: dict, final: bool = False) -> None:
+            if "node" in result and (final or trial_id not in self.last):  # the final one has data_loads
                 self._ot_trials[trial_id].set_user_attr("node", json.loads(result["node"]))
             self.last[trial_id] = result
 
@@ -239,7 +242,7 @@ def _make_searcher(config, study, progress):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             result = result or self.last.get(trial_id) or {}
-            self._place(trial_id, result)
+            self._place(trial_id, result, final=True)
             self.last.pop(trial_id)
             ot_trial, outcome = self._ot_trials[trial_id], _outcome(result)
             lost = _lost_reason(json.loads(result.get("node", "null")), outcome.epochs if outcome else 0) \
