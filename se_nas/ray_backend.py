@@ -251,7 +251,7 @@ def _make_searcher(config, study, progress):
                 outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=lost or
                                   f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
             frozen = record_outcome(self._ot_study, ot_trial, outcome,
-                                    reason=lost or "the Ray trial raised an error before reporting (see Ray's log)",
+                                    reason=lost or "the Ray trial raised an error before its first epoch (see Ray's log)",
                                     budget=config.budget)
             if lost and _retry_depth(self._ot_study, frozen.number) < MAX_RETRIES:
                 self._ot_study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
