@@ -141,3 +141,20 @@ def test_a_killed_driver_is_continued_by_rerunning_the_command(cluster, tmp_path
         assert retry.state == S.COMPLETE and retry.params == trials[n].params
     assert all(trials[n].values == v for n, v in finished.items())  # nothing finished is lost
     assert counted(study) == (3, 0) and remaining(study, 3) == 0
+
+
+def test_a_trial_lost_again_and_again_is_retried_at_most_three_times():
+    """The chain of retries of one lost trial is capped like the Optuna path's heartbeat (3)."""
+    from se_nas.ray_backend import MAX_RETRIES, _retry_depth
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.enqueue_trial({"x": 1})
+    depths = []
+    for _ in range(5):
+        trial = study.ask()
+        trial.suggest_int("x", 0, 2)
+        study.tell(trial, state=S.FAIL)
+        depths.append(_retry_depth(study, trial.number))
+        if depths[-1] < MAX_RETRIES:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    assert MAX_RETRIES == 3 and depths == [0, 1, 2, 3, 0]  # the fourth failure is not retried
