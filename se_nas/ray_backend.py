@@ -19,6 +19,12 @@ for them and is then answered from the full record. A streak of repeats ends wit
 ends the search when the space has none left. Calibration and confirmation run on the driver
 (``se_nas.search.run_search``), so their runs land in the same study.
 
+Clusters (docs/cluster.md): each trial records where it ran (user attribute ``node``: Ray node id,
+IP, worker process, how many times that process loaded the data). A trial whose node is lost (a
+preempted or crashed machine) is failed with a reason naming the node and enqueued again
+(``retry_of``, at most ``MAX_RETRIES`` times); Ray runs it on the nodes left. Ray asks the searcher
+for trials until the study has ``n_trials`` counted ones, so a retry takes the lost trial's place.
+
 Resuming: the study is the source of truth. Rerunning the same command counts the study's finished
 trials and runs only the rest; trials the dead driver left running are failed and retried, exactly as
 with the Optuna backend.
@@ -40,9 +46,10 @@ _MODES = ["max" if d == "maximize" else "min" for d in DIRECTIONS]
 def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int) -> None:
     """One Ray trial: run the backend-agnostic trial function and report its outcome.
 
-    Each epoch before the last is reported as it ends (provisionally "stopped_early", so that if a
-    Stopper or ASHA ends the trial there, its last result is already a complete record); the last
-    report carries the whole outcome.
+    A first report at epoch 0 says where the trial runs (before the data loads, which can be long:
+    a node lost then is named too). Each epoch before the last is reported as it ends (provisionally
+    "stopped_early", so that if a Stopper or ASHA ends the trial there, its last result is already a
+    complete record); the last report carries the whole outcome.
     """
     import torch
     from ray import tune
@@ -57,6 +64,8 @@ def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: di
     rec, bud, dep = Recipe.from_dict(recipe), Budget(**budget), Deploy(**deploy)
     cost = count_cost(arch, dep.image_size, dep.num_classes)
     history: list[float] = []
+    tune.report({**dict(zip(OBJECTIVES, (0.0, cost.gflops, cost.mparams))), "epoch": 0,
+                 "status": Status.RUNNING.value, "node": json.dumps(_node())})
 
     def report_epoch(epoch: int, accuracy: float) -> bool:
         history.append(accuracy)
@@ -72,6 +81,7 @@ def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: di
 
 
 _DATA: dict[str, Any] = {}
+_LOADS = [0]  # how many times this worker process loaded a dataset (recorded with the node)
 
 
 def _data(recipe):
@@ -82,7 +92,17 @@ def _data(recipe):
     if key not in _DATA:
         _DATA.clear()
         _DATA[key] = load_data(recipe)
+        _LOADS[0] += 1
     return _DATA[key]
+
+
+def _node() -> dict[str, Any]:
+    """Where this Ray trial runs: the Ray node id and IP, and the worker process (with how many
+    times it loaded data: 1 while Ray reuses it)."""
+    import ray
+
+    return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(), "data_loads": _LOADS[0]}
 
 
 def _result(outcome: TrialOutcome, epoch: int) -> dict[str, Any]:
@@ -90,7 +110,38 @@ def _result(outcome: TrialOutcome, epoch: int) -> dict[str, Any]:
     # while the study records them by status (never as results).
     values = outcome.values or [0.0, outcome.gflops, outcome.mparams]
     return {**dict(zip(OBJECTIVES, values)), "epoch": epoch, "status": outcome.status.value,
-            "outcome": json.dumps(outcome.to_attrs())}
+            "outcome": json.dumps(outcome.to_attrs()), "node": json.dumps(_node())}  # Ray flattens dicts
+
+
+MAX_RETRIES = 3  # a trial lost with its node is run again at most this often (as the Optuna path's heartbeat)
+
+
+def _alive_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def _lost_reason(node: dict[str, Any] | None, epochs: int) -> str | None:
+    """Why a Ray trial that errored ended, if its node is gone (a lost machine, not a bug); else None.
+    Ray reports an actor lost with its node once the cluster knows the node is dead; allow 2 s."""
+    import time
+
+    if not node:
+        return None
+    for _ in range(4):
+        if node["id"] not in _alive_nodes():
+            return f"lost with Ray node {node['id'][:12]} ({node['ip']}) after epoch {epochs}"
+        time.sleep(0.5)
+    return None
+
+
+def _retry_depth(study, number: int) -> int:
+    """How many retries lead to trial ``number`` (0 for a first attempt)."""
+    trials, depth = study.get_trials(deepcopy=False), 0
+    while isinstance(number := trials[number].user_attrs.get("retry_of"), int):
+        depth += 1
+    return depth
 
 
 def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
@@ -125,6 +176,10 @@ def _make_searcher(config, study, progress):
         parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
         on_done = None  # the progress display's trial_done
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.last = {}  # Ray trial id -> its last result (its node is recorded with the first)
+
         def __getstate__(self):
             # Ray pickles the searcher with the Tuner (for Tuner.restore; our checkpoint is the study):
             # the progress display stays here, it holds the terminal (a pytest or Jupyter stream
@@ -132,6 +187,10 @@ def _make_searcher(config, study, progress):
             return {k: v for k, v in self.__dict__.items() if k != "on_done"}
 
         def suggest(self, trial_id: str):
+            # Ray asks for trials until the searcher says it is finished: that is when the study
+            # has n_trials counted ones and nothing is in flight (a lost trial may still be retried).
+            if self.parked is None and remaining(self._ot_study, config.n_trials) <= 0:
+                return None if self._in_flight() else Searcher.FINISHED
             # A repeat of a known design is answered here, from the record, and Optuna is asked again:
             # only designs that need training reach Ray. A design with seeds in flight gets another one
             # only if it could use it; otherwise it waits for them and is answered from the full record.
@@ -168,16 +227,34 @@ def _make_searcher(config, study, progress):
         def _in_flight(self) -> frozenset:
             return frozenset(t for t in self._ot_trials if t not in self._completed_trials)
 
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            # The node is known from the first report on, so a trial lost with its node names it
+            # (Ray gives no result with the error of a trial whose node died).
+            if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._place(trial_id, result)
+
+        def _place(self, trial_id: str, result: dict, final: bool = False) -> None:
+            if "node" in result and (final or trial_id not in self.last):  # the final one has data_loads
+                self._ot_trials[trial_id].set_user_attr("node", json.loads(result["node"]))
+            self.last[trial_id] = result
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
-            outcome = _outcome(result)
+            result = result or self.last.get(trial_id) or {}
+            self._place(trial_id, result, final=True)
+            self.last.pop(trial_id)
+            ot_trial, outcome = self._ot_trials[trial_id], _outcome(result)
+            lost = _lost_reason(json.loads(result.get("node", "null")), outcome.epochs if outcome else 0) \
+                if error else None
             if error and outcome is not None:  # its last report was a provisional per-epoch one
-                outcome = replace(outcome, status=Status.FAILED, accuracy=None,
-                                  reason=f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
-            frozen = record_outcome(self._ot_study, self._ot_trials[trial_id], outcome,
-                                    reason="the Ray trial raised an error before reporting (see Ray's log)",
+                outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=lost or
+                                  f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
+            frozen = record_outcome(self._ot_study, ot_trial, outcome,
+                                    reason=lost or "the Ray trial raised an error before its first epoch (see Ray's log)",
                                     budget=config.budget)
+            if lost and _retry_depth(self._ot_study, frozen.number) < MAX_RETRIES:
+                self._ot_study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
             self._completed_trials.add(trial_id)
             self.on_done(frozen)
 
@@ -263,7 +340,7 @@ def run(study, config, progress, data=None) -> None:
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=_make_searcher(config, study, progress),
-                                    scheduler=scheduler, num_samples=todo, reuse_actors=True),
+                                    scheduler=scheduler, num_samples=-1, reuse_actors=True),
         run_config=tune.RunConfig(
             name=study.study_name, stop=stop, verbose=0,
             storage_path=str((study_dir(study.study_name, config.root) / "ray").resolve()),
