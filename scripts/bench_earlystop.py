@@ -240,6 +240,74 @@ def summary(args) -> str:
     return "\n".join(lines)
 
 
+# --- replay: the rule on the full histories of the "none" arm ---------------------------------------
+def replay(study, z: float, budget_gflops: float, ref) -> dict:
+    """Apply the rung rule (``se_nas.earlystop.should_stop`` with ``z``) trial by trial to a search
+    that ran without early stopping, as the rungs arm would have (a stopped trial's history is cut at
+    its rung for the trials after it). Every trial was trained to the end, so what each stop cost is
+    known: the stopped trial's final accuracy, and the front without it."""
+    from se_nas.confirm import study_noise
+    from se_nas.earlystop import peers_of, should_stop
+    from se_nas.pareto import hypervolume
+    from se_nas.results import best_design, design_front, designs_of
+    from se_nas.study import DIRECTIONS, Status, StudySettings, records
+
+    recipe = StudySettings.of(study).recipe_value()
+    full = records(study)
+    seen, stops, saved, spent = [], [], 0.0, 0.0
+    for r in full:
+        if r.trained:
+            spent += r.seconds
+            noise = study_noise(study, recipe, seen)
+            for rung in recipe.rungs:
+                if rung < len(r.history) and should_stop(rung, r.history[rung - 1], r.gflops, peers_of(seen),
+                                                         noise.per_epoch.get(rung), mparams=r.mparams, z=z):
+                    stops.append((r, rung))
+                    saved += r.seconds * (1 - rung / len(r.history))
+                    r = dataclasses.replace(r, status=Status.STOPPED_EARLY, history=r.history[:rung],
+                                            accuracy=r.history[rung - 1], epochs=rung)
+                    break
+        seen.append(r)
+
+    def front_hv(recs):
+        front = design_front(designs_of(recs))
+        return hypervolume([[d.mean, d.gflops, d.mparams] for d in front], DIRECTIONS, ref) if front else 0.0
+
+    finals = sorted(r.accuracy for r in full if r.is_result)
+    median = statistics.median(finals) if finals else math.nan
+    best_full, best_cut = best_design(designs_of(full), budget_gflops), best_design(designs_of(seen), budget_gflops)
+    return {"z": z, "stops": len(stops), "saved_share": saved / spent if spent else 0.0,
+            "stopped": [(r.number, rung, r.history[rung - 1], r.accuracy) for r, rung in stops],
+            "good_stopped": sum(r.accuracy >= median for r, _ in stops),
+            "hv_full": front_hv(full), "hv_cut": front_hv(seen),
+            "same_choice": best_full is not None and best_cut is not None and best_full.id == best_cut.id}
+
+
+def replay_summary(args, zs) -> str:
+    from se_nas.storage import open_study
+
+    rows = read_results(Path(args.out), args.trials)
+    seeds = sorted(s for a, s in rows if a == "none")
+    if not seeds:
+        return "no 'none' searches to replay yet"
+    lines = [f"replay of the rule on the {len(seeds)} 'none' searches (every trial trained to the end): "
+             "per z, summed over searches", "",
+             "| z | stopped | of them finishing at or above the median | training time saved | "
+             "front hypervolume kept | same chosen design |", "|---:|---:|---:|---:|---:|---:|"]
+    detail = []
+    for z in zs:
+        res = [replay(open_study(f"none-s{s}", root=args.root), z, args.budget_gflops, rows[("none", s)]["reference"])
+               for s in seeds]
+        kept = [r["hv_cut"] / r["hv_full"] for r in res if r["hv_full"]]
+        lines.append(f"| {z:g} | {sum(r['stops'] for r in res)} | {sum(r['good_stopped'] for r in res)} | "
+                     f"{mean_se([r['saved_share'] for r in res], 3)} | {mean_se(kept, 4)} | "
+                     f"{sum(r['same_choice'] for r in res)} of {len(res)} |")
+        for s, r in zip(seeds, res):
+            detail.append(f"z {z:g}, seed {s}: " + "; ".join(
+                f"trial {n} at epoch {e}: {a:.3f}, finished {f:.3f}" for n, e, a, f in r["stopped"]))
+    return "\n".join(lines + [""] + detail)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="resnet50-per-stage")
@@ -255,6 +323,8 @@ def main() -> int:
     ap.add_argument("--root", default="trials/bench-earlystop", help="where the studies live")
     ap.add_argument("--out", default="trials/bench-earlystop/results.jsonl", help="results, one JSON line a search")
     ap.add_argument("--summary", action="store_true", help="print the table from --out and exit")
+    ap.add_argument("--replay", nargs="+", type=float, metavar="Z",
+                    help="apply the rule with these z to the 'none' searches' full histories, print, exit")
     ap.add_argument("--calibrate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -269,6 +339,10 @@ def main() -> int:
         ap.error(str(e))
     if args.calibrate:
         calibrate_once(args)
+    elif args.replay:
+        if min(args.replay) < 0:
+            ap.error(f"--replay: z must be >= 0, got {min(args.replay):g}")
+        print(replay_summary(args, args.replay))
     elif args.one:
         arm, seed = args.one
         if arm not in ARMS:
