@@ -1,0 +1,147 @@
+"""Torch threads on a shared CPU machine (issue 9, item 6): one digits training of SE-ResNet-50's proxy
+(the default space's r=16 design under ``trials/digits.yaml``, seed 0, exactly a search trial's
+training) with 1 or 2 torch threads, OpenMP's default wait policy or ``OMP_WAIT_POLICY=PASSIVE``, on
+the machine as it is ("idle": nothing of ours besides the run) and under load (one CPU hog
+``python -c "while True: pass"`` started beside it), and with ``torch.use_deterministic_algorithms``.
+
+Every measurement is a fresh process (OpenMP reads its environment once, at start) that reports wall
+time, CPU time (``time.process_time``: all threads of the process), the load average, the validation
+accuracy after every epoch and a SHA-256 of the trained weights, so "same result" means bitwise.
+Each result is appended to ``--out`` (JSON lines) as it finishes; a rerun skips what is there.
+
+    nice -n 5 python scripts/bench_threads.py run --out threads.jsonl
+    python scripts/bench_threads.py table --out threads.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (threads, OMP_WAIT_POLICY or "", load, deterministic). The wait policy only matters with more than
+# one thread (one thread never waits for another), so 1 thread runs under the default only.
+CASES = [c for load in ("idle", "hog") for c in ((1, "", load, False), (2, "", load, False), (2, "PASSIVE", load, False))]
+CASES += [(t, "", "idle", True) for t in (1, 2)]
+HOG = [sys.executable, "-c", "while True: pass"]
+
+
+def key(threads, wait, load, deterministic) -> str:
+    return f"threads={threads} wait={wait or 'default'} load={load} deterministic={deterministic}"
+
+
+def cmd_one(args) -> None:
+    """One training in this process; prints one JSON line."""
+    import torch
+
+    from se_nas.data import load_data
+    from se_nas.recipe import load_recipe
+    from se_nas.space import load_space
+    from se_nas.train import train
+    from se_nas.trial import seeded_proxy
+
+    torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    from dataclasses import replace
+
+    recipe = replace(load_recipe(args.recipe), device="cpu", threads=args.threads, rungs=())
+    data = load_data(recipe)
+    arch = load_space("resnet50-per-stage").baseline()
+    load0, c0, w0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
+    model, r = seeded_proxy(arch, recipe, data.num_classes, args.seed)
+    result = train(model, r, data, device="cpu")
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
+    print(json.dumps(dict(threads=torch.get_num_threads(), wait=os.environ.get("OMP_WAIT_POLICY", ""),
+                          deterministic=args.deterministic, seed=args.seed, arch_id=arch.id,
+                          accuracy=float(result.accuracy), history=[float(x) for x in result.history],
+                          weights_sha256=h.hexdigest()[:16], wall_s=wall, cpu_s=cpu, load_start=load0,
+                          load_end=os.getloadavg()[0], torch=torch.__version__)))
+
+
+def cmd_run(args) -> None:
+    out = Path(args.out)
+    done = {r["case"] for r in read(out)}
+    script = Path(__file__).resolve()
+    for threads, wait, load, det in CASES:
+        case = key(threads, wait, load, det)
+        if case in done:
+            continue
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if wait:
+            env["OMP_WAIT_POLICY"] = wait
+        hog = subprocess.Popen(HOG) if load == "hog" else None
+        try:
+            if hog is not None:
+                time.sleep(2)  # let the hog take its core
+            cmd = [sys.executable, str(script), "one", "--threads", str(threads), "--recipe", args.recipe,
+                   "--seed", str(args.seed)] + (["--deterministic"] if det else [])
+            try:
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+                row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                    {"error": p.stderr.strip().splitlines()[-1:]}
+            except subprocess.TimeoutExpired:
+                row = {"error": f"timed out after {args.timeout} s wall"}
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+        row.update(case=case, load=load, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(case, {k: row.get(k) for k in ("accuracy", "wall_s", "cpu_s", "load_start", "error")}, flush=True)
+
+
+def read(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # cut by an interruption: that case runs again
+            pass
+    return rows
+
+
+def cmd_table(args) -> None:
+    rows = read(Path(args.out))
+    print("| threads | OMP_WAIT_POLICY | load | deterministic | wall s | CPU s | load avg (start) | "
+          "accuracy | accuracy per epoch | weights |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, w, load, det = (r["case"].split()[i].split("=")[1] for i in range(4))
+        if "error" in r:
+            print(f"| {t} | {w} | {load} | {det} | {r['error']} | | | | | |")
+            continue
+        print(f"| {t} | {w} | {load} | {det} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_start']:.1f} | "
+              f"{r['accuracy']:.4f} | {', '.join(f'{x:.4f}' for x in r['history'])} | `{r['weights_sha256']}` |")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    one = sub.add_parser("one", help="one training in this process (what run starts)")
+    one.add_argument("--threads", type=int, required=True)
+    one.add_argument("--deterministic", action="store_true")
+    run = sub.add_parser("run", help="every case, each in a fresh process (resumes from --out)")
+    run.add_argument("--timeout", type=int, default=600, help="wall seconds per case (default 600)")
+    table = sub.add_parser("table", help="the results as a Markdown table")
+    for s in (one, run):
+        s.add_argument("--recipe", default="digits")
+        s.add_argument("--seed", type=int, default=0)
+    for s in (run, table):
+        s.add_argument("--out", default="threads.jsonl", help="results file, JSON lines")
+    args = p.parse_args(argv)
+    if getattr(args, "threads", 1) < 1:
+        sys.exit(f"--threads must be a positive integer, got --threads {args.threads}")
+    {"one": cmd_one, "run": cmd_run, "table": cmd_table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
