@@ -9,8 +9,10 @@ time, CPU time (``time.process_time``: all threads of the process), the load ave
 accuracy after every epoch and a SHA-256 of the trained weights, so "same result" means bitwise.
 Each result is appended to ``--out`` (JSON lines) as it finishes; a rerun skips what is there.
 
-    nice -n 5 python scripts/bench_threads.py run --out threads.jsonl
+    nice -n 5 python scripts/bench_threads.py run --epochs 2 --out threads.jsonl   # docs/proxy.md
     python scripts/bench_threads.py table --out threads.jsonl
+
+The hog and the measured process together are two processes: run nothing else of your own beside.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-# (threads, OMP_WAIT_POLICY or "", load, deterministic). The wait policy only matters with more than
-# one thread (one thread never waits for another), so 1 thread runs under the default only.
-CASES = [c for load in ("idle", "hog") for c in ((1, "", load, False), (2, "", load, False), (2, "PASSIVE", load, False))]
-CASES += [(t, "", "idle", True) for t in (1, 2)]
+# (threads, OMP_WAIT_POLICY or "", load, deterministic), the most telling first. The wait policy only
+# matters with more than one thread (one thread never waits for another): 1 thread runs the default.
+CASES = [(1, "", "hog", False), (2, "", "hog", False), (1, "", "idle", False), (2, "", "idle", False),
+         (2, "PASSIVE", "hog", False), (2, "PASSIVE", "idle", False), (1, "", "idle", True), (2, "", "idle", True)]
 HOG = [sys.executable, "-c", "while True: pass"]
 
 
@@ -50,6 +52,8 @@ def cmd_one(args) -> None:
     from dataclasses import replace
 
     recipe = replace(load_recipe(args.recipe), device="cpu", threads=args.threads, rungs=())
+    if args.epochs:
+        recipe = replace(recipe, epochs=args.epochs, warmup_epochs=min(recipe.warmup_epochs, args.epochs / 2))
     data = load_data(recipe)
     arch = load_space("resnet50-per-stage").baseline()
     load0, c0, w0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
@@ -59,7 +63,7 @@ def cmd_one(args) -> None:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
-    print(json.dumps(dict(threads=torch.get_num_threads(), wait=os.environ.get("OMP_WAIT_POLICY", ""),
+    print(json.dumps(dict(threads=torch.get_num_threads(), epochs=recipe.epochs, wait=os.environ.get("OMP_WAIT_POLICY", ""),
                           deterministic=args.deterministic, seed=args.seed, arch_id=arch.id,
                           accuracy=float(result.accuracy), history=[float(x) for x in result.history],
                           weights_sha256=h.hexdigest()[:16], wall_s=wall, cpu_s=cpu, load_start=load0,
@@ -70,10 +74,9 @@ def cmd_run(args) -> None:
     out = Path(args.out)
     done = {r["case"] for r in read(out)}
     script = Path(__file__).resolve()
-    for threads, wait, load, det in CASES:
+    todo = [c for c in CASES if key(*c) not in done][:args.limit]
+    for threads, wait, load, det in todo:
         case = key(threads, wait, load, det)
-        if case in done:
-            continue
         env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         if wait:
             env["OMP_WAIT_POLICY"] = wait
@@ -82,7 +85,7 @@ def cmd_run(args) -> None:
             if hog is not None:
                 time.sleep(2)  # let the hog take its core
             cmd = [sys.executable, str(script), "one", "--threads", str(threads), "--recipe", args.recipe,
-                   "--seed", str(args.seed)] + (["--deterministic"] if det else [])
+                   "--seed", str(args.seed), "--epochs", str(args.epochs)] + (["--deterministic"] if det else [])
             try:
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
                 row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
@@ -131,10 +134,12 @@ def main(argv=None) -> None:
     one.add_argument("--deterministic", action="store_true")
     run = sub.add_parser("run", help="every case, each in a fresh process (resumes from --out)")
     run.add_argument("--timeout", type=int, default=600, help="wall seconds per case (default 600)")
+    run.add_argument("--limit", type=int, default=None, help="run at most this many of the cases not done yet")
     table = sub.add_parser("table", help="the results as a Markdown table")
     for s in (one, run):
         s.add_argument("--recipe", default="digits")
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--epochs", type=int, default=0, help="train this many epochs (default: the recipe's)")
     for s in (run, table):
         s.add_argument("--out", default="threads.jsonl", help="results file, JSON lines")
     args = p.parse_args(argv)

@@ -136,43 +136,63 @@ def mean(v):
 
 
 def cmd_analyze(args) -> None:
-    from scipy.stats import kendalltau, spearmanr
-
     rows = read(Path(args.out))
     labels = sorted({r["label"] for r in rows})
     if args.reference not in labels:
         sys.exit(f"--reference {args.reference!r}: no runs with that label in {args.out}; labels there: "
                  f"{', '.join(labels) or 'none'}")
     per = {lab: summarize([r for r in rows if r["label"] == lab]) for lab in labels}
+    failed = {lab: sorted({r["arch_id"] for r in rows if r["label"] == lab and r["accuracy"] is None}) for lab in labels}
     ref = {k: mean(v.values()) for k, v in per[args.reference].items()}
-    print(f"{len(rows)} runs in {args.out}; reference: {args.reference} ({len(ref)} designs)\n")
-    print("| recipe | designs | seeds | CPU-s/run (median) | pooled seed std | std of design means | "
-          "range of design means | seed A vs B tau | tau vs reference | rho vs reference (p) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"{len(rows)} runs in {args.out}; reference: {args.reference} ({len(ref)} designs trained)")
     for lab in labels:
-        by, lr = per[lab], [r for r in rows if r["label"] == lab]
-        cpu = sorted(r["cpu_s"] for r in lr)[len(lr) // 2]
-        means = {k: mean(v.values()) for k, v in by.items()}
-        seeds = sorted({s for v in by.values() for s in v})
-        ab = [(v[seeds[0]], v[seeds[1]]) for v in by.values() if len(seeds) > 1 and seeds[0] in v and seeds[1] in v]
-        tau_ab = f"{kendalltau(*zip(*ab))[0]:.2f} (n={len(ab)})" if len(ab) > 2 else "-"
-        common = sorted(set(means) & set(ref))
-        if lab != args.reference and len(common) > 2:
-            x, y = [means[k] for k in common], [ref[k] for k in common]
-            tau, rho = kendalltau(x, y)[0], spearmanr(x, y)
-            vs = f"{tau:.2f} (n={len(common)}) | {rho[0]:.2f} ({rho[1]:.2f})"
-        else:
-            vs = "- | -"
-        m = list(means.values())
-        sd_m = math.sqrt(sum((x - mean(m)) ** 2 for x in m) / (len(m) - 1)) if len(m) > 1 else float("nan")
-        print(f"| {lab} | {len(by)} | {len(seeds)} | {cpu:.0f} | {pooled_std(by):.4f} | {sd_m:.4f} | "
-              f"{min(m):.3f}-{max(m):.3f} | {tau_ab} | {vs} |")
+        if failed[lab]:
+            print(f"- {lab}: training failed (non-finite loss) for {len(failed[lab])} design(s), left out: "
+                  + ", ".join(failed[lab]))
+    # every design that trained, then only those that train well under both recipes: the ranking that
+    # a search acts on is among the good designs, and a few broken ones inflate any correlation
+    ok = {k for k in ref if ref[k] >= args.min_accuracy}
+    table(per, labels, args.reference, rows, None, "every design that trained")
+    table(per, labels, args.reference, rows, ok, f"designs at >= {args.min_accuracy} under the reference")
     if args.designs_table:
         print("\n| design | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
         for k in sorted(ref, key=ref.get, reverse=True):
             cells = [" / ".join(f"{per[lab][k][s]:.3f}" for s in sorted(per[lab][k])) if k in per[lab] else "-"
                      for lab in labels]
             print(f"| `{k}` | " + " | ".join(cells) + " |")
+
+
+def table(per, labels, reference, rows, keep, title) -> None:
+    """One Markdown table: per recipe, noise, spread of the design means, one-way ANOVA over designs
+    (do the designs differ beyond seed noise at all?) and the rank correlations with the reference."""
+    from scipy.stats import f_oneway, kendalltau, spearmanr
+
+    ref = {k: mean(v.values()) for k, v in per[reference].items() if keep is None or k in keep}
+    print(f"\n{title}:\n")
+    print("| recipe | designs | seeds | CPU-s/run (median) | pooled seed std | std of design means | "
+          "ANOVA over designs F (p) | seed A vs B tau | tau vs reference | rho vs reference |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for lab in labels:
+        lr = [r for r in rows if r["label"] == lab]
+        by = {k: v for k, v in per[lab].items() if keep is None or k in keep}
+        cpu = sorted(r["cpu_s"] for r in lr)[len(lr) // 2]
+        means = {k: mean(v.values()) for k, v in by.items()}
+        seeds = sorted({s for v in by.values() for s in v})
+        ab = [(v[seeds[0]], v[seeds[1]]) for v in by.values() if len(seeds) > 1 and seeds[0] in v and seeds[1] in v]
+        tau_ab = f"{kendalltau(*zip(*ab))[0]:.2f}" if len(ab) > 2 else "-"
+        groups = [list(v.values()) for v in by.values() if len(v) > 1]
+        anova = f_oneway(*groups) if len(groups) > 2 else None
+        f_p = f"{anova[0]:.2f} ({anova[1]:.2g})" if anova is not None else "-"
+        common = sorted(set(means) & set(ref))
+        if lab != reference and len(common) > 2:
+            x, y = [means[k] for k in common], [ref[k] for k in common]
+            vs = f"{kendalltau(x, y)[0]:.2f} (n={len(common)}) | {spearmanr(x, y)[0]:.2f}"
+        else:
+            vs = "- | -"
+        m = list(means.values())
+        sd_m = math.sqrt(sum((x - mean(m)) ** 2 for x in m) / (len(m) - 1)) if len(m) > 1 else float("nan")
+        print(f"| {lab} | {len(by)} | {len(seeds)} | {cpu:.0f} | {pooled_std(by):.4f} | {sd_m:.4f} | {f_p} | "
+              f"{tau_ab} | {vs} |")
 
 
 def main(argv=None) -> None:
@@ -190,6 +210,8 @@ def main(argv=None) -> None:
     a = sub.add_parser("analyze", help="correlations and noise, as Markdown tables")
     a.add_argument("--reference", default="long")
     a.add_argument("--designs-table", action="store_true", help="also every design's accuracies")
+    a.add_argument("--min-accuracy", type=float, default=0.5,
+                   help="the second table keeps designs at or above this mean under the reference (default 0.5)")
     for s in (t, a):
         s.add_argument("--out", default=DEFAULT_OUT, help=f"results file, JSON lines (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
