@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -84,14 +85,18 @@ def cmd_run(args) -> None:
         try:
             if hog is not None:
                 time.sleep(2)  # let the hog take its core
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu0, load0 = usage.ru_utime + usage.ru_stime, os.getloadavg()[0]
             cmd = [sys.executable, str(script), "one", "--threads", str(threads), "--recipe", args.recipe,
                    "--seed", str(args.seed), "--epochs", str(args.epochs)] + (["--deterministic"] if det else [])
             try:
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
                 row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
                     {"error": p.stderr.strip().splitlines()[-1:]}
-            except subprocess.TimeoutExpired:
-                row = {"error": f"timed out after {args.timeout} s wall"}
+            except subprocess.TimeoutExpired:  # killed and reaped: its CPU time is in RUSAGE_CHILDREN
+                cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+                row = {"error": f"timed out after {args.timeout} s wall", "wall_s": float(args.timeout),
+                       "cpu_s": cpu.ru_utime + cpu.ru_stime - cpu0, "load_start": load0}
         finally:
             if hog is not None:
                 hog.kill()
@@ -120,7 +125,8 @@ def cmd_table(args) -> None:
     for r in rows:
         t, w, load, det = (r["case"].split()[i].split("=")[1] for i in range(4))
         if "error" in r:
-            print(f"| {t} | {w} | {load} | {det} | {r['error']} | | | | | |")
+            cpu = f"{r['cpu_s']:.0f}" if r.get("cpu_s") is not None else ""
+            print(f"| {t} | {w} | {load} | {det} | {r['error']} | {cpu} | {r.get('load_start') or 0:.1f} | | | |")
             continue
         print(f"| {t} | {w} | {load} | {det} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_start']:.1f} | "
               f"{r['accuracy']:.4f} | {', '.join(f'{x:.4f}' for x in r['history'])} | `{r['weights_sha256']}` |")
