@@ -29,7 +29,8 @@ from pathlib import Path
 # (threads, OMP_WAIT_POLICY or "", load, deterministic), the most telling first. The wait policy only
 # matters with more than one thread (one thread never waits for another): 1 thread runs the default.
 CASES = [(1, "", "hog", False), (2, "", "hog", False), (1, "", "idle", False), (2, "", "idle", False),
-         (2, "PASSIVE", "hog", False), (2, "PASSIVE", "idle", False), (1, "", "idle", True), (2, "", "idle", True)]
+         (2, "PASSIVE", "hog", False), (2, "PASSIVE", "idle", False), (1, "", "idle", True),
+         (2, "PASSIVE", "idle", True)]  # passive: a spinning default would time out, and measure nothing
 HOG = [sys.executable, "-c", "while True: pass"]
 
 
