@@ -187,7 +187,8 @@ def table(per, labels, reference, rows, keep, low, title) -> None:
         common = sorted(set(means) & set(ref))
         if lab != reference and len(common) > 2:
             x, y = [means[k] for k in common], [ref[k] for k in common]
-            vs = f"{kendalltau(x, y)[0]:.2f} (n={len(common)}) | {spearmanr(x, y)[0]:.2f}"
+            tau = kendalltau(x, y)
+            vs = f"{tau[0]:.2f} (n={len(common)}, p={tau[1]:.2g}) | {spearmanr(x, y)[0]:.2f}"
         else:
             vs = "- | -"
         m = list(means.values())
