@@ -127,7 +127,8 @@ def cmd_table(args) -> None:
         t, w, load, det = (r["case"].split()[i].split("=")[1] for i in range(4))
         if "error" in r:
             cpu = f"{r['cpu_s']:.0f}" if r.get("cpu_s") is not None else ""
-            print(f"| {t} | {w} | {load} | {det} | {r['error']} | {cpu} | {r.get('load_start') or 0:.1f} | | | |")
+            ld = f"{r['load_start']:.1f}" if r.get("load_start") is not None else ""
+            print(f"| {t} | {w} | {load} | {det} | {r['error']} | {cpu} | {ld} | | | |")
             continue
         print(f"| {t} | {w} | {load} | {det} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['load_start']:.1f} | "
               f"{r['accuracy']:.4f} | {', '.join(f'{x:.4f}' for x in r['history'])} | `{r['weights_sha256']}` |")
