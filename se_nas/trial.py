@@ -21,17 +21,39 @@ from .cost import count_cost
 from .study import Status, TrialOutcome
 
 
-def configure_threads(workers: int = 1) -> int:
-    """Give each of ``workers`` processes on this machine an equal share of the CPU cores.
+PROCESS_THREADS = 1  # torch threads per search process; measured in trials/README.md ("Threads")
 
-    PyTorch otherwise starts one intra-op thread per core in every process, and N workers on N cores
-    then oversubscribe the machine N-fold (slower than one worker)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // max(1, workers))
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def configure_threads(workers: int = 1) -> int:
+    """One torch thread per search process (never more than the process's share of the cores).
+
+    PyTorch otherwise starts one intra-op thread per core, and its OpenMP threads spin-wait on each
+    other: on a 2-core machine beside one other busy process, 2 epochs of a digits trial did not
+    finish in 300 s on 2 threads, against 23 s on 1 (docs/proxy.md). The result also depends on the
+    thread count (not on the load), so one thread keeps a trial's result the same on every machine;
+    parallelism comes from ``workers`` processes.
+    A recipe's ``threads:`` still overrides this for its trainings."""
+    threads = max(1, min(PROCESS_THREADS, cores() // max(1, workers)))
     import torch
 
     torch.set_num_threads(threads)
     return threads
+
+
+def machine_load_warning(workers: int = 1) -> str | None:
+    """A one-line warning when the machine is already too busy to give each of ``workers`` search
+    processes a free core (1-minute load average + workers > cores), else None."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    n = cores()
+    if load + workers <= n:
+        return None
+    return (f"warning: this machine is already busy (load average {load:.1f} on {n} cores): trials will take "
+            f"longer than on an idle machine; their results do not change ({PROCESS_THREADS} torch thread per process)")
 
 
 def seeded_proxy(arch: Arch, recipe, num_classes: int, seed: int):
