@@ -171,7 +171,7 @@ def run_search(config: SearchConfig):
     from .confirm import calibrate, confirm
     from .data import load_data
     from .progress import Progress, summarize
-    from .trial import configure_threads
+    from .trial import configure_threads, machine_load_warning
 
     quiet_optuna()
     data = load_data(config.recipe)  # a missing or malformed dataset fails here, before any study exists
@@ -181,6 +181,8 @@ def run_search(config: SearchConfig):
 
     threads = torch.get_num_threads()
     configure_threads(1)  # calibration and confirmation run here; worker processes set their own
+    if config.progress and (warning := machine_load_warning(config.workers)):
+        progress.log(warning)
     try:
         if config.calibration_seeds:
             calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress)
