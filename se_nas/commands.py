@@ -111,7 +111,7 @@ def _search_arguments(p):
                    "r=16 and the plain backbone under the same K seeds (0: no confirmation)")
     p.add_argument("--confirm-max-seeds", type=int, default=5, metavar="K",
                    help="most seeds per confirmed design; K is chosen from the measured noise, at least 3")
-    p.add_argument("--max-seeds-per-design", type=int, default=3, metavar="S",
+    p.add_argument("--max-seeds-per-design", type=int, default=2, metavar="S",
                    help="a design proposed again gets another seed (up to S) only while it decides the front; "
                    "otherwise it is answered from its record without training")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler; trial N trains with seed SEED+N")

@@ -90,10 +90,10 @@ def stored_runs(study, rk: str) -> dict[tuple[str, int], Run]:
 def train_run(arch: Arch, recipe, seed: int, data, device=None, on_progress=None) -> Run:
     """Train ``arch``'s proxy under ``recipe`` with ``seed``, exactly as a search trial would."""
     from .train import TrainingFailed, train
-    from .trial import seeded_proxy
+    from .trial import pinned, seeded_proxy
 
     start = time.perf_counter()
-    model, r = seeded_proxy(arch, recipe, data.num_classes, seed)
+    model, r = seeded_proxy(arch, pinned(recipe), data.num_classes, seed)
     try:
         res = train(model, r, data, device=device, on_progress=on_progress)
     except TrainingFailed as e:

@@ -256,7 +256,10 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
     else:
         recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
         ckpt = Path(root) / study_name / "export" / f"{tag}.ckpt"
-        model, result, data = train_arch(arch, recipe, seed=seed, checkpoint=ckpt, progress=progress, device=device)
+        from .trial import pinned  # the study's runs' thread count: the file reproduces the run exactly
+
+        model, result, data = train_arch(arch, pinned(recipe), seed=seed, checkpoint=ckpt, progress=progress,
+                                         device=device)
         save_trained(model_path, model, arch, recipe, data, result, deploy=dep, key=key, **origin)
     if fmt != "senas":
         write_formats(model_path, fmt, out)

@@ -44,7 +44,7 @@ def _ray_backend(study, config, progress, data) -> None:
 
 BACKENDS: dict[str, Callable] = {"optuna": _optuna_backend, "ray": _ray_backend}
 EARLY_STOPS = ("rungs", "asha", "none")
-DEFAULT_N_TRIALS = 40  # measured with calibration and confirmation: docs/search.md
+DEFAULT_N_TRIALS = 30  # with calibration and confirmation, about 10 minutes on 2 idle cores: docs/search.md
 
 
 @dataclass
@@ -72,7 +72,7 @@ class SearchConfig:
     confirm_top: int = 3  # designs of the front to confirm, the chosen one included (0: no confirmation)
     confirm_min_seeds: int = 3
     confirm_max_seeds: int = 5  # K comes from the measured noise, within [min, max]
-    max_seeds_per_design: int = 3  # a repeated design gets another seed while it decides the front
+    max_seeds_per_design: int = 2  # a repeated design gets another seed while it decides the front
     recipe_name: str = ""
 
     def __post_init__(self) -> None:

@@ -77,6 +77,18 @@ def seeded(recipe, seed: int):
     return recipe if recipe.seed == seed else replace(recipe, seed=seed)
 
 
+def pinned(recipe):
+    """``recipe`` with its ``threads`` set to the search's (``PROCESS_THREADS``) unless it sets its own.
+
+    A float32 training's result depends on the number of torch threads (summation order), and torch
+    cannot make it independent on the CPU. Every run of a study (search trials, calibration and
+    confirmation runs, ``compare``, ``export``) therefore trains with the same thread count,
+    whatever the process around it set, so that each one reproduces the others exactly."""
+    from dataclasses import replace
+
+    return recipe if recipe.threads is not None else replace(recipe, threads=PROCESS_THREADS)
+
+
 def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
               should_stop=None, device=None, backend: str = "optuna", on_progress=None) -> TrialOutcome:
     """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
@@ -99,7 +111,7 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
         from .data import load_data
 
         data = load_data(recipe)
-    model, trial_recipe = seeded_proxy(arch, recipe, data.num_classes, seed)
+    model, trial_recipe = seeded_proxy(arch, pinned(recipe), data.num_classes, seed)
     try:
         result = train(model, trial_recipe, data, device=device, on_epoch=should_stop, on_progress=on_progress)
     except TrainingFailed as e:
