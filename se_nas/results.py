@@ -227,13 +227,16 @@ def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | Non
     significant is called "no difference", with the proxy's seed noise."""
     sigma = f"± {noise.sigma:.3f}" if noise.sigma is not None else "unmeasured"
     if chosen.id == plain.id:
-        d = vs_plain if vs_plain is not None else None
-        vs = (f"r=16 SE {'is worse by' if d and d.significant and d.mean > 0 else 'differs by'} "
-              f"{_neg(vs_r16).describe(3)}" if vs_r16 is not None else "r=16 SE was not measured")
-        verdict = ("so SE does not pay on this proxy" if vs_r16 is not None and vs_r16.significant
-                   and vs_r16.mean > 0 else "no SE design is distinguishable from it at this proxy's seed "
-                   f"noise ({sigma})")
-        return f"The best design is the plain backbone (no SE), {chosen.describe(noise, 3)}; {vs}: {verdict}."
+        d = _neg(vs_r16)  # r=16 minus the plain backbone
+        if d is None:
+            tail = "r=16 SE was not measured"
+        elif d.significant:
+            tail = (f"r=16 SE is {'better' if d.mean > 0 else 'worse'} by {d.describe(3)}"
+                    + ("" if d.mean > 0 else ": SE at r=16 does not pay on this proxy"))
+        else:
+            tail = (f"r=16 SE differs by {d.describe(3)}: no SE design is distinguishable from it at this "
+                    f"proxy's seed noise ({sigma})")
+        return f"The best design is the plain backbone (no SE), {chosen.describe(noise, 3)}; {tail}."
     if chosen.id == r16.id:
         vs = (f"the plain backbone differs by {_neg(vs_plain).describe(3)}" if vs_plain is not None
               else "the plain backbone was not measured")

@@ -95,6 +95,9 @@ def test_finding_when_the_chosen_design_is_the_plain_backbone_or_r16():
     assert s.startswith("The best design is the plain backbone (no SE)") and "no SE design is distinguishable" in s
     s = finding(r16, r16, plain, None, paired_difference(r16.accuracies, plain.accuracies), Noise(0.011, 8, 3))
     assert s.startswith("The best design is the paper's fixed r=16 SE")
+    bad16 = _design(R16, [0.91, 0.92, 0.90])  # r=16 clearly worse than no SE
+    s = finding(plain, bad16, plain, paired_difference(plain.accuracies, bad16.accuracies), None, Noise(0.011, 8, 3))
+    assert "r=16 SE is worse by -0.043" in s and "does not pay" in s
 
 
 def test_seeds_needed_and_detectable_effect():
