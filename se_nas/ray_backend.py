@@ -325,8 +325,10 @@ def run(study, config, progress, data=None) -> None:
         return
     if not ray.is_initialized():
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
-        kw = {} if config.ray_address in (None, "", "local") else {"address": config.ray_address}
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
+        # No address: a new local Ray of our own ("local"), never a cluster some other program started
+        # on this machine, which a bare ray.init() would join.
+        address = "local" if config.ray_address in (None, "", "local") else config.ray_address
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     trainable = tune.with_parameters(
         _trainable, recipe=config.recipe.to_dict(), budget=config.budget.to_dict(),
         deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)))

@@ -47,10 +47,11 @@ def configure_threads(workers: int = 1) -> int:
 
 def machine_load_warning(workers: int = 1) -> str | None:
     """A one-line warning when the machine is already too busy to give each of ``workers`` search
-    processes a free core (1-minute load average + workers > cores), else None."""
+    processes a free core (1-minute load average >= cores - workers + 0.5: the half absorbs this
+    process's own start-up and the tail of whatever just finished), else None."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     n = cores()
-    if load + workers <= n:
+    if load < n - workers + 0.5:
         return None
     return (f"warning: this machine is already busy (load average {load:.1f} on {n} cores): trials will take "
             f"longer than on an idle machine; their results do not change ({PROCESS_THREADS} torch thread per process)")
