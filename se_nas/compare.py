@@ -78,10 +78,10 @@ def paired_test(values: list[float], reference: list[float]) -> dict[str, Any]:
     paired t-test, as a dict (``se_nas.results.paired_difference``)."""
     from .results import paired_difference
 
-    return _diff_dict(paired_difference(values, reference), [a - b for a, b in zip(values, reference)])
+    return _diff_dict(paired_difference(values, reference))
 
 
-def _diff_dict(d: Difference | None, diffs: list[float] | None = None) -> dict[str, Any] | None:
+def _diff_dict(d: Difference | None) -> dict[str, Any] | None:
     if d is None:
         return None
     out = d.to_dict()
