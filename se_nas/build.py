@@ -62,6 +62,11 @@ class ResidualUnit(nn.Module):
         return self.se_output(out)
 
 
+def make_unit(u: Unit, se_bias: bool) -> nn.Module:
+    """The module of one unit of a geometry, alone (what the model holds at that place)."""
+    return ResidualUnit(u, se_bias)
+
+
 class SEResNet(nn.Module):
     """A ResNet/ResNeXt backbone built from a resolved geometry."""
 
@@ -72,7 +77,7 @@ class SEResNet(nn.Module):
         self.stem = nn.Sequential(*_conv_bn(geom.stem_conv), nn.ReLU(inplace=True), *pool)
         stages: list[list[nn.Module]] = [[] for _ in geom.arch.stages]
         for u in geom.units:
-            stages[u.stage].append(ResidualUnit(u, geom.arch.se_bias))
+            stages[u.stage].append(make_unit(u, geom.arch.se_bias))
         self.stages = nn.Sequential(*(nn.Sequential(*s) for s in stages))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(geom.out_ch, num_classes)

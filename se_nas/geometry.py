@@ -148,6 +148,20 @@ def resolve(arch: Arch, stem: str = "imagenet", width: float = 1.0) -> Geometry:
                     stem_pool=stem_spec.pool, units=tuple(units))
 
 
+def unit_input_sizes(geom: Geometry, image_size: int) -> tuple[int, ...]:
+    """The spatial side of each unit's input at ``image_size`` (in ``geom.units`` order): what a
+    per-unit measurement (the latency profile) feeds each unit."""
+    size = geom.stem_conv.out_size(check_image_size(image_size))
+    if geom.stem_pool:
+        size = conv_out(size, *geom.stem_pool)
+    sizes = []
+    for u in geom.units:
+        sizes.append(size)
+        for c in u.convs:
+            size = c.out_size(size)
+    return tuple(sizes)
+
+
 def check_image_size(image_size: int) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ArchError(f"image size must be a positive integer, got image_size={image_size!r}")

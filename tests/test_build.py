@@ -74,3 +74,26 @@ def test_bad_build_arguments():
         build_model(PRESETS["resnet18"], stem="cifar")
     with pytest.raises(ArchError, match="num_classes=0"):
         build_model(PRESETS["resnet18"], num_classes=0)
+
+
+@pytest.mark.parametrize("backbone,stem,size", [("resnet18", "small", 16), ("resnet50", "imagenet", 64),
+                                                ("resnext50_32x4d", "small", 20)])
+def test_unit_input_sizes_are_what_each_built_unit_receives(backbone, stem, size):
+    """The sizes a per-unit measurement feeds each unit equal the inputs the whole model gives them,
+    and ``make_unit`` builds the same module (same state-dict shapes) the model holds there."""
+    from se_nas.build import make_unit
+    from se_nas.geometry import resolve, unit_input_sizes
+
+    arch = Arch.uniform(backbone, StageSE(reduction=4, position="pre"), stride_on="3x3")
+    geom = resolve(arch, stem, 0.25)
+    model = build_model(arch, 10, stem, 0.25).eval()
+    units = [u for stage in model.stages for u in stage]
+    seen = []
+    for u in units:
+        u.register_forward_pre_hook(lambda mod, inp: seen.append(tuple(inp[0].shape[1:])))
+    model(torch.zeros(1, 3, size, size))
+    assert [s[1] for s in seen] == list(unit_input_sizes(geom, size))
+    assert [s[0] for s in seen] == [u.in_ch for u in geom.units]
+    for u, built in zip(geom.units, units):
+        alone = make_unit(u, arch.se_bias).state_dict()
+        assert {k: v.shape for k, v in alone.items()} == {k: v.shape for k, v in built.state_dict().items()}
