@@ -24,7 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -113,7 +116,13 @@ def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=
     unique = {}
     for role, a in arms.items():
         unique.setdefault(a.id, (role, a))
-    todo = [(seed, role, a) for seed in seeds for role, a in unique.values() if (a.id, seed) not in have]
+    # Seed by seed; within a seed's round each process starts at its own design, so processes of one
+    # shared study (several machines on one database) train different runs and skip what the others
+    # stored meanwhile instead of training the same ones side by side.
+    designs = list(unique.values())
+    start = zlib.crc32(f"{socket.gethostname()}/{os.getpid()}".encode()) % len(designs) if designs else 0
+    designs = designs[start:] + designs[:start]
+    todo = [(seed, role, a) for seed in seeds for role, a in designs if (a.id, seed) not in have]
     if todo and data is None:
         from .data import load_data
 
@@ -123,14 +132,19 @@ def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=
         log = progress.log
     for i, (seed, role, a) in enumerate(todo, 1):
         name = f"{ROLES.get(role, role)} {a.id} seed {seed}"
-        short = f"{role} {a.id} s{seed}"
-        live = None if progress is None else (lambda p, short=short: progress.live(f"{short} {p}"))
-        run = train_run(a, recipe, seed, data, device, on_progress=live)
-        study.set_user_attr(_key(rk, a, seed), run.to_attr())
-        have[(a.id, seed)] = run
-        if log is not None:
-            acc = f"{run.accuracy:.4f}" if run.accuracy is not None else f"failed: {run.reason}"
-            log(f"[{stage} {i}/{len(todo)}] {name}: {acc} ({run.seconds:.1f}s)")
+        if i > 1 and (a.id, seed) in (fresh := stored_runs(study, rk)):
+            have.update(fresh)  # another process trained it while we trained the previous one
+            if log is not None:
+                log(f"[{stage} {i}/{len(todo)}] {name}: stored by another process")
+        else:
+            short = f"{role} {a.id} s{seed}"
+            live = None if progress is None else (lambda p, short=short: progress.live(f"{short} {p}"))
+            run = train_run(a, recipe, seed, data, device, on_progress=live)
+            study.set_user_attr(_key(rk, a, seed), run.to_attr())
+            have[(a.id, seed)] = run
+            if log is not None:
+                acc = f"{run.accuracy:.4f}" if run.accuracy is not None else f"failed: {run.reason}"
+                log(f"[{stage} {i}/{len(todo)}] {name}: {acc} ({run.seconds:.1f}s)")
         if progress is not None:
             progress.advance()
     if progress is not None and todo:

@@ -364,3 +364,29 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
     assert remaining(study, 2) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in waiting]
     assert len(retried) == 2 and all(t.state == S.COMPLETE for t in retried)
+
+
+def test_runs_another_process_stored_meanwhile_are_not_trained_again(tmp_path):
+    """Two processes of one shared study (machines on one database) calibrate at once: a run the other
+    stored while this one trained is read back, not trained a second time."""
+    from se_nas.arch import Arch, StageSE
+    from se_nas.confirm import RUN_PREFIX, ensure_runs, train_run
+    from se_nas.data import load_data
+
+    study = open_study("shared", root=tmp_path, create=True)
+    recipe = load_recipe("tiny")
+    rk = recipe_key(recipe)
+    arms = {"plain": Arch.uniform("resnet18", None), "r16": Arch.uniform("resnet18", StageSE())}
+    lines = []
+
+    def other_process_stores_the_rest(line):
+        lines.append(line)
+        if len(lines) == 1:  # this process finished its first run; the other finished the second one
+            done = {a for a, _ in stored_runs(study, rk)}
+            (role, arch), = [(r, a) for r, a in arms.items() if a.id not in done]
+            run = train_run(arch, recipe, 1000, load_data(recipe))
+            study.set_user_attr(f"{RUN_PREFIX}{rk}:{arch.id}:1000", run.to_attr())
+
+    runs = ensure_runs(study, arms, [1000], recipe, log=other_process_stores_the_rest)
+    assert set(runs) == {(a.id, 1000) for a in arms.values()}
+    assert "stored by another process" in lines[1] and "stored by another process" not in lines[0]
