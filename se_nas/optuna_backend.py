@@ -9,6 +9,7 @@ run; before each trial, every process fails and enqueues again the trials of dea
 """
 from __future__ import annotations
 
+import socket
 import time
 import warnings
 from typing import Callable
@@ -48,14 +49,12 @@ def run_one(study, config, data=None, device=None, live=None):
     On Ctrl-C the trial is failed as "interrupted" and enqueued again, then the interrupt goes on.
     """
     import optuna
-    from optuna.storages import fail_stale_trials
 
     from .confirm import study_noise
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # stale trials (heartbeat) are recovered by the caller's loop
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-        fail_stale_trials(study)  # no-op unless the storage has a heartbeat
         trial = study.ask()
     for k, v in owner_attrs().items():
         trial.set_user_attr(k, v)
@@ -90,6 +89,22 @@ def run_one(study, config, data=None, device=None, live=None):
         raise
 
 
+WAIT_S = 1.0  # how often a process with nothing left to start looks at the others' last trials
+
+
+def _wait_for_others(study) -> bool:
+    """Whether this process, with no trial left to start, should stay: while another process's trial
+    runs and its death could still be noticed here (its pid on this host, or a heartbeat), so that if
+    it dies its trial is retried and the study ends with the number of trials asked for."""
+    import optuna
+
+    from .storage import heartbeat_on
+
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    here = socket.gethostname()
+    return bool(running) and (heartbeat_on(study) or all(t.user_attrs.get("host") == here for t in running))
+
+
 def _worker(config, index: int, on_done: Callable | None = None, data=None, live=None) -> None:
     """One search process: its own sampler, the shared storage, the loaded data."""
     from .data import load_data
@@ -97,16 +112,22 @@ def _worker(config, index: int, on_done: Callable | None = None, data=None, live
     quiet_optuna()
     configure_threads(config.workers)
     study = open_study(config.study, storage=config.storage, root=config.root, heartbeat=True)
-    study.sampler = make_sampler(config.sampler, process_seed(config.seed, index, counted(study)[0] + index))
+    study.sampler = make_sampler(config.sampler, process_seed(config.seed, index, counted(study)[0] + index,
+                                                                    shared=config.storage is not None))
     if data is None:
         data = load_data(config.recipe)
     streak = 0
     while True:
         # Before counting: a trial of a process that died since (beside us, or a killed rerun) is
         # retried here, not counted as running until this process runs out of trials and leaves it.
-        recover_dead_trials(study)
+        for number in recover_dead_trials(study):  # shown like any finished trial: "failed: <why>"
+            if on_done is not None:
+                on_done(study.trials[number])
         if remaining(study, config.n_trials) <= 0:
-            break
+            if not _wait_for_others(study):
+                break
+            time.sleep(WAIT_S)
+            continue
         frozen = run_one(study, config, data=data, live=live)
         if on_done is not None:
             on_done(frozen)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .arch import Arch
 from .storage import DEFAULT_ROOT
-from .study import STATUSES, Status, counted, records
+from .study import STATUSES, Status, counted, records, retried
 
 
 def trial_line(t) -> str:
@@ -98,7 +98,8 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix_str("", refresh=False)
             self.bar.write(trial_line(t))
-            if t.user_attrs.get("status") != Status.REPEAT.value:
+            # repeats and failures that are retried (a dead process's trial) don't count towards n_trials
+            if t.user_attrs.get("status") != Status.REPEAT.value and t.number not in retried(self.study):
                 self.bar.update(1)
 
     def poll(self) -> None:

@@ -265,7 +265,7 @@ def _make_searcher(config, study, progress):
         def save(self, checkpoint_path: str) -> None:
             pass
 
-    sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0]))
+    sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0], config.storage is not None))
     searcher = StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
                            storage=study._storage, study_name=study.study_name)
     searcher.on_done = progress.trial_done

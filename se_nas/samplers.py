@@ -50,18 +50,21 @@ def make_sampler(name: str, seed: int | None):
         return SAMPLERS[name](seed)
 
 
-def process_seed(base: int, index: int = 0, started_with: int = 0) -> int:
-    """The sampler seed of one search process. A fresh single-process search uses ``base`` itself;
-    every other process (worker ``index`` > 0, a resumed run that found ``started_with`` trials, a
-    process on another host) mixes those in, so separate processes, machines and resumed runs do not
-    propose the same sequence. Trial *training* seeds stay ``base + trial number`` whatever process
-    runs a trial, so every trial is reproducible."""
+def process_seed(base: int, index: int = 0, started_with: int = 0, shared: bool = False) -> int:
+    """The sampler seed of one search process. A fresh single-process search on its own study file
+    uses ``base`` itself; every other process (worker ``index`` > 0, a resumed run that found
+    ``started_with`` trials, any process on a ``shared`` storage such as one PostgreSQL study that
+    several machines or commands search at once) mixes in those, its host and its pid, so separate
+    processes, machines and resumed runs do not propose the same sequence. Trial *training* seeds stay
+    ``base + trial number`` whatever process runs a trial, so every trial is reproducible."""
+    import os
     import socket
     import zlib
 
-    if index == 0 and started_with == 0:
+    if index == 0 and started_with == 0 and not shared:
         return base
-    return zlib.crc32(f"{base}/{index}/{started_with}/{socket.gethostname()}".encode()) & 0x7FFFFFFF
+    mix = f"{base}/{index}/{started_with}/{socket.gethostname()}/{os.getpid()}"
+    return zlib.crc32(mix.encode()) & 0x7FFFFFFF
 
 
 def quiet_optuna() -> None:

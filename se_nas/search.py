@@ -161,7 +161,8 @@ def prepare_study(config: SearchConfig):
     study = open_study(config.study, storage=config.storage, root=config.root, create=True, heartbeat=True)
     _check_settings(study, config)
     recover_dead_trials(study)
-    study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0]))
+    study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],
+                                                                    shared=config.storage is not None))
     return study
 
 

@@ -9,7 +9,10 @@ line naming the package. Every command that reads a study takes the same ``stora
 study run anywhere can be reported, exported and compared.
 
 A trial of a dead process (its pid gone on this host, no owner recorded after a grace period, or a
-stale heartbeat on an RDB storage) is failed and retried, at most ``MAX_RETRIES`` times per design.
+stale heartbeat on an RDB storage: its process on another machine stopped beating) is failed with a
+reason naming the process and host, and retried, at most ``MAX_RETRIES`` times per design. The
+heartbeat beats every ``SE_NAS_HEARTBEAT_S`` seconds (default 60); a trial is stale after four
+missed beats.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from typing import Any
 DEFAULT_ROOT = Path("trials")
 MAX_RETRIES = 3  # retries of a trial whose process died, by pid (ours) or heartbeat (Optuna's)
 OWNERLESS_GRACE_S = 120.0  # a RUNNING trial with no host/pid this long after its start is dead
+HEARTBEAT_ENV = "SE_NAS_HEARTBEAT_S"
+HEARTBEAT_S = 60  # default beat; a trial is stale after HEARTBEAT_MISSES beats without one
+HEARTBEAT_MISSES = 4
 
 
 class StorageError(ValueError):
@@ -125,9 +131,10 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-                beat = dict(heartbeat_interval=60, grace_period=240,
-                            heartbeat_stale_trial_callback=retry) if heartbeat else {}
+                beat = {}
+                if heartbeat:  # stale trials are failed and retried by recover_dead_trials, not a callback
+                    every = heartbeat_interval()
+                    beat = dict(heartbeat_interval=every, grace_period=HEARTBEAT_MISSES * every)
                 storage = optuna.storages.RDBStorage(
                     url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None, **beat)
             break
@@ -140,6 +147,34 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
     if url.startswith("sqlite"):
         _fast_sqlite(storage.engine)
     return storage
+
+
+def heartbeat_interval() -> int:
+    """Seconds between heartbeats of a running trial on an RDB storage (``SE_NAS_HEARTBEAT_S``)."""
+    raw = os.environ.get(HEARTBEAT_ENV, str(HEARTBEAT_S))
+    try:
+        every = int(raw)
+    except ValueError:
+        every = 0
+    if every < 1:
+        raise StorageError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {raw!r}")
+    return every
+
+
+def heartbeat_on(study) -> bool:
+    """Whether ``study``'s storage notices a dead process on another machine (an RDB storage opened
+    with ``heartbeat``; Optuna's stale-trial query is private, so its presence is checked too)."""
+    storage = study._storage
+    try:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+    except ImportError:  # a future Optuna without it: the pid check still covers one machine
+        return False
+    return is_heartbeat_enabled(storage) and hasattr(storage, "_get_stale_trial_ids")
+
+
+def _stale_trial_ids(study) -> set[int]:
+    """Trials whose heartbeat stopped, by trial id."""
+    return set(study._storage._get_stale_trial_ids(study._study_id)) if heartbeat_on(study) else set()
 
 
 def _fast_sqlite(engine) -> None:
@@ -238,9 +273,12 @@ def _attempts(trial, by_number: dict) -> int:
     return n
 
 
-def _why_dead(t, host: str, now, grace_s: float) -> str | None:
+def _why_dead(t, host: str, now, grace_s: float, stale: set[int]) -> str | None:
     """Why the RUNNING trial ``t`` is dead, or None while its owner may still be working on it."""
     owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+    if t._trial_id in stale:
+        silent = HEARTBEAT_MISSES * heartbeat_interval()
+        return f"process {pid} on {owner_host} stopped its heartbeat (none for {silent} s): its machine or process is gone"
     if owner_host is None and pid is None:
         # Its process died between ask and recording its owner; a live one records it within moments.
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
@@ -252,8 +290,8 @@ def _why_dead(t, host: str, now, grace_s: float) -> str | None:
 
 
 def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
-    """Fail the RUNNING trials whose owner process on this host is gone, and those that have had no
-    owner for ``grace_s`` seconds; enqueue their parameters again so the next ask retries them, at
+    """Fail the RUNNING trials whose owner process on this host is gone, those whose heartbeat
+    stopped (a process on another machine), and those that have had no owner for ``grace_s`` seconds; enqueue their parameters again so the next ask retries them, at
     most ``MAX_RETRIES`` times per design (a design whose process is killed every time, e.g. by the
     OOM killer, must not block the study). Cheap when nothing died: one query of the RUNNING
     trials. Returns the numbers of the trials failed."""
@@ -264,8 +302,10 @@ def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
     from .study import Status
 
     host, now, failed, by_number = socket.gethostname(), datetime.datetime.now(), [], None
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        reason = _why_dead(t, host, now, grace_s)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    stale = _stale_trial_ids(study) if running else set()
+    for t in running:
+        reason = _why_dead(t, host, now, grace_s, stale)
         if reason is None:
             continue
         if by_number is None:
@@ -281,7 +321,7 @@ def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
             if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process (or the heartbeat) failed it first and enqueued the retry
+            continue  # another process failed it first and enqueued the retry
         if retry:
             # A trial that died right after ask has no params yet: its enqueued ones, if it had any.
             study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs={"retry_of": t.number})

@@ -18,7 +18,7 @@ from se_nas.budget import Budget
 from se_nas.compare import compare
 from se_nas.optuna_backend import _worker
 from se_nas.search import SearchConfig, prepare_study
-from se_nas.storage import MAX_RETRIES, make_storage, open_study, recover_dead_trials
+from se_nas.storage import MAX_RETRIES, StorageError, make_storage, open_study, recover_dead_trials
 from se_nas.study import counted
 
 S = optuna.trial.TrialState
@@ -218,26 +218,97 @@ def _read(path: str) -> str:
     return Path(path).read_text()[-2000:] if os.path.exists(path) else ""
 
 
-def test_search_report_export_compare_on_postgresql(postgres_url, tmp_path, capsys):
-    """The documented URL, psycopg 3: a real search on the server, then every command that reads a
-    study reads it from there (nothing is written under --root)."""
-    common = ["--storage", postgres_url, "--root", str(tmp_path / "trials")]
-    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--calibration-seeds", "0",
-                     "--confirm-top", "0", "--early-stop", "none", "--n-trials", "3", "--study", "pg", *common]) == 0
-    assert make_storage("pg", postgres_url).engine.dialect.driver == "psycopg"  # SQLAlchemy's default: psycopg 3
-    assert counted(open_study("pg", storage=postgres_url)) == (3, 0)
+def _can_be_another_machine() -> bool:
+    """A process in its own UTS namespace has its own hostname: to the others it is another machine
+    (its pid means nothing to them; only its heartbeat tells them it is alive). Needs root."""
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0
+
+
+def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp_path, capsys):
+    """Two `se-nas search` commands on one study of a real PostgreSQL server: this machine's and one
+    on "machine-b" (its own hostname), each with its own sampler seed and a 1 s heartbeat. machine-b
+    is SIGKILLed mid-trial. This machine's heartbeat check fails that trial naming machine-b's process,
+    retries it, and the study ends with exactly the trials asked for; then report, export and compare
+    read the study from the server (nothing is written under --root)."""
+    if not _can_be_another_machine():
+        pytest.skip("needs `unshare --uts` (root) to give a second process its own hostname")
+    n, root = 6, str(tmp_path / "trials")
+    common = ["--storage", postgres_url, "--root", root]
+    search = [sys.executable, "-m", "se_nas", "search", "--space", "tiny", "--recipe", "tiny", "--calibration-seeds",
+              "0", "--confirm-top", "0", "--early-stop", "none", "--n-trials", str(n), "--study", "many", *common]
+    env = {**os.environ, "SE_NAS_HEARTBEAT_S": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    other = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname machine-b && exec "$@"', "sh", *search],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    here = subprocess.Popen(search, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        victim, deadline = None, time.time() + 120
+        while victim is None and time.time() < deadline and other.poll() is None:
+            try:
+                study = open_study("many", storage=postgres_url)
+            except Exception:  # not created yet
+                time.sleep(0.2)
+                continue
+            running = [t for t in study.get_trials(states=(S.RUNNING,))
+                       if t.user_attrs.get("host") == "machine-b" and "arch" in t.user_attrs]
+            if running:
+                other.kill()  # SIGKILL: no handler runs, the heartbeat just stops
+                victim = running[0]
+            time.sleep(0.05)
+        assert victim is not None, f"machine-b never ran a trial: {other.communicate()[1][-2000:]}"
+        assert victim.user_attrs["pid"] == other.pid  # same pid namespace: the pid it recorded is the one killed
+        out, _ = here.communicate(timeout=300)
+        assert here.returncode == 0, out[-3000:]
+        lost_line = [line for line in out.splitlines() if line.startswith(f"#{victim.number} ")]
+        assert lost_line and "failed: process" in lost_line[0] and "machine-b stopped its heartbeat" in lost_line[0]
+    finally:
+        for p in (other, here):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    study = open_study("many", storage=postgres_url)
+    trials = {t.number: t for t in study.get_trials()}
+    lost = trials[victim.number]
+    assert lost.state == S.FAIL
+    assert f"process {other.pid} on machine-b stopped its heartbeat" in lost.user_attrs["reason"]
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retry) == 1 and retry[0].state == S.COMPLETE and retry[0].params == victim.params
+    assert retry[0].user_attrs["host"] == socket.gethostname()
+    assert counted(study) == (n, 0)
     assert not (tmp_path / "trials").exists()
-    out = str(tmp_path / "reports")
-    assert cli.main(["report", "pg", *common, "--out", out]) == 0
-    assert (tmp_path / "reports" / "pg" / "report.html").exists()
-    assert cli.main(["export", "pg", "--best", *common, "-o", str(tmp_path / "best.senas"), "--quiet"]) == 0
-    assert load_model(tmp_path / "best.senas").se_nas.meta["study"] == "pg"
+    out_dir = str(tmp_path / "reports")
+    assert cli.main(["report", "many", *common, "--out", out_dir]) == 0
+    assert (tmp_path / "reports" / "many" / "report.html").exists()
+    assert cli.main(["export", "many", "--best", *common, "-o", str(tmp_path / "best.senas"), "--quiet"]) == 0
+    assert load_model(tmp_path / "best.senas").se_nas.meta["study"] == "many"
     # compare through the library: the same code as `se-nas compare --storage`, with a short latency run
-    res = compare("pg", storage=postgres_url, root=tmp_path / "trials", out=out, seeds=1, latency_repeats=2,
+    res = compare("many", storage=postgres_url, root=tmp_path / "trials", out=out_dir, seeds=1, latency_repeats=2,
                   log=lambda *a: None)
-    assert res["study"] == "pg" and (tmp_path / "reports" / "pg" / "compare.json").exists()
+    assert res["study"] == "many" and (tmp_path / "reports" / "many" / "compare.json").exists()
     err = capsys.readouterr().err
     assert "error" not in err, err
+
+
+def test_processes_on_a_shared_storage_get_their_own_sampler_seeds():
+    """Two commands started at once on one shared study (same host, same trial count) must not
+    propose the same sequence; a fresh search on its own study file keeps the seed it was given."""
+    from se_nas.samplers import process_seed
+
+    code = "from se_nas.samplers import process_seed; print(process_seed(7, 0, 0, shared=True))"
+    seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+             for _ in range(2)}
+    assert len(seeds) == 2
+    assert process_seed(7) == 7 and process_seed(7, shared=True) != 7
+
+
+def test_the_heartbeat_setting_is_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("SE_NAS_HEARTBEAT_S", "soon")
+    with pytest.raises(StorageError, match="SE_NAS_HEARTBEAT_S must be a whole number of seconds >= 1, got 'soon'"):
+        make_storage("h", f"sqlite:///{tmp_path}/h.db", heartbeat=True)
+    monkeypatch.setenv("SE_NAS_HEARTBEAT_S", "2")
+    st = make_storage("h", f"sqlite:///{tmp_path}/h.db", heartbeat=True)
+    assert (st.heartbeat_interval, st.grace_period) == (2, 8)
 
 
 def test_both_postgresql_url_forms(postgres_url, monkeypatch):
