@@ -64,44 +64,95 @@ ABBREV = {
 }
 
 
-# --- backbones (He et al. 2016; Xie et al. 2017), in the form the SENet paper trains
+# --- backbones: one entry per family, its stages and units as data (the registry)
+# A family is a stem, stages of units and a head. Each stage is a tuple of ``Block`` rows (a row of
+# the family's table in its paper: n units with the same settings, the first carrying the stride);
+# ``unit`` names the kind of unit in ``se_nas.geometry.UNITS``, which turns a row into layers. The
+# builder and the cost model both read those layers, so adding a family is one entry here.
+@dataclass(frozen=True)
+class Block:
+    out: int  # output channels of each unit
+    n: int = 1  # units in this row; the first has ``stride``
+    stride: int = 1
+    mid: int = 0  # inner width: a bottleneck's 3x3, an inverted residual's expansion (0: none)
+    mid2: int = 0  # SENet-154's 3x3 width, when it differs from its first 1x1's (0: = mid)
+    k: int = 3  # kernel of the spatial convolution
+    groups: int = 1  # groups of the spatial (ResNeXt) or pointwise (ShuffleNet) convolutions
+    first_groups: int = 0  # ShuffleNet: groups of the first unit's first 1x1 (0: = groups)
+    layers: int = 1  # VGG: convolutions in the block
+    act: str = "relu"
+
+
+@dataclass(frozen=True)
+class StemLayer:
+    out: int
+    k: int
+    stride: int
+    act: str = "relu"
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    block: str  # "basic" or "bottleneck"
-    depths: tuple[int, ...]  # residual units per stage
-    mid_channels: tuple[int, ...]  # width of the 3x3 convolution(s) per stage
-    out_channels: tuple[int, ...]  # output width per stage
-    groups: int = 1  # groups of the 3x3 convolution (ResNeXt cardinality)
+    unit: str  # a kind of unit in se_nas.geometry.UNITS
+    stages: tuple[tuple[Block, ...], ...]
+    stem: tuple[StemLayer, ...] = (StemLayer(64, 7, 2),)
+    stem_pool: tuple[int, int, int] | None = (3, 2, 1)  # max pool (kernel, stride, padding) after the stem
+    positions: tuple[str, ...] = tuple(POSITIONS)  # the insertion points this family has
+    stride_forms: tuple[str, ...] = ("1x1",)  # where a strided bottleneck strides (see STRIDE_ON)
+    divisor: int = 8  # widths scaled by a width multiplier are rounded to multiples of this
+    se_divisor: int = 1  # SE hidden width: 1 = C // r (the paper); 8 = MobileNetV3's rounding
+    down_kernel: int = 1  # kernel of a strided projection shortcut (SENet-154: 3)
+    head_conv: StemLayer | None = None  # a 1x1 convolution before the pool (MobileNetV3)
+    pool_size: int = 1  # the head's adaptive average pool: 1 (global) or 7 (VGG)
+    fc: tuple[int, ...] = ()  # hidden widths of the classifier
+    fc_act: str = "relu"
+    dropout: float = 0.0  # before each linear layer of the classifier but the first hidden one
+    source: str = ""
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Units per stage."""
+        return tuple(sum(b.n for b in stage) for stage in self.stages)
 
 
+RESIDUAL_STRIDES = ("1x1", "3x3")
+
+
+def _resnet(unit: str, depths, mids, outs, groups: int = 1, source: str = "", **kw) -> BackboneSpec:
+    """He et al.'s four stages; the first unit of stages 2-4 strides by 2."""
+    stages = tuple((Block(o, d, 1 if i == 0 else 2, m, groups=groups),)
+                   for i, (d, m, o) in enumerate(zip(depths, mids, outs)))
+    return BackboneSpec(unit, stages, stride_forms=RESIDUAL_STRIDES, source=source, **kw)
+
+
+_BASIC = (64, 128, 256, 512)
+_WIDE = (256, 512, 1024, 2048)
+_RESNET = "He et al. 2016, Table 1"
+_RESNEXT = "Xie et al. 2017, Table 1"
+# Residual units have every insertion point; a family without a residual branch (VGG, MobileNet v1)
+# has no shortcut to put SE on and no addition for it to precede or follow: "standard" is the end of
+# the unit and "pre" its input (and, for depthwise-separable units, "after_3x3" sits between the
+# depthwise and the pointwise convolution).
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), (64, 128, 256, 512)),
-    "resnet34": BackboneSpec("basic", (3, 4, 6, 3), (64, 128, 256, 512), (64, 128, 256, 512)),
-    "resnet50": BackboneSpec("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), (256, 512, 1024, 2048)),
-    "resnet101": BackboneSpec("bottleneck", (3, 4, 23, 3), (64, 128, 256, 512), (256, 512, 1024, 2048)),
-    "resnet152": BackboneSpec("bottleneck", (3, 8, 36, 3), (64, 128, 256, 512), (256, 512, 1024, 2048)),
-    "resnext50_32x4d": BackboneSpec(
-        "bottleneck", (3, 4, 6, 3), (128, 256, 512, 1024), (256, 512, 1024, 2048), groups=32
-    ),
+    "resnet18": _resnet("basic", (2, 2, 2, 2), _BASIC, _BASIC, source=_RESNET),
+    "resnet34": _resnet("basic", (3, 4, 6, 3), _BASIC, _BASIC, source=_RESNET),
+    "resnet50": _resnet("bottleneck", (3, 4, 6, 3), _BASIC, _WIDE, source=_RESNET),
+    "resnet101": _resnet("bottleneck", (3, 4, 23, 3), _BASIC, _WIDE, source=_RESNET),
+    "resnet152": _resnet("bottleneck", (3, 8, 36, 3), _BASIC, _WIDE, source=_RESNET),
+    "resnext50_32x4d": _resnet("bottleneck", (3, 4, 6, 3), (128, 256, 512, 1024), _WIDE, 32, _RESNEXT),
 }
 
 # Where a strided bottleneck downsamples: "1x1" is the original ResNet and the SENet paper
 # (ResNet-50 = 3.86 GFLOPs); "3x3" is torchvision's and timm's (about 4.1 GFLOPs).
-STRIDE_ON = ("1x1", "3x3")
+STRIDE_ON = RESIDUAL_STRIDES
 
+# --- activations after a convolution's BatchNorm (None: none)
+ACTS = ("relu", "hardswish")
 
-
-# --- stems: the layers before the first stage
-@dataclass(frozen=True)
-class StemSpec:
-    kernel: int  # one kernel x kernel convolution (with BatchNorm and ReLU) ...
-    stride: int
-    pool: tuple[int, int, int] | None = None  # ... then a max pool (kernel, stride, padding), if any
-
-
-# "imagenet" is 7x7/2 conv + 3x3/2 max pool (224x224 inputs); "small" is one 3x3/1 conv and no
-# pooling, for 32x32 and smaller inputs (the CIFAR ResNets of He et al.).
-STEMS: dict[str, StemSpec] = {
-    "imagenet": StemSpec(7, 2, (3, 2, 1)),
-    "small": StemSpec(3, 1),
+# --- stems: "imagenet" is the family's own (ResNet: 7x7/2 conv + 3x3/2 max pool, for 224x224
+# inputs); "small" makes every stem convolution a 3x3 with stride 1 and drops the pool, for 32x32
+# and smaller inputs (the CIFAR ResNets of He et al.).
+STEMS: dict[str, str] = {
+    "imagenet": "the family's own stem (ResNet: 7x7/2 convolution and 3x3/2 max pool)",
+    "small": "the stem's convolutions as 3x3, stride 1, no pool (32x32 and smaller inputs)",
 }
