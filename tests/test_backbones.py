@@ -228,3 +228,29 @@ def test_tiny_search_on_mobilenet(tmp_path):
         assert r.arch.backbone == "mobilenet_v1" and r.gflops == pytest.approx(count_cost(r.arch).gflops)
         assert all(s is None or s.position in ("standard", "pre", "after_3x3") for s in r.arch.stages)
         assert 0.0 <= r.accuracy <= 1.0 if r.trained else r.status == "failed"
+
+
+@pytest.mark.parametrize("backbone,index,position", [
+    ("shufflenet_v1_g3", 1, "standard"),  # an identity unit: the fused BN-scale-add-ReLU tail
+    ("shufflenet_v1_g3", 0, "identity"),  # a strided unit: SE on the pooled shortcut, then concat
+    ("mobilenet_v3_large", 4, "after_3x3"),  # its own SE, between depthwise and projection
+    ("vgg16_bn", 1, "standard"),  # after the block's last ReLU, before its pool
+    ("senet154", 3, "standard"),  # a 3x3 stride-2 projection shortcut
+])
+def test_fast_se_path_equals_reference_on_other_families(backbone, index, position):
+    """The fast SE path (se_nas/fused.py) where it applies in each kind of unit: same outputs and
+    gradients as the straightforward modules, in float64."""
+    from tests.test_fast_se import _check_unit
+
+    _check_unit(backbone, StageSE(2, "avg", "hardsigmoid", position), index)
+
+
+def test_fused_tail_is_taken_where_the_unit_ends_like_a_residual_unit():
+    from se_nas.build import ResidualUnit
+
+    units = [m for m in build_model(PRESETS["se_shufflenet_v1_g3"], 10, "small", 0.25).modules()
+             if isinstance(m, ResidualUnit)]
+    assert [u.tail_fusable for u in units[:2]] == [False, True]  # concat vs add + ReLU
+    units = [m for m in build_model(PRESETS["mobilenet_v3_large"], 10, "small", 0.25).modules()
+             if isinstance(m, ResidualUnit)]
+    assert not any(u.tail_fusable for u in units)  # no ReLU after its additions
