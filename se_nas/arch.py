@@ -76,13 +76,19 @@ class StageSE:
         return f"r{self.reduction}/{ABBREV[self.squeeze]}/{ABBREV[self.gate]}/{ABBREV[self.position]}"
 
 
-def se_hidden(channels: int, reduction: int) -> int:
+def se_hidden(channels: int, reduction: int, divisor: int = 1) -> int:
     """Hidden width of the excitation bottleneck: ``C // r``, at least 1.
 
     Floor division gives exactly C/r for every width the paper uses (C is a multiple of r); the floor
-    of 1 keeps narrow proxies (width multipliers, large r) valid.
+    of 1 keeps narrow proxies (width multipliers, large r) valid. With ``divisor`` > 1 (MobileNetV3)
+    ``C // r`` is rounded as torchvision's ``_make_divisible`` does: to the nearest multiple, at least
+    ``divisor``, and never more than 10% below ``C // r``.
     """
-    return max(1, channels // reduction)
+    v = channels // reduction
+    if divisor == 1:
+        return max(1, v)
+    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class Arch:
             raise ArchError(f"unknown stride_on {_show(self.stride_on)}; allowed: {', '.join(STRIDE_ON)}")
         if not isinstance(self.se_bias, bool):
             raise ArchError(f"se_bias must be true or false, got se_bias={_show(self.se_bias)}")
+        if self.stride_on not in spec.stride_forms:
+            raise ArchError(f"stride_on {self.stride_on!r} is not available on {self.backbone} (it has no strided "
+                            f"bottleneck to choose for); allowed: {', '.join(spec.stride_forms)}")
         stages = tuple(self.stages)
         if len(stages) != len(spec.depths):
             raise ArchError(
@@ -118,6 +127,9 @@ class Arch:
         for i, s in enumerate(stages):
             if s is not None and not isinstance(s, StageSE):
                 raise ArchError(f"stages[{i}] must be a StageSE or None, got {_show(s)}")
+            if s is not None and s.position not in spec.positions:
+                raise ArchError(f"stages[{i}]: position {s.position!r} is not available on {self.backbone}"
+                                f"{NO_SLOT.get(spec.unit, '')}; allowed: {', '.join(spec.positions)}")
         object.__setattr__(self, "stages", stages)
 
     # --- constructors
@@ -223,18 +235,46 @@ def _stage_from_dict(s: Any, where: str) -> StageSE | None:
         raise ArchError(f"{where}: {e}") from None
 
 
-# --- presets: the paper's plain and SE (r=16 everywhere) backbones
+# Why a family lacks some insertion points (for the error that refuses them).
+NO_SLOT = {
+    "vgg": ": a VGG block has no residual branch: no shortcut for identity, no addition for post",
+    "depthwise_separable": ": a depthwise-separable block has no residual branch: no shortcut for identity, "
+                           "no addition for post",
+    "inverted_residual": ": most of its units have no shortcut: identity and post would not exist there",
+}
+
+# The SE design each family is compared against (``baseline_arch``): the paper's r=16 in every stage,
+# except where the family has its own (MobileNetV3: r=4 after the depthwise convolution, hard-sigmoid,
+# in the stages Howard et al. chose; Table 1 of "Searching for MobileNetV3").
+_MBV3_SE = StageSE(4, gate="hardsigmoid", position="after_3x3")
+REFERENCE_SE: dict[str, tuple[StageSE | None, ...]] = {
+    "mobilenet_v3_large": (None, None, _MBV3_SE, None, _MBV3_SE, _MBV3_SE),
+}
+
+
+def _reference(backbone: str) -> tuple[StageSE | None, ...]:
+    return REFERENCE_SE.get(backbone) or (StageSE(),) * len(BACKBONES[backbone].depths)
+
+
+# --- presets: each family plain and with its SE (the paper's r=16 in every stage, or its own);
+# for residual bottleneck families also the torchvision form (``_tv``, stride on the 3x3).
+# A family named after its SE model (senet154, mobilenet_v3_large) names its plain form ``*_plain``.
+SE_NAMED = {"senet154": {}, "mobilenet_v3_large": {"se_bias": True}}
 PRESETS: dict[str, Arch] = {}
-for _name in BACKBONES:
-    PRESETS[_name] = Arch.uniform(_name, None)
-    PRESETS[f"se_{_name}"] = Arch.uniform(_name, StageSE())
-    PRESETS[f"{_name}_tv"] = Arch.uniform(_name, None, stride_on="3x3")
-    PRESETS[f"se_{_name}_tv"] = Arch.uniform(_name, StageSE(), stride_on="3x3")
+for _name, _spec in BACKBONES.items():
+    _kw = {"stride_on": "3x3"} if _name == "senet154" else {}
+    _plain, _se = (f"{_name}_plain", _name) if _name in SE_NAMED else (_name, f"se_{_name}")
+    PRESETS[_plain] = Arch.uniform(_name, None, **_kw)
+    PRESETS[_se] = Arch(_name, _reference(_name), **_kw, **SE_NAMED.get(_name, {}))
+    if "3x3" in _spec.stride_forms and _name != "senet154":
+        PRESETS[f"{_name}_tv"] = Arch.uniform(_name, None, stride_on="3x3")
+        PRESETS[f"se_{_name}_tv"] = Arch.uniform(_name, StageSE(), stride_on="3x3")
 
 
 def baseline_arch(arch: Arch) -> Arch:
-    """The paper's fixed design on ``arch``'s backbone: SE r=16, avg, sigmoid, standard, every stage."""
-    return replace(arch, stages=(StageSE(),) * len(arch.stages))
+    """The reference SE design on ``arch``'s backbone: the paper's r=16 (avg, sigmoid, standard) in every
+    stage, or the family's own (``REFERENCE_SE``)."""
+    return replace(arch, stages=_reference(arch.backbone))
 
 
 def plain_arch(arch: Arch) -> Arch:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .arch import Arch, StageSE, se_hidden
-from .choices import POSITIONS, SQUEEZE_PASSES
-from .geometry import SLOT_POINT, Conv, check_image_size, check_width, conv_out, resolve
+from .choices import BACKBONES, POSITIONS, SLOTS, SQUEEZE_PASSES
+from .geometry import SLOT_POINT, Layer, Pool, check_image_size, check_width, resolve
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,18 @@ class Cost:
         return sum(s.se_flops for s in self.stages)
 
 
-def conv_cost(c: Conv, out_size: int) -> tuple[int, int]:
-    """(params, FLOPs) of a bias-free conv followed by BatchNorm (2 * cout affine parameters)."""
+def conv_cost(c: Layer, out_size: int) -> tuple[int, int]:
+    """(params, FLOPs) of a conv followed by BatchNorm (2 * cout affine parameters); a local pooling
+    is free (fvcore counts neither max pooling nor a strided average pooling)."""
+    if isinstance(c, Pool):
+        return 0, 0
     weights = c.cout * (c.cin // c.groups) * c.k * c.k
-    return weights + 2 * c.cout, weights * out_size * out_size
+    return weights + (c.cout if c.bias else 0) + 2 * c.cout, weights * out_size * out_size
 
 
-def se_cost(channels: int, hw: int, se: StageSE, bias: bool) -> tuple[int, int]:
+def se_cost(channels: int, hw: int, se: StageSE, bias: bool, divisor: int = 1) -> tuple[int, int]:
     """(params, FLOPs) of one SE block on a ``channels`` x ``hw``-pixel map."""
-    hidden = se_hidden(channels, se.reduction)
+    hidden = se_hidden(channels, se.reduction, divisor)
     macs = 2 * channels * hidden
     params = macs + ((hidden + channels) if bias else 0)
     passes = SQUEEZE_PASSES[se.squeeze]
@@ -69,31 +72,39 @@ def se_cost(channels: int, hw: int, se: StageSE, bias: bool) -> tuple[int, int]:
     return params, passes * channels * hw + excite + channels * hw
 
 
+def _chain(layers, size: int) -> tuple[int, int, int]:
+    """(params, FLOPs, output side) of layers applied in sequence."""
+    params = flops = 0
+    for layer in layers:
+        size = layer.out_size(size)
+        p, f = conv_cost(layer, size)
+        params, flops = params + p, flops + f
+    return params, flops, size
+
+
 @lru_cache(maxsize=256)
 def _plain(backbone: str, stride_on: str, image_size: int, num_classes: int, stem: str, width: float):
     """The plain network's costs, cached per backbone form and input (the SE choices don't change
     them): stem+head (params, FLOPs), per-stage totals, and per unit where its SE slots sit as
-    ``(stage, channels, sides)`` at the points of ``geometry.SLOT_POINT``."""
+    ``(stage, channels per slot, sides)`` with the sides at the points of ``geometry.SLOT_POINT``."""
     g = resolve(Arch.uniform(backbone, None, stride_on=stride_on), stem, width)
-    size = g.stem_conv.out_size(image_size)
-    extra_p, extra_f = conv_cost(g.stem_conv, size)
-    if g.stem_pool:
-        size = conv_out(size, *g.stem_pool)
+    extra_p, extra_f, size = _chain(g.stem_layers, image_size)
     stage_plain = [[0, 0] for _ in g.arch.stages]
     sites = []
     for u in g.units:
-        in_size = mid_size = size
-        parts = []
-        for c in u.convs:
-            mid_size, size = size, c.out_size(size)
-            parts.append(conv_cost(c, size))
-        if u.shortcut:
-            parts.append(conv_cost(u.shortcut, u.shortcut.out_size(in_size)))
-        stage_plain[u.stage][0] += sum(p for p, _ in parts)
-        stage_plain[u.stage][1] += sum(f for _, f in parts)
-        sites.append((u.stage, u.points, (in_size, mid_size, size)))
-    extra_p += g.out_ch * num_classes + num_classes  # the classifier
-    extra_f += g.out_ch * size * size + g.out_ch * num_classes  # global pool + classifier
+        in_size = size
+        p, f, mid_size = _chain(u.convs[:-1], size)
+        p2, f2, size = _chain(u.convs[-1:], mid_size)
+        p3, f3, _ = _chain(u.shortcut or (), in_size)
+        stage_plain[u.stage][0] += p + p2 + p3
+        stage_plain[u.stage][1] += f + f2 + f3
+        sites.append((u.stage, tuple(u.slot_channels(s) for s in SLOTS), (in_size, mid_size, size)))
+        size = u.pool.out_size(size) if u.pool else size
+    p, f, size = _chain((g.head_conv,) if g.head_conv else (), size)
+    extra_p, extra_f = extra_p + p, extra_f + f + g.head_ch * size * size  # the head's average pool
+    widths = (g.head_ch * g.pool_size ** 2, *g.fc, num_classes)
+    for a, b in zip(widths, widths[1:]):  # the classifier's linear layers
+        extra_p, extra_f = extra_p + a * b + b, extra_f + a * b
     return extra_p, extra_f, tuple(map(tuple, stage_plain)), tuple(sites)
 
 
@@ -104,12 +115,14 @@ def count_cost(
     check_image_size(image_size)
     extra_p, extra_f, stage_plain, sites = _plain(
         arch.backbone, arch.stride_on, image_size, num_classes, stem, check_width(width))
+    divisor = BACKBONES[arch.backbone].se_divisor
     se = [[0, 0] for _ in arch.stages]
     for stage, channels, sides in sites:
         choice = arch.stages[stage]
         if choice is not None:
-            at = SLOT_POINT[POSITIONS[choice.position]]
-            p, f = se_cost(channels[at], sides[at] * sides[at], choice, arch.se_bias)
+            slot = POSITIONS[choice.position]
+            side = sides[SLOT_POINT[slot]]
+            p, f = se_cost(channels[SLOTS.index(slot)], side * side, choice, arch.se_bias, divisor)
             se[stage][0] += p
             se[stage][1] += f
     stages = tuple(
@@ -128,8 +141,8 @@ def traced_flops(model, image_size: int = 224) -> int:
     """FLOPs of a built model by fvcore's tracer, set to the same convention as ``count_cost``.
 
     Slow (it traces the model) and used as the oracle in tests and benchmarks, never for screening.
-    fvcore counts BatchNorm by default and does not know max pooling or the SE scale: we switch the
-    former off and count the latter two like average pooling and other elementwise ops.
+    fvcore counts BatchNorm by default and does not know max pooling, a mean or the SE scale: we switch
+    the former off and count the others like average pooling and other elementwise ops.
     """
     import warnings
 
@@ -150,6 +163,7 @@ def traced_flops(model, image_size: int = 224) -> int:
                 # fvcore keeps its own handle when given None, so count BatchNorm as zero
                 "aten::batch_norm": lambda inputs, outputs: 0,
                 "aten::adaptive_max_pool2d": elementwise_flop_counter(1, 0),
+                "aten::mean": elementwise_flop_counter(1, 0),  # a global pool written as a mean (timm)
                 "aten::mul": elementwise_flop_counter(0, 1),
             }
         )

@@ -1,22 +1,21 @@
 """Derive every layer of an architecture once.
 
-``resolve(arch, stem, width)`` turns an ``Arch`` into a layer description: the stem's convolution
-and pooling, and per residual unit the sequence of its branch's convolutions, its shortcut and the
-SE slot it fills. The builder (``se_nas.build``) makes modules from this description and the analytic
-cost model (``se_nas.cost``) counts it, so the two cannot drift apart (compare torchvision's
-``regnet.BlockParams`` and pycls's ``complexity()`` beside each module). A new kind of unit is one
-entry in ``BLOCKS``: a function from widths and stride to its convolutions.
+``resolve(arch, stem, width)`` turns an ``Arch`` into a layer description: the stem, per unit its
+branch of convolutions, its shortcut, how the two merge and the SE slot it fills, and the head. The
+builder (``se_nas.build``) makes modules from this description and the analytic cost model
+(``se_nas.cost``) counts it, so the two cannot drift apart (compare torchvision's
+``regnet.BlockParams`` and pycls's ``complexity()`` beside each module). A family is one entry in
+``se_nas.choices.BACKBONES``; a new kind of unit is one entry in ``UNITS``: a function from a row of
+the family's table (widths already scaled) to the unit's layers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
-from .arch import Arch, ArchError, StageSE
-from .choices import BACKBONES, POSITIONS, STEMS, BackboneSpec, StemSpec, pick
-
-STEM_CHANNELS = 64
+from .arch import Arch, ArchError, StageSE, se_hidden
+from .choices import BACKBONES, POSITIONS, STEMS, BackboneSpec, Block, StemLayer, pick
 
 
 def make_divisible(value: float, divisor: int) -> int:
@@ -31,13 +30,17 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 @dataclass(frozen=True)
 class Conv:
-    """A bias-free ``k`` x ``k`` convolution with "same" padding, followed by BatchNorm."""
+    """A ``k`` x ``k`` convolution with "same" padding, then BatchNorm, then ``act`` (None: none),
+    then a channel shuffle of ``shuffle`` groups (ShuffleNet; 0: none)."""
 
     cin: int
     cout: int
     k: int
     stride: int = 1
     groups: int = 1
+    act: str | None = "relu"
+    bias: bool = False  # VGG's convolutions keep their bias before BatchNorm
+    shuffle: int = 0
 
     @property
     def padding(self) -> int:
@@ -47,19 +50,20 @@ class Conv:
         return conv_out(size, self.k, self.stride, self.padding)
 
 
-# --- units: the residual branch as a sequence of convolutions, each followed by BatchNorm and (but
-# the last) ReLU. The "mid" SE slot sits before the last convolution: after the 3x3 of a bottleneck
-# (Fig. 5's after-3x3 variant), after the first 3x3 of a basic unit.
-def _basic(cin: int, mid: int, cout: int, stride: int, groups: int, stride_on: str) -> tuple[Conv, ...]:
-    return Conv(cin, mid, 3, stride, groups), Conv(mid, cout, 3)
+@dataclass(frozen=True)
+class Pool:
+    """A local pooling: ``kind`` "max" or "avg", (kernel, stride, padding)."""
+
+    kind: str
+    k: int
+    stride: int
+    padding: int = 0
+
+    def out_size(self, size: int) -> int:
+        return conv_out(size, self.k, self.stride, self.padding)
 
 
-def _bottleneck(cin: int, mid: int, cout: int, stride: int, groups: int, stride_on: str) -> tuple[Conv, ...]:
-    s1, s2 = (stride, 1) if stride_on == "1x1" else (1, stride)
-    return Conv(cin, mid, 1, s1), Conv(mid, mid, 3, s2, groups), Conv(mid, cout, 1)
-
-
-BLOCKS: dict[str, Callable[..., tuple[Conv, ...]]] = {"basic": _basic, "bottleneck": _bottleneck}
+Layer = Conv | Pool
 
 # Where in a unit each SE slot (choices.SLOTS) sits: 0 the unit's input, 1 the input of the branch's
 # last convolution, 2 the unit's output (the residual branch's end and the shortcut's have its shape).
@@ -68,32 +72,109 @@ SLOT_POINT: dict[str, int] = {"input": 0, "mid": 1, "residual": 2, "identity": 2
 
 @dataclass(frozen=True)
 class Unit:
-    """One residual unit: its branch's convolutions, its shortcut, and the SE it carries (if any)."""
+    """One unit: its branch of convolutions, its shortcut, how they merge, and the SE it carries.
+
+    ``shortcut`` is None for a unit without one (VGG, MobileNet v1, a strided inverted residual: no
+    merge), ``()`` for the identity, else its layers. ``merge`` is "add" or "concat" (the shortcut's
+    channels first). ``act`` follows the merge; ``pool`` follows the whole unit (VGG's max pool).
+    """
 
     stage: int
     index: int  # within its stage
-    convs: tuple[Conv, ...]  # the residual branch
-    shortcut: Conv | None  # projection shortcut, or None for the identity
+    convs: tuple[Conv, ...]  # the branch
+    shortcut: tuple[Layer, ...] | None
     se: StageSE | None
     slot: str | None  # which slot of the unit the SE fills (see choices.POSITIONS)
+    merge: str = "add"
+    act: str | None = "relu"
+    pool: Pool | None = None
+    se_divisor: int = 1
 
     @property
     def in_ch(self) -> int:
         return self.convs[0].cin
 
     @property
-    def out_ch(self) -> int:
-        return self.convs[-1].cout
+    def shortcut_ch(self) -> int:
+        convs = [c for c in self.shortcut or () if isinstance(c, Conv)]
+        return convs[-1].cout if convs else self.in_ch
 
     @property
-    def points(self) -> tuple[int, int, int]:
-        """Channels at the unit's input, before its last convolution and at its output (SLOT_POINT)."""
-        return self.in_ch, self.convs[-1].cin, self.out_ch
+    def out_ch(self) -> int:
+        branch = self.convs[-1].cout
+        return branch + self.shortcut_ch if self.shortcut is not None and self.merge == "concat" else branch
+
+    def slot_channels(self, slot: str) -> int:
+        """Channels the SE block in ``slot`` sees."""
+        return {"input": self.in_ch, "mid": self.convs[-1].cin, "residual": self.convs[-1].cout,
+                "identity": self.shortcut_ch, "output": self.out_ch}[slot]
 
     @property
     def se_channels(self) -> int:
         """Channels the SE block sees: the unit's input for PRE, the 3x3's width for after_3x3."""
-        return self.points[SLOT_POINT[self.slot or "output"]]
+        return self.slot_channels(self.slot or "output")
+
+    @property
+    def se_hidden(self) -> int:
+        return se_hidden(self.se_channels, self.se.reduction, self.se_divisor) if self.se else 0
+
+
+# --- units: a row of the family's table (widths scaled) -> (branch, shortcut, merge, act, pool)
+def _projection(cin: int, cout: int, stride: int, spec: BackboneSpec) -> tuple[Layer, ...]:
+    if stride == 1 and cin == cout:
+        return ()
+    k = spec.down_kernel if stride != 1 else 1
+    return (Conv(cin, cout, k, stride, act=None),)
+
+
+def _basic(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str):
+    convs = Conv(cin, b.mid, 3, stride, b.groups), Conv(b.mid, b.out, 3, act=None)
+    return convs, _projection(cin, b.out, stride, spec), "add", "relu", None
+
+
+def _bottleneck(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str):
+    s1, s2 = (stride, 1) if stride_on == "1x1" else (1, stride)
+    mid2 = b.mid2 or b.mid
+    convs = Conv(cin, b.mid, 1, s1), Conv(b.mid, mid2, 3, s2, b.groups), Conv(mid2, b.out, 1, act=None)
+    return convs, _projection(cin, b.out, stride, spec), "add", "relu", None
+
+
+def _vgg(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str):
+    convs = tuple(Conv(cin if i == 0 else b.out, b.out, 3, bias=True) for i in range(b.layers))
+    return convs, None, "add", None, Pool("max", 2, 2)
+
+
+def _depthwise_separable(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str):
+    convs = Conv(cin, cin, 3, stride, cin), Conv(cin, b.out, 1)
+    return convs, None, "add", None, None
+
+
+def _inverted_residual(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str):
+    expand = (Conv(cin, b.mid, 1, act=b.act),) if b.mid != cin else ()
+    convs = expand + (Conv(b.mid, b.mid, b.k, stride, b.mid, b.act), Conv(b.mid, b.out, 1, act=None))
+    shortcut = () if stride == 1 and cin == b.out else None
+    return convs, shortcut, "add", None, None
+
+
+def _shuffle(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str):
+    """ShuffleNet v1's unit (Zhang et al. 2018, Fig. 2): 1x1 group conv, shuffle, 3x3 depthwise (no
+    ReLU), 1x1 group conv; a strided unit concatenates its branch with the 3x3 average-pooled input."""
+    mid = b.out // 4  # "the number of bottleneck channels is set to 1/4 of the output channels"
+    branch_out = b.out - cin if stride != 1 else b.out
+    if branch_out < 1:
+        raise ArchError(f"a strided ShuffleNet unit must widen its input, got {cin} -> {b.out} channels: "
+                        f"the width multiplier is too small for this family")
+    convs = (Conv(cin, mid, 1, groups=b.first_groups or b.groups, shuffle=b.groups if b.groups > 1 else 0),
+             Conv(mid, mid, 3, stride, mid, act=None), Conv(mid, branch_out, 1, groups=b.groups, act=None))
+    if stride == 1:
+        return convs, (), "add", "relu", None
+    return convs, (Pool("avg", 3, 2, 1),), "concat", "relu", None
+
+
+UNITS: dict[str, Callable] = {
+    "basic": _basic, "bottleneck": _bottleneck, "vgg": _vgg, "depthwise_separable": _depthwise_separable,
+    "inverted_residual": _inverted_residual, "shuffle": _shuffle,
+}
 
 
 @dataclass(frozen=True)
@@ -101,14 +182,23 @@ class Geometry:
     arch: Arch
     stem: str
     width: float
-    stem_conv: Conv
-    stem_pool: tuple[int, int, int] | None  # max pool (kernel, stride, padding)
+    stem_layers: tuple[Layer, ...]
     units: tuple[Unit, ...]
+    head_conv: Conv | None  # a 1x1 convolution before the pool (MobileNetV3)
+    pool_size: int  # the head's adaptive average pool
+    fc: tuple[int, ...]  # the classifier's hidden widths
+    fc_act: str
+    dropout: float
 
     @property
     def out_ch(self) -> int:
-        """Channels into the head (global average pool and the classifier)."""
+        """Channels out of the last unit."""
         return self.units[-1].out_ch
+
+    @property
+    def head_ch(self) -> int:
+        """Channels into the head's pool."""
+        return self.head_conv.cout if self.head_conv else self.out_ch
 
 
 def check_width(width: float) -> float:
@@ -117,48 +207,73 @@ def check_width(width: float) -> float:
     return float(width)
 
 
+def _stem(spec: BackboneSpec, stem: str, scale: Callable[[int], int]) -> tuple[Layer, ...]:
+    layers: list[Layer] = []
+    cin = 3
+    for s in spec.stem:
+        k, stride = (s.k, s.stride) if stem == "imagenet" else (3, 1)
+        layers.append(Conv(cin, scale(s.out), k, stride, act=s.act))
+        cin = layers[-1].cout
+    if spec.stem_pool and stem == "imagenet":
+        layers.append(Pool("max", *spec.stem_pool))
+    return tuple(layers)
+
+
 @lru_cache(maxsize=4096)
 def resolve(arch: Arch, stem: str = "imagenet", width: float = 1.0) -> Geometry:
     """The layers of ``arch`` at width multiplier ``width``.
 
-    Widths are scaled by ``width`` and rounded to a multiple of 8 (of the group count for a grouped
-    3x3, so that ResNeXt's cardinality survives); ``width=1`` leaves the paper's widths unchanged.
+    Widths are scaled by ``width`` and rounded to a multiple of the family's divisor (8; inner widths
+    also of the group count, so that ResNeXt's cardinality survives); ``width=1`` leaves the paper's
+    widths unchanged.
     """
     if not isinstance(stem, str) or stem not in STEMS:
         raise ArchError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
-    stem_spec: StemSpec = STEMS[stem]
     width = check_width(width)
     spec: BackboneSpec = BACKBONES[arch.backbone]
-    block = pick(BLOCKS, spec.block, "block")
-    stem_ch = make_divisible(STEM_CHANNELS * width, 8)
+    make_unit = pick(UNITS, spec.unit, "unit kind")
+
+    def scale(c: int, divisor: int = spec.divisor) -> int:
+        return make_divisible(c * width, divisor) if c else 0
+
+    stem_layers = _stem(spec, stem, scale)
+    in_ch = next((c.cout for c in reversed(stem_layers) if isinstance(c, Conv)), 3)
     units = []
-    in_ch = stem_ch
-    for s, (depth, mid, out) in enumerate(zip(spec.depths, spec.mid_channels, spec.out_channels)):
-        mid_w = make_divisible(mid * width, max(8, spec.groups))
-        out_w = make_divisible(out * width, 8)
-        se = arch.stages[s]
-        for i in range(depth):
-            stride = 2 if (i == 0 and s > 0) else 1
-            shortcut = Conv(in_ch, out_w, 1, stride) if (stride != 1 or in_ch != out_w) else None
-            convs = block(in_ch, mid_w, out_w, stride, spec.groups, arch.stride_on)
-            slot = None if se is None else POSITIONS[se.position]
-            units.append(Unit(stage=s, index=i, convs=convs, shortcut=shortcut, se=se, slot=slot))
-            in_ch = out_w
-    return Geometry(arch=arch, stem=stem, width=width, stem_conv=Conv(3, stem_ch, stem_spec.kernel, stem_spec.stride),
-                    stem_pool=stem_spec.pool, units=tuple(units))
+    for s, (rows, se) in enumerate(zip(spec.stages, arch.stages)):
+        slot = None if se is None else POSITIONS[se.position]
+        index = 0
+        for b in rows:
+            inner = max(spec.divisor, b.groups)
+            b = replace(b, out=scale(b.out), mid=scale(b.mid, inner), mid2=scale(b.mid2, inner))
+            for i in range(b.n):
+                convs, shortcut, merge, act, pool = make_unit(in_ch, b, b.stride if i == 0 else 1, spec,
+                                                              arch.stride_on)
+                u = Unit(s, index, convs, shortcut, se, slot, merge, act, pool, spec.se_divisor)
+                units.append(u)
+                in_ch, index = u.out_ch, index + 1
+    head = spec.head_conv
+    head_conv = Conv(in_ch, scale(head.out), head.k, head.stride, act=head.act) if head else None
+    return Geometry(arch=arch, stem=stem, width=width, stem_layers=stem_layers, units=tuple(units),
+                    head_conv=head_conv, pool_size=spec.pool_size, fc=tuple(scale(f) for f in spec.fc),
+                    fc_act=spec.fc_act, dropout=spec.dropout)
+
+
+def unit_output_size(u: Unit, size: int) -> int:
+    for c in u.convs:
+        size = c.out_size(size)
+    return u.pool.out_size(size) if u.pool else size
 
 
 def unit_input_sizes(geom: Geometry, image_size: int) -> tuple[int, ...]:
     """The spatial side of each unit's input at ``image_size`` (in ``geom.units`` order): what a
     per-unit measurement (the latency profile) feeds each unit."""
-    size = geom.stem_conv.out_size(check_image_size(image_size))
-    if geom.stem_pool:
-        size = conv_out(size, *geom.stem_pool)
+    size = check_image_size(image_size)
+    for layer in geom.stem_layers:
+        size = layer.out_size(size)
     sizes = []
     for u in geom.units:
         sizes.append(size)
-        for c in u.convs:
-            size = c.out_size(size)
+        size = unit_output_size(u, size)
     return tuple(sizes)
 
 

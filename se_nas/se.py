@@ -50,9 +50,12 @@ if set(SQUEEZE_FNS) != set(SQUEEZES) or set(GATE_FNS) != set(GATES):  # a name a
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, se: StageSE, bias: bool = False, fused: bool = True):
+    def __init__(self, channels: int, se: StageSE, bias: bool = False, hidden: int | None = None,
+                 fused: bool = True):
+        """``hidden``: the excitation's width when the family rounds it (``Unit.se_hidden``); by
+        default the paper's ``C // r``."""
         super().__init__()
-        hidden = se_hidden(channels, se.reduction)
+        hidden = hidden or se_hidden(channels, se.reduction)
         self.squeeze = SQUEEZE_FNS[se.squeeze]
         self.gate = GATE_FNS[se.gate]
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)

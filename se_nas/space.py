@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .arch import Arch, ArchError, StageSE, baseline_arch, plain_arch
+from .arch import NO_SLOT, Arch, ArchError, StageSE, baseline_arch, plain_arch
 from .builtin import SPACES_DIR
 from .choices import BACKBONES, GATES, POSITIONS, SQUEEZES, STRIDE_ON
 from .pareto import pareto_front
@@ -319,6 +319,12 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
                              f"(one SE design for all stages); allowed: enabled")
         stages.append({a: _values(ov[a], f"{where}: stages.{key}", a, ALLOWED[a]) if a in ov else base[a]
                        for a in AXES})
+    allowed_positions = BACKBONES[backbone].positions
+    for key, st in zip(stage_keys, stages):
+        bad = [p for p in st["position"] if p not in allowed_positions]
+        if bad:
+            raise SpaceError(f"{where}: position {bad[0]!r} (stage {key}) is not available on {backbone}"
+                             f"{NO_SLOT.get(BACKBONES[backbone].unit, '')}; allowed: {', '.join(allowed_positions)}")
     try:  # a design the builder rejects should fail here, not in the middle of a search
         Arch.uniform(backbone, StageSE(), stride_on=stride_on, se_bias=flags["se_bias"])
     except ArchError as e:

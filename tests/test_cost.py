@@ -8,9 +8,9 @@ import torchvision
 
 from se_nas.arch import PRESETS, Arch, StageSE
 from se_nas.build import build_model
-from se_nas.choices import BACKBONES, GATES, POSITIONS, SQUEEZES, BackboneSpec
+from se_nas.choices import BACKBONES, GATES, POSITIONS, SQUEEZES, BackboneSpec, Block
 from se_nas.cost import count_cost, traced_flops
-from se_nas.geometry import BLOCKS, Conv
+from se_nas.geometry import UNITS, Conv
 from tests.conftest import random_arch
 
 
@@ -114,17 +114,19 @@ def test_se_overhead_matches_paper_increments():
         assert abs(d - delta) < 0.015, (se, d)
 
 
-def _three_conv_unit(cin, mid, cout, stride, groups, stride_on):
-    """A unit the package does not ship: two 3x3s and a 1x1 expansion."""
-    return Conv(cin, mid, 3, stride), Conv(mid, mid, 3, 1, groups), Conv(mid, cout, 1)
+def _three_conv_unit(cin, b, stride, spec, stride_on):
+    """A unit the package does not ship: two 3x3s and a 1x1 expansion, with a projection shortcut."""
+    convs = Conv(cin, b.mid, 3, stride), Conv(b.mid, b.mid, 3, 1, b.groups), Conv(b.mid, b.out, 1, act=None)
+    return convs, (Conv(cin, b.out, 1, stride, act=None),), "add", "relu", None
 
 
 @pytest.mark.parametrize("position", list(POSITIONS))
 def test_a_new_unit_kind_is_one_table_entry(monkeypatch, position):
-    """Builder and cost model read one layer description: a family added as one BLOCKS entry (and its
+    """Builder and cost model read one layer description: a family added as one UNITS entry (and its
     backbone) is built and counted consistently, with no change to either."""
-    monkeypatch.setitem(BLOCKS, "three_conv", _three_conv_unit)
-    monkeypatch.setitem(BACKBONES, "toynet", BackboneSpec("three_conv", (2, 1), (32, 64), (64, 128), groups=2))
+    monkeypatch.setitem(UNITS, "three_conv", _three_conv_unit)
+    stages = ((Block(64, 2, 1, 32, groups=2),), (Block(128, 1, 2, 64, groups=2),))
+    monkeypatch.setitem(BACKBONES, "toynet", BackboneSpec("three_conv", stages))
     arch = Arch.uniform("toynet", StageSE(4, "avg", "sigmoid", position), se_bias=True)
     model = build_model(arch, 10, "small", 0.5)
     convs = [m for m in model.stages[0][0].modules() if isinstance(m, torch.nn.Conv2d)]
