@@ -143,6 +143,55 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet101": _resnet("bottleneck", (3, 4, 23, 3), _BASIC, _WIDE, source=_RESNET),
     "resnet152": _resnet("bottleneck", (3, 8, 36, 3), _BASIC, _WIDE, source=_RESNET),
     "resnext50_32x4d": _resnet("bottleneck", (3, 4, 6, 3), (128, 256, 512, 1024), _WIDE, 32, _RESNEXT),
+    "resnext101_32x4d": _resnet("bottleneck", (3, 4, 23, 3), (128, 256, 512, 1024), _WIDE, 32, _RESNEXT),
+    "resnext101_64x4d": _resnet("bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048), _WIDE, 64,
+                                "Xie et al. 2017; the 64x4d form of Lucid and torchvision"),
+    # SENet-154 (Hu et al., Appendix): ResNeXt-152 64x4d with three 3x3 convolutions in the stem, the
+    # first 1x1 of each bottleneck at half the 3x3's width, 3x3 stride-2 projection shortcuts, and
+    # dropout 0.2 before the classifier; timm's ``senet154`` (its stride on the 3x3).
+    "senet154": BackboneSpec(
+        "bottleneck",
+        tuple((Block(o, d, 1 if i == 0 else 2, o // 2, o, groups=64),)
+              for i, (d, o) in enumerate(zip((3, 8, 36, 3), _WIDE))),
+        stem=(StemLayer(64, 3, 2), StemLayer(64, 3, 1), StemLayer(128, 3, 1)),
+        stride_forms=RESIDUAL_STRIDES, down_kernel=3, dropout=0.2,
+        source="Hu et al. 2019, Appendix; timm senet154"),
+    # VGG-16 with BatchNorm (Simonyan & Zisserman 2015, configuration D; torchvision's vgg16_bn): a
+    # unit is one block of 3x3 convolutions and its max pool; SE follows the block's last ReLU.
+    "vgg16_bn": BackboneSpec(
+        "vgg", tuple((Block(c, layers=n),) for c, n in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))),
+        stem=(), stem_pool=None, positions=("standard", "pre"), pool_size=7, fc=(4096, 4096), dropout=0.5,
+        source="Simonyan & Zisserman 2015 (D) with BatchNorm; torchvision vgg16_bn"),
+    # MobileNet v1 1.0-224 (Howard et al. 2017, Table 1): stages by resolution.
+    "mobilenet_v1": BackboneSpec(
+        "depthwise_separable",
+        ((Block(64),), (Block(128, 1, 2), Block(128)), (Block(256, 1, 2), Block(256)),
+         (Block(512, 1, 2), Block(512, 5)), (Block(1024, 1, 2), Block(1024))),
+        stem=(StemLayer(32, 3, 2),), stem_pool=None, positions=("standard", "pre", "after_3x3"),
+        source="Howard et al. 2017, Table 1"),
+    # MobileNetV3-Large (Howard et al. 2019, Table 1; torchvision mobilenet_v3_large): stages by output
+    # width, so its own SE stages (40, 112, 160 channels) are stages 3, 5 and 6.
+    "mobilenet_v3_large": BackboneSpec(
+        "inverted_residual",
+        ((Block(16, mid=16),),
+         (Block(24, 1, 2, 64), Block(24, mid=72)),
+         (Block(40, 1, 2, 72, k=5), Block(40, 2, mid=120, k=5)),
+         (Block(80, 1, 2, 240, act="hardswish"), Block(80, 1, mid=200, act="hardswish"),
+          Block(80, 2, mid=184, act="hardswish")),
+         (Block(112, mid=480, act="hardswish"), Block(112, mid=672, act="hardswish")),
+         (Block(160, 1, 2, 672, k=5, act="hardswish"), Block(160, 2, mid=960, k=5, act="hardswish"))),
+        stem=(StemLayer(16, 3, 2, "hardswish"),), stem_pool=None, positions=("standard", "pre", "after_3x3"),
+        se_divisor=8, head_conv=StemLayer(960, 1, 1, "hardswish"), fc=(1280,), fc_act="hardswish",
+        dropout=0.2, source="Howard et al. 2019, Table 1; torchvision mobilenet_v3_large"),
+    # ShuffleNet v1 1x, g=3 (Zhang et al. 2018, Table 1): no group convolution on the first 1x1 of
+    # stage 2, whose input has only 24 channels; widths are multiples of 12 so that g=3 divides the
+    # bottleneck (a quarter of the output) and the branch of a strided unit (output minus input).
+    "shufflenet_v1_g3": BackboneSpec(
+        "shuffle",
+        ((Block(240, 1, 2, groups=3, first_groups=1), Block(240, 3, groups=3)),
+         (Block(480, 1, 2, groups=3), Block(480, 7, groups=3)),
+         (Block(960, 1, 2, groups=3), Block(960, 3, groups=3))),
+        stem=(StemLayer(24, 3, 2),), divisor=12, source="Zhang et al. 2018, Table 1"),
 }
 
 

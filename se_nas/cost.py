@@ -174,8 +174,8 @@ def traced_flops(model, image_size: int = 224) -> int:
     """FLOPs of a built model by fvcore's tracer, set to the same convention as ``count_cost``.
 
     Slow (it traces the model) and used as the oracle in tests and benchmarks, never for screening.
-    fvcore counts BatchNorm by default and does not know max pooling or the SE scale: we switch the
-    former off and count the latter two like average pooling and other elementwise ops.
+    fvcore counts BatchNorm by default and does not know max pooling, a mean or the SE scale: we switch
+    the former off and count the others like average pooling and other elementwise ops.
     """
     import warnings
 
@@ -196,6 +196,7 @@ def traced_flops(model, image_size: int = 224) -> int:
                 # fvcore keeps its own handle when given None, so count BatchNorm as zero
                 "aten::batch_norm": lambda inputs, outputs: 0,
                 "aten::adaptive_max_pool2d": elementwise_flop_counter(1, 0),
+                "aten::mean": elementwise_flop_counter(1, 0),  # a global pool written as a mean (timm)
                 "aten::mul": elementwise_flop_counter(0, 1),
             }
         )

@@ -172,6 +172,9 @@ def _shuffle(cin: int, b: Block, stride: int, spec: BackboneSpec, stride_on: str
     ReLU), 1x1 group conv; a strided unit concatenates its branch with the 3x3 average-pooled input."""
     mid = b.out // 4  # "the number of bottleneck channels is set to 1/4 of the output channels"
     branch_out = b.out - cin if stride != 1 else b.out
+    if branch_out < 1:
+        raise ArchError(f"a strided ShuffleNet unit must widen its input, got {cin} -> {b.out} channels: "
+                        f"the width multiplier is too small for this family")
     convs = (Conv(cin, mid, 1, groups=b.first_groups or b.groups, shuffle=b.groups if b.groups > 1 else 0),
              Conv(mid, mid, 3, stride, mid, act=None), Conv(mid, branch_out, 1, groups=b.groups, act=None))
     if stride == 1:

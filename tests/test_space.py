@@ -44,7 +44,7 @@ def all_params(space):
     return archs
 
 
-@pytest.mark.parametrize("name", ["tiny", "resnet50-per-stage", "paper-ablations"])
+@pytest.mark.parametrize("name", list_spaces())
 def test_builtin_spaces_load_and_sample_valid_archs(name):
     space = load_space(name)
     assert name in list_spaces()
