@@ -102,14 +102,16 @@ class ResidualUnit(nn.Module):
 
 
 class InceptionModule(nn.Module):
-    """An Inception module as ``se_nas.inception`` describes it: its branches concatenated (SE on the
+    """An Inception unit as ``se_nas.inception`` describes it: its branches concatenated (SE on the
     output: SENet's Fig. 2); with a residual scale, the concatenation projected back by a 1x1
-    convolution, scaled and added to the input (Inception-ResNet; SE before the scaled addition)."""
+    convolution, scaled and added to the input (Inception-ResNet; SE before the scaled addition).
+    A Mixed module (``entry``) may open the unit."""
 
     def __init__(self, u: InceptionUnit, se_bias: bool):
         super().__init__()
+        self.entry = nn.ModuleList(nn.Sequential(*_layers(b)) for b in u.entry) if u.entry else None
         self.branches = nn.ModuleList(nn.Sequential(*_layers(b)) for b in u.branches)
-        self.proj = nn.Conv2d(u.concat_ch, u.in_ch, 1) if u.residual else None
+        self.proj = nn.Conv2d(u.concat_ch, u.module_in, 1) if u.residual else None
         self.scale = u.scale
         self.act = nn.ReLU(inplace=True) if u.residual and u.relu else nn.Identity()
         for slot in SLOTS:
@@ -117,6 +119,8 @@ class InceptionModule(nn.Module):
             setattr(self, f"se_{slot}", se)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.entry is not None:
+            x = torch.cat([b(x) for b in self.entry], 1)
         x = self.se_input(x)
         out = torch.cat([b(x) for b in self.branches], 1)
         if self.proj is not None:

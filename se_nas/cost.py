@@ -84,19 +84,22 @@ def _chain(layers, size: int) -> tuple[int, int, int]:
     return params, flops, size
 
 
-def _module(u: InceptionUnit, size: int, g, image_size: int) -> tuple[int, int, int]:
-    """(params, FLOPs, output side) of an Inception module without SE: its branches, and for a
-    residual one the 1x1 projection (with bias) and the scaling, one multiply per output element."""
-    parts = [_chain(b, size) for b in u.branches]
-    out_size = parts[0][2]
+def _module(u: InceptionUnit, size: int, g, image_size: int) -> tuple[int, int, int, int]:
+    """(params, FLOPs, the module's input side, output side) of an Inception unit without SE: its
+    entry's and its module's branches, and for a residual module the 1x1 projection (with bias) and
+    the scaling, one multiply per output element."""
+    entry = [_chain(b, size) for b in u.entry]
+    mid_size = entry[0][2] if entry else size
+    parts = entry + [_chain(b, mid_size) for b in u.branches]
+    out_size = parts[-1][2]
     if out_size < 1:
         raise ArchError(f"{g.arch.backbone} with the {g.stem} stem needs image_size at least {min_image_size(g)}, "
-                        f"got image_size={image_size} (stage {u.stage + 1}, module {u.index + 1} would output nothing)")
+                        f"got image_size={image_size} (stage {u.stage + 1}, unit {u.index + 1} would output nothing)")
     params, flops = sum(p for p, _, _ in parts), sum(f for _, f, _ in parts)
     if u.residual:
-        params += (u.concat_ch + 1) * u.in_ch
-        flops += (u.concat_ch + 1) * u.in_ch * out_size * out_size
-    return params, flops, out_size
+        params += (u.concat_ch + 1) * u.module_in
+        flops += (u.concat_ch + 1) * u.module_in * out_size * out_size
+    return params, flops, mid_size, out_size
 
 
 def min_image_size(g) -> int:
@@ -118,11 +121,10 @@ def _plain(backbone: str, stride_on: str, image_size: int, num_classes: int, ste
     sites = []
     for u in g.units:
         if isinstance(u, InceptionUnit):
-            p, f, out_size = _module(u, size, g, image_size)
+            p, f, mid_size, out_size = _module(u, size, g, image_size)
             stage_plain[u.stage][0] += p
             stage_plain[u.stage][1] += f
-            if u.takes_se:
-                sites.append((u.stage, tuple(u.slot_channels(s) for s in SLOTS), (size, size, out_size)))
+            sites.append((u.stage, tuple(u.slot_channels(s) for s in SLOTS), (mid_size, mid_size, out_size)))
             size = out_size
             continue
         in_size = size

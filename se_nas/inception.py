@@ -35,17 +35,19 @@ def _out_ch(branch: tuple, cin: int) -> int:
 @dataclass(frozen=True)
 class InceptionUnit:
     """One Inception module: ``branches`` (layers from ``geometry``) concatenated; with ``scale``, a
-    residual module ``act(x + scale * proj(concat))`` (``relu`` False: Inception-ResNet-v2's last)."""
+    residual module ``act(x + scale * proj(concat))`` (``relu`` False: Inception-ResNet-v2's last).
+    ``entry``: the branches of a Mixed (reduction) module that opens the unit, concatenated before
+    it; it carries no SE of its own (Inception-ResNet-v2's first unit of each stage)."""
 
     stage: int
     index: int  # within its stage
-    in_ch: int
+    in_ch: int  # the unit's input (the entry's, if any)
     branches: tuple[tuple[Any, ...], ...]
     se: StageSE | None
     slot: str | None  # which slot the SE fills (see choices.POSITIONS)
     scale: float | None = None
     relu: bool = True
-    takes_se: bool = True  # False: no SE slot whatever its stage's choice (a Mixed module)
+    entry: tuple[tuple[Any, ...], ...] = ()
     pool = None  # no pooling after the module (geometry.unit_output_size reads it)
 
     @property
@@ -53,21 +55,28 @@ class InceptionUnit:
         return self.scale is not None
 
     @property
+    def module_in(self) -> int:
+        """Channels into the module: the entry's concatenation, or the unit's input."""
+        return sum(_out_ch(b, self.in_ch) for b in self.entry) if self.entry else self.in_ch
+
+    @property
     def concat_ch(self) -> int:
-        return sum(_out_ch(b, self.in_ch) for b in self.branches)
+        return sum(_out_ch(b, self.module_in) for b in self.branches)
 
     @property
     def out_ch(self) -> int:
-        return self.in_ch if self.residual else self.concat_ch
+        return self.module_in if self.residual else self.concat_ch
 
     @property
     def convs(self) -> tuple[Any, ...]:
-        """The first branch: every branch ends at the module's output size."""
-        return self.branches[0]
+        """The layers of one path through the unit (the entry's first branch, the module's first):
+        every branch ends at the same size, so this gives the unit's output size."""
+        return (self.entry[0] if self.entry else ()) + self.branches[0]
 
     def slot_channels(self, slot: str) -> int:
-        """Channels the SE block in ``slot`` sees (its hidden width is the paper's C // r)."""
-        return self.in_ch if slot == "input" else self.out_ch
+        """Channels the SE block in ``slot`` sees (its hidden width is the paper's C // r); "input"
+        is the module's input, after the entry."""
+        return self.module_in if slot == "input" else self.out_ch
 
 
 # --- rows of the tables: a convolution (out, k[, stride, pad, kw]) or a pooling
@@ -116,44 +125,41 @@ IRV2_BLOCK17 = ((conv(192),), (conv(128), conv(160, 1, kw=7), conv(192, 7, kw=1)
 IRV2_MIXED_7A = ((conv(256), conv(384, 3, 2, _V)), (conv(256), conv(288, 3, 2, _V)),
                  (conv(256), conv(288, 3), conv(320, 3, 2, _V)), (pool("max", 3, 2, _V),))
 IRV2_BLOCK8 = ((conv(192),), (conv(192), conv(224, 1, kw=3), conv(256, 3, kw=1)))
-INCEPTION_RESNET_V2 = (  # (stage, branches, scale, relu, repeats)
-    (0, IRV2_MIXED_5B, None, True, 1),  # mixed_5b
-    (0, IRV2_BLOCK35, 0.17, True, 10),  # repeat
-    (1, IRV2_MIXED_6A, None, True, 1),  # mixed_6a
-    (1, IRV2_BLOCK17, 0.10, True, 20),  # repeat_1
-    (2, IRV2_MIXED_7A, None, True, 1),  # mixed_7a
-    (2, IRV2_BLOCK8, 0.20, True, 9),  # repeat_2
-    (2, IRV2_BLOCK8, 1.0, False, 1),  # block8 (then the head's 1x1 to 1536, conv2d_7b)
+INCEPTION_RESNET_V2 = (  # (stage, entry, branches, scale, relu, repeats): the entry opens the first
+    (0, IRV2_MIXED_5B, IRV2_BLOCK35, 0.17, True, 10),  # mixed_5b, repeat
+    (1, IRV2_MIXED_6A, IRV2_BLOCK17, 0.10, True, 20),  # mixed_6a, repeat_1
+    (2, IRV2_MIXED_7A, IRV2_BLOCK8, 0.20, True, 9),  # mixed_7a, repeat_2
+    (2, (), IRV2_BLOCK8, 1.0, False, 1),  # block8 (then the head's 1x1 to 1536, conv2d_7b)
 )
 
 Layers = Callable[[int, tuple[StemLayer, ...]], tuple[Any, ...]]  # (input width, rows) -> layers
 
 
-def _modules(arch: Arch, cin: int, layers: Layers, table, se_on_mixed: bool) -> tuple[InceptionUnit, ...]:
-    """``table``: (stage, branch rows, scale, relu, repeats) per kind of module, in order; a module
-    without a residual scale (a Mixed module) takes its stage's SE only if ``se_on_mixed``."""
+def _modules(arch: Arch, cin: int, layers: Layers, table) -> tuple[InceptionUnit, ...]:
+    """``table``: (stage, entry rows, branch rows, scale, relu, repeats) per kind of module, in order;
+    the entry (if any) opens the first of the repeats."""
     units: list[InceptionUnit] = []
-    for stage, rows, scale, relu, repeats in table:
-        takes_se = scale is not None or se_on_mixed
-        se = arch.stages[stage] if takes_se else None
+    for stage, entry_rows, rows, scale, relu, repeats in table:
+        se = arch.stages[stage]
         slot = None if se is None else POSITIONS[se.position]
-        for _ in range(repeats):
+        for i in range(repeats):
             index = sum(1 for u in units if u.stage == stage)
-            branches = tuple(layers(cin, b) for b in rows)
-            units.append(InceptionUnit(stage, index, cin, branches, se, slot, scale, relu, takes_se))
+            entry = tuple(layers(cin, b) for b in entry_rows) if i == 0 else ()
+            mid = sum(_out_ch(b, cin) for b in entry) if entry else cin
+            branches = tuple(layers(mid, b) for b in rows)
+            units.append(InceptionUnit(stage, index, cin, branches, se, slot, scale, relu, entry))
             cin = units[-1].out_ch
     return tuple(units)
 
 
 def bn_inception(arch: Arch, cin: int, layers: Layers) -> tuple[InceptionUnit, ...]:
-    """BN-Inception's ten modules, SE (when the stage has it) on every one."""
-    table = [(row[0], bn_inception_branches(row), None, True, 1) for row in BN_INCEPTION]
-    return _modules(arch, cin, layers, table, se_on_mixed=True)
+    """BN-Inception's ten modules, one unit each."""
+    return _modules(arch, cin, layers, [(row[0], (), bn_inception_branches(row), None, True, 1) for row in BN_INCEPTION])
 
 
 def inception_resnet_v2(arch: Arch, cin: int, layers: Layers) -> tuple[InceptionUnit, ...]:
-    """Inception-ResNet-v2's modules, SE (when the stage has it) on the residual ones only."""
-    return _modules(arch, cin, layers, INCEPTION_RESNET_V2, se_on_mixed=False)
+    """Inception-ResNet-v2's 40 residual modules, the first of each stage opened by its Mixed module."""
+    return _modules(arch, cin, layers, INCEPTION_RESNET_V2)
 
 
 MODULE_KINDS: dict[str, Callable[[Arch, int, Layers], tuple[InceptionUnit, ...]]] = {
