@@ -174,3 +174,30 @@ def test_search_space_files_sample_designs_the_family_allows(name):
     assert positions == set(FAMILIES[space.backbone])
     cheapest, _ = space.cheapest()
     assert cheapest == PRESETS[space.backbone]  # no SE anywhere costs least
+
+
+def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
+    """Inception-ResNet-v2 (Mixed entries, scaled residuals, 1x7/7x1 and valid convolutions, SE in
+    every slot it has) through the model file, TorchScript and ONNX."""
+    pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    from se_nas.export import export_onnx, export_torchscript
+    from se_nas.modelfile import load_model, save_model
+
+    arch = Arch("inception_resnet_v2", (StageSE(4, position="pre"), StageSE(4, "max", "hardsigmoid", "identity"),
+                                        StageSE(8, position="post")))
+    torch.manual_seed(0)
+    model = build_model(arch, 7, "small", 0.125).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        want = model(x)
+    loaded = load_model(save_model(tmp_path / "m.safetensors", model, arch, num_classes=7, stem="small", width=0.125))
+    assert loaded.se_nas.arch == arch
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), want)
+    ts = torch.jit.load(str(export_torchscript(loaded, tmp_path / "m.pt", 12)))
+    with torch.jit.optimized_execution(False):
+        torch.testing.assert_close(ts(x), want)
+    got = ReferenceEvaluator(str(export_onnx(loaded, tmp_path / "m.onnx", 12))).run(None, {"images": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
