@@ -201,3 +201,26 @@ def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
         torch.testing.assert_close(ts(x), want)
     got = ReferenceEvaluator(str(export_onnx(loaded, tmp_path / "m.onnx", 12))).run(None, {"images": x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,index,position", [
+    ("bn_inception", 2, "standard"),  # 3c: a reduction module, SE on the concatenation
+    ("inception_resnet_v2", 10, "standard"),  # Mixed_6a then a Block17: SE before the scaled addition
+    ("inception_resnet_v2", 11, "identity"),  # SE on the shortcut of a Block17
+])
+def test_fast_se_path_equals_reference(backbone, index, position):
+    """The fast SE path (se_nas/fused.py) inside Inception units: the same outputs and gradients as
+    the straightforward modules, in float64."""
+    import copy
+
+    from se_nas.build import make_unit
+    from se_nas.fused import set_fast_se
+    from tests.test_fast_se import _assert_same, _run, _upstream_grad
+
+    u = resolve(Arch.uniform(backbone, StageSE(2, "avg", "hardsigmoid", position)), "small", 0.125).units[index]
+    torch.manual_seed(index)
+    fast = make_unit(u, se_bias=True).double()
+    ref = set_fast_se(copy.deepcopy(fast), False)
+    x = torch.randn(2, u.in_ch, 9, 9, dtype=torch.double)
+    g = _upstream_grad(ref, x)
+    _assert_same(_run(fast, x, g), _run(ref, x, g))
