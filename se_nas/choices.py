@@ -209,7 +209,8 @@ BACKBONES["bn_inception"] = _inception(  # modules 3a-3c | 4a-4e | 5a-5b
     "inception", (3, 5, 2),
     (StemLayer(64, 7, 2), _max_pool(3, 2, 1), StemLayer(64, 1, 1), StemLayer(192, 3, 1), _max_pool(3, 2, 1)),
     positions=("standard", "pre"), source="Ioffe & Szegedy 2015, Fig. 5")
-BACKBONES["inception_resnet_v2"] = _inception(  # 10 Block35 | 20 Block17 | 10 Block8, each stage opened by a Mixed module
+# Inception-ResNet-v2: 10 Block35 | 20 Block17 | 10 Block8, each stage opened by a Mixed module
+BACKBONES["inception_resnet_v2"] = _inception(
     "inception_resnet", (10, 20, 10),
     (StemLayer(32, 3, 2, pad=0), StemLayer(32, 3, 1, pad=0), StemLayer(64, 3, 1), _max_pool(3, 2, 0),
      StemLayer(80, 1, 1), StemLayer(192, 3, 1, pad=0), _max_pool(3, 2, 0)),

@@ -218,7 +218,8 @@ def check_width(width: float) -> float:
     return float(width)
 
 
-def layer_rows(cin: int, rows: tuple[StemLayer, ...], scale: Callable[[int], int], small: bool = False) -> tuple[Layer, ...]:
+def layer_rows(cin: int, rows: tuple[StemLayer, ...], scale: Callable[[int], int],
+               small: bool = False) -> tuple[Layer, ...]:
     """Layers from rows of a table (a stem's, an Inception branch's); ``small``: every convolution a
     3x3 with stride 1, no poolings (the small stem)."""
     layers: list[Layer] = []

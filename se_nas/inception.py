@@ -154,7 +154,8 @@ def _modules(arch: Arch, cin: int, layers: Layers, table) -> tuple[InceptionUnit
 
 def bn_inception(arch: Arch, cin: int, layers: Layers) -> tuple[InceptionUnit, ...]:
     """BN-Inception's ten modules, one unit each."""
-    return _modules(arch, cin, layers, [(row[0], (), bn_inception_branches(row), None, True, 1) for row in BN_INCEPTION])
+    table = [(row[0], (), bn_inception_branches(row), None, True, 1) for row in BN_INCEPTION]
+    return _modules(arch, cin, layers, table)
 
 
 def inception_resnet_v2(arch: Arch, cin: int, layers: Layers) -> tuple[InceptionUnit, ...]:
