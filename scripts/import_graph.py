@@ -18,7 +18,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "se_nas"
 LAYERS = {
-    "domain": ["builtin", "choices", "arch", "geometry", "se", "fused", "build", "cost", "space", "budget",
+    "domain": ["builtin", "choices", "arch", "inception", "geometry", "se", "fused", "build", "cost", "space", "budget",
                "recipe", "data", "train", "pareto", "earlystop"],
     "study": ["study", "results", "storage", "samplers"],
     "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "search"],

@@ -15,6 +15,7 @@ from .arch import Arch, ArchError
 from .choices import SLOTS
 from .fused import bn_se_add_relu, can_fuse_tail
 from .geometry import Conv, Geometry, Layer, Pool, Unit, resolve
+from .inception import InceptionUnit
 from .se import SqueezeExcite
 
 
@@ -27,7 +28,8 @@ def _act(name: str | None) -> nn.Module:
 
 
 def _conv_bn(c: Conv) -> list[nn.Module]:
-    return [nn.Conv2d(c.cin, c.cout, c.k, c.stride, c.padding, groups=c.groups, bias=c.bias), nn.BatchNorm2d(c.cout)]
+    return [nn.Conv2d(c.cin, c.cout, c.kernel, c.stride, c.paddings, groups=c.groups, bias=c.bias),
+            nn.BatchNorm2d(c.cout)]
 
 
 def _layers(layers: tuple[Layer, ...]) -> list[nn.Module]:
@@ -99,9 +101,41 @@ class ResidualUnit(nn.Module):
         return self.pool(self.se_output(out))
 
 
+class InceptionModule(nn.Module):
+    """An Inception unit as ``se_nas.inception`` describes it: its branches concatenated (SE on the
+    output: SENet's Fig. 2); with a residual scale, the concatenation projected back by a 1x1
+    convolution, scaled and added to the input (Inception-ResNet; SE before the scaled addition).
+    A Mixed module (``entry``) may open the unit."""
+
+    def __init__(self, u: InceptionUnit, se_bias: bool):
+        super().__init__()
+        self.entry = nn.ModuleList(nn.Sequential(*_layers(b)) for b in u.entry) if u.entry else None
+        self.branches = nn.ModuleList(nn.Sequential(*_layers(b)) for b in u.branches)
+        self.proj = nn.Conv2d(u.concat_ch, u.module_in, 1) if u.residual else None
+        self.scale = u.scale
+        self.act = nn.ReLU(inplace=True) if u.residual and u.relu else nn.Identity()
+        for slot in SLOTS:
+            se = SqueezeExcite(u.slot_channels(slot), u.se, se_bias) if u.slot == slot else nn.Identity()
+            setattr(self, f"se_{slot}", se)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.entry is not None:
+            x = torch.cat([b(x) for b in self.entry], 1)
+        x = self.se_input(x)
+        out = torch.cat([b(x) for b in self.branches], 1)
+        if self.proj is not None:
+            out = self.act(self.se_residual(self.proj(out)) * self.scale + self.se_identity(x))
+        else:
+            out = self.se_residual(out)
+        return self.se_output(out)
+
+
+UNIT_MODULES: dict[type, type[nn.Module]] = {Unit: ResidualUnit, InceptionUnit: InceptionModule}
+
+
 def make_unit(u: Unit, se_bias: bool) -> nn.Module:
     """The module of one unit of a geometry, alone (what the model holds at that place)."""
-    return ResidualUnit(u, se_bias)
+    return UNIT_MODULES[type(u)](u, se_bias)
 
 
 def _classifier(geom: Geometry, num_classes: int) -> nn.Module:

@@ -89,6 +89,9 @@ class StemLayer:
     k: int
     stride: int
     act: str = "relu"
+    pad: int | None = None  # explicit padding (Inception-ResNet-v2's valid convolutions); None: "same"
+    kw: int = 0  # a k x kw kernel (Inception's 1x7 and 7x1); 0: square
+    pool: str = ""  # "max" or "avg": a pooling row (k, stride, pad; ``out`` unused), none in small stems
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,29 @@ BACKBONES: dict[str, BackboneSpec] = {
          (Block(960, 1, 2, groups=3), Block(960, 3, groups=3))),
         stem=(StemLayer(24, 3, 2),), divisor=12, source="Zhang et al. 2018, Table 1"),
 }
+
+
+# --- the Inception families: their multi-branch modules are tables in se_nas.inception; here the
+# stem, the head and how many modules each stage holds (a row per stage, n = its modules)
+def _inception(unit: str, modules: tuple[int, ...], stem: tuple[StemLayer, ...], **kw) -> BackboneSpec:
+    return BackboneSpec(unit, tuple((Block(0, n),) for n in modules), stem=stem, stem_pool=None, **kw)
+
+
+def _max_pool(k: int, stride: int, pad: int) -> StemLayer:
+    return StemLayer(0, k, stride, pad=pad, pool="max")
+
+
+BACKBONES["bn_inception"] = _inception(  # modules 3a-3c | 4a-4e | 5a-5b
+    "inception", (3, 5, 2),
+    (StemLayer(64, 7, 2), _max_pool(3, 2, 1), StemLayer(64, 1, 1), StemLayer(192, 3, 1), _max_pool(3, 2, 1)),
+    positions=("standard", "pre"), source="Ioffe & Szegedy 2015, Fig. 5")
+# Inception-ResNet-v2: 10 Block35 | 20 Block17 | 10 Block8, each stage opened by a Mixed module
+BACKBONES["inception_resnet_v2"] = _inception(
+    "inception_resnet", (10, 20, 10),
+    (StemLayer(32, 3, 2, pad=0), StemLayer(32, 3, 1, pad=0), StemLayer(64, 3, 1), _max_pool(3, 2, 0),
+     StemLayer(80, 1, 1), StemLayer(192, 3, 1, pad=0), _max_pool(3, 2, 0)),
+    positions=("standard", "pre", "post", "identity"), head_conv=StemLayer(1536, 1, 1),
+    source="Szegedy et al. 2016, TF-slim's form (timm's inception_resnet_v2)")
 
 # Where a strided bottleneck downsamples: "1x1" is the original ResNet and the SENet paper
 # (ResNet-50 = 3.86 GFLOPs); "3x3" is torchvision's and timm's (about 4.1 GFLOPs).

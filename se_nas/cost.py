@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .arch import Arch, StageSE, se_hidden
+from .arch import Arch, ArchError, StageSE, se_hidden
 from .choices import BACKBONES, POSITIONS, SLOTS, SQUEEZE_PASSES
-from .geometry import SLOT_POINT, Layer, Pool, check_image_size, check_width, resolve
+from .geometry import (SLOT_POINT, Layer, Pool, check_image_size, check_width, resolve, unit_input_sizes,
+                       unit_output_size)
+from .inception import InceptionUnit
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def conv_cost(c: Layer, out_size: int) -> tuple[int, int]:
     is free (fvcore counts neither max pooling nor a strided average pooling)."""
     if isinstance(c, Pool):
         return 0, 0
-    weights = c.cout * (c.cin // c.groups) * c.k * c.k
+    weights = c.cout * (c.cin // c.groups) * c.k * (c.kw or c.k)
     return weights + (c.cout if c.bias else 0) + 2 * c.cout, weights * out_size * out_size
 
 
@@ -82,6 +84,32 @@ def _chain(layers, size: int) -> tuple[int, int, int]:
     return params, flops, size
 
 
+def _module(u: InceptionUnit, size: int, g, image_size: int) -> tuple[int, int, int, int]:
+    """(params, FLOPs, the module's input side, output side) of an Inception unit without SE: its
+    entry's and its module's branches, and for a residual module the 1x1 projection (with bias) and
+    the scaling, one multiply per output element."""
+    entry = [_chain(b, size) for b in u.entry]
+    mid_size = entry[0][2] if entry else size
+    parts = entry + [_chain(b, mid_size) for b in u.branches]
+    out_size = parts[-1][2]
+    if out_size < 1:
+        raise ArchError(f"{g.arch.backbone} with the {g.stem} stem needs image_size at least {min_image_size(g)}, "
+                        f"got image_size={image_size} (stage {u.stage + 1}, unit {u.index + 1} would output nothing)")
+    params, flops = sum(p for p, _, _ in parts), sum(f for _, f, _ in parts)
+    if u.residual:
+        params += (u.concat_ch + 1) * u.module_in
+        flops += (u.concat_ch + 1) * u.module_in * out_size * out_size
+    return params, flops, mid_size, out_size
+
+
+def min_image_size(g) -> int:
+    """The smallest input every layer of ``g`` turns into a non-empty map."""
+    n = 1
+    while min(unit_input_sizes(g, n) + (unit_output_size(g.units[-1], unit_input_sizes(g, n)[-1]),)) < 1:
+        n += 1
+    return n
+
+
 @lru_cache(maxsize=256)
 def _plain(backbone: str, stride_on: str, image_size: int, num_classes: int, stem: str, width: float):
     """The plain network's costs, cached per backbone form and input (the SE choices don't change
@@ -92,6 +120,13 @@ def _plain(backbone: str, stride_on: str, image_size: int, num_classes: int, ste
     stage_plain = [[0, 0] for _ in g.arch.stages]
     sites = []
     for u in g.units:
+        if isinstance(u, InceptionUnit):
+            p, f, mid_size, out_size = _module(u, size, g, image_size)
+            stage_plain[u.stage][0] += p
+            stage_plain[u.stage][1] += f
+            sites.append((u.stage, tuple(u.slot_channels(s) for s in SLOTS), (mid_size, mid_size, out_size)))
+            size = out_size
+            continue
         in_size = size
         p, f, mid_size = _chain(u.convs[:-1], size)
         p2, f2, size = _chain(u.convs[-1:], mid_size)

@@ -16,6 +16,7 @@ from typing import Callable
 
 from .arch import Arch, ArchError, StageSE, se_hidden
 from .choices import BACKBONES, POSITIONS, STEMS, BackboneSpec, Block, StemLayer, pick
+from .inception import MODULE_KINDS
 
 
 def make_divisible(value: float, divisor: int) -> int:
@@ -41,10 +42,20 @@ class Conv:
     act: str | None = "relu"
     bias: bool = False  # VGG's convolutions keep their bias before BatchNorm
     shuffle: int = 0
+    pad: int | None = None  # explicit padding (Inception-ResNet-v2's valid convolutions); None: "same"
+    kw: int = 0  # a k x kw kernel, stride 1 and "same" (Inception's 1x7, 7x1); 0: square
 
     @property
     def padding(self) -> int:
-        return self.k // 2
+        return self.k // 2 if self.pad is None else self.pad
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.k, self.kw or self.k
+
+    @property
+    def paddings(self) -> tuple[int, int]:
+        return self.padding, (self.kw // 2 if self.kw else self.padding)
 
     def out_size(self, size: int) -> int:
         return conv_out(size, self.k, self.stride, self.padding)
@@ -207,13 +218,24 @@ def check_width(width: float) -> float:
     return float(width)
 
 
-def _stem(spec: BackboneSpec, stem: str, scale: Callable[[int], int]) -> tuple[Layer, ...]:
+def layer_rows(cin: int, rows: tuple[StemLayer, ...], scale: Callable[[int], int],
+               small: bool = False) -> tuple[Layer, ...]:
+    """Layers from rows of a table (a stem's, an Inception branch's); ``small``: every convolution a
+    3x3 with stride 1, no poolings (the small stem)."""
     layers: list[Layer] = []
-    cin = 3
-    for s in spec.stem:
-        k, stride = (s.k, s.stride) if stem == "imagenet" else (3, 1)
-        layers.append(Conv(cin, scale(s.out), k, stride, act=s.act))
+    for s in rows:
+        if s.pool:
+            if not small:
+                layers.append(Pool(s.pool, s.k, s.stride, s.k // 2 if s.pad is None else s.pad))
+            continue
+        layers.append(Conv(cin, scale(s.out), 3, 1, act=s.act) if small else
+                      Conv(cin, scale(s.out), s.k, s.stride, act=s.act, pad=s.pad, kw=s.kw))
         cin = layers[-1].cout
+    return tuple(layers)
+
+
+def _stem(spec: BackboneSpec, stem: str, scale: Callable[[int], int]) -> tuple[Layer, ...]:
+    layers = list(layer_rows(3, spec.stem, scale, small=stem != "imagenet"))
     if spec.stem_pool and stem == "imagenet":
         layers.append(Pool("max", *spec.stem_pool))
     return tuple(layers)
@@ -231,7 +253,6 @@ def resolve(arch: Arch, stem: str = "imagenet", width: float = 1.0) -> Geometry:
         raise ArchError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
     width = check_width(width)
     spec: BackboneSpec = BACKBONES[arch.backbone]
-    make_unit = pick(UNITS, spec.unit, "unit kind")
 
     def scale(c: int, divisor: int = spec.divisor) -> int:
         return make_divisible(c * width, divisor) if c else 0
@@ -239,7 +260,12 @@ def resolve(arch: Arch, stem: str = "imagenet", width: float = 1.0) -> Geometry:
     stem_layers = _stem(spec, stem, scale)
     in_ch = next((c.cout for c in reversed(stem_layers) if isinstance(c, Conv)), 3)
     units = []
-    for s, (rows, se) in enumerate(zip(spec.stages, arch.stages)):
+    if spec.unit in MODULE_KINDS:  # multi-branch modules (se_nas.inception): one table per family
+        units = list(MODULE_KINDS[spec.unit](arch, in_ch, lambda cin, rows: layer_rows(cin, rows, scale)))
+        in_ch = units[-1].out_ch
+    else:
+        make_unit = pick(UNITS, spec.unit, "unit kind")
+    for s, (rows, se) in enumerate(zip(() if units else spec.stages, arch.stages)):
         slot = None if se is None else POSITIONS[se.position]
         index = 0
         for b in rows:

@@ -50,8 +50,9 @@ def test_every_family_trains_a_step_with_sampled_se(backbone):
     assert n_se == sum(d for d, s in zip(BACKBONES[backbone].depths, arch.stages) if s is not None)
 
 
-@pytest.mark.parametrize("seed", range(2))
-@pytest.mark.parametrize("backbone", NEW)
+# two designs per family (small and ImageNet stems); one for the deepest, whose code is shared
+@pytest.mark.parametrize("backbone,seed", [(b, s) for b in NEW for s in range(2)
+                                           if s == 0 or b not in ("senet154", "resnext101_64x4d")])
 def test_analytic_cost_equals_fvcore_on_random_designs(backbone, seed):
     rng = random.Random(f"{backbone}{seed}")
     arch = sample_arch(rng, backbone)
@@ -110,7 +111,7 @@ def test_senet154_is_the_papers_modified_resnext():
 
 # The SENet paper's figures at 224x224, 1000 classes. Table 2 gives GFLOPs to two decimals; Table 3
 # MFLOPs and millions of parameters. Exact to their precision:
-PAPER_EXACT = [  # preset, GFLOPs, params (M) or None, rounding digits of the params
+PAPER_EXACT = [  # preset, GFLOPs (MFLOPs to 3 decimals below 1), params (M); None: not given
     ("vgg16_bn", 15.47, None), ("se_vgg16_bn", 15.48, None),
     ("mobilenet_v1", 0.569, 4.2), ("se_mobilenet_v1", None, 4.7),
 ]
@@ -183,10 +184,10 @@ def test_every_family_has_plain_and_se_presets_and_a_space():
         assert name in spaces or name in ("resnet34", "resnet101", "resnet152", "resnext50_32x4d"), name
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v1", "shufflenet_v1_g3"])
-def test_export_of_families_without_a_residual_branch_or_with_concatenation(backbone, tmp_path):
-    """The model file (safetensors), ONNX and TorchScript hold the same function. (VGG exports too, but
-    ONNX takes its 7x7 head pool only from a map whose side 7 divides: 224x224 inputs.)"""
+@pytest.mark.parametrize("backbone", ["mobilenet_v1"])
+def test_export_of_a_family_without_a_residual_branch(backbone, tmp_path):
+    """The model file (safetensors), ONNX and TorchScript hold the same function. (ShuffleNet's shuffle
+    and concatenation export too; VGG's ONNX takes its 7x7 head pool only from a 7x7 map: 224x224.)"""
     from onnx.reference import ReferenceEvaluator
 
     from se_nas.export import export_onnx, export_torchscript

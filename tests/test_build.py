@@ -34,9 +34,10 @@ def test_forward_backward_every_choice(position, squeeze, gate):
         assert sum(se_grads) > 0
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", [b for b, spec in BACKBONES.items() if spec.unit in ("basic", "bottleneck")])
 @pytest.mark.parametrize("position", ["standard", "after_3x3", "pre"])
 def test_every_backbone(backbone, position):
+    """Every residual family (the others: tests/test_backbones.py)."""
     _fwd_bwd(Arch.uniform(backbone, StageSE(8, "avg", "sigmoid", position)), 0.125, 8)
 
 
