@@ -48,7 +48,7 @@ _show = reprlib.repr  # a user's value in an error message, shortened (a 1 MB li
 
 @dataclass(frozen=True)
 class StageSE:
-    """The SE blocks of one stage (every residual unit of the stage gets one).
+    """The SE blocks of one stage (every unit of the stage gets one).
 
     reduction: r of the paper; the hidden width is ``max(1, C // r)`` (see ``se_hidden``).
     squeeze:   "avg" (the paper's default), "max", "avgmax" (sum of both), "none" (NoSqueeze).

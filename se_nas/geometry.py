@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Callable
 
 from .arch import Arch, ArchError, StageSE, se_hidden
-from .choices import BACKBONES, POSITIONS, STEMS, BackboneSpec, Block, StemLayer, pick
+from .choices import BACKBONES, POSITIONS, STEMS, BackboneSpec, Block, pick
 
 
 def make_divisible(value: float, divisor: int) -> int:
