@@ -48,7 +48,7 @@ _show = reprlib.repr  # a user's value in an error message, shortened (a 1 MB li
 
 @dataclass(frozen=True)
 class StageSE:
-    """The SE blocks of one stage (every residual unit of the stage gets one).
+    """The SE blocks of one stage (every unit of the stage gets one).
 
     reduction: r of the paper; the hidden width is ``max(1, C // r)`` (see ``se_hidden``).
     squeeze:   "avg" (the paper's default), "max", "avgmax" (sum of both), "none" (NoSqueeze).
@@ -258,15 +258,16 @@ def _reference(backbone: str) -> tuple[StageSE | None, ...]:
 
 # --- presets: each family plain and with its SE (the paper's r=16 in every stage, or its own);
 # for residual bottleneck families also the torchvision form (``_tv``, stride on the 3x3).
-# A family named after its SE model (senet154, mobilenet_v3_large) names its plain form ``*_plain``.
-SE_NAMED = {"senet154": {}, "mobilenet_v3_large": {"se_bias": True}}
+# A family named after its SE model names its plain form ``*_plain``; its presets take the form of
+# that model (SENet-154: stride on the 3x3, as timm; MobileNetV3: biases in the SE, as torchvision).
+SE_NAMED = {"senet154": {"stride_on": "3x3"}, "mobilenet_v3_large": {"se_bias": True}}
 PRESETS: dict[str, Arch] = {}
 for _name, _spec in BACKBONES.items():
-    _kw = {"stride_on": "3x3"} if _name == "senet154" else {}
+    _kw = SE_NAMED.get(_name, {})
     _plain, _se = (f"{_name}_plain", _name) if _name in SE_NAMED else (_name, f"se_{_name}")
-    PRESETS[_plain] = Arch.uniform(_name, None, **_kw)
-    PRESETS[_se] = Arch(_name, _reference(_name), **_kw, **SE_NAMED.get(_name, {}))
-    if "3x3" in _spec.stride_forms and _name != "senet154":
+    PRESETS[_plain] = Arch.uniform(_name, None, stride_on=_kw.get("stride_on", "1x1"))
+    PRESETS[_se] = Arch(_name, _reference(_name), **_kw)
+    if "3x3" in _spec.stride_forms and _name not in SE_NAMED:
         PRESETS[f"{_name}_tv"] = Arch.uniform(_name, None, stride_on="3x3")
         PRESETS[f"se_{_name}_tv"] = Arch.uniform(_name, StageSE(), stride_on="3x3")
 

@@ -5,13 +5,7 @@ import random
 import pytest
 
 from se_nas.arch import PRESETS, Arch, ArchError, StageSE, resolve_arch
-from se_nas.choices import BACKBONES
-from tests.test_backbones import sample_arch
-
-
-def random_arch(rng: random.Random) -> Arch:
-    """A random design of a random family, over the insertion points and stride forms it has."""
-    return sample_arch(rng, rng.choice(list(BACKBONES)))
+from tests.conftest import random_arch
 
 
 @pytest.mark.parametrize("seed", range(50))

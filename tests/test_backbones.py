@@ -11,9 +11,10 @@ import torchvision
 
 from se_nas.arch import PRESETS, Arch, ArchError, StageSE
 from se_nas.build import build_model
-from se_nas.choices import BACKBONES, GATES, SQUEEZES
+from se_nas.choices import BACKBONES
 from se_nas.cost import count_cost, traced_flops
 from se_nas.se import SqueezeExcite
+from tests.conftest import random_arch
 from se_nas.space import SpaceError, load_space
 
 NEW = ["resnext101_32x4d", "resnext101_64x4d", "senet154", "vgg16_bn", "mobilenet_v1", "mobilenet_v3_large",
@@ -25,20 +26,11 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def sample_arch(rng: random.Random, backbone: str, gates=tuple(GATES)) -> Arch:
-    """A random design over the choices the family has (its insertion points, its stride forms)."""
-    spec = BACKBONES[backbone]
-    stages = tuple(None if rng.random() < 0.25 else StageSE(
-        rng.choice([1, 2, 4, 8, 16]), rng.choice(list(SQUEEZES)), rng.choice(gates),
-        rng.choice(spec.positions)) for _ in spec.depths)
-    return Arch(backbone, stages, stride_on=rng.choice(spec.stride_forms), se_bias=rng.random() < 0.5)
-
-
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_every_family_trains_a_step_with_sampled_se(backbone):
     rng = random.Random(backbone)
     # bounded gates: an unbounded ReLU gate compounds over 30+ units at init (test_build covers it)
-    arch = sample_arch(rng, backbone, ("sigmoid", "hardsigmoid", "tanh"))
+    arch = random_arch(rng, backbone, ("sigmoid", "hardsigmoid", "tanh"))
     torch.manual_seed(0)
     model = build_model(arch, 5, "small", 0.125, zero_init_last=False).double()
     size = SIZE.get(backbone, 16)
@@ -55,7 +47,7 @@ def test_every_family_trains_a_step_with_sampled_se(backbone):
                                            if s == 0 or b not in ("senet154", "resnext101_64x4d")])
 def test_analytic_cost_equals_fvcore_on_random_designs(backbone, seed):
     rng = random.Random(f"{backbone}{seed}")
-    arch = sample_arch(rng, backbone)
+    arch = random_arch(rng, backbone)
     stem = ["small", "imagenet"][seed]
     size = (SIZE.get(backbone, 16) if stem == "small" else 64) + rng.choice([0, 8])
     width = 0.125 if backbone in ("senet154", "resnext101_64x4d") else rng.choice([0.125, 0.25])
@@ -193,7 +185,7 @@ def test_export_of_a_family_without_a_residual_branch(backbone, tmp_path):
     from se_nas.export import export_onnx, export_torchscript
     from se_nas.modelfile import load_model, save_model
 
-    arch = sample_arch(random.Random(3), backbone, ("sigmoid", "hardsigmoid"))
+    arch = random_arch(random.Random(3), backbone, ("sigmoid", "hardsigmoid"))
     size = 16
     torch.manual_seed(0)
     model = build_model(arch, 7, "small", 0.125).eval()
