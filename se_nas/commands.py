@@ -311,7 +311,8 @@ def cmd_latency(args):
     try:
         table = profile(space, args.output, device=args.device, threads=args.threads, batch=args.batch,
                         image_size=args.image_size, dtype=args.dtype, channels_last=args.channels_last,
-                        stem=args.stem, width=args.width, archs=archs, rounds=args.rounds, progress=progress)
+                        stem=args.stem, width=args.width, archs=archs, rounds=args.rounds, clock=args.clock,
+                        progress=progress)
     finally:
         for b in bar:
             b.close()
@@ -344,6 +345,9 @@ def _latency_arguments(p):
     q.add_argument("--stem", choices=STEMS, default="imagenet", help="stem of the profiled model")
     q.add_argument("--width", type=_number(float, True), default=1.0, help="width multiplier")
     q.add_argument("--rounds", type=_positive_int, default=15, help="interleaved timed calls of every entry")
+    q.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="CPU timer: wall time, or this process's CPU time, which other jobs on a shared machine "
+                   "do not inflate (with --threads 1 it is an idle machine's wall time)")
     q.add_argument("-o", "--output", required=True, help="the table file (JSON); an existing one is resumed")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
 

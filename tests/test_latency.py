@@ -174,3 +174,14 @@ def test_cli_profile_and_cost(tmp_path, capsys):
     assert err.startswith("se-nas cost: error: latency table") and "resnet50" in err and "\n" not in err
     assert main(["latency", "profile", "--device", "tpu", "-o", str(tmp_path / "x.json")]) == 2
     assert "--device must be cpu or cuda[:N], got 'tpu'" in capsys.readouterr().err
+
+
+def test_process_clock_is_one_thread_only(tmp_path):
+    space = load_space("tiny")
+    with pytest.raises(L.LatencyError, match="--clock process measures one thread's latency.*--threads 2"):
+        L.profile(space, tmp_path / "p.json", threads=2, clock="process", **KW)
+    with pytest.raises(L.LatencyError, match="--clock must be one of wall, process on cpu, got 'cpu'"):
+        L.profile(space, tmp_path / "p.json", clock="cpu", **KW)
+    table = L.profile(space, tmp_path / "p.json", clock="process", **KW)
+    assert table.header["clock"] == "process" and "process CPU time" in table.describe()
+    assert "--clock process" in table.profile_command()
