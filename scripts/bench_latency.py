@@ -7,8 +7,8 @@ and the presets of its form need, then measure the end-to-end eval forward pass 
 once, in turn), and compare each design's median with its prediction: median and worst absolute
 percentage error, Kendall's tau. Beside it, the same error of the predicted ratio to the plain model
 (measured in the same rounds), which a load change between profile and validation cannot move.
-The profile of the full space is extrapolated from the subset's measured time per entry (stated as
-such). Predictor speed: predictions of random designs per second, first use (each stage choice's
+The profile of the full space is extrapolated from the subset's measured time per carrier model
+(the profile's cost goes with the most choices any stage has; stated as such). Predictor speed: predictions of random designs per second, first use (each stage choice's
 units resolved once) and cached. ``uptime``'s load is recorded before and after every figure.
 
     python scripts/bench_latency.py                            # 30 designs, 1 and 2 threads
@@ -54,6 +54,9 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     profile_s = time.perf_counter() - t0
     n_sub = len(table.entries) - 2
     n_full = len(L.space_entries(space)[1])
+    # profile time goes with the number of carrier models: the most choices any stage has to measure
+    carriers_sub = max(len(o) - 1 for o in L.space_options(space, archs=designs)[1])
+    carriers_full = max(len(o) - 1 for o in L.space_options(space)[1])
     p = L.predictor(table)
     kind, index = L.parse_device(device)
     dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
@@ -68,7 +71,8 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     out = {"threads": threads, "device": device, "clock": clock, "device_name": table.header["device_name"],
            "designs": len(designs), "rounds": rounds, "table": str(path), "profile_entries": n_sub,
            "profile_s": profile_s,
-           "full_space_entries": n_full, "full_profile_s_extrapolated": profile_s / (n_sub + 1) * (n_full + 1),
+           "full_space_entries": n_full, "carriers": carriers_sub, "full_space_carriers": carriers_full,
+           "full_profile_s_extrapolated": profile_s * carriers_full / carriers_sub,
            "load_before": before, "load_after_profile": after_profile, "load_after": load()}
     # the noise floor: how far the same measurement's odd and even rounds disagree, per design
     halves = [100 * abs(statistics.median(v[::2]) / statistics.median(v[1::2]) - 1) for v in times.values()]

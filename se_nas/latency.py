@@ -6,16 +6,21 @@ MobileNetV3, which searched SE placement against measured latency, se-nas measur
 building block a space can produce on the target device once (``profile``) and predicts a design's
 latency as a sum of table entries (``predict_latency``), in microseconds, no model built.
 
-A table entry is one residual unit alone (``build.make_unit``) at its input size, keyed by the unit
-with its stage and index neutralised (``geometry.resolve(...).units``), so units of one stage with
-the same shapes share an entry and the key carries everything that changes the module (widths,
-stride, groups, SE choice and slot). The stem, head and per-call overhead are one entry, ``rest``:
-the whole plain model's time minus its units', measured interleaved with them, so the plain model
-is predicted exactly and every design's prediction differs from it by the units that change.
+A table entry is one residual unit at its input size, keyed by the unit with its stage and index
+neutralised (``geometry.resolve(...).units``), so units of one stage with the same shapes share an
+entry and the key carries everything that changes the module (widths, stride, groups, SE choice and
+slot). Units are timed inside whole models, with a mark before and after each unit: alone, a unit runs
+with other caches than inside a network (on a 2-core CPU, the time SE added to ResNet-50's stage 4
+was 3x inside the model what it was alone, and a profile of units alone under-predicted SE designs
+by 8%, median). Each "carrier" model takes one not yet measured choice in every stage, so one
+forward pass measures an entry of every stage. The stem, head and per-call overhead are one entry, ``rest``: the whole plain model's time
+minus its units', so the plain model is predicted as measured and a design differs from it by the
+units that change.
 
-Measurements: warm-up first, then rounds, each timing one call of every entry of a chunk in turn
-(interleaved, so load drift and caches hit all entries alike); median, p10, p90 and the number of
-rounds are kept. The file is rewritten atomically after every chunk, so a rerun resumes.
+Measurements: warm-up first, then rounds, each running every model of a chunk once in turn
+(interleaved, so load drift hits all alike), with the plain model in every chunk as the reference
+that cancels drift between chunks; median, p10, p90 and the number of rounds are kept. The file is
+rewritten atomically after every chunk, so a rerun resumes.
 """
 from __future__ import annotations
 
@@ -67,32 +72,49 @@ def parse_device(device: str) -> tuple[str, int | None]:
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
 
 
-def _cpu_timer(dev, clock: str = "wall") -> Callable[[Callable[[], Any]], float]:
-    now = CLOCKS[clock]
+class _CpuClock:
+    """Marks on a CPU clock; ``ms(a, b)`` between two marks."""
 
-    def time_ms(call):
-        t0 = now()
+    def __init__(self, dev, clock: str = "wall"):
+        self.mark = CLOCKS[clock]
+
+    def ms(self, a: float, b: float) -> float:
+        return (b - a) * 1e3
+
+    def sync(self) -> None:
+        pass
+
+    def __call__(self, call: Callable[[], Any]) -> float:
+        """The time of one ``call()`` in milliseconds."""
+        self.sync()
+        a = self.mark()
         call()
-        return (now() - t0) * 1e3
-    return time_ms
+        b = self.mark()
+        self.sync()
+        return self.ms(a, b)
 
 
-def _cuda_timer(dev, clock: str = "wall") -> Callable[[Callable[[], Any]], float]:
-    import torch
+class _CudaClock(_CpuClock):
+    """Marks are CUDA events recorded on the stream; read after a synchronize (kernels are asynchronous)."""
 
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    def __init__(self, dev, clock: str = "wall"):
+        import torch
 
-    def time_ms(call):
-        torch.cuda.synchronize(dev)  # nothing of the previous entry still running
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    return time_ms
+        self.torch, self.dev = torch, dev
+
+    def mark(self):
+        e = self.torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    def ms(self, a, b) -> float:
+        return a.elapsed_time(b)
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize(self.dev)
 
 
-TIMERS: dict[str, Callable] = {"cpu": _cpu_timer, "cuda": _cuda_timer}
+TIMERS: dict[str, Callable] = {"cpu": _CpuClock, "cuda": _CudaClock}
 
 
 def device_name(device: str) -> str:
@@ -151,29 +173,32 @@ def _stage_units(form: Form, stage: int, choice) -> list[tuple[str, Unit, int]]:
     return [(unit_key(u, s), u, s) for u, s in zip(geom.units, sizes) if u.stage == stage]
 
 
-def space_entries(space, stem: str = "imagenet", width: float = 1.0, image_size: int | None = None,
-                  archs: Iterable[Arch] | None = None) -> tuple[Form, dict[str, tuple[Unit, int, str]]]:
-    """The form of ``space`` and every distinct unit its designs can produce, from each stage's choice
-    list (``SearchSpace.stage_options``), as ``{key: (unit, input side, key of the plain unit at its
-    place)}``; with ``archs``, only the units those designs have (and the plain ones, which ``rest``
-    and the reference measurements need)."""
+def space_options(space, stem: str = "imagenet", width: float = 1.0, image_size: int | None = None,
+                  archs: Iterable[Arch] | None = None) -> tuple[Form, list[list]]:
+    """The form of ``space`` and per stage the SE choices to profile (``None``, the plain unit, first):
+    each stage's choice list (``SearchSpace.stage_options``), or with ``archs`` the ones they take."""
     form = Form.of(space.plain(), stem, width, image_size or space.deploy_image_size, space.deploy_num_classes)
     n = len(space.stages)
-    if archs is None:
-        options = [space.stage_options(i) for i in range(n)]
-    else:
-        options = [[] for _ in range(n)]
-        for a in archs:
-            _check_form(form, a, "--arch")
-            for i, c in enumerate(a.stages):
-                if c not in options[i]:
-                    options[i].append(c)
-    entries: dict[str, tuple[Unit, int, str]] = {}
+    options: list[list] = [[None] for _ in range(n)]
+    for a in archs if archs is not None else []:
+        _check_form(form, a, "--arch")
     for i in range(n):
-        plain = _stage_units(form, i, None)
-        for c in [None, *options[i]]:
-            for (key, u, s), (ref, _, _) in zip(_stage_units(form, i, c), plain):
-                entries.setdefault(key, (u, s, ref))
+        for c in (space.stage_options(i) if archs is None else [a.stages[i] for a in archs]):
+            if c not in options[i]:
+                options[i].append(c)
+    return form, options
+
+
+def space_entries(space, stem: str = "imagenet", width: float = 1.0, image_size: int | None = None,
+                  archs: Iterable[Arch] | None = None) -> tuple[Form, dict[str, tuple[Unit, int]]]:
+    """The form of ``space`` and every distinct unit its designs can produce (or ``archs`` have), as
+    ``{key: (unit, input side)}``."""
+    form, options = space_options(space, stem, width, image_size, archs)
+    entries: dict[str, tuple[Unit, int]] = {}
+    for i, opts in enumerate(options):
+        for c in opts:
+            for key, u, s in _stage_units(form, i, c):
+                entries.setdefault(key, (u, s))
     return form, entries
 
 
@@ -300,14 +325,20 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], timer, rounds: int,
 def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None = 1, batch: int = 1,
             image_size: int | None = None, dtype: str = "float32", channels_last: bool = False,
             stem: str = "imagenet", width: float = 1.0, archs: Iterable[Arch] | None = None, rounds: int = 15,
-            warmup: int = 3, chunk: int = 24, clock: str = "wall",
+            warmup: int = 3, chunk: int = 6, clock: str = "wall",
             progress: Callable[[int, int], None] | None = None) -> LatencyTable:
     """Measure every distinct unit ``space`` can produce (or those ``archs`` have) on ``device`` and
     write the table to ``path``; an existing table with the same header is resumed (its entries are
-    kept, the missing ones measured). ``progress(done, total)`` is called after every chunk."""
+    kept, the missing ones measured). ``progress(done, total)`` is called after every chunk.
+
+    Units are timed inside whole models (a hook before and after each unit), because a unit alone
+    runs with other caches than inside a network. Each "carrier" model takes a not yet measured
+    choice in every stage, so one forward pass measures an entry of every stage; a chunk of carriers is measured interleaved with
+    the plain model, and an entry is its time minus the plain unit's at the same place in the same
+    chunk plus that plain unit's time in the first chunk (load drift between chunks cancels)."""
     import torch
 
-    from .build import build_model, make_unit
+    from .build import build_model
 
     kind, index = parse_device(device)
     if clock not in CLOCKS or (kind == "cuda" and clock != "wall"):
@@ -325,7 +356,7 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise LatencyError(f"--threads must be a positive integer, got {threads!r}")
         torch.set_num_threads(threads)
-    form, wanted = space_entries(space, stem, width, image_size, archs)
+    form, options = space_options(space, stem, width, image_size, archs)
     header = {"format": TABLE_FORMAT, "device": kind if kind == "cpu" else f"cuda:{index}",
               "device_name": device_name(device), "threads": torch.get_num_threads() if kind == "cpu" else None,
               "torch": torch.__version__.split("+")[0], "dtype": dtype, "batch": batch,
@@ -343,59 +374,95 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
     dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
     tdtype = getattr(torch, dtype)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    timer = TIMERS[kind](dev, clock)
+    clock_ = TIMERS[kind](dev, clock)
+    x = torch.randn(batch, 3, form.image_size, form.image_size, device=dev, dtype=tdtype).contiguous(memory_format=fmt)
+    plain = form.plain()
 
-    def ready(module):
-        return module.to(dev, tdtype, memory_format=fmt).eval()
+    def carrier(arch: Arch) -> "_Carrier":
+        model = build_model(arch, form.num_classes, form.stem, form.width).to(dev, tdtype, memory_format=fmt).eval()
+        return _Carrier(model, arch, form, clock_)
 
-    def inputs(ch, size):
-        return torch.randn(batch, ch, size, size, device=dev, dtype=tdtype).contiguous(memory_format=fmt)
+    def missing(i, c):
+        return any(k not in table.entries for k, _, _ in _stage_units(form, i, c))
 
-    def call(module, x):
-        return lambda: module(x)
-
-    plain_keys = [k for i in range(len(form.plain().stages)) for k, _, _ in _stage_units(form, i, None)]
-
-    def unit_call(key):
-        u, s, _ = wanted[key]
-        return call(ready(make_unit(u, form.se_bias)), inputs(u.in_ch, s))
-
-    total = len(wanted) + 1
+    todo = [[c for c in opts[1:] if missing(i, c)] for i, opts in enumerate(options)]
+    keys = {k for i, opts in enumerate(options) for c in opts for k, _, _ in _stage_units(form, i, c)}
+    total = len(keys) + 1
     with torch.inference_mode():
-        if any(k not in table.entries for k in (MODEL, *plain_keys)):  # the plain model and its units, interleaved
-            model = ready(build_model(form.plain(), form.num_classes, form.stem, form.width))
-            calls = {MODEL: call(model, inputs(3, form.image_size))}
-            calls.update((k, unit_call(k)) for k in dict.fromkeys(plain_keys))
-            for k, times in measure_interleaved(calls, timer, 2 * rounds, warmup).items():
+        base = carrier(plain)
+        if any(missing(i, None) for i in range(len(options))) or MODEL not in table.entries:
+            samples = base.measure([base], x, 2 * rounds, warmup)[0]
+            table.entries[MODEL] = _stats(samples.pop(MODEL))
+            for k, times in samples.items():
                 table.entries[k] = _stats(times)
-            del model, calls
-            _set_rest(table, plain_keys)
+            _set_rest(table, [k for k, _, _ in base.units])
             table.save()
-        # The other units in chunks of one shape, each chunk with the plain unit of that shape as its
-        # reference: an entry is its difference to the reference measured beside it, added to the
-        # reference's time measured beside the whole model. Chunks of small modules run with warmer
-        # caches than a model does; the difference cancels that.
-        todo = [k for k in wanted if k not in table.entries]
-        by_ref: dict[str, list[str]] = {}
-        for k in todo:
-            by_ref.setdefault(wanted[k][2], []).append(k)
-        chunks = [(ref, keys[i:i + chunk]) for ref, keys in by_ref.items() for i in range(0, len(keys), chunk)]
-        done = total - len(todo)
+        n_carriers = max(map(len, todo))
+        archs_ = [replace(plain, stages=tuple(t[j] if j < len(t) else None for t in todo)) for j in range(n_carriers)]
         if progress:
-            progress(done, total)
-        for ref, keys in chunks:
-            calls = {k: unit_call(k) for k in [ref, *keys]}
-            times = measure_interleaved(calls, timer, rounds, warmup)
-            here = _stats(times[ref])
-            for k in keys:
-                st = _stats(times[k])
-                table.entries[k] = {**{q: st[q] - here[q] + table.ms(ref, q) for q in STATS}, "n": st["n"]}
-            del calls
-            done += len(keys)
+            progress(total - sum(k not in table.entries for k in keys), total)
+        for start in range(0, n_carriers, chunk):
+            carriers = [base] + [carrier(a) for a in archs_[start:start + chunk]]
+            measured = base.measure(carriers, x, rounds, warmup)
+            here = {k: _stats(v) for k, v in measured[0].items() if k != MODEL}
+            for c, samples in zip(carriers[1:], measured[1:]):
+                for (k, u, s), (ref, _, _) in zip(c.units, base.units):
+                    if k in table.entries:
+                        continue
+                    st = _stats(samples[k])
+                    table.entries[k] = {**{q: st[q] - here[ref][q] + table.ms(ref, q) for q in STATS}, "n": st["n"]}
+            del carriers, measured
             table.save()
             if progress:
-                progress(done, total)
+                progress(total - sum(k not in table.entries for k in keys), total)
     return table
+
+
+class _Carrier:
+    """A whole model with a mark before and after each of its units: one forward pass times the model
+    and every unit in it."""
+
+    def __init__(self, model, arch: Arch, form: Form, clock):
+        from .build import make_unit
+
+        geom = resolve(arch, form.stem, form.width)
+        self.units = [(unit_key(u, s), u, s) for u, s in zip(geom.units, unit_input_sizes(geom, form.image_size))]
+        kind = type(make_unit(geom.units[0], arch.se_bias))  # the builder's module type of a unit
+        modules = [m for m in model.modules() if type(m) is kind]
+        if len(modules) != len(self.units):
+            raise LatencyError(f"the model of {arch.id} has {len(modules)} unit modules, its geometry "
+                               f"{len(self.units)}: the builder and geometry disagree")
+        self.model, self.clock, self.marks = model, clock, []
+        for m in modules:
+            m.register_forward_pre_hook(lambda mod, inp: self.marks.append(self.clock.mark()))
+            m.register_forward_hook(lambda mod, inp, out: self.marks.append(self.clock.mark()))
+
+    def run(self, x) -> dict[str, float]:
+        """One forward pass: the model's time and each unit key's (the mean over the units sharing it)."""
+        clock = self.clock
+        self.marks.clear()
+        clock.sync()
+        a = clock.mark()
+        self.model(x)
+        b = clock.mark()
+        clock.sync()
+        per_key: dict[str, list[float]] = {}
+        for (k, _, _), i in zip(self.units, range(0, len(self.marks), 2)):
+            per_key.setdefault(k, []).append(clock.ms(self.marks[i], self.marks[i + 1]))
+        return {MODEL: clock.ms(a, b), **{k: statistics.fmean(v) for k, v in per_key.items()}}
+
+    @staticmethod
+    def measure(carriers: list["_Carrier"], x, rounds: int, warmup: int) -> list[dict[str, list[float]]]:
+        """Each carrier's samples over ``rounds`` rounds, each round running every carrier once in turn."""
+        for c in carriers:
+            for _ in range(warmup):
+                c.model(x)
+        out: list[dict[str, list[float]]] = [{} for _ in carriers]
+        for _ in range(rounds):
+            for c, o in zip(carriers, out):
+                for k, v in c.run(x).items():
+                    o.setdefault(k, []).append(v)
+        return out
 
 
 def _space_ref(space) -> str:
