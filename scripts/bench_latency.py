@@ -8,8 +8,9 @@ once, in turn), and compare each design's median with its prediction: median and
 percentage error, Kendall's tau. Beside it, the same error of the predicted ratio to the plain model
 (measured in the same rounds), which a load change between profile and validation cannot move.
 The profile of the full space is extrapolated from the subset's measured time per carrier model
-(the profile's cost goes with the most choices any stage has; stated as such). Predictor speed: predictions of random designs per second, first use (each stage choice's
-units resolved once) and cached. ``uptime``'s load is recorded before and after every figure.
+(the profile's cost goes with the most choices any stage has; stated as such). Predictor speed:
+predictions of random designs per second, first use (each stage choice's units resolved once) and
+cached. ``uptime``'s load is recorded before and after every figure.
 
     python scripts/bench_latency.py                            # 30 designs, 1 and 2 threads
     python scripts/bench_latency.py --threads 1 --designs 30 --rounds 15 --json out.json

@@ -182,7 +182,7 @@ def cmd_compare(args):
 
     res = compare(args.study, root=args.root, storage=args.storage, out=args.out, seeds=args.seeds, recipe=args.recipe,
                   arch=resolve_arch(args.arch) if args.arch else None, device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.quiet, latency=args.latency)
     print(compare_md(res))
     print(f"wrote {Path(args.out) / res['study']}/compare.json and compare.md (shown by `se-nas report`)")
     return 0
@@ -239,6 +239,9 @@ def _compare_arguments(p):
                    help="seeds per design (default: the search's confirmation seeds, so nothing is trained again; else 3)")
     p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")
     p.add_argument("--arch", default=None, help="compare this architecture instead of the chosen design")
+    p.add_argument("--latency", default=None, metavar="TABLE",
+                   help="also the latency predicted from a table profiled for the recipe's proxy (its stem, width, "
+                   "input size and classes), beside the measured one")
     _storage_argument(p)
     p.add_argument("--out", default="reports", help="results go to OUT/STUDY/ (default reports)")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
@@ -312,6 +315,7 @@ def cmd_latency(args):
         table = profile(space, args.output, device=args.device, threads=args.threads, batch=args.batch,
                         image_size=args.image_size, dtype=args.dtype, channels_last=args.channels_last,
                         stem=args.stem, width=args.width, archs=archs, rounds=args.rounds, clock=args.clock,
+                        num_classes=args.num_classes,
                         progress=progress)
     finally:
         for b in bar:
@@ -342,6 +346,8 @@ def _latency_arguments(p):
                    help="input side in pixels (default: the space's deployment model's)")
     q.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter and input type")
     q.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    q.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="classifier outputs (default: the space's deployment model's)")
     q.add_argument("--stem", choices=STEMS, default="imagenet", help="stem of the profiled model")
     q.add_argument("--width", type=_number(float, True), default=1.0, help="width multiplier")
     q.add_argument("--rounds", type=_positive_int, default=15, help="interleaved timed calls of every entry")

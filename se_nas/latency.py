@@ -13,9 +13,9 @@ slot). Units are timed inside whole models, with a mark before and after each un
 with other caches than inside a network (on a 2-core CPU, the time SE added to ResNet-50's stage 4
 was 3x inside the model what it was alone, and a profile of units alone under-predicted SE designs
 by 8%, median). Each "carrier" model takes one not yet measured choice in every stage, so one
-forward pass measures an entry of every stage. The stem, head and per-call overhead are one entry, ``rest``: the whole plain model's time
-minus its units', so the plain model is predicted as measured and a design differs from it by the
-units that change.
+forward pass measures an entry of every stage. The stem, head and per-call overhead are one entry,
+``rest``: the whole plain model's time minus its units', so the plain model is predicted as measured
+and a design differs from it by the units that change.
 
 Measurements: warm-up first, then rounds, each running every model of a chunk once in turn
 (interleaved, so load drift hits all alike), with the plain model in every chunk as the reference
@@ -174,10 +174,12 @@ def _stage_units(form: Form, stage: int, choice) -> list[tuple[str, Unit, int]]:
 
 
 def space_options(space, stem: str = "imagenet", width: float = 1.0, image_size: int | None = None,
-                  archs: Iterable[Arch] | None = None) -> tuple[Form, list[list]]:
+                  archs: Iterable[Arch] | None = None, num_classes: int | None = None) -> tuple[Form, list[list]]:
     """The form of ``space`` and per stage the SE choices to profile (``None``, the plain unit, first):
-    each stage's choice list (``SearchSpace.stage_options``), or with ``archs`` the ones they take."""
-    form = Form.of(space.plain(), stem, width, image_size or space.deploy_image_size, space.deploy_num_classes)
+    each stage's choice list (``SearchSpace.stage_options``), or with ``archs`` the ones they take.
+    Input size and classes default to the space's deployment model's."""
+    form = Form.of(space.plain(), stem, width, image_size or space.deploy_image_size,
+                   num_classes or space.deploy_num_classes)
     n = len(space.stages)
     options: list[list] = [[None] for _ in range(n)]
     for a in archs if archs is not None else []:
@@ -246,6 +248,7 @@ class LatencyTable:
         extra = "".join([f" --stem {f.stem}" if f.stem != "imagenet" else "",
                          f" --clock {h['clock']}" if h["clock"] != "wall" else "",
                          f" --width {f.width:g}" if f.width != 1 else "",
+                         f" --num-classes {f.num_classes}" if f.num_classes != 1000 else "",
                          f" --batch {h['batch']}" if h["batch"] != 1 else "",
                          f" --dtype {h['dtype']}" if h["dtype"] != "float32" else "",
                          " --channels-last" if h["channels_last"] else ""])
@@ -325,7 +328,7 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], timer, rounds: int,
 def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None = 1, batch: int = 1,
             image_size: int | None = None, dtype: str = "float32", channels_last: bool = False,
             stem: str = "imagenet", width: float = 1.0, archs: Iterable[Arch] | None = None, rounds: int = 15,
-            warmup: int = 3, chunk: int = 6, clock: str = "wall",
+            num_classes: int | None = None, warmup: int = 3, chunk: int = 6, clock: str = "wall",
             progress: Callable[[int, int], None] | None = None) -> LatencyTable:
     """Measure every distinct unit ``space`` can produce (or those ``archs`` have) on ``device`` and
     write the table to ``path``; an existing table with the same header is resumed (its entries are
@@ -333,8 +336,8 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
 
     Units are timed inside whole models (a hook before and after each unit), because a unit alone
     runs with other caches than inside a network. Each "carrier" model takes a not yet measured
-    choice in every stage, so one forward pass measures an entry of every stage; a chunk of carriers is measured interleaved with
-    the plain model, and an entry is its time minus the plain unit's at the same place in the same
+    choice in every stage, so one forward pass measures an entry of every stage; a chunk of carriers
+    is measured interleaved with the plain model, and an entry is its time minus the plain unit's at the same place in the same
     chunk plus that plain unit's time in the first chunk (load drift between chunks cancels)."""
     import torch
 
@@ -356,7 +359,7 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise LatencyError(f"--threads must be a positive integer, got {threads!r}")
         torch.set_num_threads(threads)
-    form, options = space_options(space, stem, width, image_size, archs)
+    form, options = space_options(space, stem, width, image_size, archs, num_classes)
     header = {"format": TABLE_FORMAT, "device": kind if kind == "cpu" else f"cuda:{index}",
               "device_name": device_name(device), "threads": torch.get_num_threads() if kind == "cpu" else None,
               "torch": torch.__version__.split("+")[0], "dtype": dtype, "batch": batch,
