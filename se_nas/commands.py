@@ -321,7 +321,7 @@ def cmd_latency(args):
         for b in bar:
             b.close()
     print(f"wrote {args.output}: {len(table.entries) - 2} unit entries of {space.name}"
-          f"{f' ({len(archs)} designs)' if archs else ''}, plain model {table.ms(MODEL):.2f} ms, in "
+          f"{f' ({len(archs)} design' + ('s)' if len(archs) != 1 else ')') if archs else ''}, plain model {table.ms(MODEL):.2f} ms, in "
           f"{time.perf_counter() - start:.0f} s; {table.describe()}")
     return 0
 
@@ -333,6 +333,7 @@ def _latency_arguments(p):
 
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = sub.add_parser("profile", help="measure every distinct unit of a space on a device and write a table",
+                       formatter_class=p.formatter_class,
                        description="Measure, on one device, every distinct residual unit (plain and each SE choice "
                        "in each slot at each shape) a space can produce, and the whole plain model; write the "
                        "table (JSON) that `se-nas cost --latency` and the latency budget read. A rerun resumes.")

@@ -539,7 +539,7 @@ class LatencyPredictor:
             raise LatencyError(
                 f"latency table {self.table.path!r} covers {f.backbone} (stride on {f.stride_on}, se_bias "
                 f"{str(f.se_bias).lower()}), not design {arch.id}: {arch.backbone} (stride on {arch.stride_on}, "
-                f"se_bias {str(arch.se_bias).lower()}); profile a space of that backbone with: se-nas latency "
+                f"se_bias {str(arch.se_bias).lower()}); profile a space of that form with: se-nas latency "
                 f"profile --space SPACE --device {self.table.header['device']} -o OTHER.json")
 
     def predict(self, arch: Arch) -> Latency:
