@@ -1,15 +1,16 @@
-"""Budgets checked before training: the deployment model's GFLOPs and parameters.
+"""Budgets checked before training: the deployment model's GFLOPs, parameters and latency.
 
 A candidate is costed analytically (``se_nas.cost.count_cost``, microseconds, no model built) on the
 *deployment* model a space declares (by default the paper's 224x224 input and 1000 classes), not on
-the cheap proxy that is trained. Over budget means never trained. ``Budget.check`` gives Optuna's
-constraint values (``<= 0`` is feasible) so the samplers learn the feasible region, and
+the cheap proxy that is trained; its latency is predicted from a table measured on the target device
+(``se_nas.latency``, ``se-nas latency profile``). Over budget means never trained. ``Budget.check``
+gives Optuna's constraint values (``<= 0`` is feasible) so the samplers learn the feasible region, and
 ``check_feasible`` refuses a budget that no architecture of the space can meet.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -36,53 +37,76 @@ class Deploy:
 
 @dataclass(frozen=True)
 class Budget:
-    """Upper limits on the deployment model's GFLOPs and millions of parameters (None = no limit)."""
+    """Upper limits on the deployment model's GFLOPs, millions of parameters and predicted latency in
+    milliseconds (None = no limit). ``latency`` is the table file the latency limit reads."""
 
     max_gflops: float | None = None
     max_mparams: float | None = None
+    max_latency_ms: float | None = None
+    latency: str | None = None
+    latency_hash: str | None = field(default=None, compare=False)  # recorded by to_dict, read back as stored
+
+    LIMITS = (("max_gflops", "--budget-gflops", "gflops"), ("max_mparams", "--budget-mparams", "mparams"),
+              ("max_latency_ms", "--budget-latency-ms", "latency_ms"))
 
     def __post_init__(self) -> None:
-        for name, flag in (("max_gflops", "--budget-gflops"), ("max_mparams", "--budget-mparams")):
+        for name, flag, _ in self.LIMITS:
             v = getattr(self, name)
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise BudgetError(f"budget {flag} must be a positive finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
+        if self.max_latency_ms is not None and not self.latency:
+            raise BudgetError(f"budget --budget-latency-ms {self.max_latency_ms:g} needs the device's latency table: "
+                              "--latency TABLE (written by `se-nas latency profile`)")
 
     @property
     def limited(self) -> bool:
-        return self.max_gflops is not None or self.max_mparams is not None
+        return any(getattr(self, name) is not None for name, _, _ in self.LIMITS)
 
     @property
     def constraint_names(self) -> tuple[str, ...]:
         """Names of the values ``check`` returns, in order."""
-        return tuple(n for n, v in (("gflops", self.max_gflops), ("mparams", self.max_mparams)) if v is not None)
+        return tuple(key for name, _, key in self.LIMITS if getattr(self, name) is not None)
 
-    def check(self, cost) -> tuple[float, ...]:
+    def latency_ms(self, arch) -> float:
+        """``arch``'s latency predicted from the budget's table."""
+        from .latency import predictor
+
+        return predictor(self.latency).ms(arch)
+
+    def _values(self, cost, arch) -> dict[str, float]:
+        """The limited quantities of a design: its ``cost`` (a ``Cost`` or a trial outcome) and, for the
+        latency limit, ``arch`` (default: ``cost.arch``)."""
+        out = {}
+        if self.max_gflops is not None:
+            out["max_gflops"] = cost.gflops
+        if self.max_mparams is not None:
+            out["max_mparams"] = cost.mparams
+        if self.max_latency_ms is not None:
+            arch = arch if arch is not None else getattr(cost, "arch", None)
+            if arch is None:
+                raise BudgetError("the latency budget needs the design: check(cost, arch)")
+            out["max_latency_ms"] = self.latency_ms(arch)
+        return out
+
+    def check(self, cost, arch=None) -> tuple[float, ...]:
         """Constraint values for Optuna: one per limit set, ``<= 0`` means within budget.
 
         Relative excess (``gflops / max - 1``) so both constraints are on the same scale for the
         samplers that add up violations (NSGA-II, TPE).
         """
-        out = []
-        if self.max_gflops is not None:
-            out.append(cost.gflops / self.max_gflops - 1.0)
-        if self.max_mparams is not None:
-            out.append(cost.mparams / self.max_mparams - 1.0)
-        return tuple(out)
+        return tuple(v / getattr(self, name) - 1.0 for name, v in self._values(cost, arch).items())
 
-    def fits(self, cost) -> bool:
-        return all(c <= 0 for c in self.check(cost))
+    def fits(self, cost, arch=None) -> bool:
+        return all(c <= 0 for c in self.check(cost, arch))
 
-    def excess(self, cost) -> str:
+    def excess(self, cost, arch=None) -> str:
         """Why a cost is over budget, e.g. ``4.27 GFLOPs > 4 GFLOPs limit`` ('' if within)."""
-        parts = []
-        if self.max_gflops is not None and cost.gflops > self.max_gflops:
-            parts.append(f"{_above(cost.gflops, self.max_gflops)} GFLOPs > {self.max_gflops:g} GFLOPs limit")
-        if self.max_mparams is not None and cost.mparams > self.max_mparams:
-            parts.append(f"{_above(cost.mparams, self.max_mparams)}M params > {self.max_mparams:g}M params limit")
-        return ", ".join(parts)
+        unit = {"max_gflops": " GFLOPs", "max_mparams": "M params", "max_latency_ms": " ms latency"}
+        return ", ".join(f"{_above(v, getattr(self, name))}{unit[name]} > {getattr(self, name):g}{unit[name]} limit"
+                         for name, v in self._values(cost, arch).items() if v > getattr(self, name))
 
     def describe(self) -> str:
         """The budget as a phrase that stands on its own: ``budget <= 4 GFLOPs`` or ``no budget``."""
@@ -91,10 +115,20 @@ class Budget:
             parts.append(f"<= {self.max_gflops:g} GFLOPs")
         if self.max_mparams is not None:
             parts.append(f"<= {self.max_mparams:g}M params")
+        if self.max_latency_ms is not None:
+            parts.append(f"<= {self.max_latency_ms:g} ms latency ({self.latency})")
         return f"budget {' and '.join(parts)}" if parts else "no budget"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_gflops": self.max_gflops, "max_mparams": self.max_mparams}
+        """As stored with a study. A latency budget records its table and the table's header hash
+        (which device and settings it measured), so a resumed search can refuse another table."""
+        d: dict[str, Any] = {"max_gflops": self.max_gflops, "max_mparams": self.max_mparams}
+        if self.max_latency_ms is not None:
+            from .latency import predictor
+
+            d.update(max_latency_ms=self.max_latency_ms, latency=self.latency,
+                     latency_hash=predictor(self.latency).table.hash)
+        return d
 
 
 def _above(value: float, limit: float) -> str:
@@ -114,6 +148,10 @@ def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
     """
     if not budget.limited:
         return
+    if budget.max_latency_ms is not None:
+        _check_latency_feasible(space, budget, deploy)
+    if budget.max_gflops is None and budget.max_mparams is None:
+        return
     from .cost import count_cost
 
     size, classes = deploy.image_size, deploy.num_classes
@@ -128,7 +166,7 @@ def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
         raise BudgetError(
             f"budget --budget-mparams {budget.max_mparams:g} is infeasible for every candidate in space "
             f"{space.name!r}: the smallest is {cp.mparams:.3f}M params ({by_params.label}, {where})")
-    if not any(budget.fits(c) for c, _ in front):
+    if not any(all(c <= 0 for c in Budget(budget.max_gflops, budget.max_mparams).check(c)) for c, _ in front):
         # each limit alone is met by some design (checked above), so both are set
         within_f = min(c.mparams for c, _ in front if c.gflops <= budget.max_gflops)
         within_p = min(c.gflops for c, _ in front if c.mparams <= budget.max_mparams)
@@ -137,3 +175,47 @@ def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
             f"infeasible for every candidate in space {space.name!r} ({where}): within "
             f"{budget.max_gflops:g} GFLOPs the fewest parameters are {within_f:.3f}M, and within "
             f"{budget.max_mparams:g}M parameters the fewest FLOPs are {within_p:.3f} GFLOPs")
+
+
+def fastest(space, table) -> tuple[float, Any]:
+    """The least predicted latency of any design of ``space`` and that design: exact, since a design's
+    latency is the rest plus one term per stage (its own choice's units), minimised stage by stage
+    (a shared space: per shared design, each stage's faster of off and on)."""
+    from dataclasses import replace as _replace
+
+    from .latency import predictor
+
+    p = predictor(table)
+    plain = space.plain()
+    n = len(space.stages)
+    p.check(plain)
+    if space.shared:  # per shared design, each stage off or on, whichever is faster and allowed
+        designs = [o for o in space.stage_options(0) if o is not None] or [None]
+        archs = []
+        for d in designs:
+            allowed = [[o for o, ok in ((None, False in st["enabled"]), (d, True in st["enabled"])) if ok]
+                       for st in space.stages]
+            archs.append(_replace(plain, stages=tuple(min(a, key=lambda o, i=i: p.stage_ms(i, o))
+                                                      for i, a in enumerate(allowed))))
+        best = min(archs, key=p.ms)
+        return p.ms(best), best
+    picks = tuple(min(space.stage_options(i), key=lambda o, i=i: p.stage_ms(i, o)) for i in range(n))
+    arch = _replace(plain, stages=picks)
+    return p.ms(arch), arch
+
+
+def _check_latency_feasible(space, budget: Budget, deploy: Deploy) -> None:
+    from .latency import predictor
+
+    form = predictor(budget.latency).form
+    if (form.image_size, form.num_classes) != (deploy.image_size, deploy.num_classes):
+        raise BudgetError(
+            f"latency table {budget.latency!r} was profiled on the {form.image_size}x{form.image_size}, "
+            f"{form.num_classes}-class model, but space {space.name!r} deploys {deploy.image_size}x"
+            f"{deploy.image_size}, {deploy.num_classes} classes; profile it with: se-nas latency profile --space "
+            f"{space.source or space.name} -o TABLE")
+    ms, arch = fastest(space, budget.latency)
+    if ms > budget.max_latency_ms:
+        raise BudgetError(
+            f"budget --budget-latency-ms {budget.max_latency_ms:g} is infeasible for every candidate in space "
+            f"{space.name!r}: the fastest is {ms:.2f} ms ({arch.label}, predicted from {budget.latency})")

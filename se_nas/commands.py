@@ -182,7 +182,7 @@ def cmd_compare(args):
 
     res = compare(args.study, root=args.root, storage=args.storage, out=args.out, seeds=args.seeds, recipe=args.recipe,
                   arch=resolve_arch(args.arch) if args.arch else None, device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.quiet, latency=args.latency)
     print(compare_md(res))
     print(f"wrote {Path(args.out) / res['study']}/compare.json and compare.md (shown by `se-nas report`)")
     return 0
@@ -239,6 +239,9 @@ def _compare_arguments(p):
                    help="seeds per design (default: the search's confirmation seeds, so nothing is trained again; else 3)")
     p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")
     p.add_argument("--arch", default=None, help="compare this architecture instead of the chosen design")
+    p.add_argument("--latency", default=None, metavar="TABLE",
+                   help="also the latency predicted from a table profiled for the recipe's proxy (its stem, width, "
+                   "input size and classes), beside the measured one")
     _storage_argument(p)
     p.add_argument("--out", default="reports", help="results go to OUT/STUDY/ (default reports)")
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
@@ -252,6 +255,7 @@ def cmd_cost(args):
 
     arch = resolve_arch(args.arch)
     c = count_cost(arch, args.image_size, args.num_classes)
+    latency = _latency(arch, args.latency, args.image_size) if args.latency else None
     print(f"{arch.id}  {arch.label}")
     print(f"input {args.image_size}x{args.image_size}, {args.num_classes} classes; 1 FLOP = 1 multiply-accumulate")
     print(f"{'stage':<8}{'SE':<22}{'params (M)':>12}{'GFLOPs':>10}{'SE params (M)':>15}{'SE GFLOPs':>11}")
@@ -263,13 +267,96 @@ def cmd_cost(args):
     rest_f = c.flops - sum(s.flops for s in c.stages)
     print(f"{'stem+head':<30}{rest_p / 1e6:>12.3f}{rest_f / 1e9:>10.4f}")
     print(f"{'total':<30}{c.mparams:>12.3f}{c.gflops:>10.4f}{c.se_params / 1e6:>15.3f}{c.se_flops / 1e9:>11.4f}")
+    if latency:
+        table, lat = latency
+        print(f"predicted latency on {table.describe()} ({table.path}):")
+        print("  " + "  ".join(f"stage {i + 1} {ms:.2f}" for i, ms in enumerate(lat.stages))
+              + f"  stem+head {lat.rest:.2f}  total {lat.ms:.2f} ms")
     return 0
+
+
+def _latency(arch, path, image_size):
+    import sys
+
+    from .latency import load_table, predict_latency
+
+    table = load_table(path, on_mismatch=lambda m: print(f"se-nas cost: warning: {m}", file=sys.stderr))
+    return table, predict_latency(arch, table, image_size)
 
 
 def _cost_arguments(p):
     p.add_argument("arch", help="a JSON file or a preset name (see `se-nas presets`)")
     p.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
     p.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (default 1000)")
+    p.add_argument("--latency", default=None, metavar="TABLE",
+                   help="also the latency predicted from a table of `se-nas latency profile`")
+
+
+# --- latency (se_nas.latency) ---------------------------------------------------------------------
+def cmd_latency(args):
+    import time
+
+    from tqdm import tqdm
+
+    from .arch import resolve_arch
+    from .latency import MODEL, profile
+    from .space import load_space
+
+    space = load_space(args.space)
+    archs = [resolve_arch(a) for a in args.arch] if args.arch else None
+    start, bar = time.perf_counter(), []
+
+    def progress(done, total):
+        if not bar:  # from the first measurement on: bad options are refused before the bar shows
+            bar.append(tqdm(desc="latency profile", unit="entry", total=total, disable=args.quiet))
+        bar[0].update(done - bar[0].n)
+
+    try:
+        table = profile(space, args.output, device=args.device, threads=args.threads, batch=args.batch,
+                        image_size=args.image_size, dtype=args.dtype, channels_last=args.channels_last,
+                        stem=args.stem, width=args.width, archs=archs, rounds=args.rounds, clock=args.clock,
+                        num_classes=args.num_classes,
+                        progress=progress)
+    finally:
+        for b in bar:
+            b.close()
+    print(f"wrote {args.output}: {len(table.entries) - 2} unit entries of {space.name}"
+          f"{f' ({len(archs)} design' + ('s)' if len(archs) != 1 else ')') if archs else ''}, plain model {table.ms(MODEL):.2f} ms, in "
+          f"{time.perf_counter() - start:.0f} s; {table.describe()}")
+    return 0
+
+
+def _latency_arguments(p):
+    from .choices import STEMS
+    from .latency import DTYPES
+    from .space import DEFAULT_SPACE
+
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = sub.add_parser("profile", help="measure every distinct unit of a space on a device and write a table",
+                       formatter_class=p.formatter_class,
+                       description="Measure, on one device, every distinct residual unit (plain and each SE choice "
+                       "in each slot at each shape) a space can produce, and the whole plain model; write the "
+                       "table (JSON) that `se-nas cost --latency` and the latency budget read. A rerun resumes.")
+    q.add_argument("--space", default=DEFAULT_SPACE, help="search space: a built-in name or a YAML file")
+    q.add_argument("--arch", action="append", default=None, metavar="ARCH",
+                   help="profile only what this design needs (a JSON file or preset; repeatable)")
+    q.add_argument("--device", default="cpu", help="cpu or cuda[:N] (timed with CUDA events)")
+    q.add_argument("--threads", type=_positive_int, default=1, help="torch threads on the CPU")
+    q.add_argument("--batch", type=_positive_int, default=1, help="batch size")
+    q.add_argument("--image-size", type=_positive_int, default=None,
+                   help="input side in pixels (default: the space's deployment model's)")
+    q.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter and input type")
+    q.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    q.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="classifier outputs (default: the space's deployment model's)")
+    q.add_argument("--stem", choices=STEMS, default="imagenet", help="stem of the profiled model")
+    q.add_argument("--width", type=_number(float, True), default=1.0, help="width multiplier")
+    q.add_argument("--rounds", type=_positive_int, default=15, help="interleaved timed calls of every entry")
+    q.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="CPU timer: wall time, or this process's CPU time, which other jobs on a shared machine "
+                   "do not inflate (with --threads 1 it is an idle machine's wall time)")
+    q.add_argument("-o", "--output", required=True, help="the table file (JSON); an existing one is resumed")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_presets(args):
@@ -341,7 +428,10 @@ COMMANDS: dict[str, Command] = {
                       "write a model file (+ ONNX/TorchScript)", _export_arguments, cmd_export),
     "train": Command("train any architecture fully under a recipe (resumable) and export it",
                      _train_arguments, cmd_train),
-    "cost": Command("per-stage and total parameters and GFLOPs of an architecture", _cost_arguments, cmd_cost),
+    "cost": Command("per-stage and total parameters and GFLOPs of an architecture (and latency from a table)",
+                    _cost_arguments, cmd_cost),
+    "latency": Command("profile a device: measured latency of every block a space can produce",
+                       _latency_arguments, cmd_latency),
     "presets": Command("list presets, or print one preset's JSON to start editing from",
                        _presets_arguments, cmd_presets),
     "recipes": Command("list the built-in trial recipes, or print one as YAML to start editing from",

@@ -91,13 +91,15 @@ def _diff_dict(d: Difference | None) -> dict[str, Any] | None:
 
 def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
             storage: str | None = None, seeds: int | None = None, recipe=None, arch: Arch | None = None,
-            device=None, progress: bool = False, latency_repeats: int = 30, log=print) -> dict[str, Any]:
+            device=None, progress: bool = False, latency_repeats: int = 30, log=print,
+            latency: str | None = None) -> dict[str, Any]:
     """Train the chosen design, the r=16 baseline and the plain backbone under ``seeds`` seeds each
     (default: the confirmation's seeds, or 3), and write ``<out>/<study>/compare.json`` and
     ``compare.md``. Returns the compare.json content.
 
     ``recipe`` (a Recipe, built-in name or YAML path) defaults to the study's; ``arch`` overrides the
-    chosen design.
+    chosen design. ``latency`` (a table of ``se-nas latency profile`` for the recipe's proxy) adds each
+    design's predicted latency beside the measured one.
     """
     from .build import build_model
     from .recipe import load_recipe
@@ -127,13 +129,30 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     designs = {role: design_of(a, runs, seed_list, deploy) for role, a in arms.items()}
 
     num_classes = _num_classes(recipe)
+    predicted = _predicted_latency(latency, arms, recipe, num_classes) if latency else {}
     models = {role: build_model(a, num_classes, stem=recipe.stem, width=recipe.width)
               for role, a in arms.items() if role != same}
     dev = _device(recipe, device)
     lat = measure_latency(models, recipe.image_size, dev, latency_repeats)
     if same is not None:
         lat[same] = lat["chosen"]
-    return _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out)
+    return _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out, predicted)
+
+
+def _predicted_latency(path: str, arms: dict[str, Arch], recipe, num_classes: int) -> dict[str, float]:
+    from .latency import LatencyError, load_table, predict_latency
+
+    table = load_table(path)
+    f = table.form
+    if (f.stem, f.width, f.image_size, f.num_classes) != (recipe.stem, float(recipe.width), recipe.image_size,
+                                                          num_classes):
+        raise LatencyError(
+            f"latency table {path!r} was profiled for a {f.stem} stem, width {f.width:g}, {f.image_size}px, "
+            f"{f.num_classes} classes, but compare measures the recipe's proxy ({recipe.stem} stem, width "
+            f"{recipe.width:g}, {recipe.image_size}px, {num_classes} classes); profile it with: se-nas latency "
+            f"profile --space SPACE --stem {recipe.stem} --width {recipe.width:g} --image-size {recipe.image_size} "
+            f"--num-classes {num_classes} --threads N -o TABLE")
+    return {role: predict_latency(a, table).ms for role, a in arms.items()}
 
 
 def _num_classes(recipe) -> int:
@@ -148,7 +167,8 @@ def _device(recipe, device):
     return pick_device(recipe.device if device is None else str(device))
 
 
-def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out) -> dict[str, Any]:
+def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out,
+            predicted) -> dict[str, Any]:
     import torch
 
     from .confirm import study_noise
@@ -176,6 +196,7 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
             "accuracy_mean": d.mean, "accuracy_std": d.std if d.n > 1 else 0.0, "accuracy_sem": d.sem(noise),
             "n": d.n, "latency_ms": lat[role], "latency_mean": statistics.fmean(lat[role]),
             "latency_std": statistics.stdev(lat[role]) if len(lat[role]) > 1 else 0.0,
+            "latency_predicted_ms": predicted.get(role),
         })
     for ref in ("r16", "plain"):
         if ref == same:
@@ -194,6 +215,11 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
     md.with_name(md.name + ".tmp").write_text(compare_md(result))
     md.with_name(md.name + ".tmp").replace(md)
     return result
+
+
+def _predicted_cell(arm: dict[str, Any]) -> str:
+    p = arm.get("latency_predicted_ms")
+    return "" if p is None else f" (predicted {p:.3f})"
 
 
 def _pm(mean: float, err: float, nd: int) -> str:
@@ -243,6 +269,6 @@ def compare_md(res: dict[str, Any]) -> str:
         trial = f" (trial {arm['trial']})" if arm.get("trial") is not None else ""
         lines.append(f"| {arm['name']}{trial} | `{arm['arch_id']}` | {_pm(arm['accuracy_mean'], arm.get('accuracy_sem', math.nan), 4)} "
                      f"| {arm.get('n', len(arm['accuracy']))} | {arm['gflops']:.4f} | {arm['mparams']:.3f} "
-                     f"| {_pm(arm['latency_mean'], arm['latency_std'], 3)} | {d16} | {p16} | {dpl} | {ppl} |")
+                     f"| {_pm(arm['latency_mean'], arm['latency_std'], 3)}{_predicted_cell(arm)} | {d16} | {p16} | {dpl} | {ppl} |")
     lines += ["", "Designs: " + "; ".join(f"{arm['name']}: {arm['label']}" for arm in res["arms"]), ""]
     return "\n".join(lines)

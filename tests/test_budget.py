@@ -130,3 +130,63 @@ def test_describe_and_excess_read_on_their_own():
     close = Budget(max_gflops=cost.gflops - 1e-5)
     shown = close.excess(cost).split()[0]
     assert float(shown) > close.max_gflops and shown == "3.872"
+
+
+# --- the latency budget: a table of the device (real measurements of a tiny proxy space) ---------------
+@pytest.fixture(scope="module")
+def tiny_latency(tmp_path_factory):
+    from se_nas.latency import profile
+
+    path = tmp_path_factory.mktemp("lat") / "tiny.json"
+    profile(load_space("tiny"), path, stem="small", width=0.125, image_size=16, rounds=3, warmup=1)
+    return str(path)
+
+
+def test_latency_budget_needs_its_table_and_a_positive_limit(tiny_latency):
+    with pytest.raises(BudgetError, match="--budget-latency-ms 5 needs the device's latency table: --latency TABLE"):
+        Budget(max_latency_ms=5)
+    for bad in (0, -1.0, math.inf, "5"):
+        with pytest.raises(BudgetError, match=f"--budget-latency-ms must be a positive finite number, got {bad!r}"):
+            Budget(max_latency_ms=bad, latency=tiny_latency)
+
+
+def test_latency_constraint_values_and_excess(tiny_latency):
+    from se_nas.latency import predict_latency
+
+    arch = Arch("resnet18", (StageSE(4), None, StageSE(4, gate="hardsigmoid"), StageSE(16)))
+    ms = predict_latency(arch, tiny_latency).ms
+    cost = count_cost(arch, 16)
+    b = Budget(max_gflops=1.0, max_latency_ms=ms * 0.8, latency=tiny_latency)
+    assert b.constraint_names == ("gflops", "latency_ms")
+    g, lat = b.check(cost, arch)
+    assert g == pytest.approx(cost.gflops - 1) and lat == pytest.approx(1 / 0.8 - 1)
+    assert not b.fits(cost, arch) and b.excess(cost, arch) == f"{ms:.2f} ms latency > {ms * 0.8:g} ms latency limit"
+    outcome = type("Outcome", (), {"arch": arch, "gflops": cost.gflops, "mparams": cost.mparams})()
+    assert b.check(outcome) == (g, lat)  # a trial outcome carries its design
+    assert Budget(max_latency_ms=ms, latency=tiny_latency).fits(cost, arch)  # exactly meets
+    with pytest.raises(BudgetError, match="needs the design"):
+        b.check(cost)
+    assert "<= " in b.describe() and "ms latency" in b.describe()
+    d = b.to_dict()
+    assert d["latency"] == tiny_latency and len(d["latency_hash"]) == 12 and Budget(**d) == b
+
+
+def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
+    import itertools
+
+    from se_nas.budget import fastest
+    from se_nas.latency import predictor
+
+    space = load_space("tiny")
+    p = predictor(tiny_latency)
+    designs = [Arch(space.backbone, s) for s in itertools.product(*(space.stage_options(i) for i in range(4)))]
+    best = min(p.ms(a) for a in designs)  # brute force over all 375 designs
+    ms, arch = fastest(space, tiny_latency)
+    assert ms == pytest.approx(best) and p.ms(arch) == ms
+    deploy = Deploy(16)
+    with pytest.raises(BudgetError, match=rf"--budget-latency-ms {best * 0.99:g} is infeasible for every candidate in "
+                                          rf"space 'tiny': the fastest is {best:.2f} ms"):
+        check_feasible(space, Budget(max_latency_ms=best * 0.99, latency=tiny_latency), deploy)
+    check_feasible(space, Budget(max_latency_ms=best, latency=tiny_latency), deploy)
+    with pytest.raises(BudgetError, match="profiled on the 16x16, 1000-class model, but space 'tiny' deploys 224x224"):
+        check_feasible(space, Budget(max_latency_ms=best, latency=tiny_latency), space.deploy)

@@ -159,3 +159,27 @@ def test_paired_test_edge_cases():
     assert same["p"] is None and "same on every seed" in same["note"]
     with pytest.raises(ValueError, match="--seeds must be a positive integer"):
         compare("st", seeds=0)
+
+
+def test_compare_shows_predicted_beside_measured_latency(world, recipe, tmp_path):
+    from se_nas.latency import LatencyError, predict_latency, profile
+    from se_nas.space import load_space
+
+    plain = plain_arch(ARCHS[0])
+    path = tmp_path / "proxy.json"  # a table of the recipe's proxy (10 digit classes), for these designs
+    profile(load_space("tiny"), path, archs=[plain, baseline_arch(plain)], stem=recipe.stem, width=recipe.width,
+            image_size=recipe.image_size, num_classes=10, rounds=3, warmup=1)
+    res = compare("st", root=world / "trials", out=world / "reports", seeds=2, arch=plain, latency_repeats=3,
+                  log=lambda *_: None, latency=str(path))
+    arms = {a["role"]: a for a in res["arms"]}
+    for role, arch in (("chosen", plain), ("r16", baseline_arch(plain))):
+        assert arms[role]["latency_predicted_ms"] == predict_latency(arch, str(path)).ms > 0
+    assert "(predicted " in (world / "reports" / "st" / "compare.md").read_text()
+    other = tmp_path / "other.json"
+    big = 2 * recipe.image_size
+    profile(load_space("tiny"), other, archs=[plain], stem=recipe.stem, width=recipe.width, image_size=big,
+            num_classes=10, rounds=2, warmup=1)
+    with pytest.raises(LatencyError, match=rf"profiled for .* {big}px.*compare measures the recipe's proxy .*"
+                                           rf"--image-size {recipe.image_size} --num-classes 10"):
+        compare("st", root=world / "trials", out=world / "reports", seeds=2, arch=plain, latency_repeats=3,
+                log=lambda *_: None, latency=str(other))
