@@ -189,3 +189,20 @@ def test_missing_space_file_and_unknown_name(tmp_path):
         load_space(tmp_path / "nope.yaml")
     with pytest.raises(SpaceError, match="built-in: .*resnet50-per-stage"):
         load_space("no-such-space")
+
+
+def test_the_space_readme_table_states_each_files_size():
+    """search_spaces/README.md's table of the built-in spaces gives each file's number of designs: it
+    must be the number the space itself counts (and list every file)."""
+    import re
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "search_spaces"
+    stated = {}
+    for line in (folder / "README.md").read_text().splitlines():
+        files = re.findall(r"`([\w-]+\.yaml)`", line.split("|")[1]) if line.startswith("| `") else []
+        for f in files:
+            stated[f] = int(line.rstrip(" |").split("|")[-1].split()[0].replace(",", ""))
+    assert set(stated) == {p.name for p in folder.glob("*.yaml")}
+    for name, n in stated.items():
+        assert load_space(str(folder / name)).size() == n, name
