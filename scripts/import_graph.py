@@ -19,7 +19,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "se_nas"
 LAYERS = {
     "domain": ["builtin", "choices", "arch", "geometry", "se", "fused", "build", "cost", "space", "budget",
-               "recipe", "data", "train", "pareto", "earlystop"],
+               "recipe", "data", "train", "pareto", "earlystop", "supernet"],
     "study": ["study", "results", "storage", "samplers"],
     "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "search"],
     "products": ["modelfile", "export", "compare", "report"],
