@@ -206,3 +206,93 @@ def test_a_design_outside_the_space_or_a_backbone_without_residual_units_is_refu
     with pytest.raises(ArchError, match=r"^the supernet supports the residual backbones \(resnet18, .*"
                                         r"has backbone 'vit_b16'$"):
         Supernet(fake, 10, "small", WIDTH)
+
+
+# --- training, ranking and the one-shot search (se_nas/oneshot.py) --------------------------------
+from se_nas.budget import Budget  # noqa: E402
+from se_nas.cost import count_cost  # noqa: E402
+from se_nas.recipe import load_recipe  # noqa: E402
+
+TINY = load_space("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from se_nas.data import load_data
+
+    return load_data(load_recipe("tiny"))
+
+
+def _stop_at(epoch: int):
+    def on_progress(p):
+        if p.epoch == epoch and p.step == 1:
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of an epoch
+    return on_progress
+
+
+def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_run(tmp_path, tiny_data):
+    from se_nas.oneshot import train_supernet
+
+    recipe = load_recipe("tiny")
+    whole, res, draw = train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7)
+    ckpt = tmp_path / "supernet.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7, checkpoint=ckpt, on_progress=_stop_at(3))
+    assert ckpt.is_file()
+    resumed, res2, draw2 = train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7, checkpoint=ckpt)
+    steps = len(draw.drawn) // 3
+    assert draw2.drawn == draw.drawn[2 * steps:]  # only the last epoch ran again, on the same paths
+    assert res2.history == res.history
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a finished training is read back, not run again
+    again, res3, draw3 = train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7, checkpoint=ckpt)
+    assert draw3.drawn == [] and res3.history == res.history
+    assert torch.equal(again.fc.weight, whole.fc.weight)
+    # different paths were trained, and a different seed draws others
+    assert len({a.id for a in draw.drawn}) > steps
+    _, _, other = train_supernet(TINY, recipe, tiny_data, epochs=1, seed=8)
+    assert other.drawn[:steps] != draw.drawn[:steps]
+
+
+def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monkeypatch):
+    from se_nas import oneshot
+    from se_nas.search import SearchConfig
+    from se_nas.study import Status, records
+
+    deploy = TINY.deploy
+    gflops = lambda a: count_cost(a, deploy.image_size, deploy.num_classes).gflops  # noqa: E731
+    plain, widest = gflops(TINY.plain()), gflops(Arch.uniform("resnet18", StageSE(4)))
+    budget = Budget(max_gflops=(plain + widest) / 2)
+    net, _, draw = oneshot.train_supernet(TINY, load_recipe("tiny"), tiny_data, budget=budget, epochs=1,
+                                          sampling="sandwich")
+    assert draw.drawn and all(gflops(a) <= budget.max_gflops for a in draw.drawn)
+    assert TINY.plain() in draw.drawn  # the sandwich's narrowest path
+
+    evaluated = []
+    real = oneshot.PathEvaluator.__call__
+
+    def spy(self, arch):
+        evaluated.append(arch)
+        return real(self, arch)
+
+    monkeypatch.setattr(oneshot.PathEvaluator, "__call__", spy)
+    config = SearchConfig(study="os", space=TINY, recipe="tiny", budget=budget, n_trials=14, sampler="nsga2",
+                          root=tmp_path, progress=False, calibration_seeds=0, confirm_top=1, confirm_min_seeds=2,
+                          confirm_max_seeds=2)
+    study = oneshot.run_oneshot(config, supernet_epochs=1)
+    recs = records(study)
+    over = [r for r in recs if r.status is Status.OVER_BUDGET]
+    assert over and evaluated
+    assert all(gflops(a) <= budget.max_gflops for a in evaluated)
+    assert {r.arch.id for r in over}.isdisjoint(a.id for a in evaluated)
+    ranked = [r for r in recs if r.status is Status.COMPLETE]
+    assert len(ranked) == len(evaluated) and all(r.fidelity == "supernet" for r in ranked)
+    # the supernet ranking never counts as a standalone result; the confirmation is all standalone
+    from se_nas.confirm import read_confirmation
+    from se_nas.results import designs_of
+
+    assert designs_of(recs) == []
+    conf = read_confirmation(study)
+    best = max(oneshot.supernet_designs(recs), key=lambda d: d.mean)
+    assert conf.chosen.id == best.id and conf.chosen.n == 2 and conf.complete
