@@ -10,7 +10,9 @@ standalone.
    path per step drawn fair per choice, within the budget (``sampling="uniform"``), or the sandwich
    rule (the widest and the narrowest path within the budget plus a random one, their losses summed;
    Yu & Huang, BigNAS/slimmable networks); ``epochs`` defaults to ``SUPERNET_EPOCHS`` times the
-   recipe's;
+   recipe's. A step whose loss is not finite or ``BROKEN`` times that of a uniform guess is drawn
+   again rather than trained: some designs of the default space break (docs/proxy.md), and their
+   gradients would break the weights every path shares;
 3. **rank**: the study's Optuna sampler proposes designs; each is costed first (over budget: recorded,
    never evaluated); a design within budget is a path: its BatchNorm statistics are recalibrated on a
    few training batches, then its accuracy on the proxy's validation split is the objective. Every
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import replace
@@ -46,6 +49,8 @@ SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
 CALIBRATION_BATCHES = 4  # training batches per path for its BatchNorm statistics
 DEFAULT_N_DESIGNS = 2000  # designs ranked by default
 STRATEGY_ATTR = "strategy"
+RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
+BROKEN = 3.0  # a path whose loss is this many times that of a uniform guess (ln C) or more is not trained
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -59,6 +64,7 @@ class PathDraw:
         self.space, self.budget, self.deploy, self.sampling = space, budget, deploy, sampling
         self._fits: dict[str, bool] = {}
         self.drawn: list[Arch] = []  # every path trained, in order (tests read it)
+        self.broken: list[Arch] = []  # paths whose loss was not finite: not trained on that step
 
     def fits(self, arch: Arch) -> bool:
         if arch.id not in self._fits:
@@ -78,12 +84,21 @@ class PathDraw:
     def __call__(self, model, x, y, loss_fn):
         # torch's RNG is reseeded by the trainer every epoch: a resumed run draws the same paths
         rng = random.Random(int(torch.randint(0, 2**62, ())))
-        paths = self.paths(rng)
-        if not paths:
-            raise SearchError(f"no design of space {self.space.name!r} within {self.budget.describe()} was drawn in "
-                              f"1000 tries; the budget leaves too few")
+        for _ in range(RETRIES):
+            paths = self.paths(rng)
+            if not paths:
+                raise SearchError(f"no design of space {self.space.name!r} within {self.budget.describe()} was drawn "
+                                  f"in 1000 tries; the budget leaves too few")
+            logits = [model.set_path(a)(x) for a in paths]
+            losses = torch.stack([loss_fn(z, y) for z in logits])
+            # a path that breaks (a NaN/inf loss, or one far worse than a uniform guess) must not write
+            # its gradients into the weights every path shares: the step is drawn again; the trainer
+            # fails only if every retry breaks
+            if bool(torch.isfinite(losses).all()) and float(losses.max()) <= BROKEN * math.log(logits[0].shape[1]):
+                break
+            self.broken += paths
         self.drawn += paths
-        return sum(loss_fn(model.set_path(a)(x), y) for a in paths)
+        return losses.mean()  # the sandwich's paths share one step of the recipe's size
 
 
 # What one training step draws: each function gives a path (retried until one is within the budget).
