@@ -185,8 +185,7 @@ def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int,
     of paths evaluated."""
     from .trial import REPEAT_STREAK, propose_fresh, record_outcome
 
-    known = {r.arch.id: r.accuracy for r in records(study)
-             if r.fidelity == FIDELITY and r.status is Status.COMPLETE and r.arch is not None}
+    known = {r.arch.id: r.accuracy for r in records(study) if ranked(r)}
     evaluated, streak, done = 0, 0, counted(study)[0]
     while done < n_designs:
         trial = study.ask()
@@ -221,13 +220,18 @@ def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int,
     return evaluated
 
 
+def ranked(r) -> bool:
+    """Whether a study record is a design's supernet accuracy (evaluated as a path, within budget)."""
+    return r.fidelity == FIDELITY and r.status is Status.COMPLETE and r.arch is not None
+
+
 def supernet_designs(recs):
     """The supernet-ranked designs of a study's records (one accuracy each), as ``se_nas.results.Design``
-    values: what the confirmation picks from. Never mixed with standalone results."""
+    values: what the confirmation picks from and a one-shot study's report shows. Never mixed with
+    standalone results."""
     from .results import group_designs
 
-    return group_designs((r.arch, r.gflops, r.mparams, r.accuracy, r.seed, r.number) for r in recs
-                         if r.fidelity == FIDELITY and r.status is Status.COMPLETE and r.arch is not None)
+    return group_designs((r.arch, r.gflops, r.mparams, r.accuracy, r.seed, r.number) for r in recs if ranked(r))
 
 
 # --- the stages -----------------------------------------------------------------------------------

@@ -296,3 +296,8 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     conf = read_confirmation(study)
     best = max(oneshot.supernet_designs(recs), key=lambda d: d.mean)
     assert conf.chosen.id == best.id and conf.chosen.n == 2 and conf.complete
+    # the report of a one-shot study shows its supernet ranking (the trials' own format)
+    from se_nas.report import build_report
+
+    rep = build_report("os", root=tmp_path, out=tmp_path / "reports")
+    assert {d.id for d in rep.designs} == {r.arch.id for r in ranked}
