@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--supernet-epochs", type=int, default=10)
     p.add_argument("--sampling", default="uniform")
-    p.add_argument("--rank", type=int, default=2000, help="designs ranked for the cost figure")
+    p.add_argument("--rank", type=int, default=2000, help="designs ranked for the cost figure (0: no cost figure)")
     p.add_argument("--import-jsonl", type=Path, default=None)
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
     args = p.parse_args()
@@ -135,7 +135,7 @@ def main() -> None:
         save()
         print(f"supernet: {timings['supernet_train']}; evaluated {len(designs)} designs in {t}", flush=True)
         # 2. the cost: ranking --rank designs, and one standalone training of the largest design
-        if "rank" not in timings:
+        if args.rank and "rank" not in timings:
             # a fresh SQLite study, as the search writes its ranking
             scratch = open_study(f"rank-{int(time.time())}", root=args.root, sampler=make_sampler("nsga2", 0),
                                  create=True)
@@ -143,7 +143,7 @@ def main() -> None:
             timings["rank"] = {**t, "designs": args.rank, "evaluated": n}
             save()
             print(f"ranked {args.rank} designs ({n} evaluated): {t}", flush=True)
-        if "largest" not in timings:
+        if args.rank and "largest" not in timings:
             big = largest(space)
             run, t = clock(lambda: train_run(big, r, 0, data, device="cpu"))
             timings["largest"] = {**t, "arch": big.label, "id": big.id, "accuracy": run.accuracy}

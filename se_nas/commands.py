@@ -103,9 +103,9 @@ def _search_arguments(p):
                    f"(default {DEFAULT_N_TRIALS}; with --strategy oneshot, the designs to rank: 2000)")
     p.add_argument("--supernet-epochs", type=_positive_int, default=None, metavar="E",
                    help="--strategy oneshot: epochs of supernet training (default twice the recipe's)")
-    p.add_argument("--supernet-sampling", choices=("uniform", "sandwich"), default="uniform",
-                   help="--strategy oneshot: one path per step, each choice uniform (within the budget), or the "
-                   "sandwich rule (widest, narrowest and a random path per step)")
+    p.add_argument("--supernet-sampling", choices=("uniform", "sandwich"), default="sandwich",
+                   help="--strategy oneshot: the sandwich rule (widest, narrowest and a random path per step, within "
+                   "the budget), or uniform: one path per step, each choice equally likely (compared in docs/oneshot.md)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget")
     p.add_argument("--workers", type=_positive_int, default=1,

@@ -48,7 +48,6 @@ FIDELITY = "supernet"
 SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
 CALIBRATION_BATCHES = 4  # training batches per path for its BatchNorm statistics
 DEFAULT_N_DESIGNS = 2000  # designs ranked by default
-STRATEGY_ATTR = "strategy"
 RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
 BROKEN = 3.0  # a path whose loss is this many times that of a uniform guess (ln C) or more is not trained
 
@@ -94,7 +93,8 @@ class PathDraw:
             # a path that breaks (a NaN/inf loss, or one far worse than a uniform guess) must not write
             # its gradients into the weights every path shares: the step is drawn again; the trainer
             # fails only if every retry breaks
-            if bool(torch.isfinite(losses).all()) and float(losses.max()) <= BROKEN * math.log(logits[0].shape[1]):
+            worst = float(losses.detach().max())  # NaN if any is
+            if math.isfinite(worst) and worst <= BROKEN * math.log(logits[0].shape[1]):
                 break
             self.broken += paths
         self.drawn += paths
@@ -106,7 +106,7 @@ SAMPLING = {"uniform": (sample_path,), "sandwich": (widest_path, narrowest_path,
 
 
 def train_supernet(space, recipe, data, *, budget: Budget = Budget(), deploy: Deploy | None = None,
-                   epochs: int | None = None, sampling: str = "uniform", seed: int = 0,
+                   epochs: int | None = None, sampling: str = "sandwich", seed: int = 0,
                    checkpoint: str | Path | None = None, device=None, on_progress=None, progress: bool = False):
     """Train the supernet of ``space`` under ``recipe`` (its proxy: stem, width, data; epochs
     ``epochs``, default ``SUPERNET_EPOCHS`` x the recipe's). Returns ``(supernet, TrainResult,
@@ -246,7 +246,7 @@ def checkpoint_path(config, epochs: int | None, sampling: str) -> Path:
     return study_dir(config.study, config.root) / f"supernet-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
 
 
-def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "uniform"):
+def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "sandwich"):
     """Run (or continue) a one-shot search for ``config`` (a ``se_nas.search.SearchConfig``; its
     ``n_trials`` is the number of designs to rank): the stages of ``se_nas.search.run_search`` with
     the supernet's training and ranking as the search stage. Prints the summary; returns the study."""
@@ -261,11 +261,6 @@ def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "
         raise SearchError(f"unknown supernet sampling {sampling!r}; allowed: {', '.join(SAMPLING)}")
 
     def search(study, config, progress, data):
-        strategy = study.user_attrs.get(STRATEGY_ATTR)
-        if strategy not in (None, "oneshot") or (strategy is None and counted(study)[0]):
-            raise SearchError(f"study {config.study!r} holds a {strategy or 'multi-trial'} search; a one-shot search "
-                              f"needs its own study: --study NEW_NAME")
-        study.set_user_attr(STRATEGY_ATTR, "oneshot")
         ckpt = checkpoint_path(config, supernet_epochs, sampling)
         r = supernet_recipe(config.recipe, supernet_epochs, config.seed)
         progress.log(f"supernet: {r.epochs} epochs, {sampling} sampling, checkpoint {ckpt}")
@@ -283,5 +278,9 @@ def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "
         progress.close()
         if n:
             progress.log(f"ranked {n} designs through the supernet in {time.perf_counter() - t0:.1f}s")
+        best = sorted(supernet_designs(records(study)), key=lambda d: -d.mean)[:5]
+        progress.log(f"supernet ranking ({FIDELITY} accuracy of each path; the summary below counts these as "
+                     f"trials, never as standalone results), best {len(best)}:\n" + "\n".join(
+                         f"  {d.id}  {d.mean:.4f}  {d.gflops:.3f} GFLOPs  {d.arch.label}" for d in best))
 
-    return run_search(config, search, lambda study: supernet_designs(records(study)))
+    return run_search(config, search, lambda study: supernet_designs(records(study)), strategy="oneshot")

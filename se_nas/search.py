@@ -165,13 +165,15 @@ def prepare_study(config: SearchConfig):
     return study
 
 
-def run_search(config: SearchConfig, search: Callable | None = None, candidates: Callable | None = None):
+def run_search(config: SearchConfig, search: Callable | None = None, candidates: Callable | None = None,
+               strategy: str = "multi-trial"):
     """Run (or continue) the search: calibrate, search until the study has ``config.n_trials``
     counted trials, confirm. Prints the summary; returns the ``optuna.Study``.
 
     ``search(study, config, progress, data)`` replaces the multi-trial search stage and
     ``candidates(study)`` gives the designs the confirmation picks from (default: the study's
-    per-design means): the one-shot search (``se_nas.oneshot``) passes both."""
+    per-design means): the one-shot search (``se_nas.oneshot``) passes both, and its ``strategy``
+    name, stored with the study: a study continues only under the strategy that started it."""
     from .confirm import calibrate, confirm
     from .data import load_data
     from .progress import Progress, summarize
@@ -180,6 +182,12 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
     quiet_optuna()
     data = load_data(config.recipe)  # a missing or malformed dataset fails here, before any study exists
     study = prepare_study(config)
+    have = study.user_attrs.get("strategy") or ("multi-trial" if counted(study)[0] else strategy)
+    if have != strategy:
+        raise SearchError(f"study {config.study!r} holds a {have} search; continue it with --strategy {have}, "
+                          f"or start a new study with --study NEW_NAME")
+    if strategy != "multi-trial":
+        study.set_user_attr("strategy", strategy)
     progress = Progress(study, config)
     import torch
 
@@ -191,9 +199,6 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
         if config.calibration_seeds:
             calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress)
         if search is None:
-            if study.user_attrs.get("strategy", "multi-trial") != "multi-trial":
-                raise SearchError(f"study {config.study!r} holds a {study.user_attrs['strategy']} search; continue it "
-                                  f"with --strategy {study.user_attrs['strategy']}, or start a new study with --study")
             progress.stage("search", config.n_trials)
             BACKENDS[config.backend](study, config, progress, data)
         else:

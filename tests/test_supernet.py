@@ -128,26 +128,26 @@ def test_a_smaller_ratio_uses_a_prefix_of_the_larger_ones_hidden_units(supernet)
     assert torch.equal(w_small.fc1.weight, w_big.fc1.weight[:h])
     assert torch.equal(w_small.fc2.weight, w_big.fc2.weight[:, :h])
     # a hidden unit beyond C/8 changes the r=2 path, never the r=8 one
-    x = torch.randn(2, c, 4, 4)
+    x = torch.rand(2, c, 4, 4, generator=torch.Generator().manual_seed(6)) + 0.5  # z > 0: +10 wakes a unit
     full = dict(se.fc1.named_parameters())["weight"]  # the registered parameter, not the path's slice
     se.choose(small)
     before_small = se(x)
     se.choose(big)
     before_big = se(x)
     with torch.no_grad():
-        full[h] += 1.0
+        full[h] += 10.0
     try:
         after_big = se(x)
         se.choose(small)
         assert torch.equal(se(x), before_small)
         assert not torch.equal(after_big, before_big)
         with torch.no_grad():
-            full[h - 1] += 1.0  # the last unit the r=8 path uses
+            full[h - 1] += 10.0  # the last unit the r=8 path uses
         assert not torch.equal(se(x), before_small)
     finally:
         with torch.no_grad():
-            full[h] -= 1.0
-            full[h - 1] -= 1.0
+            full[h] -= 10.0
+            full[h - 1] -= 10.0
 
 
 def test_the_sampler_reaches_every_choice_of_the_space():
@@ -234,24 +234,27 @@ def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted
     from se_nas.oneshot import train_supernet
 
     recipe = load_recipe("tiny")
-    whole, res, draw = train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7)
+    whole, res, draw = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform")
     ckpt = tmp_path / "supernet.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7, checkpoint=ckpt, on_progress=_stop_at(3))
+        train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform", checkpoint=ckpt,
+                       on_progress=_stop_at(2))
     assert ckpt.is_file()
-    resumed, res2, draw2 = train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7, checkpoint=ckpt)
-    steps = len(draw.drawn) // 3
-    assert draw2.drawn == draw.drawn[2 * steps:]  # only the last epoch ran again, on the same paths
+    resumed, res2, draw2 = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform",
+                                          checkpoint=ckpt)
+    steps = len(draw.drawn) // 2
+    assert draw2.drawn == draw.drawn[steps:]  # only the last epoch ran again, on the same paths
     assert res2.history == res.history
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     # a finished training is read back, not run again
-    again, res3, draw3 = train_supernet(TINY, recipe, tiny_data, epochs=3, seed=7, checkpoint=ckpt)
+    again, res3, draw3 = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform",
+                                        checkpoint=ckpt)
     assert draw3.drawn == [] and res3.history == res.history
     assert torch.equal(again.fc.weight, whole.fc.weight)
     # different paths were trained, and a different seed draws others
     assert len({a.id for a in draw.drawn}) > steps
-    _, _, other = train_supernet(TINY, recipe, tiny_data, epochs=1, seed=8)
+    _, _, other = train_supernet(TINY, recipe, tiny_data, epochs=1, seed=8, sampling="uniform")
     assert other.drawn[:steps] != draw.drawn[:steps]
 
 
@@ -294,10 +297,34 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
 
     assert designs_of(recs) == []
     conf = read_confirmation(study)
-    best = max(oneshot.supernet_designs(recs), key=lambda d: d.mean)
-    assert conf.chosen.id == best.id and conf.chosen.n == 2 and conf.complete
+    ranking = oneshot.supernet_designs(recs)
+    best = next(d for d in ranking if d.id == conf.chosen.id)
+    assert best.mean == max(d.mean for d in ranking)  # the supernet's best (ties: results.best_design's rule)
+    assert conf.chosen.n == 2 and conf.complete
     # the report of a one-shot study shows its supernet ranking (the trials' own format)
     from se_nas.report import build_report
 
     rep = build_report("os", root=tmp_path, out=tmp_path / "reports")
     assert {d.id for d in rep.designs} == {r.arch.id for r in ranked}
+
+
+def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_study_apart(tmp_path, capsys):
+    from se_nas import cli
+    from se_nas.storage import open_study
+    from se_nas.study import records
+
+    argv = ["search", "--strategy", "oneshot", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.9",
+            "--calibration-seeds", "0", "--confirm-top", "0", "--supernet-epochs", "1", "--root", str(tmp_path)]
+    assert cli.main([*argv, "--n-trials", "5"]) == 0
+    study = open_study("tiny-1.9gflops-oneshot", root=tmp_path)
+    first = [(r.number, r.arch.id, r.accuracy) for r in records(study)]
+    assert cli.main([*argv, "--n-trials", "7"]) == 0  # continues: the supernet is read back, not retrained
+    out = capsys.readouterr().out
+    assert "supernet trained: 1 epochs" in out and "(this run: " in out
+    recs = records(study)
+    assert [(r.number, r.arch.id, r.accuracy) for r in recs][:len(first)] == first
+    assert sum(r.status.value != "repeat" for r in recs) == 7
+    # the multi-trial search does not continue a one-shot study
+    assert cli.main(["search", "--study", "tiny-1.9gflops-oneshot", *argv[3:7], "--budget-gflops", "1.9",
+                     "--n-trials", "9", "--root", str(tmp_path)]) == 2
+    assert "holds a oneshot search; continue it with --strategy oneshot" in capsys.readouterr().err
