@@ -328,3 +328,25 @@ def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_stud
     assert cli.main(["search", "--study", "tiny-1.9gflops-oneshot", *argv[3:7], "--budget-gflops", "1.9",
                      "--n-trials", "9", "--root", str(tmp_path)]) == 2
     assert "holds a oneshot search; continue it with --strategy oneshot" in capsys.readouterr().err
+
+
+def test_a_path_that_breaks_is_drawn_again_and_never_trained():
+    """Hidden units only r=4 uses are NaN: every path with r=4 in stage 1 breaks, the others do not."""
+    from se_nas.oneshot import PathDraw
+
+    net = Supernet(TINY, 10, "small", WIDTH).train()
+    for m in net.stages[0]:
+        w = dict(m.se_residual.fc1.named_parameters())["weight"]
+        with torch.no_grad():
+            w[se_hidden(w.shape[1], 16):] = float("nan")
+    draw = PathDraw(TINY, Budget(), TINY.deploy, "uniform")
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 10
+    torch.manual_seed(0)
+    for _ in range(12):
+        loss = draw(net, x, y, nn.functional.cross_entropy)
+        assert torch.isfinite(loss)
+        loss.backward()
+    breaks = lambda a: a.stages[0] is not None and a.stages[0].reduction == 4  # noqa: E731
+    assert draw.broken and all(breaks(a) for a in draw.broken)
+    assert draw.drawn and not any(breaks(a) for a in draw.drawn)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
