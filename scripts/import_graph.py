@@ -19,9 +19,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "se_nas"
 LAYERS = {
     "domain": ["builtin", "choices", "arch", "inception", "geometry", "se", "fused", "build", "cost", "space", "budget",
-               "recipe", "data", "train", "pareto", "earlystop", "latency"],
+               "recipe", "data", "train", "pareto", "earlystop", "latency", "supernet"],
     "study": ["study", "results", "storage", "samplers"],
-    "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "search"],
+    "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "search", "oneshot"],
     "products": ["modelfile", "export", "compare", "report"],
     "cli": ["commands", "cli", "__main__", "__init__"],
 }

@@ -39,16 +39,26 @@ def cmd_search(args):
 
     budget = Budget(args.budget_gflops, args.budget_mparams)
     space = load_space(args.space)
+    oneshot = args.strategy == "oneshot"
+    if oneshot:
+        from .oneshot import DEFAULT_N_DESIGNS as default_n
+    else:
+        from .search import DEFAULT_N_TRIALS as default_n
     config = SearchConfig(
-        study=args.study or default_study_name(space, budget), space=space, recipe=args.recipe,
-        budget=budget, n_trials=args.n_trials, sampler=args.sampler, workers=args.workers,
+        study=args.study or default_study_name(space, budget) + ("-oneshot" if oneshot else ""), space=space,
+        recipe=args.recipe, budget=budget, n_trials=args.n_trials or default_n, sampler=args.sampler, workers=args.workers,
         storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
         confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
         max_seeds_per_design=args.max_seeds_per_design,
     )
-    run_search(config)
+    if oneshot:
+        from .oneshot import run_oneshot
+
+        run_oneshot(config, supernet_epochs=args.supernet_epochs, sampling=args.supernet_sampling)
+    else:
+        run_search(config)
     return 0
 
 
@@ -84,9 +94,18 @@ def _search_arguments(p):
     p.add_argument("--study", default=None,
                    help="study name (default: space and budget, e.g. resnet50-per-stage-4gflops); "
                    "an existing study is continued")
-    p.add_argument("--n-trials", type=_positive_int, default=DEFAULT_N_TRIALS,
-                   help="trials the study should have in total (a rerun continues towards it): trained, failed or "
-                   "over budget (nearly free); repeats of a known design answered from its record don't count")
+    p.add_argument("--strategy", choices=("multi-trial", "oneshot"), default="multi-trial",
+                   help="multi-trial: train every proposed design; oneshot: train one SE supernet, rank designs as "
+                   "its paths, confirm the best standalone (docs/oneshot.md; study name gets -oneshot)")
+    p.add_argument("--n-trials", type=_positive_int, default=None,
+                   help=f"trials the study should have in total (a rerun continues towards it): trained, failed or "
+                   f"over budget (nearly free); repeats of a known design answered from its record don't count "
+                   f"(default {DEFAULT_N_TRIALS}; with --strategy oneshot, the designs to rank: 2000)")
+    p.add_argument("--supernet-epochs", type=_positive_int, default=None, metavar="E",
+                   help="--strategy oneshot: epochs of supernet training (default twice the recipe's)")
+    p.add_argument("--supernet-sampling", choices=("uniform", "sandwich"), default="sandwich",
+                   help="--strategy oneshot: the sandwich rule (widest, narrowest and a random path per step, within "
+                   "the budget), or uniform: one path per step, each choice equally likely (compared in docs/oneshot.md)")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget")
     p.add_argument("--workers", type=_positive_int, default=1,

@@ -244,11 +244,13 @@ class Confirmation:
 
 
 def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: Noise | None = None,
-                      min_seeds: int = 3, max_seeds: int = 5, recs=None) -> dict[str, Any] | None:
+                      min_seeds: int = 3, max_seeds: int = 5, recs=None, designs=None) -> dict[str, Any] | None:
     """Pick what to confirm (before any confirmation run, so the pick is not biased by them) and
-    store the plan in the study. Returns the plan, or None if no design was trained to the end."""
+    store the plan in the study. Returns the plan, or None if no design was trained to the end.
+    ``designs`` to pick from: default the study's per-design means (a one-shot search passes its
+    supernet ranking)."""
     recs = records(study) if recs is None else recs
-    ds = designs_of(recs)
+    ds = designs_of(recs) if designs is None else designs
     budget = settings.budget_value
     chosen = best_design(ds, budget.max_gflops)
     if chosen is None:
@@ -266,12 +268,12 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
 
 
 def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3, max_seeds: int = 5, data=None,
-            device=None, log=None, progress=None) -> "Confirmation | None":
+            device=None, log=None, progress=None, designs=None) -> "Confirmation | None":
     """The confirmation stage: plan it (a rerun keeps the plan, unless the search has trained more
     trials since, when the choice is made again), train what is missing, and return the result."""
     plan = study.user_attrs.get("confirmation")
     if not plan or plan.get("after_trials") != counted(study)[0]:
-        plan = plan_confirmation(study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds)
+        plan = plan_confirmation(study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds, designs=designs)
     if plan is None:
         return None
     arms = {"chosen": Arch.from_json(plan["chosen"]), "r16": Arch.from_json(plan["r16"]),

@@ -91,19 +91,24 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     recs = records(study)
     frame = to_frame(recs)
     done = [r for r in recs if r.is_result]
+    designs = designs_of(recs)
+    if not done:  # a one-shot search: its supernet ranking is the search (the confirmation stays standalone)
+        from .oneshot import ranked, supernet_designs
+
+        done, designs = [r for r in recs if ranked(r)], supernet_designs(recs)
     if not done:
         counts = ", ".join(f"{(frame.status == s).sum()} {STATUS_TEXT[s]}" for s in STATUS_TEXT
                            if (frame.status == s).any()) if len(frame) else "no trials"
         raise StudyError(f"study {study_name!r} has no completed trial yet ({counts}); nothing to report. "
                          "Run more trials with `se-nas search`")
     frame["state"] = [_state_text(r) for r in recs]
-    complete = np.array([r.is_result for r in recs])
+    shown = {r.number for r in done}
+    complete = np.array([r.number in shown for r in recs])
     pts = frame[["accuracy", "gflops", "mparams"]].to_numpy(dtype=float)
-    designs = designs_of(recs)
     front = design_front(designs)
     on_front = {d.id for d in front}
     # a trial is marked when its design is on the per-design front (all its seeds, not a lucky one)
-    frame["pareto"] = [bool(r.is_result and r.arch.id in on_front) for r in recs]
+    frame["pareto"] = [bool(r.number in shown and r.arch.id in on_front) for r in recs]
 
     st = StudySettings.of(study)
     settings = st.to_attrs()

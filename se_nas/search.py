@@ -166,9 +166,15 @@ def prepare_study(config: SearchConfig):
     return study
 
 
-def run_search(config: SearchConfig):
+def run_search(config: SearchConfig, search: Callable | None = None, candidates: Callable | None = None,
+               strategy: str = "multi-trial"):
     """Run (or continue) the search: calibrate, search until the study has ``config.n_trials``
-    counted trials, confirm. Prints the summary; returns the ``optuna.Study``."""
+    counted trials, confirm. Prints the summary; returns the ``optuna.Study``.
+
+    ``search(study, config, progress, data)`` replaces the multi-trial search stage and
+    ``candidates(study)`` gives the designs the confirmation picks from (default: the study's
+    per-design means): the one-shot search (``se_nas.oneshot``) passes both, and its ``strategy``
+    name, stored with the study: a study continues only under the strategy that started it."""
     from .confirm import calibrate, confirm
     from .data import load_data
     from .progress import Progress, summarize
@@ -177,6 +183,12 @@ def run_search(config: SearchConfig):
     quiet_optuna()
     data = load_data(config.recipe)  # a missing or malformed dataset fails here, before any study exists
     study = prepare_study(config)
+    have = study.user_attrs.get("strategy") or ("multi-trial" if counted(study)[0] else strategy)
+    if have != strategy:
+        raise SearchError(f"study {config.study!r} holds a {have} search; continue it with --strategy {have}, "
+                          f"or start a new study with --study NEW_NAME")
+    if strategy != "multi-trial":
+        study.set_user_attr("strategy", strategy)
     progress = Progress(study, config)
     import torch
 
@@ -187,12 +199,16 @@ def run_search(config: SearchConfig):
     try:
         if config.calibration_seeds:
             calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress)
-        progress.stage("search", config.n_trials)
-        BACKENDS[config.backend](study, config, progress, data)
+        if search is None:
+            progress.stage("search", config.n_trials)
+            BACKENDS[config.backend](study, config, progress, data)
+        else:
+            search(study, config, progress, data)
         progress.close()
         if config.confirm_top:
             confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
-                    max_seeds=config.confirm_max_seeds, data=data, progress=progress)
+                    max_seeds=config.confirm_max_seeds, data=data, progress=progress,
+                    designs=None if candidates is None else candidates(study))
     finally:
         progress.close()
         torch.set_num_threads(threads)

@@ -100,6 +100,7 @@ class TrialOutcome:
     reason: str = ""
     seed: int = 0
     backend: str = "optuna"
+    fidelity: str = "standalone"  # "supernet": a path's accuracy in a weight-sharing supernet (se_nas.oneshot)
 
     def __post_init__(self) -> None:
         try:
@@ -127,6 +128,8 @@ class TrialOutcome:
         d["arch"] = self.arch.to_json()
         d["history"] = list(self.history)
         d["status"] = self.status.value
+        if self.fidelity == "standalone":  # the default is left out: trials stay as they always were
+            del d["fidelity"]
         return d
 
 
@@ -147,6 +150,7 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     backend: str = ""
+    fidelity: str = "standalone"
 
     @property
     def trained(self) -> bool:
@@ -154,8 +158,10 @@ class TrialRecord:
 
     @property
     def is_result(self) -> bool:
-        """Trained to the end and within budget: the only trials whose accuracy is a result."""
-        return self.status is Status.COMPLETE and self.arch is not None and self.accuracy is not None
+        """Trained to the end and within budget: the only trials whose accuracy is a result. A supernet
+        path's accuracy is a ranking, never averaged with standalone trainings of the design."""
+        return (self.status is Status.COMPLETE and self.arch is not None and self.accuracy is not None
+                and self.fidelity == "standalone")
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,7 @@ def records(study) -> list[TrialRecord]:
                 params=dict(t.params),
                 seed=a.get("seed", 0),
                 backend=a.get("backend", ""),
+                fidelity=a.get("fidelity", "standalone"),
             )
         )
     return out

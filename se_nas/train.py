@@ -232,6 +232,7 @@ def train(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` under ``recipe``; validate on ``data.val`` after every epoch.
 
@@ -239,12 +240,14 @@ def train(
     True to stop early. ``checkpoint``: a file to save to after every epoch and resume from if present.
     ``progress`` shows a tqdm bar per epoch on stderr; ``on_progress(Progress)`` gets the same updates
     as values (after every step and every validation), e.g. for a caller's own live status line.
+    ``step_loss(model, x, y, loss_fn)`` computes a step's loss instead of ``loss_fn(model(x), y)``
+    (a supernet samples its path(s) there); it may draw from torch's RNG, reseeded every epoch.
     Raises ``TrainingFailed`` for a non-finite or diverged loss, or out of memory.
     """
     dev = pick_device(recipe.device if device is None else str(device))
     # fixed input shapes: let cuDNN pick the fastest kernels; both settings are put back afterwards
     with _torch_settings(recipe.threads, cudnn_benchmark=dev.type == "cuda"):
-        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress)
+        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss)
 
 
 @contextlib.contextmanager
@@ -262,7 +265,7 @@ def _torch_settings(threads: int | None, cudnn_benchmark: bool):
         torch.backends.cudnn.benchmark = old[1]
 
 
-def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress) -> TrainResult:
+def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss) -> TrainResult:
     amp_dtype = _amp_dtype(recipe, dev)
     channels_last = recipe.channels_last and dev.type == "cuda"
     seed_everything(recipe.seed)
@@ -321,7 +324,7 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss = loss_fn(model(x), y)
+                        loss = loss_fn(model(x), y) if step_loss is None else step_loss(model, x, y, loss_fn)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(opt)

@@ -1,0 +1,201 @@
+"""How well does the SE supernet rank designs, and what does it cost? (issue 13, Measure)
+
+Ranking quality: Kendall tau between each design's supernet accuracy (its path, BatchNorm
+recalibrated) and its standalone accuracy (the mean over ``--seeds`` trainings of the proxy recipe),
+next to the ceiling the proxy's own noise sets: tau between two standalone seeds of the same designs
+(every pair of seeds, averaged). Designs: those of ``scripts/rank_fidelity.py`` (plain, r=16, then a
+fixed-seed random sample of the default space), ``--designs`` of them.
+
+Cost: supernet training plus ranking ``--rank`` designs (the one-shot search's own ``rank`` with
+NSGA-II, budget checked first, into a scratch in-memory study), against one standalone training of
+the largest design of the space (most GFLOPs), measured in the same process one after the other,
+with the load average at each step; CPU seconds (``time.process_time``) are the comparable figure on
+a shared machine.
+
+Every standalone run is stored as a run of an Optuna study (``se_nas.confirm.ensure_runs``,
+``--root``/bench-supernet/study.db) as it finishes, and the supernet keeps a checkpoint: a rerun
+continues where it stopped. ``--import-jsonl`` takes runs from ``scripts/rank_fidelity.py``'s file
+(same recipe, same ``train_run``) after retraining one of them and checking the accuracy is
+identical; the timings are written to ``--root``/bench-supernet/timings.json.
+
+    nice -n 5 python scripts/bench_supernet.py --import-jsonl /tmp/rf/rf.jsonl   # resumable
+    python scripts/bench_supernet.py --analyze                                  # the tables only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def recipe():
+    from rank_fidelity import recipe_of
+
+    return recipe_of("digits", [])  # the default proxy on the CPU, one thread, no rungs
+
+
+def largest(space):
+    """The design of ``space`` with the most GFLOPs on its deployment model (SE cost is additive
+    over stages, so the most expensive option of each stage)."""
+    from se_nas.cost import count_cost
+
+    d = space.deploy
+    stages = tuple(max(space.stage_options(i), key=lambda se: count_cost(
+        space.plain().with_stage(i, se), d.image_size, d.num_classes).flops) for i in range(len(space.stages)))
+    return space.plain().__class__(space.backbone, stages, stride_on=space.stride_on, se_bias=space.se_bias)
+
+
+def clock(fn):
+    load, c0, w0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
+    out = fn()
+    return out, {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
+                 "load_start": load, "load_end": os.getloadavg()[0]}
+
+
+def import_runs(study, path: Path, r, data, designs) -> int:
+    """Runs of ``scripts/rank_fidelity.py`` (label ``proxy``, the same recipe) into the study, after
+    checking that retraining one of them gives the identical accuracy."""
+    from se_nas.arch import Arch
+    from se_nas.confirm import _key, recipe_key, stored_runs, train_run, Run
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    want = {a.id for a in designs}
+    rows = [x for x in rows if x["label"] == "proxy" and x["recipe"] == r.to_dict() and x["arch_id"] in want]
+    have = stored_runs(study, recipe_key(r))
+    new = [x for x in rows if (x["arch_id"], x["seed"]) not in have]
+    if not new:
+        return 0
+    probe = new[0]
+    again = train_run(Arch.from_json(probe["arch"]), r, probe["seed"], data, device="cpu")
+    if again.accuracy != probe["accuracy"]:
+        sys.exit(f"{path}: retraining {probe['arch_id']} seed {probe['seed']} gave {again.accuracy}, the file says "
+                 f"{probe['accuracy']}: not the same training, not imported")
+    for x in new:
+        run = Run(Arch.from_json(x["arch"]), x["seed"], x["accuracy"], tuple(x["history"]), x["wall_s"], x["reason"])
+        study.set_user_attr(_key(recipe_key(r), run.arch, run.seed), run.to_attr())
+    return len(new)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default="/tmp/bench_supernet")
+    p.add_argument("--designs", type=int, default=25, help="plain + r=16 + random designs (one of "
+                   "rank_fidelity's 22 does not train: 25 leave 24)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--supernet-epochs", type=int, default=10)
+    p.add_argument("--sampling", default="uniform")
+    p.add_argument("--rank", type=int, default=2000, help="designs ranked for the cost figure (0: no cost figure)")
+    p.add_argument("--import-jsonl", type=Path, default=None)
+    p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
+    args = p.parse_args()
+
+    import optuna
+    import torch
+
+    from rank_fidelity import designs as pick_designs
+    from se_nas.budget import Budget
+    from se_nas.confirm import ensure_runs, recipe_key, stored_runs, train_run
+    from se_nas.data import load_data
+    from se_nas.oneshot import PathEvaluator, rank, supernet_recipe, train_supernet
+    from se_nas.samplers import make_sampler
+    from se_nas.space import load_space
+    from se_nas.storage import open_study
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, r = load_space("resnet50-per-stage"), recipe()
+    data = load_data(r)
+    designs = pick_designs("resnet50-per-stage", args.designs, 0)
+    study = open_study("bench-supernet", root=args.root, create=True)
+    folder = Path(args.root) / "bench-supernet"
+    tfile = folder / f"timings-{args.sampling}-{args.supernet_epochs}.json"
+    timings = json.loads(tfile.read_text()) if tfile.exists() else {}
+
+    def save():
+        tfile.write_text(json.dumps(timings, indent=1))
+
+    if not args.analyze:
+        if args.import_jsonl:
+            print(f"imported {import_runs(study, args.import_jsonl, r, data, designs)} runs", flush=True)
+        # 1. supernet training, then every design's supernet accuracy
+        net, res = None, None
+        (net, res, _), t = clock(lambda: train_supernet(
+            space, r, data, epochs=args.supernet_epochs, sampling=args.sampling, seed=0,
+            checkpoint=folder / f"supernet-{args.sampling}-{args.supernet_epochs}.pt", device="cpu"))
+        timings.setdefault("supernet_train", {**t, "train_s": res.seconds, "epochs": res.epochs})
+        ev = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu")
+        acc, t = clock(lambda: {a.id: ev(a) for a in designs})
+        timings["supernet_acc"] = acc
+        timings["eval_designs"] = {**t, "n": len(designs)}
+        save()
+        print(f"supernet: {timings['supernet_train']}; evaluated {len(designs)} designs in {t}", flush=True)
+        # 2. the cost: ranking --rank designs, and one standalone training of the largest design
+        if args.rank and "rank" not in timings:
+            # a fresh SQLite study, as the search writes its ranking
+            scratch = open_study(f"rank-{int(time.time())}", root=args.root, sampler=make_sampler("nsga2", 0),
+                                 create=True)
+            n, t = clock(lambda: rank(scratch, space, Budget(), space.deploy, ev, args.rank))
+            timings["rank"] = {**t, "designs": args.rank, "evaluated": n}
+            save()
+            print(f"ranked {args.rank} designs ({n} evaluated): {t}", flush=True)
+        if args.rank and "largest" not in timings:
+            big = largest(space)
+            run, t = clock(lambda: train_run(big, r, 0, data, device="cpu"))
+            timings["largest"] = {**t, "arch": big.label, "id": big.id, "accuracy": run.accuracy}
+            save()
+            print(f"largest design {big}: {t}", flush=True)
+        # 3. the standalone runs, seed by seed (resumable)
+        ensure_runs(study, {a.id: a for a in designs}, list(args.seeds), r, data=data, device="cpu",
+                    log=lambda line: print(line, flush=True), stage="standalone")
+    analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings)
+
+
+def analyze(runs, designs, seeds, timings) -> None:
+    import itertools
+    import statistics
+
+    from scipy.stats import kendalltau
+
+    sup = timings.get("supernet_acc", {})
+    full = [a for a in designs if a.id in sup and all((a.id, s) in runs and runs[(a.id, s)].accuracy is not None
+                                                      for s in seeds)]
+    means = [statistics.fmean(runs[(a.id, s)].accuracy for s in seeds) for a in full]
+    tau, p = kendalltau([sup[a.id] for a in full], means)
+    pairs = []
+    for s1, s2 in itertools.combinations(seeds, 2):
+        pairs.append(kendalltau([runs[(a.id, s1)].accuracy for a in full], [runs[(a.id, s2)].accuracy for a in full])[0])
+    ceiling = statistics.fmean(pairs) if pairs else float("nan")
+    print(f"\n| designs | seeds | tau(supernet, standalone mean) | p | tau(seed, seed), mean of {len(pairs)} pairs "
+          f"| ratio |\n|---|---|---|---|---|---|\n| {len(full)} | {len(seeds)} | {tau:.2f} | {p:.2g} | "
+          f"{ceiling:.2f} ({', '.join(f'{x:.2f}' for x in pairs)}) | {tau / ceiling:.2f} |")
+    trained = [a for a, m in zip(full, means) if m >= 0.5]
+    if len(trained) > 2:
+        tm = [m for m in means if m >= 0.5]
+        t2, p2 = kendalltau([sup[a.id] for a in trained], tm)
+        pr = [kendalltau([runs[(a.id, s1)].accuracy for a in trained], [runs[(a.id, s2)].accuracy for a in trained])[0]
+              for s1, s2 in itertools.combinations(seeds, 2)]
+        print(f"designs that train (mean >= 0.5): {len(trained)}: tau {t2:.2f} (p {p2:.2g}), seed-to-seed "
+              f"{statistics.fmean(pr):.2f}")
+    print("\n| design | supernet | standalone (" + ", ".join(f"seed {s}" for s in seeds) + ") | mean |\n|---|---|---|---|")
+    for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
+        accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
+        print(f"| `{a.id}` {a.label} | {sup[a.id]:.3f} | {accs} | {m:.3f} |")
+    if {"supernet_train", "rank", "largest"} <= set(timings):
+        st, rk, big = timings["supernet_train"], timings["rank"], timings["largest"]
+        for unit in ("cpu_s", "wall_s"):
+            total = st[unit] + rk[unit]
+            print(f"{unit}: supernet training {st[unit]:.0f} + ranking {rk['designs']} designs {rk[unit]:.0f} = "
+                  f"{total:.0f}; largest design standalone {big[unit]:.0f}: ratio {total / big[unit]:.1f}x")
+        print(f"loads: supernet {st['load_start']:.1f}-{st['load_end']:.1f}, ranking {rk['load_start']:.1f}-"
+              f"{rk['load_end']:.1f}, largest {big['load_start']:.1f}-{big['load_end']:.1f}; per evaluated path "
+              f"{rk['cpu_s'] / max(1, rk['evaluated']):.3f} CPU-s (ranking loop, incl. sampler and bookkeeping), "
+              f"{timings['eval_designs']['cpu_s'] / timings['eval_designs']['n']:.3f} CPU-s (evaluation alone)")
+
+
+if __name__ == "__main__":
+    main()

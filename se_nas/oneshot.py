@@ -1,0 +1,286 @@
+"""One-shot search: train one SE supernet, rank thousands of designs through it, confirm the best
+standalone.
+
+``run_oneshot`` runs the stages of ``se-nas search --strategy oneshot``:
+
+1. **calibrate**: as the multi-trial search (``se_nas.confirm.calibrate``): plain and r=16 under a few
+   seeds, the proxy's seed noise;
+2. **train the supernet** (``se_nas.supernet``) with the ordinary trainer (``se_nas.train``: the
+   recipe's optimizer, schedule, AMP, channels_last, progress, a checkpoint after every epoch), one
+   path per step drawn fair per choice, within the budget (``sampling="uniform"``), or the sandwich
+   rule (the widest and the narrowest path within the budget plus a random one, their losses summed;
+   Yu & Huang, BigNAS/slimmable networks); ``epochs`` defaults to ``SUPERNET_EPOCHS`` times the
+   recipe's. A step whose loss is not finite or ``BROKEN`` times that of a uniform guess is drawn
+   again rather than trained: some designs of the default space break (docs/proxy.md), and their
+   gradients would break the weights every path shares;
+3. **rank**: the study's Optuna sampler proposes designs; each is costed first (over budget: recorded,
+   never evaluated); a design within budget is a path: its BatchNorm statistics are recalibrated on a
+   few training batches, then its accuracy on the proxy's validation split is the objective. Every
+   path lands in the study as a trial of today's format with ``fidelity: "supernet"``: reports and
+   the trial table show it, and ``se_nas.results`` never averages it with standalone trainings;
+4. **confirm**: the supernet's best design within budget and the next designs of its front, r=16 and
+   the plain backbone are trained standalone under the same K seeds (``se_nas.confirm``); the final
+   front and the finding come from those runs only.
+
+Rerunning the same command continues every stage: the supernet resumes from its checkpoint (or is
+read back from it when finished), ranking continues towards ``n_trials`` designs, and confirmation
+runs already stored are reused. Path evaluations run in this process (no Ray fan-out yet).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .arch import Arch
+from .budget import Budget, Deploy
+from .cost import count_cost
+from .study import SearchError, Status, TrialOutcome, counted, records
+from .supernet import Supernet, check_supernet_space, narrowest_path, recalibrate_bn, sample_path, widest_path
+
+FIDELITY = "supernet"
+SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
+CALIBRATION_BATCHES = 4  # training batches per path for its BatchNorm statistics
+DEFAULT_N_DESIGNS = 2000  # designs ranked by default
+RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
+BROKEN = 3.0  # a path whose loss is this many times that of a uniform guess (ln C) or more is not trained
+
+
+# --- training -------------------------------------------------------------------------------------
+class PathDraw:
+    """The paths of one training step, drawn within the budget (``sampling``: ``uniform`` or
+    ``sandwich``); called by the trainer as its ``step_loss``."""
+
+    def __init__(self, space, budget: Budget, deploy: Deploy, sampling: str = "uniform"):
+        if sampling not in SAMPLING:
+            raise SearchError(f"unknown supernet sampling {sampling!r}; allowed: {', '.join(SAMPLING)}")
+        self.space, self.budget, self.deploy, self.sampling = space, budget, deploy, sampling
+        self._fits: dict[str, bool] = {}
+        self.drawn: list[Arch] = []  # every path trained, in order (tests read it)
+        self.broken: list[Arch] = []  # paths whose loss was not finite: not trained on that step
+
+    def fits(self, arch: Arch) -> bool:
+        if arch.id not in self._fits:
+            self._fits[arch.id] = self.budget.fits(count_cost(arch, self.deploy.image_size, self.deploy.num_classes))
+        return self._fits[arch.id]
+
+    def within(self, draw, rng: random.Random, tries: int = 1000) -> Arch | None:
+        for _ in range(tries):
+            arch = draw(self.space, rng)
+            if self.fits(arch):
+                return arch
+        return None
+
+    def paths(self, rng: random.Random) -> list[Arch]:
+        return [a for a in (self.within(d, rng) for d in SAMPLING[self.sampling]) if a is not None]
+
+    def __call__(self, model, x, y, loss_fn):
+        # torch's RNG is reseeded by the trainer every epoch: a resumed run draws the same paths
+        rng = random.Random(int(torch.randint(0, 2**62, ())))
+        for _ in range(RETRIES):
+            paths = self.paths(rng)
+            if not paths:
+                raise SearchError(f"no design of space {self.space.name!r} within {self.budget.describe()} was drawn "
+                                  f"in 1000 tries; the budget leaves too few")
+            logits = [model.set_path(a)(x) for a in paths]
+            losses = torch.stack([loss_fn(z, y) for z in logits])
+            # a path that breaks (a NaN/inf loss, or one far worse than a uniform guess) must not write
+            # its gradients into the weights every path shares: the step is drawn again; the trainer
+            # fails only if every retry breaks
+            worst = float(losses.detach().max())  # NaN if any is
+            if math.isfinite(worst) and worst <= BROKEN * math.log(logits[0].shape[1]):
+                break
+            self.broken += paths
+        self.drawn += paths
+        return losses.mean()  # the sandwich's paths share one step of the recipe's size
+
+
+# What one training step draws: each function gives a path (retried until one is within the budget).
+SAMPLING = {"uniform": (sample_path,), "sandwich": (widest_path, narrowest_path, sample_path)}
+
+
+def train_supernet(space, recipe, data, *, budget: Budget = Budget(), deploy: Deploy | None = None,
+                   epochs: int | None = None, sampling: str = "sandwich", seed: int = 0,
+                   checkpoint: str | Path | None = None, device=None, on_progress=None, progress: bool = False):
+    """Train the supernet of ``space`` under ``recipe`` (its proxy: stem, width, data; epochs
+    ``epochs``, default ``SUPERNET_EPOCHS`` x the recipe's). Returns ``(supernet, TrainResult,
+    PathDraw)``. With ``checkpoint`` it resumes an interrupted training and, once finished, reads the
+    trained supernet back instead of training again."""
+    from .train import seed_everything, train
+    from .trial import pinned
+
+    deploy = deploy or space.deploy
+    r = supernet_recipe(recipe, epochs, seed)
+    draw = PathDraw(space, budget, deploy, sampling)
+    seed_everything(seed)
+    net = Supernet(space, data.num_classes, stem=r.stem, width=r.width)
+    if sampling == "sandwich":
+        # several paths per step: the fused SE kernels read the slot's path at backward time, so the
+        # sandwich keeps autograd's record of each path
+        from .fused import set_fast_se
+
+        set_fast_se(net, False)
+    result = train(net, pinned(r), data, device=device, checkpoint=checkpoint, progress=progress,
+                   on_progress=on_progress, step_loss=draw)
+    return net, result, draw
+
+
+def supernet_recipe(recipe, epochs: int | None, seed: int):
+    """The recipe the supernet trains under: the trial recipe with its epochs and seed, no rungs."""
+    epochs = SUPERNET_EPOCHS * recipe.epochs if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise SearchError(f"supernet epochs must be a positive integer, got supernet_epochs={epochs!r}")
+    warm = min(recipe.warmup_epochs * epochs / recipe.epochs, epochs - 1)
+    return replace(recipe, epochs=epochs, seed=seed, rungs=(), warmup_epochs=warm)
+
+
+# --- ranking --------------------------------------------------------------------------------------
+class PathEvaluator:
+    """A path's accuracy on the proxy's validation split: BatchNorm statistics recalibrated on the
+    same ``batches`` training batches for every path, then evaluated."""
+
+    def __init__(self, supernet, recipe, data, device=None, batches: int = CALIBRATION_BATCHES):
+        from .train import _batches, pick_device
+
+        self.net = supernet
+        self.device = pick_device(recipe.device if device is None else str(device))
+        self.net.to(self.device)
+        bs = recipe.batch_size
+        train = _batches(data.train, bs, shuffle=True, seed=recipe.seed, drop_last=len(data.train) >= bs,
+                         num_workers=recipe.num_workers, pin=False)
+        self.calibration = [x.to(self.device) for x, _ in _first(train, batches)]
+        self.val = [(x.to(self.device), y.to(self.device)) for x, y in
+                    _batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False,
+                             num_workers=recipe.num_workers, pin=False)]
+
+    def __call__(self, arch: Arch) -> float:
+        from .train import evaluate
+
+        self.net.set_path(arch)
+        recalibrate_bn(self.net, self.calibration)
+        return evaluate(self.net, self.val, self.device)
+
+
+def _first(it, n: int) -> list:
+    out = []
+    for item in it:
+        if len(out) == n:
+            break
+        out.append(item)
+    return out
+
+
+def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int, *, seed: int = 0,
+         log=None, advance=None) -> int:
+    """Propose designs with the study's sampler until it holds ``n_designs`` counted trials; each is
+    costed first (over budget: recorded, never evaluated) and evaluated as a supernet path
+    (``evaluate(arch) -> accuracy``). A design proposed again is told its accuracy (status
+    ``repeat``); after ``REPEAT_STREAK`` repeats in a row a fresh one is enqueued. Returns the number
+    of paths evaluated."""
+    from .trial import REPEAT_STREAK, propose_fresh, record_outcome
+
+    known = {r.arch.id: r.accuracy for r in records(study) if ranked(r)}
+    evaluated, streak, done = 0, 0, counted(study)[0]
+    while done < n_designs:
+        trial = study.ask()
+        arch = space.sample(trial)
+        start = time.perf_counter()
+        cost = count_cost(arch, deploy.image_size, deploy.num_classes)
+        common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend="oneshot",
+                      fidelity=FIDELITY)
+        if not budget.fits(cost):
+            outcome = TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost)}, not evaluated", **common)
+        elif arch.id in known:
+            outcome = TrialOutcome(status=Status.REPEAT, accuracy=known[arch.id],
+                                   reason="repeat: told its supernet accuracy, not evaluated again", **common)
+        else:
+            acc = float(evaluate(arch))
+            known[arch.id] = acc
+            evaluated += 1
+            outcome = TrialOutcome(status=Status.COMPLETE, accuracy=acc, epochs=0, seconds=time.perf_counter() - start,
+                                   reason="supernet path accuracy (BatchNorm recalibrated), not a standalone training",
+                                   **common)
+        record_outcome(study, trial, outcome, budget=budget)
+        done += outcome.status is not Status.REPEAT  # as ``counted``, without reading every trial back
+        streak = streak + 1 if outcome.status is Status.REPEAT else 0
+        if streak >= REPEAT_STREAK:
+            streak = 0
+            if not propose_fresh(study, space, seed + done):
+                if log is not None:
+                    log(f"every design of space {space.name!r} the sampler finds has been ranked; stopping")
+                break
+        if advance is not None and outcome.status is not Status.REPEAT:
+            advance()
+    return evaluated
+
+
+def ranked(r) -> bool:
+    """Whether a study record is a design's supernet accuracy (evaluated as a path, within budget)."""
+    return r.fidelity == FIDELITY and r.status is Status.COMPLETE and r.arch is not None
+
+
+def supernet_designs(recs):
+    """The supernet-ranked designs of a study's records (one accuracy each), as ``se_nas.results.Design``
+    values: what the confirmation picks from and a one-shot study's report shows. Never mixed with
+    standalone results."""
+    from .results import group_designs
+
+    return group_designs((r.arch, r.gflops, r.mparams, r.accuracy, r.seed, r.number) for r in recs if ranked(r))
+
+
+# --- the stages -----------------------------------------------------------------------------------
+def checkpoint_path(config, epochs: int | None, sampling: str) -> Path:
+    """Where the supernet's training checkpoint lives: beside the study, named by everything that
+    decides the training (space, budget, recipe, epochs, sampling, seed)."""
+    from .storage import study_dir
+
+    key = json.dumps({"space": config.space.to_dict(), "budget": config.budget.to_dict(),
+                      "recipe": supernet_recipe(config.recipe, epochs, config.seed).to_dict(),
+                      "sampling": sampling}, sort_keys=True)
+    return study_dir(config.study, config.root) / f"supernet-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
+
+
+def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "sandwich"):
+    """Run (or continue) a one-shot search for ``config`` (a ``se_nas.search.SearchConfig``; its
+    ``n_trials`` is the number of designs to rank): the stages of ``se_nas.search.run_search`` with
+    the supernet's training and ranking as the search stage. Prints the summary; returns the study."""
+    from .search import run_search
+
+    if config.backend != "optuna":
+        raise SearchError(f"--strategy oneshot evaluates paths in this process; --backend {config.backend} is not "
+                          f"supported with it yet (allowed: optuna)")
+    check_supernet_space(config.space)
+    supernet_recipe(config.recipe, supernet_epochs, config.seed)  # a bad epoch count fails before anything runs
+    if sampling not in SAMPLING:
+        raise SearchError(f"unknown supernet sampling {sampling!r}; allowed: {', '.join(SAMPLING)}")
+
+    def search(study, config, progress, data):
+        ckpt = checkpoint_path(config, supernet_epochs, sampling)
+        r = supernet_recipe(config.recipe, supernet_epochs, config.seed)
+        progress.log(f"supernet: {r.epochs} epochs, {sampling} sampling, checkpoint {ckpt}")
+        t0 = time.perf_counter()
+        net, result, _ = train_supernet(config.space, config.recipe, data, budget=config.budget,
+                                        deploy=config.deploy, epochs=supernet_epochs, sampling=sampling,
+                                        seed=config.seed, checkpoint=ckpt,
+                                        on_progress=lambda p: progress.live(f"supernet {p}"))
+        progress.log(f"supernet trained: {result.epochs} epochs, {result.seconds:.1f}s of training "
+                     f"(this run: {time.perf_counter() - t0:.1f}s)")
+        progress.stage("rank", max(0, config.n_trials - counted(study)[0]))
+        t0 = time.perf_counter()
+        n = rank(study, config.space, config.budget, config.deploy, PathEvaluator(net, r, data), config.n_trials,
+                 seed=config.seed, log=progress.log, advance=progress.advance)
+        progress.close()
+        if n:
+            progress.log(f"ranked {n} designs through the supernet in {time.perf_counter() - t0:.1f}s")
+        best = sorted(supernet_designs(records(study)), key=lambda d: -d.mean)[:5]
+        progress.log(f"supernet ranking ({FIDELITY} accuracy of each path; the summary below counts these as "
+                     f"trials, never as standalone results), best {len(best)}:\n" + "\n".join(
+                         f"  {d.id}  {d.mean:.4f}  {d.gflops:.3f} GFLOPs  {d.arch.label}" for d in best))
+
+    return run_search(config, search, lambda study: supernet_designs(records(study)), strategy="oneshot")

@@ -1,0 +1,352 @@
+"""The SE supernet (se_nas/supernet.py): every design of the space is a path, and extracting it gives
+exactly build_model's module with the inherited weights."""
+import itertools
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from se_nas.arch import Arch, ArchError, StageSE, se_hidden
+from se_nas.build import build_model
+from se_nas.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.fused import set_fast_se
+from se_nas.space import load_space
+from se_nas.supernet import (SuperSE, Supernet, extract, narrowest_path, recalibrate_bn, sample_path,
+                             widest_path)
+
+WIDTH = 0.125
+SPACE = load_space("resnet50-per-stage")
+REDUCTIONS = SPACE.stages[0]["reduction"]
+
+
+def _randomized(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter and BatchNorm statistic random: zero-initialised last BatchNorms would hide
+    the residual branch (and the SE slots on it) from the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                else:
+                    scale = t[0].numel() ** -0.5 if t.dim() > 1 else 0.2  # about unit gain per layer
+                    t.copy_(torch.randn(t.shape, generator=g) * scale
+                            + (1.0 if name.endswith(".weight") and t.dim() == 1 else 0.0))
+    return net
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as every search process runs (two threads on a busy 2-core machine are 10x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    return _randomized(Supernet(SPACE, 10, "small", WIDTH))
+
+
+def _covering_designs() -> list[Arch]:
+    """Every (position, squeeze, gate) combination in some stage, every value of every axis in every
+    stage, and stages switched off."""
+    combos = random.Random(0).sample(list(itertools.product(POSITIONS, SQUEEZES, GATES)), 80)
+    designs = []
+    for k in range(20):
+        stages = tuple(StageSE(REDUCTIONS[(k + s) % len(REDUCTIONS)], sq, g, p)
+                       for s, (p, sq, g) in ((s, combos[20 * s + k]) for s in range(4)))
+        designs.append(Arch("resnet50", stages))
+    designs += [SPACE.plain(), SPACE.baseline(), SPACE.plain().with_stage(2, StageSE(2, "none", "relu", "identity"))]
+    return designs
+
+
+def test_extracted_path_is_build_model_with_the_same_forward(supernet):
+    """Bit for bit, in eval mode, with the fast SE code (matrix products) and the reference one."""
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    supernet.eval()
+    seen = set()
+    for arch in _covering_designs():
+        model = extract(supernet, arch).eval()
+        ref = build_model(arch, 10, stem="small", width=WIDTH)
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+        supernet.set_path(arch)
+        for fast in (True, False):
+            set_fast_se(supernet, fast), set_fast_se(model, fast)
+            with torch.no_grad():
+                want = model(x)
+                got = supernet(x)
+            assert torch.isfinite(want).all() and want.std() > 0.1, arch.label
+            assert torch.equal(got, want), (arch.label, fast)
+        seen.update((i, s) for i, s in enumerate(arch.stages))
+    assert len({(s.position, s.squeeze, s.gate) for _, s in seen if s is not None}) == 80
+    # the designs above did exercise every choice of every stage
+    for i in range(4):
+        for axis, values in (("position", POSITIONS), ("squeeze", SQUEEZES), ("gate", GATES),
+                             ("reduction", REDUCTIONS)):
+            assert {getattr(s, axis) for j, s in seen if j == i and s is not None} == set(values)
+
+
+def test_training_step_of_a_path_is_the_extracted_models(supernet):
+    """In training mode (the fused kernels, BatchNorm in batch statistics) a path gives the extracted
+    model's loss and gradients; the hidden units it does not use get none."""
+    arch = Arch("resnet50", (StageSE(8, "avg", "sigmoid", "standard"), StageSE(4, "max", "tanh", "pre"),
+                             StageSE(2, "avgmax", "hardsigmoid", "after_3x3"), StageSE(32, "avg", "relu", "identity")))
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(8) % 10
+    net = _randomized(Supernet(SPACE, 10, "small", WIDTH), seed=3)
+    model = extract(net, arch).train()
+    net.set_path(arch).train()
+    nn.functional.cross_entropy(net(x), y).backward()
+    nn.functional.cross_entropy(model(x), y).backward()
+    params = dict(net.named_parameters())
+    for name, p in model.named_parameters():
+        full = params[name].grad
+        part = full[tuple(slice(0, n) for n in p.shape)]
+        torch.testing.assert_close(part, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        if part.shape != full.shape:  # a sliced excitation: the unused hidden units get no gradient
+            rest = full.clone()
+            rest[tuple(slice(0, n) for n in p.shape)] = 0
+            assert not rest.any(), name
+    unused = [n for n, p in params.items() if n not in dict(model.named_parameters())]
+    assert unused and all(params[n].grad is None or not params[n].grad.any() for n in unused)
+
+
+def test_a_smaller_ratio_uses_a_prefix_of_the_larger_ones_hidden_units(supernet):
+    se = supernet.stages[1][0].se_residual
+    assert isinstance(se, SuperSE)
+    c = se.fc1.in_channels
+    big, small = StageSE(2), StageSE(8)
+    a_big, a_small = (Arch("resnet50", (None, s, None, None)) for s in (big, small))
+    w_big = extract(supernet, a_big).stages[1][0].se_residual
+    w_small = extract(supernet, a_small).stages[1][0].se_residual
+    h = se_hidden(c, 8)
+    assert w_small.fc1.weight.shape[0] == h < w_big.fc1.weight.shape[0] == se_hidden(c, 2)
+    assert torch.equal(w_small.fc1.weight, w_big.fc1.weight[:h])
+    assert torch.equal(w_small.fc2.weight, w_big.fc2.weight[:, :h])
+    # a hidden unit beyond C/8 changes the r=2 path, never the r=8 one
+    x = torch.rand(2, c, 4, 4, generator=torch.Generator().manual_seed(6)) + 0.5  # z > 0: +10 wakes a unit
+    full = dict(se.fc1.named_parameters())["weight"]  # the registered parameter, not the path's slice
+    se.choose(small)
+    before_small = se(x)
+    se.choose(big)
+    before_big = se(x)
+    with torch.no_grad():
+        full[h] += 10.0
+    try:
+        after_big = se(x)
+        se.choose(small)
+        assert torch.equal(se(x), before_small)
+        assert not torch.equal(after_big, before_big)
+        with torch.no_grad():
+            full[h - 1] += 10.0  # the last unit the r=8 path uses
+        assert not torch.equal(se(x), before_small)
+    finally:
+        with torch.no_grad():
+            full[h] -= 10.0
+            full[h - 1] -= 10.0
+
+
+def test_the_sampler_reaches_every_choice_of_the_space():
+    space = load_space("resnet50-per-stage")
+    rng = random.Random(0)
+    seen = {(i, a): set() for i in range(4) for a in ("enabled", "reduction", "squeeze", "gate", "position")}
+    for _ in range(400):
+        arch = sample_path(space, rng)
+        for i, se in enumerate(arch.stages):
+            seen[(i, "enabled")].add(se is not None)
+            if se is not None:
+                for a in ("reduction", "squeeze", "gate", "position"):
+                    seen[(i, a)].add(getattr(se, a))
+    for (i, a), values in seen.items():
+        assert values == set(space.stages[i][a]), (i, a)
+    wide, narrow = widest_path(space, rng), narrowest_path(space, rng)
+    assert all(s is not None and s.reduction == 2 for s in wide.stages)
+    assert narrow == space.plain()
+    # a stage that must have SE keeps it in the narrowest path, at its largest r
+    fixed = replace(space, stages=tuple({**st, "enabled": (True,)} for st in space.stages))
+    assert all(s.reduction == 32 for s in narrowest_path(fixed, rng).stages)
+
+
+def test_bn_recalibration_changes_only_the_paths_statistics():
+    arch = Arch("resnet50", (StageSE(4, "avg", "sigmoid", "pre"), None, StageSE(16, "max", "relu", "post"), None))
+    net = _randomized(Supernet(SPACE, 10, "small", WIDTH), seed=4).set_path(arch)
+    g = torch.Generator().manual_seed(5)
+    batches = [torch.randn(16, 3, 8, 8, generator=g) for _ in range(3)]
+    params = {k: v.clone() for k, v in net.named_parameters()}
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    standalone = extract(net, arch)
+    assert recalibrate_bn(net.eval(), batches) == 3
+    assert not net.training
+    assert all(torch.equal(v, params[k]) for k, v in net.named_parameters())
+    changed = [k for k, v in net.named_buffers() if not torch.equal(v, buffers[k])]
+    assert changed and all(k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+                           for k in changed)
+    # the statistics are the path's own: those of the extracted model on the same batches
+    recalibrate_bn(standalone, batches)
+    for k, v in standalone.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(net.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # and they are the plain average over the batches, independent of the momentum
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_a_design_outside_the_space_or_a_backbone_without_residual_units_is_refused(supernet):
+    with pytest.raises(ArchError, match=r"stage s2 reduction 3, allowed: 2, 4, 8, 16, 32"):
+        supernet.set_path(Arch("resnet50", (None, StageSE(3), None, None)))
+    with pytest.raises(ArchError, match="backbone 'resnet18', the space has 'resnet50'"):
+        extract(supernet, Arch.uniform("resnet18", None))
+    tiny = load_space("tiny")
+    with pytest.raises(ArchError, match="stage s4 reduction 4, allowed: 16"):
+        Supernet(tiny, 10, "small", WIDTH).set_path(Arch.uniform("resnet18", StageSE(4)))
+    fake = replace(tiny, backbone="vit_b16")
+    with pytest.raises(ArchError, match=r"^the supernet supports the residual backbones \(resnet18, .*"
+                                        r"has backbone 'vit_b16'$"):
+        Supernet(fake, 10, "small", WIDTH)
+
+
+# --- training, ranking and the one-shot search (se_nas/oneshot.py) --------------------------------
+from se_nas.budget import Budget  # noqa: E402
+from se_nas.cost import count_cost  # noqa: E402
+from se_nas.recipe import load_recipe  # noqa: E402
+
+TINY = load_space("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from se_nas.data import load_data
+
+    return load_data(load_recipe("tiny"))
+
+
+def _stop_at(epoch: int):
+    def on_progress(p):
+        if p.epoch == epoch and p.step == 1:
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of an epoch
+    return on_progress
+
+
+def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_run(tmp_path, tiny_data):
+    from se_nas.oneshot import train_supernet
+
+    recipe = load_recipe("tiny")
+    whole, res, draw = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform")
+    ckpt = tmp_path / "supernet.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform", checkpoint=ckpt,
+                       on_progress=_stop_at(2))
+    assert ckpt.is_file()
+    resumed, res2, draw2 = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform",
+                                          checkpoint=ckpt)
+    steps = len(draw.drawn) // 2
+    assert draw2.drawn == draw.drawn[steps:]  # only the last epoch ran again, on the same paths
+    assert res2.history == res.history
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a finished training is read back, not run again
+    again, res3, draw3 = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform",
+                                        checkpoint=ckpt)
+    assert draw3.drawn == [] and res3.history == res.history
+    assert torch.equal(again.fc.weight, whole.fc.weight)
+    # different paths were trained, and a different seed draws others
+    assert len({a.id for a in draw.drawn}) > steps
+    _, _, other = train_supernet(TINY, recipe, tiny_data, epochs=1, seed=8, sampling="uniform")
+    assert other.drawn[:steps] != draw.drawn[:steps]
+
+
+def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monkeypatch):
+    from se_nas import oneshot
+    from se_nas.search import SearchConfig
+    from se_nas.study import Status, records
+
+    deploy = TINY.deploy
+    gflops = lambda a: count_cost(a, deploy.image_size, deploy.num_classes).gflops  # noqa: E731
+    plain, widest = gflops(TINY.plain()), gflops(Arch.uniform("resnet18", StageSE(4)))
+    budget = Budget(max_gflops=(plain + widest) / 2)
+    net, _, draw = oneshot.train_supernet(TINY, load_recipe("tiny"), tiny_data, budget=budget, epochs=1,
+                                          sampling="sandwich")
+    assert draw.drawn and all(gflops(a) <= budget.max_gflops for a in draw.drawn)
+    assert TINY.plain() in draw.drawn  # the sandwich's narrowest path
+
+    evaluated = []
+    real = oneshot.PathEvaluator.__call__
+
+    def spy(self, arch):
+        evaluated.append(arch)
+        return real(self, arch)
+
+    monkeypatch.setattr(oneshot.PathEvaluator, "__call__", spy)
+    config = SearchConfig(study="os", space=TINY, recipe="tiny", budget=budget, n_trials=14, sampler="nsga2",
+                          root=tmp_path, progress=False, calibration_seeds=0, confirm_top=1, confirm_min_seeds=2,
+                          confirm_max_seeds=2)
+    study = oneshot.run_oneshot(config, supernet_epochs=1)
+    recs = records(study)
+    over = [r for r in recs if r.status is Status.OVER_BUDGET]
+    assert over and evaluated
+    assert all(gflops(a) <= budget.max_gflops for a in evaluated)
+    assert {r.arch.id for r in over}.isdisjoint(a.id for a in evaluated)
+    ranked = [r for r in recs if r.status is Status.COMPLETE]
+    assert len(ranked) == len(evaluated) and all(r.fidelity == "supernet" for r in ranked)
+    # the supernet ranking never counts as a standalone result; the confirmation is all standalone
+    from se_nas.confirm import read_confirmation
+    from se_nas.results import designs_of
+
+    assert designs_of(recs) == []
+    conf = read_confirmation(study)
+    ranking = oneshot.supernet_designs(recs)
+    best = next(d for d in ranking if d.id == conf.chosen.id)
+    assert best.mean == max(d.mean for d in ranking)  # the supernet's best (ties: results.best_design's rule)
+    assert conf.chosen.n == 2 and conf.complete
+    # the report of a one-shot study shows its supernet ranking (the trials' own format)
+    from se_nas.report import build_report
+
+    rep = build_report("os", root=tmp_path, out=tmp_path / "reports")
+    assert {d.id for d in rep.designs} == {r.arch.id for r in ranked}
+
+
+def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_study_apart(tmp_path, capsys):
+    from se_nas import cli
+    from se_nas.storage import open_study
+    from se_nas.study import records
+
+    argv = ["search", "--strategy", "oneshot", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.9",
+            "--calibration-seeds", "0", "--confirm-top", "0", "--supernet-epochs", "1", "--root", str(tmp_path)]
+    assert cli.main([*argv, "--n-trials", "5"]) == 0
+    study = open_study("tiny-1.9gflops-oneshot", root=tmp_path)
+    first = [(r.number, r.arch.id, r.accuracy) for r in records(study)]
+    assert cli.main([*argv, "--n-trials", "7"]) == 0  # continues: the supernet is read back, not retrained
+    out = capsys.readouterr().out
+    assert "supernet trained: 1 epochs" in out and "(this run: " in out
+    recs = records(study)
+    assert [(r.number, r.arch.id, r.accuracy) for r in recs][:len(first)] == first
+    assert sum(r.status.value != "repeat" for r in recs) == 7
+    # the multi-trial search does not continue a one-shot study
+    assert cli.main(["search", "--study", "tiny-1.9gflops-oneshot", *argv[3:7], "--budget-gflops", "1.9",
+                     "--n-trials", "9", "--root", str(tmp_path)]) == 2
+    assert "holds a oneshot search; continue it with --strategy oneshot" in capsys.readouterr().err
+
+
+def test_a_path_that_breaks_is_drawn_again_and_never_trained():
+    """Hidden units only r=4 uses are NaN: every path with r=4 in stage 1 breaks, the others do not."""
+    from se_nas.oneshot import PathDraw
+
+    net = Supernet(TINY, 10, "small", WIDTH).train()
+    for m in net.stages[0]:
+        w = dict(m.se_residual.fc1.named_parameters())["weight"]
+        with torch.no_grad():
+            w[se_hidden(w.shape[1], 16):] = float("nan")
+    draw = PathDraw(TINY, Budget(), TINY.deploy, "uniform")
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 10
+    torch.manual_seed(0)
+    for _ in range(12):
+        loss = draw(net, x, y, nn.functional.cross_entropy)
+        assert torch.isfinite(loss)
+        loss.backward()
+    breaks = lambda a: a.stages[0] is not None and a.stages[0].reduction == 4  # noqa: E731
+    assert draw.broken and all(breaks(a) for a in draw.broken)
+    assert draw.drawn and not any(breaks(a) for a in draw.drawn)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
