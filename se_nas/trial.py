@@ -102,8 +102,8 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     start = time.perf_counter()
     cost = count_cost(arch, deploy.image_size, deploy.num_classes)
     common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend=backend)
-    if not budget.fits(cost):
-        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost)}, not trained",
+    if not budget.fits(cost, arch):
+        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost, arch)}, not trained",
                             seconds=time.perf_counter() - start, **common)
 
     from .train import TrainingFailed, train
@@ -213,15 +213,17 @@ def _record(study, trial, outcome, reason, budget):
         trial.set_user_attr("status", Status.FAILED.value)
         trial.set_user_attr("reason", reason or "no outcome")
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    for key, value in outcome.to_attrs().items():
-        trial.set_user_attr(key, value)
-    values = outcome.values
-    if values is None:
-        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     if budget is None:
         from .study import StudySettings
 
         budget = StudySettings.of(study).budget_value
+    for key, value in outcome.to_attrs().items():
+        trial.set_user_attr(key, value)
+    if budget.latency:  # the study has a device's table: every trial shows its predicted latency
+        trial.set_user_attr("latency_ms", budget.latency_ms(outcome.arch))
+    values = outcome.values
+    if values is None:
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     constraints = budget.check(outcome)
     trial.set_user_attr("constraints", list(constraints))
     # Optuna 5's constraint API: TPE, NSGA-II and GP treat trials with a value > 0 as infeasible.
