@@ -211,15 +211,45 @@ def _check_latency_feasible(space, budget: Budget, deploy: Deploy) -> None:
 
     form = predictor(budget.latency).form
     have = (form.image_size, form.num_classes, form.stem, form.width)
+    classes = f" --num-classes {deploy.num_classes}" if deploy.num_classes != 1000 else ""
     if have != (deploy.image_size, deploy.num_classes, "imagenet", 1.0):
         raise BudgetError(
             f"latency table {budget.latency!r} was profiled on the {form.image_size}x{form.image_size}, "
             f"{form.num_classes}-class model (stem {form.stem}, width {form.width:g}), but space {space.name!r} "
             f"deploys {deploy.image_size}x{deploy.image_size}, {deploy.num_classes} classes (stem imagenet, width 1); "
             f"profile it with: se-nas latency profile --space {space.source or space.name} --image-size "
-            f"{deploy.image_size}{f' --num-classes {deploy.num_classes}' if deploy.num_classes != 1000 else ''} -o TABLE")
+            f"{deploy.image_size}{classes} -o TABLE")
     ms, arch = fastest(space, budget.latency)
     if budget.max_latency_ms is not None and ms > budget.max_latency_ms:
         raise BudgetError(
             f"budget --budget-latency-ms {budget.max_latency_ms:g} is infeasible for every candidate in space "
             f"{space.name!r}: the fastest is {ms:.2f} ms ({arch.label}, predicted from {budget.latency})")
+
+
+def predicted_latencies(stored: dict[str, Any], records, archs=()) -> dict[str, float]:
+    """Predicted latency (ms) by design id for a study whose stored budget is ``stored``: as its trials
+    recorded it (``records``), and for ``archs`` no trial recorded (calibration and confirmation
+    designs, an exported one) from the study's table while that file is readable and still the
+    profile the study used (its header hash). Empty for a study without a latency table."""
+    import warnings
+
+    from .latency import LatencyError, predictor
+
+    if not stored.get("latency"):
+        return {}
+    out = {r.arch.id: r.latency_ms for r in records if r.arch is not None and r.latency_ms is not None}
+    missing = [a for a in archs if a.id not in out]
+    if missing:
+        try:
+            with warnings.catch_warnings():  # another machine's table: the study chose it, as recorded
+                warnings.simplefilter("ignore")
+                p = predictor(stored["latency"])
+        except (OSError, LatencyError):
+            return out
+        if p.table.hash == stored.get("latency_hash"):
+            for a in missing:
+                try:
+                    out[a.id] = p.ms(a)
+                except LatencyError:  # a design the table does not cover: shown without a latency
+                    pass
+    return out

@@ -203,7 +203,8 @@ def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
                                           rf"space 'tiny': the fastest is {best:.2f} ms"):
         check_feasible(space, Budget(max_latency_ms=best * 0.99, latency=tiny_latency), deploy)
     check_feasible(space, Budget(max_latency_ms=best, latency=tiny_latency), deploy)
-    with pytest.raises(BudgetError, match="profiled on the 32x32, 1000-class model .*, but space 'tiny' deploys 224x224"):
+    with pytest.raises(BudgetError, match="profiled on the 32x32, 1000-class model .*, but space 'tiny' deploys "
+                                          "224x224"):
         check_feasible(space, Budget(max_latency_ms=best, latency=tiny_latency), space.deploy)
 
 
@@ -244,6 +245,7 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
         assert r.latency_ms > limit
         assert r.reason == f"{r.latency_ms:.2f} ms latency > {limit:g} ms latency limit, not trained"
     assert study.user_attrs["budget"]["latency_hash"] == p.table.hash
+    _products_show_latency(study, tmp_path, {r.arch.id: r.latency_ms for r in recs}, p.table.hash)
     # the same table continues the study; the file replaced by another profile (2 threads) is refused
     prepare_study(cfg)
     d = json.loads(path.read_text())
@@ -253,6 +255,29 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     with pytest.raises(SearchError, match=f"created with a different budget \\(latency_hash: '{p.table.hash}' in "
                                           "the study, '[0-9a-f]{12}' now\\)"):
         prepare_study(cfg)
+
+
+def _products_show_latency(study, root, latency, table_hash):
+    """The summary and the report show each front design's predicted latency; export's metadata too."""
+    from se_nas.export import export_study
+    from se_nas.modelfile import read_model
+    from se_nas.progress import summarize
+    from se_nas.report import build_report, summary_md, trials_csv
+
+    text = summarize(study, root).splitlines()
+    head = next(i for i, line in enumerate(text) if line.startswith("search front"))
+    assert text[head + 1].split()[-2:] == ["latency", "design"]
+    rep = build_report(study.study_name, root=root, out=root / "reports")
+    md = summary_md(rep)
+    assert rep.front and rep.latency == latency and "latency (ms, predicted)" in md
+    for d in rep.front:
+        assert f"{latency[d.id]:.2f}ms" in next(line for line in text if line.startswith(f"  {d.id}"))
+        assert f"| {d.mparams:.3f} | {latency[d.id]:.2f} |" in md
+    assert "latency_ms" in trials_csv(rep).splitlines()[0]
+    out = export_study(study.study_name, root / "best.senas", root=root, deploy=True)
+    mf = read_model(out, verify=False)
+    assert mf.meta["deploy_cost"]["latency_ms"] == latency[mf.arch.id]
+    assert mf.meta["deploy_cost"]["latency_hash"] == table_hash
 
 
 def test_cli_refuses_an_infeasible_latency_budget_in_one_line(tmp_path, tiny_latency, capsys):
