@@ -214,9 +214,23 @@ def test_latency_table_must_price_the_deployment_model(tmp_path):
 
     space, path = load_space("tiny"), tmp_path / "proxy.json"
     profile(space, path, stem="small", width=0.125, image_size=SIZE, rounds=1, warmup=0)
-    with pytest.raises(BudgetError, match=r"\(stem small, width 0.125\), but space 'tiny' deploys 32x32, 1000 classes "
-                                          r"\(stem imagenet, width 1\); profile it with: se-nas latency profile"):
-        check_feasible(space, Budget(max_latency_ms=100, latency=str(path)), Deploy(SIZE))
+    for budget in (Budget(max_latency_ms=100, latency=str(path)), Budget(latency=str(path))):  # a limit, or none
+        with pytest.raises(BudgetError, match=r"\(stem small, width 0.125\), but space 'tiny' deploys 32x32, 1000 "
+                                              r"classes \(stem imagenet, width 1\); profile it with: se-nas latency"):
+            check_feasible(space, budget, Deploy(SIZE))
+
+
+def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency):
+    from se_nas.latency import predictor
+
+    b = Budget(latency=tiny_latency)
+    arch = load_space("tiny").baseline()
+    assert not b.limited and b.constraint_names == () and b.fits(count_cost(arch, SIZE), arch)
+    d = b.to_dict()
+    assert d["latency"] == tiny_latency and d["latency_hash"] == predictor(tiny_latency).table.hash
+    assert "max_latency_ms" not in d and Budget(**d) == b
+    assert b.latency_ms(arch) == predictor(tiny_latency).ms(arch) and Budget().latency_ms(arch) is None
+    check_feasible(load_space("tiny"), b, Deploy(SIZE))
 
 
 def test_search_under_a_latency_budget(tmp_path, tiny_latency):
