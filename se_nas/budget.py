@@ -117,7 +117,9 @@ class Budget:
             parts.append(f"<= {self.max_mparams:g}M params")
         if self.max_latency_ms is not None:
             parts.append(f"<= {self.max_latency_ms:g} ms latency ({self.latency})")
-        return f"budget {' and '.join(parts)}" if parts else "no budget"
+        text = f"budget {' and '.join(parts)}" if parts else "no budget"
+        return text if self.max_latency_ms is not None or not self.latency else \
+            f"{text} (latency predicted from {self.latency})"
 
     def to_dict(self) -> dict[str, Any]:
         """As stored with a study. A budget with a latency table (a limit, or only the predicted latency

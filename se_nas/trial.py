@@ -7,7 +7,8 @@ proxy the recipe asks for (stem, width multiplier, the dataset's classes) and tr
 loss or an out-of-memory error becomes a ``failed`` outcome with the reason, so the search goes on.
 
 ``record_outcome`` writes an outcome into an Optuna trial (user attributes, the constraint values
-the samplers read, then ``tell``): both backends call it, so the study format is one.
+the samplers read, then ``tell``): both backends call it, so the study format is one. In a study with
+a latency table it also records each trial's predicted ``latency_ms``.
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def pinned(recipe):
 
 def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
               should_stop=None, device=None, backend: str = "optuna", on_progress=None) -> TrialOutcome:
-    """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
+    """Check ``arch`` against ``budget`` on ``deploy`` (its GFLOPs and parameters, and its latency
+    predicted from the budget's table), then train its proxy under ``recipe``.
 
     ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping);
     ``on_progress(se_nas.train.Progress)`` after every step (a live status line).

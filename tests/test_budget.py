@@ -229,6 +229,8 @@ def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency
     d = b.to_dict()
     assert d["latency"] == tiny_latency and d["latency_hash"] == predictor(tiny_latency).table.hash
     assert "max_latency_ms" not in d and Budget(**d) == b
+    assert b.describe() == f"no budget (latency predicted from {tiny_latency})"
+    assert Budget(max_gflops=2, latency=tiny_latency).describe().startswith("budget <= 2 GFLOPs (latency predicted")
     assert b.latency_ms(arch) == predictor(tiny_latency).ms(arch) and Budget().latency_ms(arch) is None
     check_feasible(load_space("tiny"), b, Deploy(SIZE))
 
