@@ -70,11 +70,11 @@ class Budget:
         """Names of the values ``check`` returns, in order."""
         return tuple(key for name, _, key in self.LIMITS if getattr(self, name) is not None)
 
-    def latency_ms(self, arch) -> float:
-        """``arch``'s latency predicted from the budget's table."""
+    def latency_ms(self, arch) -> float | None:
+        """``arch``'s latency predicted from the budget's table (None without a table)."""
         from .latency import predictor
 
-        return predictor(self.latency).ms(arch)
+        return predictor(self.latency).ms(arch) if self.latency else None
 
     def _values(self, cost, arch) -> dict[str, float]:
         """The limited quantities of a design: its ``cost`` (a ``Cost`` or a trial outcome) and, for the
@@ -117,17 +117,21 @@ class Budget:
             parts.append(f"<= {self.max_mparams:g}M params")
         if self.max_latency_ms is not None:
             parts.append(f"<= {self.max_latency_ms:g} ms latency ({self.latency})")
-        return f"budget {' and '.join(parts)}" if parts else "no budget"
+        text = f"budget {' and '.join(parts)}" if parts else "no budget"
+        return text if self.max_latency_ms is not None or not self.latency else \
+            f"{text} (latency predicted from {self.latency})"
 
     def to_dict(self) -> dict[str, Any]:
-        """As stored with a study. A latency budget records its table and the table's header hash
-        (which device and settings it measured), so a resumed search can refuse another table."""
+        """As stored with a study. A budget with a latency table (a limit, or only the predicted latency
+        recorded on every trial) records the table and its header hash (which device and settings it
+        measured), so a resumed search can refuse another table."""
         d: dict[str, Any] = {"max_gflops": self.max_gflops, "max_mparams": self.max_mparams}
         if self.max_latency_ms is not None:
+            d["max_latency_ms"] = self.max_latency_ms
+        if self.latency:
             from .latency import predictor
 
-            d.update(max_latency_ms=self.max_latency_ms, latency=self.latency,
-                     latency_hash=predictor(self.latency).table.hash)
+            d.update(latency=self.latency, latency_hash=predictor(self.latency).table.hash)
         return d
 
 
@@ -146,9 +150,7 @@ def check_feasible(space, budget: Budget, deploy: Deploy) -> None:
     Exact: reads the space's whole FLOPs/parameters frontier (``SearchSpace.cost_frontier``), so a
     pair of limits that each alone some design meets, but no design meets together, is refused too.
     """
-    if not budget.limited:
-        return
-    if budget.max_latency_ms is not None:
+    if budget.latency:
         _check_latency_feasible(space, budget, deploy)
     if budget.max_gflops is None and budget.max_mparams is None:
         return
@@ -205,17 +207,51 @@ def fastest(space, table) -> tuple[float, Any]:
 
 
 def _check_latency_feasible(space, budget: Budget, deploy: Deploy) -> None:
+    """The table prices the deployment model (its input, classes, the ImageNet stem at full width) and
+    covers every option of every stage (``fastest`` reads them all); the limit, if any, can be met."""
     from .latency import predictor
 
     form = predictor(budget.latency).form
-    if (form.image_size, form.num_classes) != (deploy.image_size, deploy.num_classes):
+    have = (form.image_size, form.num_classes, form.stem, form.width)
+    classes = f" --num-classes {deploy.num_classes}" if deploy.num_classes != 1000 else ""
+    if have != (deploy.image_size, deploy.num_classes, "imagenet", 1.0):
         raise BudgetError(
             f"latency table {budget.latency!r} was profiled on the {form.image_size}x{form.image_size}, "
-            f"{form.num_classes}-class model, but space {space.name!r} deploys {deploy.image_size}x"
-            f"{deploy.image_size}, {deploy.num_classes} classes; profile it with: se-nas latency profile --space "
-            f"{space.source or space.name} -o TABLE")
+            f"{form.num_classes}-class model (stem {form.stem}, width {form.width:g}), but space {space.name!r} "
+            f"deploys {deploy.image_size}x{deploy.image_size}, {deploy.num_classes} classes (stem imagenet, width 1); "
+            f"profile it with: se-nas latency profile --space {space.source or space.name} --image-size "
+            f"{deploy.image_size}{classes} -o TABLE")
     ms, arch = fastest(space, budget.latency)
-    if ms > budget.max_latency_ms:
+    if budget.max_latency_ms is not None and ms > budget.max_latency_ms:
         raise BudgetError(
             f"budget --budget-latency-ms {budget.max_latency_ms:g} is infeasible for every candidate in space "
             f"{space.name!r}: the fastest is {ms:.2f} ms ({arch.label}, predicted from {budget.latency})")
+
+
+def predicted_latencies(stored: dict[str, Any], records, archs=()) -> dict[str, float]:
+    """Predicted latency (ms) by design id for a study whose stored budget is ``stored``: as its trials
+    recorded it (``records``), and for ``archs`` no trial recorded (calibration and confirmation
+    designs, an exported one) from the study's table while that file is readable and still the
+    profile the study used (its header hash). Empty for a study without a latency table."""
+    import warnings
+
+    from .latency import LatencyError, predictor
+
+    if not stored.get("latency"):
+        return {}
+    out = {r.arch.id: r.latency_ms for r in records if r.arch is not None and r.latency_ms is not None}
+    missing = [a for a in archs if a.id not in out]
+    if missing:
+        try:
+            with warnings.catch_warnings():  # another machine's table: the study chose it, as recorded
+                warnings.simplefilter("ignore")
+                p = predictor(stored["latency"])
+        except (OSError, LatencyError):
+            return out
+        if p.table.hash == stored.get("latency_hash"):
+            for a in missing:
+                try:
+                    out[a.id] = p.ms(a)
+                except LatencyError:  # a design the table does not cover: shown without a latency
+                    pass
+    return out

@@ -37,7 +37,7 @@ def cmd_search(args):
     from .search import SearchConfig, default_study_name, run_search
     from .space import load_space
 
-    budget = Budget(args.budget_gflops, args.budget_mparams)
+    budget = Budget(args.budget_gflops, args.budget_mparams, args.budget_latency_ms, args.latency)
     space = load_space(args.space)
     oneshot = args.strategy == "oneshot"
     if oneshot:
@@ -87,6 +87,11 @@ def _search_arguments(p):
                    help="largest GFLOPs of the deployment model (1 FLOP = 1 multiply-accumulate)")
     p.add_argument("--budget-mparams", type=float, default=None, metavar="M",
                    help="largest parameter count of the deployment model, in millions")
+    p.add_argument("--budget-latency-ms", type=float, default=None, metavar="MS",
+                   help="largest latency of the deployment model predicted from --latency TABLE, in milliseconds")
+    p.add_argument("--latency", default=None, metavar="TABLE",
+                   help="the device's table (`se-nas latency profile` of the space's deployment model): the "
+                   "latency budget reads it, and every trial records its predicted latency")
     p.add_argument("--space", default=DEFAULT_SPACE,
                    help="search space: a built-in name (search_spaces/NAME.yaml) or a YAML file")
     p.add_argument("--recipe", default="digits",
@@ -433,7 +438,7 @@ class Command:
 # In the order of the flow: search, compare, report, export or train; then the tools for designs.
 COMMANDS: dict[str, Command] = {
     "search": Command(
-        "search SE designs under a FLOPs/params budget (multi-objective, resumable)",
+        "search SE designs under a FLOPs/params/latency budget (multi-objective, resumable)",
         _search_arguments, cmd_search,
         "Search per-stage SE designs: each candidate is costed on the deployment model first (over "
         "budget = never trained), then a proxy is trained under the recipe. Objectives: validation "

@@ -17,7 +17,7 @@ from torch import nn
 
 from .arch import Arch
 from .cost import count_cost
-from .budget import Deploy
+from .budget import Deploy, predicted_latencies
 from .storage import DEFAULT_ROOT
 from .modelfile import (  # noqa: F401  (re-exported: the file format's public names)
     MODEL_FORMAT, ModelFile, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
@@ -243,6 +243,13 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
     dep = Deploy(**(study.user_attrs.get("deploy") or {}))
     c = count_cost(arch, dep.image_size, dep.num_classes)
     origin = {"study": study_name, **info, "deploy_cost": {"gflops": c.gflops, "mparams": c.mparams, **dep.to_dict()}}
+    stored = study.user_attrs.get("budget") or {}
+    if stored.get("latency"):  # the study has a device's table: the design's predicted latency too
+        from .study import records
+
+        if (ms := predicted_latencies(stored, records(study), [arch]).get(arch.id)) is not None:
+            origin["deploy_cost"].update(latency_ms=ms, latency_table=stored["latency"],
+                                         latency_hash=stored["latency_hash"])
     if deploy:
         from .build import build_model
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .arch import Arch
 from .storage import DEFAULT_ROOT
-from .study import STATUSES, Status, counted, records, retried
+from .study import STATUSES, Status, StudySettings, counted, records, retried
 
 
 def trial_line(t) -> str:
@@ -130,6 +130,7 @@ def _plural(n: int, word: str) -> str:
 def summarize(study, root: str | Path | None = None, storage: str | None = None) -> str:
     """Counts, the per-design front, the confirmed result and the commands to look further, as printed
     after a search."""
+    from .budget import predicted_latencies
     from .confirm import read_confirmation, study_noise
     from .results import design_front, designs_of
 
@@ -151,12 +152,19 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     noise = conf.noise if conf is not None else study_noise(study, recs=recs)
     lines.append(f"proxy seed noise: {noise.describe()}")
     front = design_front(ds)
+    lat = predicted_latencies(StudySettings.of(study).budget, recs, [d.arch for d in conf.designs] if conf else ())
+
+    def ms(d) -> str:  # the predicted latency column, in a study with a device's table
+        return "" if not lat else f"  {lat[d.id]:>7.2f}ms" if d.id in lat else f"  {'':>9}"
+
     if front:
         lines.append(f"search front (per-design mean over its search seeds; accuracy up, GFLOPs and params down), "
                      f"{_plural(len(front), 'design')}:")
-        lines.append(f"  {'id':<10}  {'accuracy (mean ± s.e., seeds)':<30}  {'GFLOPs':>7}  {'params':>7}  design")
+        lines.append(f"  {'id':<10}  {'accuracy (mean ± s.e., seeds)':<30}  {'GFLOPs':>7}  {'params':>7}"
+                     f"{'    latency' if lat else ''}  design")
         for d in front:
-            lines.append(f"  {d.id:<10}  {d.describe(noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M  {d.arch.label}")
+            lines.append(f"  {d.id:<10}  {d.describe(noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M{ms(d)}  "
+                         f"{d.arch.label}")
     else:
         lines.append("no trial has been trained to the end yet: no front")
     if conf is not None:
@@ -170,7 +178,7 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
             tag = " (front)" if any(f.id == d.id for f in conf.front) else ""
             ob = " (over budget)" if d.id in conf.over_budget else ""
             lines.append(f"  {role:<7} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
-                         f"{tag}{ob}  {d.arch.label}")
+                         f"{ms(d)}{tag}{ob}  {d.arch.label}")
         if not conf.complete:
             lines.append("  (confirmation incomplete: rerun the command to finish it)")
         if conf.search_mean is not None and conf.chosen.n:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .arch import Arch, baseline_arch, plain_arch
+from .budget import predicted_latencies
 from .compare import DEFAULT_OUT, compare_path
 from .confirm import Confirmation, read_confirmation, study_noise
 from .pareto import hypervolume_history, pareto_front
@@ -71,6 +72,7 @@ class Report:
     noise: Noise | None = None
     confirmation: Confirmation | None = None
     comparison: dict[str, Any] | None = None  # compare.json as ``se-nas compare`` wrote it
+    latency: dict[str, float] = field(default_factory=dict)  # predicted ms by design id (a study with a table)
 
     @property
     def finding(self) -> str:
@@ -128,6 +130,9 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     importances, note = param_importances(done, study)
     conf = read_confirmation(study, st, recs)
     noise = conf.noise if conf is not None else study_noise(study, recs=recs)
+    latency = predicted_latencies(budget, recs, [d.arch for d in conf.designs] if conf else ())
+    if latency:
+        frame["latency_ms"] = [r.latency_ms for r in recs]
     cmp_path = compare_path(study_name, out)
     cmp = load_comparison(cmp_path)
     cmp_md = cmp_path.with_suffix(".md")
@@ -137,7 +142,7 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
         choices=choice_frequencies([d.arch for d in designs], [d.id in best_ids for d in designs]),
         importances=importances, importance_note=note, markers=_markers(designs, conf, cmp), settings=settings,
         compare_md=cmp_md.read_text() if cmp_md.exists() else "", designs=designs, front=front, noise=noise,
-        confirmation=conf, comparison=cmp,
+        confirmation=conf, comparison=cmp, latency=latency,
     )
 
 
@@ -401,8 +406,8 @@ def _stage_cols(f) -> list[str]:
 
 def trials_csv(rep: Report) -> str:
     f = rep.frame
-    cols = ["trial", "status", "arch_id", *_stage_cols(f), "accuracy", "gflops", "mparams", "epochs",
-            "seconds", "pareto", "reason", "arch"]
+    cols = ["trial", "status", "arch_id", *_stage_cols(f), "accuracy", "gflops", "mparams",
+            *(["latency_ms"] if "latency_ms" in f else []), "epochs", "seconds", "pareto", "reason", "arch"]
     return f[cols].to_csv(index=False)
 
 
@@ -412,10 +417,12 @@ def _fmt(v, nd=4) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
-def _design_rows(designs, noise, cols_of) -> list[str]:
+def _design_rows(designs, noise, cols_of, latency=None) -> list[str]:
     rows = []
     for d in designs:
-        rows.append(f"| `{d.id}` | " + " | ".join(cols_of(d)) + f" | {d.describe(noise)} | {d.gflops:.4f} | {d.mparams:.3f} |")
+        ms = "" if not latency else f" {latency[d.id]:.2f} |" if d.id in latency else " |"
+        rows.append(f"| `{d.id}` | " + " | ".join(cols_of(d)) + f" | {d.describe(noise)} | {d.gflops:.4f} | "
+                    f"{d.mparams:.3f} |{ms}")
     return rows
 
 
@@ -434,6 +441,8 @@ def summary_md(rep: Report) -> str:
 
     head = "| arch id | " + " | ".join(f"stage {i + 1}" for i in range(n_stages)) + " | accuracy (mean ± s.e., seeds) | GFLOPs | M params |"
     rule = "|---|" + "---|" * n_stages + "---:|---:|---:|"
+    if rep.latency:
+        head, rule = head + " latency (ms, predicted) |", rule + "---:|"
     conf = rep.confirmation
     if conf is not None:
         lines += ["", "## Confirmed front", "",
@@ -442,7 +451,7 @@ def summary_md(rep: Report) -> str:
                   "runs), the next designs of the search's front, r=16 and the plain backbone. Front designs are in bold.",
                   "", head, rule]
         front = {d.id for d in conf.front}
-        for row, d in zip(_design_rows(conf.designs, conf.noise, cols_of), conf.designs):
+        for row, d in zip(_design_rows(conf.designs, conf.noise, cols_of, rep.latency), conf.designs):
             role = ("chosen" if d.id == conf.chosen.id else "r=16" if d.id == conf.r16.id
                     else "plain" if d.id == conf.plain.id else "")
             tags = ", ".join(t for t in (role, "over budget" if d.id in conf.over_budget else "") if t)
@@ -454,7 +463,7 @@ def summary_md(rep: Report) -> str:
               f"measured seed noise {rep.noise.describe() if rep.noise else ''}); accuracy is the proxy's validation "
               "accuracy, GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters are the deployment model's.", "",
               head, rule]
-    lines += _design_rows(sorted(rep.front, key=lambda d: -d.mean), rep.noise, cols_of)
+    lines += _design_rows(sorted(rep.front, key=lambda d: -d.mean), rep.noise, cols_of, rep.latency)
     if rep.markers:
         lines += ["", "Reference designs:", ""]
         for m in rep.markers:
@@ -499,8 +508,11 @@ def _settings_lines(rep: Report) -> list[str]:
     if s.get("budget"):
         b = s["budget"]
         parts = [f"<= {b['max_gflops']:g} GFLOPs" if b.get("max_gflops") else "",
-                 f"<= {b['max_mparams']:g}M params" if b.get("max_mparams") else ""]
+                 f"<= {b['max_mparams']:g}M params" if b.get("max_mparams") else "",
+                 f"<= {b['max_latency_ms']:g} ms latency" if b.get("max_latency_ms") else ""]
         out.append(f"- budget: {' and '.join(p for p in parts if p) or 'none'}")
+        if b.get("latency"):
+            out.append(f"- latency predicted from the table {b['latency']} (profile {b.get('latency_hash')})")
     if s.get("deploy"):
         d = s["deploy"]
         out.append(f"- deployment model: {d.get('image_size')}x{d.get('image_size')} input, {d.get('num_classes')} classes")
@@ -606,13 +618,14 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
         return f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(figs[name]).decode()}"></p>'
 
     cols = _stage_cols(f)
+    lat_head, lat_col = (["latency (ms)"], [("latency_ms", 2)]) if "latency_ms" in f else ([], [])
     head = "".join(f"<th>{e(h)}</th>" for h in ["trial", "arch id", *[f"stage {c[5:]}" for c in cols],
-                                                 "accuracy", "GFLOPs", "M params", "epochs", "state"])
+                                                 "accuracy", "GFLOPs", "M params", *lat_head, "epochs", "state"])
     body = []
     for _, r in f.iterrows():
         cells = [f'<td class="num">{r.trial}</td>', f"<td><code>{e(r.arch_id)}</code></td>"]
         cells += [f"<td>{e(str(r[c]))}</td>" for c in cols]
-        for c, nd in (("accuracy", 4), ("gflops", 4), ("mparams", 3)):
+        for c, nd in (("accuracy", 4), ("gflops", 4), ("mparams", 3), *lat_col):
             v = r[c]
             cells.append(f'<td class="num" data-v="{"" if v is None or v != v else v}">{_fmt(v, nd)}</td>')
         cells += [f'<td class="num">{r.epochs}</td>', f"<td>{e(r.state)}</td>"]

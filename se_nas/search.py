@@ -126,6 +126,8 @@ def default_study_name(space: SearchSpace, budget: Budget) -> str:
         parts.append(f"{budget.max_gflops:g}gflops")
     if budget.max_mparams is not None:
         parts.append(f"{budget.max_mparams:g}mparams")
+    if budget.max_latency_ms is not None:
+        parts.append(f"{budget.max_latency_ms:g}ms")
     return "-".join(parts)
 
 

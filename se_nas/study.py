@@ -8,7 +8,8 @@ backend ran.
 
 Every finished trial carries these user attributes (``TrialOutcome.to_attrs``): ``arch`` (canonical
 JSON), ``status`` (a ``Status``), ``gflops``, ``mparams``, ``epochs``, ``history`` (validation
-accuracy after each epoch), ``seconds``, ``reason``, ``seed``, ``backend``. The study itself carries
+accuracy after each epoch), ``seconds``, ``reason``, ``seed``, ``backend``, and ``latency_ms`` (predicted
+from the device's table) when the study has one. The study itself carries
 its ``StudySettings`` (space, recipe, deploy, budget, early_stop) as study user attributes, and the
 runs of the calibration and confirmation stages (``se_nas.runs``).
 
@@ -151,6 +152,7 @@ class TrialRecord:
     seed: int = 0
     backend: str = ""
     fidelity: str = "standalone"
+    latency_ms: float | None = None  # predicted from the study's latency table, if it has one
 
     @property
     def trained(self) -> bool:
@@ -254,6 +256,7 @@ def records(study) -> list[TrialRecord]:
                 seed=a.get("seed", 0),
                 backend=a.get("backend", ""),
                 fidelity=a.get("fidelity", "standalone"),
+                latency_ms=a.get("latency_ms"),
             )
         )
     return out

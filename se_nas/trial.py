@@ -7,7 +7,8 @@ proxy the recipe asks for (stem, width multiplier, the dataset's classes) and tr
 loss or an out-of-memory error becomes a ``failed`` outcome with the reason, so the search goes on.
 
 ``record_outcome`` writes an outcome into an Optuna trial (user attributes, the constraint values
-the samplers read, then ``tell``): both backends call it, so the study format is one.
+the samplers read, then ``tell``): both backends call it, so the study format is one. In a study with
+a latency table it also records each trial's predicted ``latency_ms``.
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def pinned(recipe):
 
 def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, data=None,
               should_stop=None, device=None, backend: str = "optuna", on_progress=None) -> TrialOutcome:
-    """Check ``arch`` against ``budget`` on ``deploy``, then train its proxy under ``recipe``.
+    """Check ``arch`` against ``budget`` on ``deploy`` (its GFLOPs and parameters, and its latency
+    predicted from the budget's table), then train its proxy under ``recipe``.
 
     ``should_stop(epoch, val_accuracy) -> bool`` is called after every epoch (early stopping);
     ``on_progress(se_nas.train.Progress)`` after every step (a live status line).
@@ -102,8 +104,8 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
     start = time.perf_counter()
     cost = count_cost(arch, deploy.image_size, deploy.num_classes)
     common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend=backend)
-    if not budget.fits(cost):
-        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost)}, not trained",
+    if not budget.fits(cost, arch):
+        return TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost, arch)}, not trained",
                             seconds=time.perf_counter() - start, **common)
 
     from .train import TrainingFailed, train
@@ -213,15 +215,17 @@ def _record(study, trial, outcome, reason, budget):
         trial.set_user_attr("status", Status.FAILED.value)
         trial.set_user_attr("reason", reason or "no outcome")
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    for key, value in outcome.to_attrs().items():
-        trial.set_user_attr(key, value)
-    values = outcome.values
-    if values is None:
-        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     if budget is None:
         from .study import StudySettings
 
         budget = StudySettings.of(study).budget_value
+    for key, value in outcome.to_attrs().items():
+        trial.set_user_attr(key, value)
+    if budget.latency:  # the study has a device's table: every trial shows its predicted latency
+        trial.set_user_attr("latency_ms", budget.latency_ms(outcome.arch))
+    values = outcome.values
+    if values is None:
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     constraints = budget.check(outcome)
     trial.set_user_attr("constraints", list(constraints))
     # Optuna 5's constraint API: TPE, NSGA-II and GP treat trials with a value > 0 as infeasible.

@@ -1,6 +1,7 @@
 """Budgets: validation, constraint values, the infeasible-for-every-candidate check, and that no
 trained candidate ever exceeds the budget over many real proposals."""
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -84,36 +85,46 @@ def test_infeasible_only_together(tmp_path):
     check_feasible(space, Budget(max_gflops=f / 1e9, max_mparams=prm / 1e6), space.deploy)
 
 
+def _tiny_recipe():
+    import dataclasses
+
+    return dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(), max_train_samples=40)
+
+
+def _run_trials(cfg, n: int, constraint: str):
+    """``n`` proposals through the real search path; returns the study, its records, and the trained and
+    over-budget ones (both present), having checked that the samplers see the budget as Optuna
+    constraints and that over-budget trials were never trained."""
+    from se_nas.data import load_data
+
+    data = load_data(cfg.recipe)
+    study = prepare_study(cfg)
+    for _ in range(n):
+        run_one(study, cfg, data=data)
+    recs = records(study)
+    trained = [r for r in recs if r.trained]
+    over = [r for r in recs if r.status == "over_budget"]
+    assert len(recs) == n and trained and over
+    assert all(r.epochs == 1 for r in trained)
+    assert all(r.epochs == 0 and r.accuracy is None and r.history == () for r in over)
+    by_number = {t.number: t for t in study.get_trials()}
+    for r in recs:
+        assert (by_number[r.number].constraints[constraint] > 0) == (r.status == "over_budget")
+    return study, recs, trained, over
+
+
 def test_no_trained_candidate_exceeds_budget(tmp_path):
     """100 random proposals through the real search path: over-budget ones are never trained."""
     space = load_space("tiny")
     costs = [count_cost(a).mparams for a in [space.plain(), space.baseline()]]
     budget = Budget(max_mparams=costs[0] + 0.25 * (costs[1] - costs[0]))  # about 1 in 4 fits
-    recipe = load_recipe("tiny")
-    import dataclasses
-
-    recipe = dataclasses.replace(recipe, epochs=1, rungs=(), max_train_samples=40)
-    cfg = SearchConfig(study="budget", space=space, recipe=recipe, budget=budget, n_trials=100,
+    cfg = SearchConfig(study="budget", space=space, recipe=_tiny_recipe(), budget=budget, n_trials=100,
                        sampler="random", root=tmp_path, progress=False)
-    from se_nas.data import load_data
-
-    data = load_data(recipe)
-    study = prepare_study(cfg)
-    for _ in range(100):
-        run_one(study, cfg, data=data)
-    recs = records(study)
-    trained = [r for r in recs if r.trained]
-    over = [r for r in recs if r.status == "over_budget"]
-    assert len(recs) == 100 and trained and over
+    _, _, trained, over = _run_trials(cfg, 100, "mparams")
     for r in trained:  # recomputed independently from the recorded architecture
-        assert count_cost(r.arch).mparams <= budget.max_mparams and r.epochs == 1
+        assert count_cost(r.arch).mparams <= budget.max_mparams
     for r in over:
         assert count_cost(r.arch).mparams > budget.max_mparams
-        assert r.epochs == 0 and r.accuracy is None and r.history == ()
-    by_number = {t.number: t for t in study.get_trials()}
-    for r in recs:  # the samplers see the budget as Optuna constraints
-        c = by_number[r.number].constraints["mparams"]
-        assert (c > 0) == (r.status == "over_budget")
 
 
 def test_describe_and_excess_read_on_their_own():
@@ -132,13 +143,17 @@ def test_describe_and_excess_read_on_their_own():
     assert float(shown) > close.max_gflops and shown == "3.872"
 
 
-# --- the latency budget: a table of the device (real measurements of a tiny proxy space) ---------------
+# --- the latency budget: a table of the device (real measurements of the tiny space's deployment model,
+# ResNet-18 with its ImageNet stem at full width, at 32x32 to stay fast) -----------------------------------
+SIZE = 32
+
+
 @pytest.fixture(scope="module")
 def tiny_latency(tmp_path_factory):
     from se_nas.latency import profile
 
     path = tmp_path_factory.mktemp("lat") / "tiny.json"
-    profile(load_space("tiny"), path, stem="small", width=0.125, image_size=16, rounds=3, warmup=1)
+    profile(load_space("tiny"), path, image_size=SIZE, rounds=3, warmup=1)
     return str(path)
 
 
@@ -155,7 +170,7 @@ def test_latency_constraint_values_and_excess(tiny_latency):
 
     arch = Arch("resnet18", (StageSE(4), None, StageSE(4, gate="hardsigmoid"), StageSE(16)))
     ms = predict_latency(arch, tiny_latency).ms
-    cost = count_cost(arch, 16)
+    cost = count_cost(arch, SIZE)
     b = Budget(max_gflops=1.0, max_latency_ms=ms * 0.8, latency=tiny_latency)
     assert b.constraint_names == ("gflops", "latency_ms")
     g, lat = b.check(cost, arch)
@@ -183,10 +198,119 @@ def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
     best = min(p.ms(a) for a in designs)  # brute force over all 375 designs
     ms, arch = fastest(space, tiny_latency)
     assert ms == pytest.approx(best) and p.ms(arch) == ms
-    deploy = Deploy(16)
+    deploy = Deploy(SIZE)
     with pytest.raises(BudgetError, match=rf"--budget-latency-ms {best * 0.99:g} is infeasible for every candidate in "
                                           rf"space 'tiny': the fastest is {best:.2f} ms"):
         check_feasible(space, Budget(max_latency_ms=best * 0.99, latency=tiny_latency), deploy)
     check_feasible(space, Budget(max_latency_ms=best, latency=tiny_latency), deploy)
-    with pytest.raises(BudgetError, match="profiled on the 16x16, 1000-class model, but space 'tiny' deploys 224x224"):
+    with pytest.raises(BudgetError, match="profiled on the 32x32, 1000-class model .*, but space 'tiny' deploys "
+                                          "224x224"):
         check_feasible(space, Budget(max_latency_ms=best, latency=tiny_latency), space.deploy)
+
+
+def test_latency_table_must_price_the_deployment_model(tmp_path):
+    """A table of the trained proxy (small stem, a width multiplier) would price the wrong model."""
+    from se_nas.latency import profile
+
+    space, path = load_space("tiny"), tmp_path / "proxy.json"
+    profile(space, path, stem="small", width=0.125, image_size=SIZE, rounds=1, warmup=0)
+    for budget in (Budget(max_latency_ms=100, latency=str(path)), Budget(latency=str(path))):  # a limit, or none
+        with pytest.raises(BudgetError, match=r"\(stem small, width 0.125\), but space 'tiny' deploys 32x32, 1000 "
+                                              r"classes \(stem imagenet, width 1\); profile it with: se-nas latency"):
+            check_feasible(space, budget, Deploy(SIZE))
+
+
+def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency):
+    from se_nas.latency import predictor
+
+    b = Budget(latency=tiny_latency)
+    arch = load_space("tiny").baseline()
+    assert not b.limited and b.constraint_names == () and b.fits(count_cost(arch, SIZE), arch)
+    d = b.to_dict()
+    assert d["latency"] == tiny_latency and d["latency_hash"] == predictor(tiny_latency).table.hash
+    assert "max_latency_ms" not in d and Budget(**d) == b
+    assert b.describe() == f"no budget (latency predicted from {tiny_latency})"
+    assert Budget(max_gflops=2, latency=tiny_latency).describe().startswith("budget <= 2 GFLOPs (latency predicted")
+    assert b.latency_ms(arch) == predictor(tiny_latency).ms(arch) and Budget().latency_ms(arch) is None
+    check_feasible(load_space("tiny"), b, Deploy(SIZE))
+
+
+def test_search_under_a_latency_budget(tmp_path, tiny_latency):
+    """Real trials through the search path with a latency limit that cuts the space in two: over-budget
+    designs are never trained and say why, every trial records its predicted latency, the samplers
+    get the latency constraint, and the study refuses to continue with another table."""
+    import itertools
+    import json
+
+    from se_nas.latency import predictor
+    from se_nas.study import SearchError
+
+    space, path = load_space("tiny"), tmp_path / "cpu.json"
+    path.write_text(open(tiny_latency).read())
+    p = predictor(path)
+    designs = [Arch(space.backbone, s) for s in itertools.product(*(space.stage_options(i) for i in range(4)))]
+    limit = sorted(p.ms(a) for a in designs)[len(designs) // 2]  # about half the space fits
+    budget = Budget(max_latency_ms=limit, latency=str(path))
+    cfg = SearchConfig(study="latency", space=space, recipe=_tiny_recipe(), budget=budget, deploy=Deploy(SIZE),
+                       n_trials=12, sampler="random", root=tmp_path, progress=False)
+    study, recs, trained, over = _run_trials(cfg, 12, "latency_ms")
+    for r in recs:  # the predictor itself is checked against the table's entries in test_latency.py
+        assert r.latency_ms == pytest.approx(p.ms(r.arch))
+    assert all(r.latency_ms <= limit for r in trained)
+    for r in over:
+        assert r.latency_ms > limit
+        assert r.reason == f"{r.latency_ms:.2f} ms latency > {limit:g} ms latency limit, not trained"
+    assert study.user_attrs["budget"]["latency_hash"] == p.table.hash
+    _products_show_latency(study, tmp_path, {r.arch.id: r.latency_ms for r in recs}, p.table.hash)
+    # the same table continues the study; the file replaced by another profile (2 threads) is refused
+    prepare_study(cfg)
+    d = json.loads(path.read_text())
+    d["header"]["threads"] = 2
+    path.write_text(json.dumps(d))
+    cfg.budget = Budget(max_latency_ms=limit, latency=str(path))
+    with pytest.raises(SearchError, match=f"created with a different budget \\(latency_hash: '{p.table.hash}' in "
+                                          "the study, '[0-9a-f]{12}' now\\)"):
+        prepare_study(cfg)
+
+
+def _products_show_latency(study, root, latency, table_hash):
+    """The summary and the report show each front design's predicted latency; export's metadata too."""
+    from se_nas.export import export_study
+    from se_nas.modelfile import read_model
+    from se_nas.progress import summarize
+    from se_nas.report import build_report, summary_md, trials_csv
+
+    text = summarize(study, root).splitlines()
+    head = next(i for i, line in enumerate(text) if line.startswith("search front"))
+    assert text[head + 1].split()[-2:] == ["latency", "design"]
+    rep = build_report(study.study_name, root=root, out=root / "reports")
+    md = summary_md(rep)
+    assert rep.front and rep.latency == latency and "latency (ms, predicted)" in md
+    for d in rep.front:
+        assert f"{latency[d.id]:.2f}ms" in next(line for line in text if line.startswith(f"  {d.id}"))
+        assert f"| {d.mparams:.3f} | {latency[d.id]:.2f} |" in md
+    assert "latency_ms" in trials_csv(rep).splitlines()[0]
+    out = export_study(study.study_name, root / "best.senas", root=root, deploy=True)
+    mf = read_model(out, verify=False)
+    assert mf.meta["deploy_cost"]["latency_ms"] == latency[mf.arch.id]
+    assert mf.meta["deploy_cost"]["latency_hash"] == table_hash
+
+
+def test_cli_refuses_an_infeasible_latency_budget_in_one_line(tmp_path, tiny_latency, capsys):
+    from se_nas import cli
+    from se_nas.budget import fastest
+
+    space = tmp_path / "tiny32.yaml"  # the tiny space deployed at the table's input size
+    tiny = (Path(__file__).parents[1] / "search_spaces" / "tiny.yaml").read_text()
+    space.write_text(tiny.replace("image_size: 224", f"image_size: {SIZE}"))
+    ms, arch = fastest(load_space(space), tiny_latency)
+    argv = ["search", "--space", str(space), "--recipe", "tiny", "--latency", tiny_latency, "--root", str(tmp_path)]
+    assert cli.main([*argv, "--budget-latency-ms", f"{ms * 0.9:g}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"se-nas search: error: budget --budget-latency-ms {ms * 0.9:g} is infeasible for every candidate "
+                   f"in space 'tiny': the fastest is {ms:.2f} ms ({arch.label}, predicted from {tiny_latency})")
+    assert not (tmp_path / f"tiny-{ms * 0.9:g}ms").exists()  # refused before any study was created
+    argv.remove("--latency"), argv.remove(tiny_latency)
+    assert cli.main([*argv, "--budget-latency-ms", "5"]) == 2  # without --latency: names the flag it needs
+    assert capsys.readouterr().err.strip() == ("se-nas search: error: budget --budget-latency-ms 5 needs the device's "
+                                               "latency table: --latency TABLE (written by `se-nas latency profile`)")
