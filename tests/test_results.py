@@ -5,7 +5,7 @@ import statistics
 import pytest
 from scipy import stats
 
-from se_nas.arch import PRESETS, Arch, StageSE
+from se_nas.arch import PRESETS, Arch, StageSE, baseline_arch, plain_arch
 from se_nas.confirm import detectable, seeds_needed
 from se_nas.results import (Design, Noise, best_design, design_front, finding, group_designs, measure_noise,
                             paired_difference)
@@ -73,7 +73,7 @@ def test_finding_for_a_design_that_wins():
     vs_plain = paired_difference(chosen.accuracies, plain.accuracies)
     s = finding(chosen, r16, plain, vs_r16, vs_plain, Noise(0.006, 20, 5))
     assert vs_r16.significant and vs_plain.significant
-    assert s.startswith(f"Design {X.id}") and f"beats r=16 by +0.024 ± " in s and "5 seeds" in s
+    assert s.startswith(f"Design {X.id}") and f"beats r=16 SE by +0.024 ± " in s and "5 seeds" in s
     assert "2.37M fewer parameters" in s and "beats the plain backbone" in s and "± 0.006" in s
 
 
@@ -83,7 +83,7 @@ def test_finding_when_nothing_is_distinguishable():
     plain = _design(PLAIN, [0.94, 0.96, 0.96])
     s = finding(chosen, r16, plain, paired_difference(chosen.accuracies, r16.accuracies),
                 paired_difference(chosen.accuracies, plain.accuracies), Noise(0.011, 8, 3))
-    assert s.startswith("No SE design is distinguishable from the plain backbone or r=16 at this proxy's seed "
+    assert s.startswith("No SE design is distinguishable from the plain backbone or r=16 SE at this proxy's seed "
                         "noise (± 0.011)") and X.id in s and "p = " in s
 
 
@@ -94,10 +94,36 @@ def test_finding_when_the_chosen_design_is_the_plain_backbone_or_r16():
     s = finding(plain, r16, plain, vs, None, Noise(0.011, 8, 3))
     assert s.startswith("The best design is the plain backbone (no SE)") and "no SE design is distinguishable" in s
     s = finding(r16, r16, plain, None, paired_difference(r16.accuracies, plain.accuracies), Noise(0.011, 8, 3))
-    assert s.startswith("The best design is the paper's fixed r=16 SE")
+    assert s.startswith("The best design is the fixed r=16 SE,")
     bad16 = _design(R16, [0.91, 0.92, 0.90])  # r=16 clearly worse than no SE
     s = finding(plain, bad16, plain, paired_difference(plain.accuracies, bad16.accuracies), None, Noise(0.011, 8, 3))
     assert "r=16 SE is worse by -0.043" in s and "does not pay" in s
+
+
+def test_finding_names_mobilenet_v3s_own_se_never_r16():
+    # MobileNetV3-Large is compared against its own SE (r=4, hard-sigmoid, after the depthwise, in the stages
+    # Howard et al. chose), not the paper's r=16: every form of the sentence must say so.
+    own = baseline_arch(PRESETS["mobilenet_v3_large_plain"])
+    assert own.stages[2].reduction == 4 and own.stages[2].gate == "hardsigmoid" and own.stages[0] is None
+    plain = _design(plain_arch(own), [0.94, 0.95, 0.94, 0.95, 0.95], 0.217, 5.48)
+    ref = _design(own, [0.95, 0.95, 0.96, 0.96, 0.95], 0.219, 5.48)
+    x = _design(Arch("mobilenet_v3_large", (None,) * 5 + (StageSE(8),)), [0.97, 0.98, 0.97, 0.99, 0.98], 0.218, 5.2)
+    bad = _design(own, [0.91, 0.92, 0.90, 0.91, 0.90], 0.219, 5.48)
+    pd = paired_difference
+    sentences = [
+        finding(x, ref, plain, pd(x.accuracies, ref.accuracies), pd(x.accuracies, plain.accuracies), Noise(0.006, 20, 5)),
+        finding(x, ref, plain, pd(x.accuracies, x.accuracies[::-1]), pd(x.accuracies, x.accuracies[1:] + x.accuracies[:1]),
+                Noise(0.011, 8, 3)),
+        finding(x, ref, plain, None, None, Noise(None, 0, 0)),
+        finding(plain, ref, plain, pd(plain.accuracies, ref.accuracies), None, Noise(0.011, 8, 3)),
+        finding(plain, bad, plain, pd(plain.accuracies, bad.accuracies), None, Noise(0.011, 8, 3)),
+        finding(plain, ref, plain, None, None, Noise(0.011, 8, 3)),
+        finding(ref, ref, plain, None, pd(ref.accuracies, plain.accuracies), Noise(0.011, 8, 3)),
+    ]
+    for s in sentences:
+        assert "r=16" not in s and "MobileNetV3's own SE" in s, s
+    assert "beats MobileNetV3's own SE by +0.024" in sentences[0]
+    assert sentences[-1].startswith("The best design is the fixed MobileNetV3's own SE,")
 
 
 def test_seeds_needed_and_detectable_effect():
