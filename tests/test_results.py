@@ -1,5 +1,7 @@
 """Per-design records, measured noise, paired differences and the one-sentence finding, by hand."""
+import html
 import math
+import re
 import statistics
 
 import pytest
@@ -132,3 +134,41 @@ def test_seeds_needed_and_detectable_effect():
     assert seeds_needed(Noise(0.011, 10, 3)) == 5  # digits-like noise: capped
     assert seeds_needed(Noise(0.006, 10, 3), hi=8) == math.ceil((2.8 * math.sqrt(2) * 0.006 / 0.01) ** 2) == 6
     assert detectable(Noise(0.011, 10, 3), 5) == pytest.approx(2.8 * math.sqrt(2) * 0.011 / math.sqrt(5))
+
+
+def test_a_mobilenet_v3_search_compare_and_report_name_its_own_se(tmp_path, capsys):
+    # A real MobileNetV3-Large search (calibration, trials, confirmation; the tiny recipe on a tiny space),
+    # its summary, compare and report: every text names the design it is compared against, MobileNetV3's
+    # own SE, and none says r=16.
+    import dataclasses
+
+    from se_nas.budget import Budget
+    from se_nas.compare import compare
+    from se_nas.recipe import load_recipe
+    from se_nas.report import make_report
+    from se_nas.search import SearchConfig, run_search
+
+    space = tmp_path / "mb.yaml"
+    space.write_text("name: mb\nbackbone: mobilenet_v3_large\nse_bias: true\nchoices:\n  enabled: [true, false]\n"
+                     "  reduction: [8]\n  squeeze: [avg]\n  gate: [sigmoid]\n  position: [standard]\n")
+    recipe = dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(), max_train_samples=64)
+    run_search(SearchConfig(study="mb", space=str(space), recipe=recipe, budget=Budget(), n_trials=2, root=tmp_path,
+                            progress=True, calibration_seeds=2, confirm_top=1, confirm_min_seeds=2,
+                            confirm_max_seeds=2))
+    summary_out = capsys.readouterr().out
+    res = compare("mb", root=tmp_path, out=tmp_path / "reports", latency_repeats=1, log=lambda *_: None)
+    arms = {a["role"]: a for a in res["arms"]}
+    own = baseline_arch(Arch.from_dict(res["arms"][0]["arch"]))
+    assert own.stages[2] == StageSE(4, gate="hardsigmoid", position="after_3x3")  # what the name claims
+    assert arms["r16"]["arch_id"] == own.id and arms["r16"]["name"] == "MobileNetV3's own SE baseline"
+    assert "vs_r16" in res  # the stored keys stay
+    md = (tmp_path / "reports" / "mb" / "compare.md").read_text()
+    rep, paths = make_report("mb", root=tmp_path, out=tmp_path / "reports")
+    assert [m.name for m in rep.markers] == ["MobileNetV3's own SE baseline", "plain backbone"]  # the plots' legends
+    page, summary = paths["report.html"].read_text(), paths["summary.md"].read_text()
+    assert re.search(rf"\n  MobileNetV3's own SE {own.id} ", summary_out)  # the confirmed designs after the search
+    assert "Δ acc vs MobileNetV3's own SE |" in md and "against the fixed MobileNetV3's own SE baseline" in md
+    assert "Δ accuracy vs MobileNetV3&#x27;s own SE" in page and f"(MobileNetV3's own SE) |" in summary
+    page = html.unescape(re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page))  # figures: via rep.markers
+    for text in (res["finding"], summary_out, md, page, summary):
+        assert "MobileNetV3's own SE" in text and "r=16" not in text and "r16" not in text.replace("vs_r16", "")
