@@ -247,13 +247,23 @@ NO_SLOT = {
 # except where the family has its own (MobileNetV3: r=4 after the depthwise convolution, hard-sigmoid,
 # in the stages Howard et al. chose; Table 1 of "Searching for MobileNetV3").
 _MBV3_SE = StageSE(4, gate="hardsigmoid", position="after_3x3")
-REFERENCE_SE: dict[str, tuple[StageSE | None, ...]] = {
-    "mobilenet_v3_large": (None, None, _MBV3_SE, None, _MBV3_SE, _MBV3_SE),
+# Each entry carries the name every report and sentence calls it by, so no text says "r=16" where it is not.
+PAPER_SE = "r=16 SE"
+REFERENCE_SE: dict[str, tuple[str, tuple[StageSE | None, ...]]] = {
+    "mobilenet_v3_large": ("MobileNetV3's own SE", (None, None, _MBV3_SE, None, _MBV3_SE, _MBV3_SE)),
 }
 
 
 def _reference(backbone: str) -> tuple[StageSE | None, ...]:
-    return REFERENCE_SE.get(backbone) or (StageSE(),) * len(BACKBONES[backbone].depths)
+    own = REFERENCE_SE.get(backbone)
+    return own[1] if own else (StageSE(),) * len(BACKBONES[backbone].depths)
+
+
+def baseline_name(backbone: str) -> str:
+    """What the reference SE design of ``baseline_arch`` is called in user-facing text: "r=16 SE" (the
+    paper's), or the family's own ("MobileNetV3's own SE")."""
+    own = REFERENCE_SE.get(backbone)
+    return own[0] if own else PAPER_SE
 
 
 # --- presets: each family plain and with its SE (the paper's r=16 in every stage, or its own);

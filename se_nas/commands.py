@@ -128,11 +128,11 @@ def _search_arguments(p):
                    "of them no more expensive, beat it by more than twice the measured seed noise; asha: Ray's "
                    "ASHA (--backend ray); none")
     p.add_argument("--calibration-seeds", type=int, default=3, metavar="K",
-                   help="before the search, train the plain backbone and r=16 under K seeds to measure the "
-                   "proxy's seed noise (0: skip; early stopping then stops nothing)")
+                   help="before the search, train the plain backbone and the reference SE (r=16, or the family's own) "
+                   "under K seeds to measure the proxy's seed noise (0: skip; early stopping then stops nothing)")
     p.add_argument("--confirm-top", type=int, default=3, metavar="N",
                    help="after the search, retrain the chosen design and the next N-1 designs of the front, "
-                   "r=16 and the plain backbone under the same K seeds (0: no confirmation)")
+                   "the reference SE and the plain backbone under the same K seeds (0: no confirmation)")
     p.add_argument("--confirm-max-seeds", type=int, default=5, metavar="K",
                    help="most seeds per confirmed design; K is chosen from the measured noise, at least 3")
     p.add_argument("--max-seeds-per-design", type=int, default=2, metavar="S",
@@ -444,7 +444,8 @@ COMMANDS: dict[str, Command] = {
         "budget = never trained), then a proxy is trained under the recipe. Objectives: validation "
         "accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues the study. "
         "Example: se-nas search --budget-gflops 4"),
-    "compare": Command("chosen design vs the r=16 baseline and the plain backbone over K seeds",
+    "compare": Command("chosen design vs the reference SE (r=16, or the family's own) and the plain backbone "
+                       "over K seeds",
                        _compare_arguments, cmd_compare),
     "report": Command("Pareto report of a study: offline HTML, PNG figures, CSV, Markdown",
                       _report_arguments, cmd_report),

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .arch import Arch, baseline_arch, plain_arch
-from .confirm import (ROLES, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
+from .arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_arch
+from .confirm import (role_name, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
                       recipe_key)
 from .results import Difference, finding
 from .storage import DEFAULT_ROOT, latest_study, open_study
@@ -186,11 +186,13 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
         "finding": finding(chosen, r16, plain, vs["r16"], vs["plain"], noise) if chosen.n else "",
     }
     trial = chosen.trials[0] if chosen.trials else None
+    ref = baseline_name(chosen.arch.backbone)
     for role, d in designs.items():
         if role == same:
             continue
         result["arms"].append({
-            "role": role, "name": ROLES[role] if role != "chosen" or same is None else f"chosen design = {ROLES[same]}",
+            "role": role, "name": role_name(role, ref) if role != "chosen" or same is None
+            else f"chosen design = {role_name(same, ref)}",
             "arch_id": d.id, "label": d.arch.label, "arch": d.arch.to_dict(), "trial": trial if role == "chosen" else None,
             "gflops": d.gflops, "mparams": d.mparams, "accuracy": list(d.accuracies), "seeds": list(d.seeds),
             "accuracy_mean": d.mean, "accuracy_std": d.std if d.n > 1 else 0.0, "accuracy_sem": d.sem(noise),
@@ -234,6 +236,13 @@ def _test_cells(t: dict | None) -> tuple[str, str]:
     return delta, ("n/a" if t["p"] is None else f"{t['p']:.3g}")
 
 
+def compared_baseline(res: dict[str, Any]) -> str:
+    """The name of the reference SE a compare.json compared against (``baseline_name`` of its backbone);
+    a file whose arms carry no design was written before other families: the paper's r=16."""
+    arch = next((arm["arch"] for arm in res.get("arms", []) if arm.get("arch")), None)
+    return baseline_name(arch["backbone"]) if arch else PAPER_SE
+
+
 def compare_md(res: dict[str, Any]) -> str:
     """The comparison as Markdown (also printed on the console)."""
     k = len(res["seeds"])
@@ -241,8 +250,9 @@ def compare_md(res: dict[str, Any]) -> str:
     d = res["deploy"]
     noise = res.get("noise") or {}
     sigma = noise.get("sigma")
+    ref = compared_baseline(res)
     lines = [
-        "## Comparison against the fixed r=16 SE baseline and the plain backbone", "",
+        f"## Comparison against the fixed {ref} baseline and the plain backbone", "",
         f"**Finding:** {res['finding']}", "",
         f"{k} seed(s) per design (seeds {', '.join(str(s) for s in res['seeds'])}, shared by every design); "
         f"chosen design: {res.get('chosen_from', '')}. Recipe: {res['recipe_name']} ({r['dataset']} at "
@@ -257,9 +267,9 @@ def compare_md(res: dict[str, Any]) -> str:
         lines += [f"Proxy seed noise: ± {sigma:.4f} (pooled over {noise['designs']} designs, {noise['df']} "
                   "degrees of freedom). A difference is called significant at p < 0.05 (paired t-test).", ""]
     if res.get("same_as"):
-        lines += [f"The chosen design **is** the {ROLES[res['same_as']]}: one row for it.", ""]
+        lines += [f"The chosen design **is** the {role_name(res['same_as'], ref)}: one row for it.", ""]
     lines += [
-        "| design | arch id | accuracy | seeds | GFLOPs | M params | latency ms | Δ acc vs r=16 | p | Δ acc vs plain | p |",
+        f"| design | arch id | accuracy | seeds | GFLOPs | M params | latency ms | Δ acc vs {ref} | p | Δ acc vs plain | p |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm in res["arms"]:

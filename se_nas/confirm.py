@@ -4,7 +4,7 @@ A search trial is one seed of one design, and its winner is the design with the 
 seeds the search happened to give it. Before se-nas calls anything "better", it trains the designs
 that matter again, under the same K fresh seeds:
 
-- **calibration** (before the search): the plain backbone and the paper's r=16 SE under a few seeds.
+- **calibration** (before the search): the plain backbone and the reference SE (the paper's r=16, or the family's own) under a few seeds.
   Their spread measures the proxy's seed noise at every epoch, which early stopping needs before it
   may stop anything, and the confirmation reuses the runs.
 - **confirmation** (after the search): the search's chosen design (its best per-design mean within
@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .arch import Arch
+from .arch import Arch, baseline_name
 from .cost import count_cost
 from .results import (Design, Difference, Noise, best_design, design_front, designs_of, finding,
                       measure_noise, paired_difference)
@@ -39,8 +39,14 @@ from .study import StudyError, StudySettings, counted, records
 
 CONFIRM_SEED = 1000
 RUN_PREFIX = "run:"
-ROLES = {"chosen": "chosen design", "r16": "r=16 SE baseline", "plain": "plain backbone",
+ROLES = {"chosen": "chosen design", "r16": "reference SE baseline", "plain": "plain backbone",
          "front2": "front design 2", "front3": "front design 3", "front4": "front design 4"}
+
+
+def role_name(role: str, baseline: str) -> str:
+    """A role as text: the ``"r16"`` role (the key stored runs and compare.json keep) is named after what
+    the family is compared against, ``baseline`` (``baseline_name``: "r=16 SE", "MobileNetV3's own SE")."""
+    return f"{baseline} baseline" if role == "r16" else ROLES.get(role, role)
 
 
 def recipe_key(recipe) -> str:
@@ -131,7 +137,7 @@ def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=
         progress.stage(stage, len(todo))
         log = progress.log
     for i, (seed, role, a) in enumerate(todo, 1):
-        name = f"{ROLES.get(role, role)} {a.id} seed {seed}"
+        name = f"{role_name(role, baseline_name(a.backbone))} {a.id} seed {seed}"
         if i > 1 and (a.id, seed) in (fresh := stored_runs(study, rk)):
             have.update(fresh)  # another process trained it while we trained the previous one
             if log is not None:

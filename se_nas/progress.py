@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from .arch import Arch
+from .arch import Arch, baseline_name
 from .storage import DEFAULT_ROOT
 from .study import STATUSES, Status, StudySettings, counted, records, retried
 
@@ -172,12 +172,14 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
         det = f"; with {k} seeds it detects differences of about {conf.detectable:.3f} or more" \
             if conf.detectable is not None and math.isfinite(conf.detectable) else ""
         lines.append(f"confirmed under the same {k} fresh seeds{det}:")
+        ref = baseline_name(conf.r16.arch.backbone)
+        w = max(7, len(ref))
         for d in conf.designs:
-            role = ("chosen" if d.id == conf.chosen.id else "r=16" if d.id == conf.r16.id
+            role = ("chosen" if d.id == conf.chosen.id else ref if d.id == conf.r16.id
                     else "plain" if d.id == conf.plain.id else "front")
             tag = " (front)" if any(f.id == d.id for f in conf.front) else ""
             ob = " (over budget)" if d.id in conf.over_budget else ""
-            lines.append(f"  {role:<7} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
+            lines.append(f"  {role:<{w}} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
                          f"{ms(d)}{tag}{ob}  {d.arch.label}")
         if not conf.complete:
             lines.append("  (confirmation incomplete: rerun the command to finish it)")

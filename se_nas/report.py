@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .arch import Arch, baseline_arch, plain_arch
+from .arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_arch
 from .budget import predicted_latencies
-from .compare import DEFAULT_OUT, compare_path
-from .confirm import Confirmation, read_confirmation, study_noise
+from .compare import DEFAULT_OUT, compare_path, compared_baseline
+from .confirm import Confirmation, read_confirmation, role_name, study_noise
 from .pareto import hypervolume_history, pareto_front
 from .results import Design, Noise, design_front, designs_of
 from .storage import DEFAULT_ROOT, check_study_name, latest_study, open_study
@@ -73,6 +73,11 @@ class Report:
     confirmation: Confirmation | None = None
     comparison: dict[str, Any] | None = None  # compare.json as ``se-nas compare`` wrote it
     latency: dict[str, float] = field(default_factory=dict)  # predicted ms by design id (a study with a table)
+
+    @property
+    def baseline(self) -> str:
+        """What this study's reference SE is called (``baseline_name``: "r=16 SE", "MobileNetV3's own SE")."""
+        return baseline_name(self.designs[0].arch.backbone) if self.designs else PAPER_SE
 
     @property
     def finding(self) -> str:
@@ -228,13 +233,14 @@ def param_importances(done, study) -> tuple[dict[str, float], str]:
 def _markers(designs: list[Design], conf: Confirmation | None, cmp: dict | None) -> list[Marker]:
     """The r=16 baseline and the plain backbone: from the confirmation if the search ran one, else from
     ``se-nas compare``, else from the search's own trials of exactly those designs (their mean)."""
+    name16 = role_name("r16", baseline_name(designs[0].arch.backbone) if designs else PAPER_SE)
     if conf is not None:
         k = len(conf.seeds)
         return [Marker(name, d.id, d.mean, d.gflops, d.mparams, f"confirmation, {d.n} of {k} seeds")
-                for name, d in (("r=16 SE baseline", conf.r16), ("plain backbone", conf.plain)) if d.n]
+                for name, d in ((name16, conf.r16), ("plain backbone", conf.plain)) if d.n]
     out: list[Marker] = []
     if cmp is not None:
-        names = {"r16": "r=16 SE baseline", "plain": "plain backbone"}
+        names = {"r16": name16, "plain": "plain backbone"}
         k = len(cmp.get("seeds", []))
         for arm in cmp.get("arms", []):
             if arm["role"] in names:
@@ -243,7 +249,7 @@ def _markers(designs: list[Design], conf: Confirmation | None, cmp: dict | None)
         return out
     if not designs:
         return out
-    for name, ref in (("r=16 SE baseline", baseline_arch(designs[0].arch)), ("plain backbone", plain_arch(designs[0].arch))):
+    for name, ref in ((name16, baseline_arch(designs[0].arch)), ("plain backbone", plain_arch(designs[0].arch))):
         hit = next((d for d in designs if d.id == ref.id), None)
         if hit is not None:
             out.append(Marker(name, ref.id, hit.mean, hit.gflops, hit.mparams,
@@ -448,11 +454,11 @@ def summary_md(rep: Report) -> str:
         lines += ["", "## Confirmed front", "",
                   f"Every design below was trained again under the same {len(conf.seeds)} fresh seeds "
                   f"({', '.join(str(s) for s in conf.seeds)}): the chosen design (picked by the search before these "
-                  "runs), the next designs of the search's front, r=16 and the plain backbone. Front designs are in bold.",
+                  f"runs), the next designs of the search's front, {rep.baseline} and the plain backbone. Front designs are in bold.",
                   "", head, rule]
         front = {d.id for d in conf.front}
         for row, d in zip(_design_rows(conf.designs, conf.noise, cols_of, rep.latency), conf.designs):
-            role = ("chosen" if d.id == conf.chosen.id else "r=16" if d.id == conf.r16.id
+            role = ("chosen" if d.id == conf.chosen.id else rep.baseline if d.id == conf.r16.id
                     else "plain" if d.id == conf.plain.id else "")
             tags = ", ".join(t for t in (role, "over budget" if d.id in conf.over_budget else "") if t)
             tags = f" ({tags})" if tags else ""
@@ -550,6 +556,7 @@ def _comparison_html(cmp: dict[str, Any]) -> str:
     e = html.escape
     k = len(cmp.get("seeds", []))
     setup = f"{k} seed(s) per design"
+    ref16 = compared_baseline(cmp)
     if cmp.get("recipe"):
         r = cmp["recipe"]
         setup += (f", recipe {cmp.get('recipe_name', '')} ({r['dataset']} at {r['image_size']} px, {r['stem']} stem, "
@@ -562,7 +569,7 @@ def _comparison_html(cmp: dict[str, Any]) -> str:
         setup += (f". Latency: median forward pass of the trained proxy at batch 1 on {cmp.get('device', '')} "
                   f"({cmp['machine']})")
     if cmp.get("same_as"):
-        setup += f". The chosen design is the {cmp['same_as'] if cmp['same_as'] != 'r16' else 'r=16 baseline'} itself: one row"
+        setup += f". The chosen design is the {role_name(cmp['same_as'], ref16)} itself: one row"
     vs16, vspl = cmp.get("vs_r16") or {}, cmp.get("vs_plain") or {}
 
     def delta(t):
@@ -587,9 +594,9 @@ def _comparison_html(cmp: dict[str, Any]) -> str:
                                      for i, c in enumerate(cells)) + "</tr>")
     head = "".join(f"<th>{h}</th>" if i < 2 else f'<th class="num">{h}</th>' for i, h in enumerate(
         ["design", "arch id", "accuracy (mean ± s.e.)", "seeds", "GFLOPs", "M params", "latency ms (mean ± std)",
-         "Δ accuracy vs r=16", "p (paired t)", "Δ accuracy vs plain", "p (paired t)"]))
+         f"Δ accuracy vs {e(ref16)}", "p (paired t)", "Δ accuracy vs plain", "p (paired t)"]))
     tests = []
-    for ref, vs in (("r=16", vs16), ("the plain backbone", vspl)):
+    for ref, vs in ((ref16, vs16), ("the plain backbone", vspl)):
         for role, t in vs.items():
             a, lat = t["accuracy"], t.get("latency_ms")
             if a is None:
@@ -603,7 +610,7 @@ def _comparison_html(cmp: dict[str, Any]) -> str:
     designs = "".join(f"<li>{e(arm.get('name', arm['role']))}: <code>{e(arm['label'])}</code></li>"
                       for arm in cmp["arms"] if arm.get("label"))
     finding = f"<p><strong>Finding:</strong> {e(cmp['finding'])}</p>" if cmp.get("finding") else ""
-    return (f'<h2>Comparison against the fixed r=16 SE baseline and the plain backbone</h2>{finding}<p>{e(setup)}.</p>'
+    return (f'<h2>Comparison against the fixed {e(ref16)} baseline and the plain backbone</h2>{finding}<p>{e(setup)}.</p>'
             f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
             + (f"<ul>{''.join(tests)}</ul>" if tests else "") + (f"<p>Designs:</p><ul>{designs}</ul>" if designs else ""))
 
@@ -645,7 +652,7 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
 {img("pareto_gflops.png", "accuracy against GFLOPs")}{img("pareto_mparams.png", "accuracy against parameters")}
 {"<p>Reference designs:</p><ul>" + markers + "</ul>" if markers else
- '<p class="note">The r=16 baseline and the plain backbone have not been evaluated yet: run <code>se-nas compare</code>.</p>'}
+ f'<p class="note">The {e(rep.baseline)} baseline and the plain backbone have not been evaluated yet: run <code>se-nas compare</code>.</p>'}
 <h2>Hypervolume</h2>{img("hypervolume.png", "hypervolume after each trial")}
 <p class="note">Normalised to the box between accuracy 0 and 1, the cheapest completed trial and the reference
 (budget, or 10% beyond the most expensive completed trial): GFLOPs {rep.ideal[1]:.4f}..{rep.reference[1]:.4f},

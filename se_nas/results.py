@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from .arch import Arch
+from .arch import Arch, baseline_name
 from .pareto import pareto_front
 from .study import DIRECTIONS
 
@@ -222,30 +222,32 @@ def _cost_words(a: Design, b: Design) -> str:
 
 def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | None, vs_plain: Difference | None,
             noise: Noise) -> str:
-    """One plain sentence for what the search found: the chosen design against r=16 and the plain
-    backbone, each difference with its standard error, p-value and seeds. A difference that is not
-    significant is called "no difference", with the proxy's seed noise."""
+    """One plain sentence for what the search found: the chosen design against the family's reference SE
+    (r=16, or its own: ``baseline_name``) and the plain backbone, each difference with its standard error,
+    p-value and seeds. A difference that is not significant is called "no difference", with the proxy's
+    seed noise."""
+    ref16 = baseline_name(r16.arch.backbone)
     sigma = f"± {noise.sigma:.3f}" if noise.sigma is not None else "unmeasured"
     if chosen.id == plain.id:
-        d = _neg(vs_r16)  # r=16 minus the plain backbone
+        d = _neg(vs_r16)  # the reference SE minus the plain backbone
         if d is None:
-            tail = "r=16 SE was not measured"
+            tail = f"{ref16} was not measured"
         elif d.significant:
-            tail = (f"r=16 SE is {'better' if d.mean > 0 else 'worse'} by {d.describe(3)}"
-                    + ("" if d.mean > 0 else ": SE at r=16 does not pay on this proxy"))
+            tail = (f"{ref16} is {'better' if d.mean > 0 else 'worse'} by {d.describe(3)}"
+                    + ("" if d.mean > 0 else f": {ref16} does not pay on this proxy"))
         else:
-            tail = (f"r=16 SE differs by {d.describe(3)}: no SE design is distinguishable from it at this "
+            tail = (f"{ref16} differs by {d.describe(3)}: no SE design is distinguishable from it at this "
                     f"proxy's seed noise ({sigma})")
         return f"The best design is the plain backbone (no SE), {chosen.describe(noise, 3)}; {tail}."
     if chosen.id == r16.id:
         vs = (f"the plain backbone differs by {_neg(vs_plain).describe(3)}" if vs_plain is not None
               else "the plain backbone was not measured")
-        return (f"The best design is the paper's fixed r=16 SE, {chosen.describe(noise, 3)}; {vs}"
+        return (f"The best design is the fixed {ref16}, {chosen.describe(noise, 3)}; {vs}"
                 + ("." if vs_plain is not None and vs_plain.significant else
                    f": no per-stage design is distinguishable from it at this proxy's seed noise ({sigma})."))
     name = f"design {chosen.id} ({chosen.arch.label})"
     claims = []
-    for ref_name, ref, d in (("r=16", r16, vs_r16), ("the plain backbone", plain, vs_plain)):
+    for ref_name, ref, d in ((ref16, r16, vs_r16), ("the plain backbone", plain, vs_plain)):
         if d is None:
             claims.append(f"{ref_name} was not measured")
         elif d.significant:
@@ -254,7 +256,7 @@ def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | Non
         else:
             claims.append(f"is not distinguishable from {ref_name} ({d.describe(3)}, {_cost_words(chosen, ref)})")
     if all(d is not None and not d.significant for d in (vs_r16, vs_plain)):
-        return (f"No SE design is distinguishable from the plain backbone or r=16 at this proxy's seed noise "
+        return (f"No SE design is distinguishable from the plain backbone or {ref16} at this proxy's seed noise "
                 f"({sigma}): the best, {name}, {claims[0]} and {claims[1]}.")
     return f"{name[0].upper()}{name[1:]} {claims[0]}; it {claims[1]}. Seed noise of the proxy: {sigma}."
 
