@@ -311,7 +311,8 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     noise = study_noise(study, recipe, recs)
     searched = next((d for d in designs_of(recs) if d.id == chosen.id), None)
     vs_r16, vs_plain = paired(chosen, r16), paired(chosen, plain)
-    over = tuple(d.id for d in designs if not budget.fits(count_cost(d.arch, deploy.image_size, deploy.num_classes)))
+    over = tuple(d.id for d in designs
+                 if not budget.fits(count_cost(d.arch, deploy.image_size, deploy.num_classes), d.arch))
     within = [d for d in designs if d.id not in over]
     text = finding(chosen, r16, plain, vs_r16, vs_plain, noise) if chosen.n else ""
     return Confirmation(tuple(seeds), chosen, r16, plain, designs, tuple(design_front(within)), vs_r16, vs_plain,

@@ -67,7 +67,7 @@ class PathDraw:
 
     def fits(self, arch: Arch) -> bool:
         if arch.id not in self._fits:
-            self._fits[arch.id] = self.budget.fits(count_cost(arch, self.deploy.image_size, self.deploy.num_classes))
+            self._fits[arch.id] = self.budget.fits(count_cost(arch, self.deploy.image_size, self.deploy.num_classes), arch)
         return self._fits[arch.id]
 
     def within(self, draw, rng: random.Random, tries: int = 1000) -> Arch | None:
@@ -194,8 +194,9 @@ def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int,
         cost = count_cost(arch, deploy.image_size, deploy.num_classes)
         common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend="oneshot",
                       fidelity=FIDELITY)
-        if not budget.fits(cost):
-            outcome = TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost)}, not evaluated", **common)
+        if not budget.fits(cost, arch):
+            outcome = TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost, arch)}, not evaluated",
+                                   **common)
         elif arch.id in known:
             outcome = TrialOutcome(status=Status.REPEAT, accuracy=known[arch.id],
                                    reason="repeat: told its supernet accuracy, not evaluated again", **common)

@@ -262,6 +262,12 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
         assert r.reason == f"{r.latency_ms:.2f} ms latency > {limit:g} ms latency limit, not trained"
     assert study.user_attrs["budget"]["latency_hash"] == p.table.hash
     _products_show_latency(study, tmp_path, {r.arch.id: r.latency_ms for r in recs}, p.table.hash)
+    # the confirmation stage (which report, compare and export read) prices its designs the same way
+    from se_nas.confirm import confirm
+    from se_nas.study import StudySettings
+
+    conf = confirm(study, StudySettings.of(study), top=1, min_seeds=1, max_seeds=1)
+    assert set(conf.over_budget) == {d.id for d in conf.designs if p.ms(d.arch) > limit}
     # the same table continues the study; the file replaced by another profile (2 threads) is refused
     prepare_study(cfg)
     d = json.loads(path.read_text())
