@@ -139,8 +139,11 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     name = study.study_name
     trained = [r for r in recs if r.is_result]
     ds = designs_of(recs)
+    # a one-shot study's supernet rows are path evaluations, not trainings
+    paths = sum(1 for r in recs if r.fidelity != "standalone" and r.status is Status.COMPLETE)
+    evaluated = f"{paths} supernet paths evaluated (not trained), " if paths else ""
     lines = [
-        f"\nstudy {name!r}: {_plural(len(recs), 'trial')}: {c['complete']} trained to the end "
+        f"\nstudy {name!r}: {_plural(len(recs), 'trial')}: {evaluated}{c['complete'] - paths} trained to the end "
         f"({_plural(len(ds), 'distinct design')}), {c['stopped_early']} stopped early, {c['failed']} failed, "
         f"{c['over_budget']} over budget (never trained), {c['repeat']} repeats of a known design "
         "(answered from its record, not trained)"

@@ -322,6 +322,8 @@ def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_stud
     out = capsys.readouterr().out
     assert "supernet trained: 1 epochs" in out and "(this run: " in out
     recs = records(study)
+    paths = sum(r.status.value == "complete" for r in recs)
+    assert f"{paths} supernet paths evaluated (not trained), 0 trained to the end" in out
     assert [(r.number, r.arch.id, r.accuracy) for r in recs][:len(first)] == first
     assert sum(r.status.value != "repeat" for r in recs) == 7
     # the multi-trial search does not continue a one-shot study
