@@ -118,14 +118,16 @@ def _worker(config, index: int, on_done: Callable | None = None, data=None, live
         data = load_data(config.recipe)
     streak = 0
     while True:
-        # Before counting: a trial of a process that died since (beside us, or a killed rerun) is
-        # retried here, not counted as running until this process runs out of trials and leaves it.
-        for number in recover_dead_trials(study):  # shown like any finished trial: "failed: <why>"
+        # Before counting: a trial of a process that died since (beside us, on another machine, or a
+        # killed rerun) is failed and retried here, and shown like any finished trial ("failed: why").
+        for number in recover_dead_trials(study):
             if on_done is not None:
                 on_done(study.trials[number])
         if remaining(study, config.n_trials) <= 0:
             if not _wait_for_others(study):
                 break
+            if live is not None:
+                live("nothing left to start: waiting for the other processes' trials (one that dies is retried here)")
             time.sleep(WAIT_S)
             continue
         frozen = run_one(study, config, data=data, live=live)
