@@ -328,7 +328,8 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
     """`kill PID` (also timeout's and systemd's signal) of a search with two worker processes: the
     parent stops its workers, whose trials in flight are failed as interrupted and enqueued, and
     exits 143 (128 + SIGTERM, the shell's convention); a rerun finishes the study."""
-    cmd = _cmd(tmp_path, 2) + ["--workers", "2"]
+    # more trials than workers: a worker that starts late still finds one to run beside the other
+    cmd = _cmd(tmp_path, 8) + ["--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids = set()
     try:
@@ -355,13 +356,13 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
     storage = f"sqlite:///{tmp_path}/k/study.db"
     trials = optuna.load_study(study_name="k", storage=storage).get_trials()
     stopped = [t for t in trials if t.state == S.FAIL]
-    assert {t.user_attrs["pid"] for t in stopped} == pids
+    assert len(stopped) == 2 and {t.user_attrs["pid"] for t in stopped} == pids
     assert all(t.user_attrs["reason"] == "interrupted" for t in stopped)
     waiting = {t.user_attrs["retry_of"] for t in trials if t.state == S.WAITING}
     assert waiting == {t.number for t in stopped} and not [t for t in trials if t.state == S.RUNNING]
 
-    study = run_search(config(tmp_path, study="k", n_trials=2, early_stop="none"))  # the rerun, in this process
-    assert remaining(study, 2) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
+    study = run_search(config(tmp_path, study="k", n_trials=8, early_stop="none"))  # the rerun, in this process
+    assert remaining(study, 8) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in waiting]
     assert len(retried) == 2 and all(t.state == S.COMPLETE for t in retried)
 
