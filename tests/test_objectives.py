@@ -121,3 +121,20 @@ def test_cli_latency_objective_needs_the_table_in_one_line(tmp_path, capsys):
     assert cli.main([*argv, "accuracy,speed"]) == 2
     assert capsys.readouterr().err.strip().endswith("got 'accuracy,speed' (unknown: speed)")
     assert not any(tmp_path.iterdir())  # refused before any study was created
+
+
+def test_ray_backend_tells_accuracy_and_latency(tmp_path, tiny_latency):
+    """Ray's searcher gets the study's metrics and modes, and its trials report the predicted latency."""
+    pytest.importorskip("ray")
+    from se_nas.latency import predictor
+    from se_nas.search import run_search
+
+    p = predictor(tiny_latency)
+    study = run_search(SearchConfig(study="ray", space=load_space("tiny"), recipe=_tiny_recipe(), deploy=Deploy(SIZE),
+                                    budget=Budget(latency=tiny_latency), objectives=LATENCY, n_trials=2,
+                                    backend="ray", cpus_per_trial=1, early_stop="none", root=tmp_path,
+                                    progress=False, calibration_seeds=0, confirm_top=0))
+    recs = records(study)
+    assert len(recs) >= 2 and {r.backend for r in recs} == {"ray"} and len(study.directions) == 2
+    for t, r in zip(study.trials, recs):
+        assert t.values == pytest.approx([r.accuracy, p.ms(r.arch)])
