@@ -159,7 +159,7 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
         return "" if not lat else f"  {lat[d.id]:>7.2f}ms" if d.id in lat else f"  {'':>9}"
 
     if front:
-        down = " and ".join(OBJECTIVE_TABLE[o].label.split(",")[0].split(" (")[0] for o in settings.objectives[1:])
+        down = " and ".join(OBJECTIVE_TABLE[o].short for o in settings.objectives[1:])
         lines.append(f"search front (per-design mean over its search seeds; accuracy up, {down} down), "
                      f"{_plural(len(front), 'design')}:")
         lines.append(f"  {'id':<10}  {'accuracy (mean ± s.e., seeds)':<30}  {'GFLOPs':>7}  {'params':>7}"

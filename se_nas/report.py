@@ -273,13 +273,18 @@ def figures(rep: Report) -> dict[str, bytes]:
     """The report's figures as PNG bytes, by file name."""
     plt = _plt()
     out = {}
-    for col, unit in (("gflops", "GFLOPs (deployment model)"), ("mparams", "parameters, millions (deployment model)")):
-        out[f"pareto_{col}.png"] = _png(plt, _pareto_plot(plt, rep, col, unit))
+    for o in _plotted(rep):
+        out[f"pareto_{o.attr}.png"] = _png(plt, _pareto_plot(plt, rep, o.attr, o.label))
     out["hypervolume.png"] = _png(plt, _hv_plot(plt, rep))
     out["choices.png"] = _png(plt, _choice_plot(plt, rep))
     if rep.importances:
         out["importance.png"] = _png(plt, _importance_plot(plt, rep))
     return out
+
+
+def _plotted(rep: Report):
+    """The study's objectives other than accuracy: one accuracy-against-it plot each."""
+    return [OBJECTIVE_TABLE[o] for o in rep.objectives[1:]]
 
 
 def _png(plt, fig) -> bytes:
@@ -301,6 +306,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     on_front = {d.id for d in rep.front}
 
     def errbar(ds, color, marker, size, label, z, face=None):
+        ds = [d for d in ds if getattr(d, col) is not None]  # a latency the table can no longer give
         if not ds:
             return
         x = [getattr(d, col) for d in ds]
@@ -310,7 +316,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
                     capsize=2, label=label, zorder=z)
 
     errbar([d for d in rep.designs if d.id not in on_front], "#5b8cc0", "o", 4.5, "design: mean ± s.e. over its seeds", 2)
-    errbar(rep.front, "#c0392b", "o", 5.5, "per-design Pareto front (3 objectives)", 3)
+    errbar(rep.front, "#c0392b", "o", 5.5, f"per-design Pareto front ({len(rep.objectives)} objectives)", 3)
     if rep.designs:  # the 2-D front of this projection, over per-design means, as a staircase
         pts = np.array([[d.mean, getattr(d, col)] for d in rep.designs])
         m2 = pareto_front(pts, ("maximize", "minimize"))
@@ -323,14 +329,16 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     # Reference designs are hollow outlines on top, so a design at the same point (the plain backbone
     # is often one) still shows through them.
     for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):
+        if getattr(m, col, None) is None:  # a marker has no latency
+            continue
         ax.scatter([getattr(m, col)], [m.accuracy], marker=mk, s=220 if mk == "*" else 110, facecolors="none",
                    edgecolors=color, linewidths=1.6, label=f"{m.name}\n({m.source})", zorder=5)
-    budget = (rep.settings.get("budget") or {}).get("max_gflops" if col == "gflops" else "max_mparams")
+    budget = (rep.settings.get("budget") or {}).get(f"max_{col}")
     if budget:
         ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")
     ax.set_xlabel(unit)
     ax.set_ylabel("validation accuracy (proxy)")
-    ax.set_title(f"{rep.study}: accuracy against {'GFLOPs' if col == 'gflops' else 'parameters'}")
+    ax.set_title(f"{rep.study}: accuracy against {next(o.short for o in _plotted(rep) if o.attr == col)}")
     ax.grid(alpha=0.3)
     # beside the axes, never over a point (savefig's tight bounding box makes room for it)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
@@ -477,9 +485,9 @@ def summary_md(rep: Report) -> str:
         for m in rep.markers:
             lines.append(f"- {m.name} `{m.arch_id}`: accuracy {m.accuracy:.4f}, {m.gflops:.4f} GFLOPs, "
                          f"{m.mparams:.3f} M params ({m.source})")
-    lines += ["", "![accuracy against GFLOPs](pareto_gflops.png)", "",
-              "![accuracy against parameters](pareto_mparams.png)", "",
-              "## Hypervolume", "", "![hypervolume](hypervolume.png)", "",
+    for o in _plotted(rep):
+        lines += ["", f"![accuracy against {o.short}](pareto_{o.attr}.png)"]
+    lines += ["", "## Hypervolume", "", "![hypervolume](hypervolume.png)", "",
               "## Per-stage choices among the Pareto designs", "",
               "Share of the front's designs (and of all designs trained to the end) that use each value.", ""]
     c = rep.choices
@@ -652,7 +660,7 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
 <h2>Pareto front</h2>
 <p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
-{img("pareto_gflops.png", "accuracy against GFLOPs")}{img("pareto_mparams.png", "accuracy against parameters")}
+{"".join(img(f"pareto_{o.attr}.png", f"accuracy against {o.short}") for o in _plotted(rep))}
 {"<p>Reference designs:</p><ul>" + markers + "</ul>" if markers else
  f'<p class="note">The {e(rep.baseline)} baseline and the plain backbone have not been evaluated yet: run <code>se-nas compare</code>.</p>'}
 <h2>Hypervolume</h2>{img("hypervolume.png", "hypervolume after each trial")}

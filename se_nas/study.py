@@ -72,6 +72,11 @@ class Objective:
     fmt: str
     attr: str
 
+    @property
+    def short(self) -> str:
+        """``GFLOPs``, ``parameters``, ``latency``: the label without its unit and qualification."""
+        return self.label.split(",")[0].split(" (")[0]
+
 
 OBJECTIVE_TABLE = {o.name: o for o in (
     Objective("accuracy", "maximize", "validation accuracy (proxy)", ".4f", "accuracy"),

@@ -83,7 +83,14 @@ def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
     assert rep.objectives == LATENCY and [d.id for d in rep.front] == [d.id for d in front]
     assert len(rep.reference) == 2 and rep.reference[1] == pytest.approx(1.1 * max(r.latency_ms for r in recs
                                                                                        if r.is_result))
-    assert "latency (ms, predicted)" in summary_md(rep)
+    md = summary_md(rep)
+    assert "latency (ms, predicted)" in md and "![accuracy against latency](pareto_latency_ms.png)" in md
+    assert "pareto_gflops.png" not in md  # the plots are the study's objectives
+    from se_nas.report import write_report
+
+    paths = write_report(rep, tmp_path / "reports")
+    assert paths["pareto_latency_ms.png"].stat().st_size > 0 and "pareto_gflops.png" not in paths
+    assert '<img alt="accuracy against latency"' in paths["report.html"].read_text()
 
     # the objectives are fixed with the study: continuing under the default ones is refused in one line
     with pytest.raises(SearchError) as e:
