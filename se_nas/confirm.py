@@ -320,7 +320,8 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
                  if not budget.fits(count_cost(d.arch, deploy.image_size, deploy.num_classes), d.arch))
     within = [d for d in designs if d.id not in over]
     text = finding(chosen, r16, plain, vs_r16, vs_plain, noise) if chosen.n else ""
-    return Confirmation(tuple(seeds), chosen, r16, plain, designs, tuple(design_front(within, settings.objectives)), vs_r16, vs_plain,
+    front = tuple(design_front(within, settings.objectives))
+    return Confirmation(tuple(seeds), chosen, r16, plain, designs, front, vs_r16, vs_plain,
                         noise, None if searched is None else searched.mean, text,
                         detectable(noise, len(seeds)), over)
 

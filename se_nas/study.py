@@ -63,8 +63,7 @@ OUTCOMES = (Status.COMPLETE, Status.STOPPED_EARLY, Status.OVER_BUDGET, Status.RE
 @dataclass(frozen=True)
 class Objective:
     """One objective a study can have: its name (``--objectives``), direction, display, and ``attr``,
-    the attribute that holds it on a ``TrialOutcome``, a ``TrialRecord`` and a ``results.Design``
-    (and the column of ``to_frame``)."""
+    the attribute that holds it on a ``TrialOutcome``, a ``TrialRecord`` and a ``results.Design``."""
 
     name: str
     direction: str
@@ -100,7 +99,8 @@ def check_objectives(objectives) -> tuple[str, ...]:
     names = tuple(o.strip() for o in objectives.split(",")) if isinstance(objectives, str) else tuple(objectives)
     bad = [o for o in names if o not in OBJECTIVE_TABLE]
     if bad or "accuracy" not in names or len(set(names)) != len(names) or len(names) < 2:
-        raise SearchError(f"--objectives must name accuracy and at least one of {', '.join(list(OBJECTIVE_TABLE)[1:])}, "
+        costs = ", ".join(list(OBJECTIVE_TABLE)[1:])
+        raise SearchError(f"--objectives must name accuracy and at least one of {costs}, "
                           f"each once, got {','.join(names)!r}" + (f" (unknown: {', '.join(bad)})" if bad else ""))
     return tuple(o for o in OBJECTIVE_TABLE if o in names)  # in the table's order: accuracy first
 
