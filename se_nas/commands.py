@@ -51,7 +51,7 @@ def cmd_search(args):
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
         confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
-        max_seeds_per_design=args.max_seeds_per_design,
+        max_seeds_per_design=args.max_seeds_per_design, objectives=args.objectives,
     )
     if oneshot:
         from .oneshot import run_oneshot
@@ -82,6 +82,7 @@ def _search_arguments(p):
     from .samplers import SAMPLERS
     from .search import BACKENDS, DEFAULT_N_TRIALS, EARLY_STOPS
     from .space import DEFAULT_SPACE
+    from .study import OBJECTIVE_TABLE, OBJECTIVES
 
     p.add_argument("--budget-gflops", type=float, default=None, metavar="G",
                    help="largest GFLOPs of the deployment model (1 FLOP = 1 multiply-accumulate)")
@@ -92,6 +93,9 @@ def _search_arguments(p):
     p.add_argument("--latency", default=None, metavar="TABLE",
                    help="the device's table (`se-nas latency profile` of the space's deployment model): the "
                    "latency budget reads it, and every trial records its predicted latency")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES), metavar="NAMES",
+                   help=f"what the study optimises, fixed when it is created: accuracy and any of "
+                   f"{', '.join(list(OBJECTIVE_TABLE)[1:])} (latency needs --latency TABLE; default %(default)s)")
     p.add_argument("--space", default=DEFAULT_SPACE,
                    help="search space: a built-in name (search_spaces/NAME.yaml) or a YAML file")
     p.add_argument("--recipe", default="digits",

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .arch import Arch, baseline_name
+from .budget import predicted_latencies
 from .cost import count_cost
 from .results import (Design, Difference, Noise, best_design, design_front, designs_of, finding,
                       measure_noise, paired_difference)
@@ -158,12 +159,15 @@ def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=
     return have
 
 
-def design_of(arch: Arch, runs: dict[tuple[str, int], Run], seeds: list[int], deploy) -> Design:
-    """``arch`` as a ``Design`` over its successful runs at ``seeds`` (in seed order)."""
+def design_of(arch: Arch, runs: dict[tuple[str, int], Run], seeds: list[int], deploy,
+              latency: dict[str, float] | None = None) -> Design:
+    """``arch`` as a ``Design`` over its successful runs at ``seeds`` (in seed order), with its
+    predicted latency from ``latency`` (ms by design id) if there."""
     c = count_cost(arch, deploy.image_size, deploy.num_classes)
     ok = [(s, runs[(arch.id, s)].accuracy) for s in seeds
           if (arch.id, s) in runs and runs[(arch.id, s)].accuracy is not None]
-    return Design(arch, c.gflops, c.mparams, tuple(a for _, a in ok), tuple(s for s, _ in ok))
+    return Design(arch, c.gflops, c.mparams, tuple(a for _, a in ok), tuple(s for s, _ in ok),
+                  latency_ms=(latency or {}).get(arch.id))
 
 
 def paired(a: Design, b: Design) -> Difference | None:
@@ -258,11 +262,11 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
     recs = records(study) if recs is None else recs
     ds = designs_of(recs) if designs is None else designs
     budget = settings.budget_value
-    chosen = best_design(ds, budget.max_gflops)
+    chosen = best_design(ds, budget.max_gflops, settings.objectives)
     if chosen is None:
         return None
     space = settings.space_value
-    front = sorted(design_front(ds), key=lambda d: -d.mean)
+    front = sorted(design_front(ds, settings.objectives), key=lambda d: -d.mean)
     others = [d.arch for d in front if d.id != chosen.id][: max(0, top - 1)]
     noise = study_noise(study, settings.recipe_value(), recs) if noise is None else noise
     k = seeds_needed(noise, lo=min_seeds, hi=max(min_seeds, max_seeds))
@@ -302,12 +306,13 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     seeds = list(plan["seeds"])
     archs = [Arch.from_json(plan["chosen"]), *(Arch.from_json(a) for a in plan["designs"]),
              Arch.from_json(plan["r16"]), Arch.from_json(plan["plain"])]
+    recs = records(study) if recs is None else recs
+    latency = predicted_latencies(settings.budget, recs, archs)
     by_id = {}
     for a in archs:
-        by_id.setdefault(a.id, design_of(a, runs, seeds, deploy))
+        by_id.setdefault(a.id, design_of(a, runs, seeds, deploy, latency))
     designs = tuple(by_id.values())
     chosen, r16, plain = by_id[archs[0].id], by_id[archs[-2].id], by_id[archs[-1].id]
-    recs = records(study) if recs is None else recs
     noise = study_noise(study, recipe, recs)
     searched = next((d for d in designs_of(recs) if d.id == chosen.id), None)
     vs_r16, vs_plain = paired(chosen, r16), paired(chosen, plain)
@@ -315,7 +320,8 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
                  if not budget.fits(count_cost(d.arch, deploy.image_size, deploy.num_classes), d.arch))
     within = [d for d in designs if d.id not in over]
     text = finding(chosen, r16, plain, vs_r16, vs_plain, noise) if chosen.n else ""
-    return Confirmation(tuple(seeds), chosen, r16, plain, designs, tuple(design_front(within)), vs_r16, vs_plain,
+    front = tuple(design_front(within, settings.objectives))
+    return Confirmation(tuple(seeds), chosen, r16, plain, designs, front, vs_r16, vs_plain,
                         noise, None if searched is None else searched.mean, text,
                         detectable(noise, len(seeds)), over)
 
@@ -331,7 +337,7 @@ def chosen_design(study, settings: StudySettings | None = None, max_gflops: floa
     if conf is not None and conf.chosen.n and (limit is None or conf.chosen.gflops <= limit):
         return conf.chosen, f"the search's confirmed choice, {conf.chosen.n} seeds"
     ds = designs_of(recs)
-    best = best_design(ds, limit)
+    best = best_design(ds, limit, settings.objectives)
     if best is None:
         if ds:
             raise StudyError(f"no design of study {study.study_name!r} trained to the end is within {limit:g} GFLOPs; "

@@ -230,9 +230,9 @@ def supernet_designs(recs):
     """The supernet-ranked designs of a study's records (one accuracy each), as ``se_nas.results.Design``
     values: what the confirmation picks from and a one-shot study's report shows. Never mixed with
     standalone results."""
-    from .results import group_designs
+    from .results import designs_of
 
-    return group_designs((r.arch, r.gflops, r.mparams, r.accuracy, r.seed, r.number) for r in recs if ranked(r))
+    return designs_of(recs, ranked)
 
 
 # --- the stages -----------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def run_one(study, config, data=None, device=None, live=None):
             seed = config.seed + trial.number
             recs = records(study)
             outcome = repeat_outcome(arch, recs, study_noise(study, config.recipe, recs), seed=seed,
-                                     max_seeds=config.max_seeds_per_design, exclude=trial.number)
+                                     max_seeds=config.max_seeds_per_design, exclude=trial.number,
+                                     objectives=config.objectives)
             if outcome is None:
                 stopper = None
                 if config.early_stop == "rungs" and config.recipe.rungs:

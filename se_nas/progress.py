@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .arch import Arch, baseline_name
 from .storage import DEFAULT_ROOT
-from .study import STATUSES, Status, StudySettings, counted, records, retried
+from .study import OBJECTIVE_TABLE, STATUSES, Status, StudySettings, counted, records, retried
 
 
 def trial_line(t) -> str:
@@ -154,14 +154,16 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     conf = read_confirmation(study, recs=recs)
     noise = conf.noise if conf is not None else study_noise(study, recs=recs)
     lines.append(f"proxy seed noise: {noise.describe()}")
-    front = design_front(ds)
-    lat = predicted_latencies(StudySettings.of(study).budget, recs, [d.arch for d in conf.designs] if conf else ())
+    settings = StudySettings.of(study)
+    front = design_front(ds, settings.objectives)
+    lat = predicted_latencies(settings.budget, recs, [d.arch for d in conf.designs] if conf else ())
 
     def ms(d) -> str:  # the predicted latency column, in a study with a device's table
         return "" if not lat else f"  {lat[d.id]:>7.2f}ms" if d.id in lat else f"  {'':>9}"
 
     if front:
-        lines.append(f"search front (per-design mean over its search seeds; accuracy up, GFLOPs and params down), "
+        down = " and ".join(OBJECTIVE_TABLE[o].short for o in settings.objectives[1:])
+        lines.append(f"search front (per-design mean over its search seeds; accuracy up, {down} down), "
                      f"{_plural(len(front), 'design')}:")
         lines.append(f"  {'id':<10}  {'accuracy (mean ± s.e., seeds)':<30}  {'GFLOPs':>7}  {'params':>7}"
                      f"{'    latency' if lat else ''}  design")

@@ -38,12 +38,11 @@ from dataclasses import replace
 from typing import Any
 
 from .arch import Arch
-from .study import DIRECTIONS, OBJECTIVES, Status, TrialOutcome, records, remaining
-
-_MODES = ["max" if d == "maximize" else "min" for d in DIRECTIONS]
+from .study import Status, TrialOutcome, directions, objective_values, records, remaining
 
 
-def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int) -> None:
+def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int,
+               objectives: tuple[str, ...]) -> None:
     """One Ray trial: run the backend-agnostic trial function and report its outcome.
 
     A first report at epoch 0 says where the trial runs (before the data loads, which can be long:
@@ -63,21 +62,24 @@ def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: di
     arch = Arch.from_json(config["arch"])
     rec, bud, dep = Recipe.from_dict(recipe), Budget(**budget), Deploy(**deploy)
     cost = count_cost(arch, dep.image_size, dep.num_classes)
+    lat = bud.latency_ms(arch) if "latency" in objectives else None
     history: list[float] = []
-    tune.report({**dict(zip(OBJECTIVES, (0.0, cost.gflops, cost.mparams))), "epoch": 0,
-                 "status": Status.RUNNING.value, "node": json.dumps(_node())})
+    untrained = TrialOutcome(arch, Status.OVER_BUDGET, cost.gflops, cost.mparams, latency_ms=lat)  # accuracy 0
+    tune.report({**_metrics(untrained, objectives), "epoch": 0, "status": Status.RUNNING.value,
+                 "node": json.dumps(_node())})
 
     def report_epoch(epoch: int, accuracy: float) -> bool:
         history.append(accuracy)
         if epoch < rec.epochs:
             partial = TrialOutcome(arch, Status.STOPPED_EARLY, cost.gflops, cost.mparams, accuracy, epoch,
-                                   tuple(history), 0.0, f"stopped early at epoch {epoch}", config["seed"], "ray")
-            tune.report(_result(partial, epoch))
+                                   tuple(history), 0.0, f"stopped early at epoch {epoch}", config["seed"], "ray",
+                                   latency_ms=lat)
+            tune.report(_result(partial, epoch, objectives))
         return False  # Ray's Stopper/scheduler decide, on the driver
 
     outcome = run_trial(arch, rec, bud, dep, seed=config["seed"], data=_data(rec), should_stop=report_epoch,
                         backend="ray")
-    tune.report(_result(outcome, outcome.epochs))
+    tune.report(_result(replace(outcome, latency_ms=lat), outcome.epochs, objectives))
 
 
 _DATA: dict[str, Any] = {}
@@ -105,11 +107,15 @@ def _node() -> dict[str, Any]:
             "pid": os.getpid(), "data_loads": _LOADS[0]}
 
 
-def _result(outcome: TrialOutcome, epoch: int) -> dict[str, Any]:
+def _metrics(outcome: TrialOutcome, objectives) -> dict[str, float]:
     # Ray's schedulers need a number in every result: untrained outcomes report accuracy 0 to Ray,
     # while the study records them by status (never as results).
-    values = outcome.values or [0.0, outcome.gflops, outcome.mparams]
-    return {**dict(zip(OBJECTIVES, values)), "epoch": epoch, "status": outcome.status.value,
+    values = outcome.values_for(objectives) or objective_values(replace(outcome, accuracy=0.0), objectives)
+    return dict(zip(objectives, values))
+
+
+def _result(outcome: TrialOutcome, epoch: int, objectives) -> dict[str, Any]:
+    return {**_metrics(outcome, objectives), "epoch": epoch, "status": outcome.status.value,
             "outcome": json.dumps(outcome.to_attrs()), "node": json.dumps(_node())}  # Ray flattens dicts
 
 
@@ -210,7 +216,8 @@ def _make_searcher(config, study, progress):
                              and r.arch is not None and r.arch.id == arch.id)
                 outcome = repeat_outcome(arch, recs, study_noise(self._ot_study, config.recipe, recs),
                                          seed=config_["seed"], backend="ray",
-                                         max_seeds=max(1, config.max_seeds_per_design - flying))
+                                         max_seeds=max(1, config.max_seeds_per_design - flying),
+                                         objectives=config.objectives)
                 if outcome is None and flying < config.max_seeds_per_design:
                     return config_
                 if flying:
@@ -266,7 +273,8 @@ def _make_searcher(config, study, progress):
             pass
 
     sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0], config.storage is not None))
-    searcher = StudySearch(space=define_by_run, metric=list(OBJECTIVES), mode=_MODES, sampler=sampler,
+    modes = ["max" if d == "maximize" else "min" for d in directions(config.objectives)]
+    searcher = StudySearch(space=define_by_run, metric=list(config.objectives), mode=modes, sampler=sampler,
                            storage=study._storage, study_name=study.study_name)
     searcher.on_done = progress.trial_done
     return searcher
@@ -331,7 +339,7 @@ def run(study, config, progress, data=None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     trainable = tune.with_parameters(
         _trainable, recipe=config.recipe.to_dict(), budget=config.budget.to_dict(),
-        deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)))
+        deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)), objectives=config.objectives)
     trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     scheduler = stop = None
     if config.early_stop == "asha" and config.recipe.rungs:

@@ -36,7 +36,8 @@ from .confirm import Confirmation, read_confirmation, role_name, study_noise
 from .pareto import hypervolume_history, pareto_front
 from .results import Design, Noise, design_front, designs_of
 from .storage import DEFAULT_ROOT, check_study_name, latest_study, open_study
-from .study import DIRECTIONS, Status, StudyError, StudySettings, records, to_frame
+from .study import (OBJECTIVE_TABLE, OBJECTIVES, Status, StudyError, StudySettings, directions, objective_values,
+                    records, to_frame)
 
 AXES = ("reduction", "squeeze", "gate", "position")
 STATUS_TEXT = {s.value: s.text for s in Status}
@@ -58,8 +59,8 @@ class Marker:
 class Report:
     study: str
     frame: Any  # pandas DataFrame, one row per trial; column "pareto" marks the front
-    reference: tuple[float, float, float]  # hypervolume reference point (accuracy, GFLOPs, M params)
-    ideal: tuple[float, float, float]  # with ``reference``, the box the hypervolume is normalised by
+    reference: tuple[float, ...]  # hypervolume reference point (accuracy, then the study's other objectives)
+    ideal: tuple[float, ...]  # with ``reference``, the box the hypervolume is normalised by
     hypervolume: np.ndarray  # normalised hypervolume after each trial, in [0, 1]
     choices: Any  # DataFrame: stage, axis, value, best (share among Pareto designs), all (among complete)
     importances: dict[str, float]
@@ -73,6 +74,7 @@ class Report:
     confirmation: Confirmation | None = None
     comparison: dict[str, Any] | None = None  # compare.json as ``se-nas compare`` wrote it
     latency: dict[str, float] = field(default_factory=dict)  # predicted ms by design id (a study with a table)
+    objectives: tuple[str, ...] = OBJECTIVES  # the study's: the front and the hypervolume are over these
 
     @property
     def baseline(self) -> str:
@@ -111,25 +113,25 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     frame["state"] = [_state_text(r) for r in recs]
     shown = {r.number for r in done}
     complete = np.array([r.number in shown for r in recs])
-    pts = frame[["accuracy", "gflops", "mparams"]].to_numpy(dtype=float)
-    front = design_front(designs)
+    st = StudySettings.of(study)
+    objectives = st.objectives
+    pts = np.array([[np.nan if v is None else v for v in objective_values(r, objectives)] for r in recs], dtype=float)
+    front = design_front(designs, objectives)
     on_front = {d.id for d in front}
     # a trial is marked when its design is on the per-design front (all its seeds, not a lucky one)
     frame["pareto"] = [bool(r.number in shown and r.arch.id in on_front) for r in recs]
 
-    st = StudySettings.of(study)
     settings = st.to_attrs()
     budget = settings.get("budget") or {}
     ok = pts[complete]
     # Reference (worst corner): accuracy 0 and the budget where one is set, else 10% beyond the worst
     # completed trial; ideal corner: accuracy 1 and the cheapest completed trial. The normalised
     # hypervolume is the fraction of that box the search's front dominates.
-    ref_g = budget.get("max_gflops") or float(ok[:, 1].max()) * 1.1
-    ref_p = budget.get("max_mparams") or float(ok[:, 2].max()) * 1.1
-    reference = (0.0, float(ref_g), float(ref_p))
-    ideal = (1.0, float(ok[:, 1].min()), float(ok[:, 2].min()))
-    box = (ideal[0] - reference[0]) * (reference[1] - ideal[1]) * (reference[2] - ideal[2])
-    hv = hypervolume_history(pts, DIRECTIONS, reference, complete)
+    reference = (0.0, *(float(budget.get(f"max_{OBJECTIVE_TABLE[o].attr}") or ok[:, i].max() * 1.1)
+                        for i, o in enumerate(objectives) if i))
+    ideal = (1.0, *(float(ok[:, i].min()) for i in range(1, len(objectives))))
+    box = float(np.prod([ideal[0] - reference[0], *(r - i for r, i in zip(reference[1:], ideal[1:]))]))
+    hv = hypervolume_history(pts, directions(objectives), reference, complete)
     hv = hv / box if box > 0 else hv
 
     importances, note = param_importances(done, study)
@@ -147,7 +149,7 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
         choices=choice_frequencies([d.arch for d in designs], [d.id in best_ids for d in designs]),
         importances=importances, importance_note=note, markers=_markers(designs, conf, cmp), settings=settings,
         compare_md=cmp_md.read_text() if cmp_md.exists() else "", designs=designs, front=front, noise=noise,
-        confirmation=conf, comparison=cmp, latency=latency,
+        confirmation=conf, comparison=cmp, latency=latency, objectives=objectives,
     )
 
 
@@ -271,13 +273,18 @@ def figures(rep: Report) -> dict[str, bytes]:
     """The report's figures as PNG bytes, by file name."""
     plt = _plt()
     out = {}
-    for col, unit in (("gflops", "GFLOPs (deployment model)"), ("mparams", "parameters, millions (deployment model)")):
-        out[f"pareto_{col}.png"] = _png(plt, _pareto_plot(plt, rep, col, unit))
+    for o in _plotted(rep):
+        out[f"pareto_{o.attr}.png"] = _png(plt, _pareto_plot(plt, rep, o.attr, o.label))
     out["hypervolume.png"] = _png(plt, _hv_plot(plt, rep))
     out["choices.png"] = _png(plt, _choice_plot(plt, rep))
     if rep.importances:
         out["importance.png"] = _png(plt, _importance_plot(plt, rep))
     return out
+
+
+def _plotted(rep: Report):
+    """The study's objectives other than accuracy: one accuracy-against-it plot each."""
+    return [OBJECTIVE_TABLE[o] for o in rep.objectives[1:]]
 
 
 def _png(plt, fig) -> bytes:
@@ -299,6 +306,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     on_front = {d.id for d in rep.front}
 
     def errbar(ds, color, marker, size, label, z, face=None):
+        ds = [d for d in ds if getattr(d, col) is not None]  # a latency the table can no longer give
         if not ds:
             return
         x = [getattr(d, col) for d in ds]
@@ -308,7 +316,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
                     capsize=2, label=label, zorder=z)
 
     errbar([d for d in rep.designs if d.id not in on_front], "#5b8cc0", "o", 4.5, "design: mean ± s.e. over its seeds", 2)
-    errbar(rep.front, "#c0392b", "o", 5.5, "per-design Pareto front (3 objectives)", 3)
+    errbar(rep.front, "#c0392b", "o", 5.5, f"per-design Pareto front ({len(rep.objectives)} objectives)", 3)
     if rep.designs:  # the 2-D front of this projection, over per-design means, as a staircase
         pts = np.array([[d.mean, getattr(d, col)] for d in rep.designs])
         m2 = pareto_front(pts, ("maximize", "minimize"))
@@ -321,14 +329,16 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     # Reference designs are hollow outlines on top, so a design at the same point (the plain backbone
     # is often one) still shows through them.
     for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):
+        if getattr(m, col, None) is None:  # a marker has no latency
+            continue
         ax.scatter([getattr(m, col)], [m.accuracy], marker=mk, s=220 if mk == "*" else 110, facecolors="none",
                    edgecolors=color, linewidths=1.6, label=f"{m.name}\n({m.source})", zorder=5)
-    budget = (rep.settings.get("budget") or {}).get("max_gflops" if col == "gflops" else "max_mparams")
+    budget = (rep.settings.get("budget") or {}).get(f"max_{col}")
     if budget:
         ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")
     ax.set_xlabel(unit)
     ax.set_ylabel("validation accuracy (proxy)")
-    ax.set_title(f"{rep.study}: accuracy against {'GFLOPs' if col == 'gflops' else 'parameters'}")
+    ax.set_title(f"{rep.study}: accuracy against {next(o.short for o in _plotted(rep) if o.attr == col)}")
     ax.grid(alpha=0.3)
     # beside the axes, never over a point (savefig's tight bounding box makes room for it)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
@@ -340,7 +350,7 @@ def _hv_plot(plt, rep: Report):
     ax.plot(rep.frame.trial, rep.hypervolume, drawstyle="steps-post", c="#2c6fbb")
     ax.set_xlabel("trial")
     ax.set_ylabel("normalised hypervolume")
-    ax.set_title("hypervolume of the Pareto front after each trial (accuracy, GFLOPs, params)")
+    ax.set_title(f"hypervolume of the Pareto front after each trial ({', '.join(rep.objectives)})")
     ax.grid(alpha=0.3)
     return fig
 
@@ -475,9 +485,9 @@ def summary_md(rep: Report) -> str:
         for m in rep.markers:
             lines.append(f"- {m.name} `{m.arch_id}`: accuracy {m.accuracy:.4f}, {m.gflops:.4f} GFLOPs, "
                          f"{m.mparams:.3f} M params ({m.source})")
-    lines += ["", "![accuracy against GFLOPs](pareto_gflops.png)", "",
-              "![accuracy against parameters](pareto_mparams.png)", "",
-              "## Hypervolume", "", "![hypervolume](hypervolume.png)", "",
+    for o in _plotted(rep):
+        lines += ["", f"![accuracy against {o.short}](pareto_{o.attr}.png)"]
+    lines += ["", "## Hypervolume", "", "![hypervolume](hypervolume.png)", "",
               "## Per-stage choices among the Pareto designs", "",
               "Share of the front's designs (and of all designs trained to the end) that use each value.", ""]
     c = rep.choices
@@ -650,13 +660,13 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
 <h2>Pareto front</h2>
 <p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
-{img("pareto_gflops.png", "accuracy against GFLOPs")}{img("pareto_mparams.png", "accuracy against parameters")}
+{"".join(img(f"pareto_{o.attr}.png", f"accuracy against {o.short}") for o in _plotted(rep))}
 {"<p>Reference designs:</p><ul>" + markers + "</ul>" if markers else
  f'<p class="note">The {e(rep.baseline)} baseline and the plain backbone have not been evaluated yet: run <code>se-nas compare</code>.</p>'}
 <h2>Hypervolume</h2>{img("hypervolume.png", "hypervolume after each trial")}
 <p class="note">Normalised to the box between accuracy 0 and 1, the cheapest completed trial and the reference
-(budget, or 10% beyond the most expensive completed trial): GFLOPs {rep.ideal[1]:.4f}..{rep.reference[1]:.4f},
-M params {rep.ideal[2]:.3f}..{rep.reference[2]:.3f}.</p>
+(budget, or 10% beyond the most expensive completed trial): {", ".join(f"{e(OBJECTIVE_TABLE[o].label)} "
+f"{lo:.4g}..{hi:.4g}" for o, lo, hi in zip(rep.objectives[1:], rep.ideal[1:], rep.reference[1:]))}.</p>
 <h2>Per-stage choices among the Pareto designs</h2>{img("choices.png", "choice frequencies")}
 <h2>Parameter importances</h2>{imp}
 {_comparison_html(rep.comparison) if rep.comparison else ""}

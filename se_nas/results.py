@@ -9,7 +9,7 @@ search phase of NAS", Yu et al. 2020). So every figure se-nas prints about a des
 - ``Noise``: the proxy's seed-to-seed standard deviation, **measured** as the pooled within-design
   standard deviation of designs trained under several seeds (at the end of training, and after every
   epoch for early stopping);
-- ``design_front``: the Pareto front over per-design means;
+- ``design_front``: the Pareto front over per-design means and the study's objectives;
 - ``Difference`` / ``paired_difference``: a difference between two designs over the same seeds, with
   its standard error and a paired t-test; ``finding`` states the result in one plain sentence, and
   calls a difference smaller than its noise "no difference".
@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 from .arch import Arch, baseline_name
 from .pareto import pareto_front
-from .study import DIRECTIONS
+from .study import OBJECTIVES, directions, objective_values
 
 ALPHA = 0.05  # a difference is called significant at p < ALPHA (two-sided paired t-test)
 
@@ -40,10 +40,16 @@ class Design:
     accuracies: tuple[float, ...] = ()  # final validation accuracy of each run trained to the end
     seeds: tuple[int, ...] = ()
     trials: tuple[int, ...] = ()  # the search trials among those runs (confirmation runs have none)
+    latency_ms: float | None = None  # predicted from the study's latency table, if it has one
 
     @property
     def id(self) -> str:
         return self.arch.id
+
+    @property
+    def accuracy(self) -> float:
+        """The design's accuracy as an objective: its mean over seeds."""
+        return self.mean
 
     @property
     def n(self) -> int:
@@ -71,9 +77,12 @@ class Design:
         return f"{self.mean:.{nd}f}{pm} ({self.n} seed{'s' if self.n != 1 else ''})"
 
 
-def group_designs(runs: Iterable[tuple[Arch, float, float, float, int, int | None]]) -> list[Design]:
+def group_designs(runs: Iterable[tuple[Arch, float, float, float, int, int | None]],
+                  latency: dict[str, float] | None = None) -> list[Design]:
     """Designs from runs ``(arch, gflops, mparams, accuracy, seed, trial or None)``, grouped by
-    ``Arch.id`` in order of first appearance. A seed run twice counts once (the first run)."""
+    ``Arch.id`` in order of first appearance, with their predicted ``latency`` (ms by design id) if
+    given. A seed run twice counts once (the first run)."""
+    latency = latency or {}
     acc: dict[str, dict] = {}
     for arch, g, p, a, seed, trial in runs:
         d = acc.setdefault(arch.id, {"arch": arch, "gflops": g, "mparams": p, "runs": {}, "trials": []})
@@ -82,13 +91,14 @@ def group_designs(runs: Iterable[tuple[Arch, float, float, float, int, int | Non
             if trial is not None:
                 d["trials"].append(trial)
     return [Design(d["arch"], d["gflops"], d["mparams"], tuple(d["runs"].values()), tuple(d["runs"]),
-                   tuple(d["trials"])) for d in acc.values()]
+                   tuple(d["trials"]), latency.get(d["arch"].id)) for d in acc.values()]
 
 
-def designs_of(records) -> list[Design]:
-    """The designs of a study's trials: every trial trained to the end within budget, by design."""
-    return group_designs((r.arch, r.gflops, r.mparams, r.accuracy, r.seed, r.number)
-                         for r in records if r.is_result)
+def designs_of(records, keep=lambda r: r.is_result) -> list[Design]:
+    """The designs of a study's trials: by default every trial trained to the end within budget."""
+    kept = [r for r in records if keep(r)]
+    return group_designs(((r.arch, r.gflops, r.mparams, r.accuracy, r.seed, r.number) for r in kept),
+                         {r.arch.id: r.latency_ms for r in kept if r.latency_ms is not None})
 
 
 # --- noise -----------------------------------------------------------------------------------------
@@ -149,19 +159,28 @@ def measure_noise(histories: dict[str, list[Sequence[float]]], finals: dict[str,
 
 
 # --- the front -------------------------------------------------------------------------------------
-def design_front(designs: Sequence[Design]) -> list[Design]:
-    """The Pareto front over per-design mean accuracy, GFLOPs and parameters, cheapest first."""
-    ds = [d for d in designs if d.n]
+def costs(d: Design, objectives: Sequence[str] = OBJECTIVES) -> list[float]:
+    """``d``'s values of the study's minimised objectives (all but accuracy, which comes first);
+    a value the design lacks (a latency without the table) is infinite."""
+    return [math.inf if v is None else v for v in objective_values(d, objectives)[1:]]
+
+
+def design_front(designs: Sequence[Design], objectives: Sequence[str] = OBJECTIVES) -> list[Design]:
+    """The Pareto front over per-design mean accuracy and the study's other ``objectives`` (default
+    GFLOPs and parameters), cheapest first. A design without a value of an objective is not on it."""
+    ds = [d for d in designs if d.n and None not in objective_values(d, objectives)]
     if not ds:
         return []
-    mask = pareto_front([[d.mean, d.gflops, d.mparams] for d in ds], DIRECTIONS)
-    return sorted((d for d, m in zip(ds, mask) if m), key=lambda d: (d.gflops, d.mparams))
+    mask = pareto_front([objective_values(d, objectives) for d in ds], directions(objectives))
+    return sorted((d for d, m in zip(ds, mask) if m), key=lambda d: costs(d, objectives))
 
 
-def best_design(designs: Sequence[Design], max_gflops: float | None = None) -> Design | None:
-    """The design with the highest mean accuracy within ``max_gflops`` (ties: cheaper first)."""
+def best_design(designs: Sequence[Design], max_gflops: float | None = None,
+                objectives: Sequence[str] = OBJECTIVES) -> Design | None:
+    """The design with the highest mean accuracy within ``max_gflops`` (ties: cheaper first in the
+    study's ``objectives``)."""
     ok = [d for d in designs if d.n and (max_gflops is None or d.gflops <= max_gflops)]
-    return max(ok, key=lambda d: (d.mean, -d.gflops, -d.mparams)) if ok else None
+    return max(ok, key=lambda d: (d.mean, *(-c for c in costs(d, objectives)))) if ok else None
 
 
 # --- differences -----------------------------------------------------------------------------------

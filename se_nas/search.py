@@ -11,8 +11,9 @@ carry their noise.
 3. **confirm**: the chosen design, the next designs of its front, r=16 and the plain backbone under
    the same K fresh seeds; the final front and the one-sentence finding come from those means.
 
-Objectives (``se_nas.study.OBJECTIVES``): validation accuracy of the trained proxy (maximise),
-GFLOPs and parameters of the deployment model (minimise): a Pareto search, not a weighted sum.
+Objectives (``SearchConfig.objectives``, default ``se_nas.study.OBJECTIVES``): validation accuracy of
+the trained proxy (maximise), GFLOPs and parameters of the deployment model (minimise), or its latency
+predicted from the device's table: a Pareto search, not a weighted sum.
 Backends (``BACKENDS``): ``optuna`` (embedded; trials in this process or ``workers`` processes on
 one storage) and ``ray`` (Ray Tune on a local or remote cluster). Both write the same study.
 Rerunning the same command continues every stage.
@@ -27,7 +28,7 @@ from .budget import Budget, Deploy, check_feasible
 from .samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
 from .space import DEFAULT_SPACE, SearchSpace, load_space
 from .storage import DEFAULT_ROOT, StorageError, check_study_name, open_study, recover_dead_trials
-from .study import SearchError, StudySettings, counted
+from .study import OBJECTIVES, SearchError, StudySettings, check_objectives, counted
 
 
 def _optuna_backend(study, config, progress, data) -> None:
@@ -74,6 +75,7 @@ class SearchConfig:
     confirm_max_seeds: int = 5  # K comes from the measured noise, within [min, max]
     max_seeds_per_design: int = 2  # a repeated design gets another seed while it decides the front
     recipe_name: str = ""
+    objectives: tuple[str, ...] = OBJECTIVES  # names of study.OBJECTIVE_TABLE, accuracy among them
 
     def __post_init__(self) -> None:
         from .recipe import Recipe, load_recipe
@@ -108,6 +110,10 @@ class SearchConfig:
             raise SearchError(f"cpus_per_trial must be a positive number, got {self.cpus_per_trial!r}")
         if not (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0):
             raise SearchError(f"gpus_per_trial must be a number >= 0, got {self.gpus_per_trial!r}")
+        self.objectives = check_objectives(self.objectives)
+        if "latency" in self.objectives and not self.budget.latency:
+            raise SearchError("--objectives latency needs the device's latency table: --latency TABLE "
+                              "(written by `se-nas latency profile`)")
         try:
             check_study_name(self.study)
         except StorageError as e:
@@ -116,7 +122,7 @@ class SearchConfig:
     @property
     def settings(self) -> StudySettings:
         return StudySettings(self.space.to_dict(), self.recipe.to_dict(), self.deploy.to_dict(),
-                             self.budget.to_dict(), self.early_stop)
+                             self.budget.to_dict(), self.early_stop, self.objectives)
 
 
 def default_study_name(space: SearchSpace, budget: Budget) -> str:
@@ -136,6 +142,8 @@ def _check_settings(study, config: SearchConfig) -> None:
     # early_stop too: trials judged under another stopping rule must not share one front.
     want = config.settings.to_attrs()
     have = study.user_attrs
+    if "space" in have and "objectives" not in have:  # a study from before --objectives: the default
+        have = {**have, "objectives": list(OBJECTIVES)}
     for key, value in want.items():  # compare everything before writing anything
         if key in have and have[key] != value:
             diff = _first_difference(have[key], value)
@@ -160,7 +168,8 @@ def prepare_study(config: SearchConfig):
     dead processes. Returns the ``optuna.Study`` with this process's sampler (worker processes of
     the Optuna backend open the study again with their own)."""
     check_feasible(config.space, config.budget, config.deploy)
-    study = open_study(config.study, storage=config.storage, root=config.root, create=True, heartbeat=True)
+    study = open_study(config.study, storage=config.storage, root=config.root, create=True, heartbeat=True,
+                       objectives=config.objectives)
     _check_settings(study, config)
     recover_dead_trials(study)
     study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],

@@ -195,12 +195,15 @@ def _fast_sqlite(engine) -> None:
 
 
 def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT_ROOT, sampler=None,
-               create: bool = False, heartbeat: bool = False):
+               create: bool = False, heartbeat: bool = False, objectives=None):
     """Open (or with ``create=True``, create) the study ``name`` in ``storage`` (default: its SQLite
-    file under ``root``); ``heartbeat`` for processes that run trials (see ``make_storage``)."""
+    file under ``root``), a new one with the directions of ``objectives`` (default ``OBJECTIVES``);
+    ``heartbeat`` for processes that run trials (see ``make_storage``)."""
     import optuna
 
-    from .study import DIRECTIONS, OBJECTIVES, StudyError
+    from .study import OBJECTIVES, StudyError, directions
+
+    objectives = objectives or OBJECTIVES
 
     check_study_name(name)
     if storage is None and not create and not (study_dir(name, root) / "study.db").exists():
@@ -209,11 +212,11 @@ def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT
     st = make_storage(name, storage, root, create=create, heartbeat=heartbeat)
     if create:
         study = optuna.create_study(study_name=name, storage=st, sampler=sampler,
-                                    directions=list(DIRECTIONS), load_if_exists=True)
+                                    directions=list(directions(objectives)), load_if_exists=True)
         if study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(list(OBJECTIVES))
+                study.set_metric_names(list(objectives))
         return study
     try:
         return optuna.load_study(study_name=name, storage=st, sampler=sampler)

@@ -1,8 +1,9 @@
 """The study: one result format, whichever backend ran the trials.
 
 A study is an Optuna study (by default a SQLite file ``trials/<name>/study.db``, see
-``se_nas.storage``) with the objectives of ``OBJECTIVES``: validation accuracy (maximise), GFLOPs
-and parameters (millions) of the deployment model (minimise). Ray Tune results are written into the
+``se_nas.storage``) with the objectives its settings name (``OBJECTIVE_TABLE``; default ``OBJECTIVES``:
+validation accuracy (maximise), GFLOPs and parameters (millions) of the deployment model (minimise);
+``latency``, predicted from the device's table, can join or replace the last two). Ray Tune results are written into the
 same kind of study, so report, export and compare read ``records(study)`` and never care which
 backend ran.
 
@@ -10,7 +11,7 @@ Every finished trial carries these user attributes (``TrialOutcome.to_attrs``): 
 JSON), ``status`` (a ``Status``), ``gflops``, ``mparams``, ``epochs``, ``history`` (validation
 accuracy after each epoch), ``seconds``, ``reason``, ``seed``, ``backend``, and ``latency_ms`` (predicted
 from the device's table) when the study has one. The study itself carries
-its ``StudySettings`` (space, recipe, deploy, budget, early_stop) as study user attributes, and the
+its ``StudySettings`` (space, recipe, deploy, budget, early_stop, objectives) as study user attributes, and the
 runs of the calibration and confirmation stages (``se_nas.runs``).
 
 One trial is one seed of one design. What a design *is worth* is the aggregate over its seeds
@@ -19,7 +20,7 @@ One trial is one seed of one design. What a design *is worth* is the aggregate o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -61,21 +62,52 @@ OUTCOMES = (Status.COMPLETE, Status.STOPPED_EARLY, Status.OVER_BUDGET, Status.RE
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective of the study: its name (the trial's value key), direction and display."""
+    """One objective a study can have: its name (``--objectives``), direction, display, and ``attr``,
+    the attribute that holds it on a ``TrialOutcome``, a ``TrialRecord`` and a ``results.Design``."""
 
     name: str
     direction: str
     label: str
     fmt: str
+    attr: str
+
+    @property
+    def short(self) -> str:
+        """``GFLOPs``, ``parameters``, ``latency``: the label without its unit and qualification."""
+        return self.label.split(",")[0].split(" (")[0]
 
 
 OBJECTIVE_TABLE = {o.name: o for o in (
-    Objective("accuracy", "maximize", "validation accuracy (proxy)", ".4f"),
-    Objective("gflops", "minimize", "GFLOPs (deployment model)", ".3f"),
-    Objective("mparams", "minimize", "parameters, millions (deployment model)", ".2f"),
+    Objective("accuracy", "maximize", "validation accuracy (proxy)", ".4f", "accuracy"),
+    Objective("gflops", "minimize", "GFLOPs (deployment model)", ".3f", "gflops"),
+    Objective("mparams", "minimize", "parameters, millions (deployment model)", ".2f", "mparams"),
+    Objective("latency", "minimize", "latency, ms (deployment model, predicted from the device's table)", ".2f",
+              "latency_ms"),
 )}
-OBJECTIVES = tuple(OBJECTIVE_TABLE)
-DIRECTIONS = tuple(o.direction for o in OBJECTIVE_TABLE.values())
+OBJECTIVES = ("accuracy", "gflops", "mparams")  # the default, and the objectives of every older study
+DIRECTIONS = tuple(OBJECTIVE_TABLE[o].direction for o in OBJECTIVES)
+
+
+def directions(objectives=OBJECTIVES) -> tuple[str, ...]:
+    return tuple(OBJECTIVE_TABLE[o].direction for o in objectives)
+
+
+def check_objectives(objectives) -> tuple[str, ...]:
+    """``objectives`` (names, or one comma-separated string) as a tuple in ``OBJECTIVE_TABLE``'s order
+    (accuracy first, then the costs), checked: known names, each once, accuracy among them (the
+    study's one result that is trained, not counted)."""
+    names = tuple(o.strip() for o in objectives.split(",")) if isinstance(objectives, str) else tuple(objectives)
+    bad = [o for o in names if o not in OBJECTIVE_TABLE]
+    if bad or "accuracy" not in names or len(set(names)) != len(names) or len(names) < 2:
+        costs = ", ".join(list(OBJECTIVE_TABLE)[1:])
+        raise SearchError(f"--objectives must name accuracy and at least one of {costs}, "
+                          f"each once, got {','.join(names)!r}" + (f" (unknown: {', '.join(bad)})" if bad else ""))
+    return tuple(o for o in OBJECTIVE_TABLE if o in names)  # in the table's order: accuracy first
+
+
+def objective_values(item, objectives=OBJECTIVES) -> list:
+    """``item``'s values of ``objectives``, in order (``item``: a TrialOutcome, TrialRecord or Design)."""
+    return [getattr(item, OBJECTIVE_TABLE[o].attr) for o in objectives]
 
 
 class StudyError(ValueError):
@@ -102,6 +134,7 @@ class TrialOutcome:
     seed: int = 0
     backend: str = "optuna"
     fidelity: str = "standalone"  # "supernet": a path's accuracy in a weight-sharing supernet (se_nas.oneshot)
+    latency_ms: float | None = None  # predicted from the study's latency table, if it has one
 
     def __post_init__(self) -> None:
         try:
@@ -115,14 +148,18 @@ class TrialOutcome:
 
     @property
     def values(self) -> list[float] | None:
-        """Objective values to tell the sampler. Over-budget candidates are never trained: they get
+        """``values_for`` the default objectives."""
+        return self.values_for(OBJECTIVES)
+
+    def values_for(self, objectives) -> list[float] | None:
+        """Values of ``objectives`` to tell the sampler. Over-budget candidates are never trained: they get
         accuracy 0 so the sampler sees the region as bad (and Optuna's constraints mark them
         infeasible); reports show them as over budget, never as results. A repeated design is told
         its record's mean. Failed trials get none."""
         if self.status is Status.FAILED:
             return None
         acc = 0.0 if self.status is Status.OVER_BUDGET else float(self.accuracy or 0.0)
-        return [acc, self.gflops, self.mparams]
+        return objective_values(replace(self, accuracy=acc), objectives)
 
     def to_attrs(self) -> dict[str, Any]:
         d = asdict(self)
@@ -131,6 +168,8 @@ class TrialOutcome:
         d["status"] = self.status.value
         if self.fidelity == "standalone":  # the default is left out: trials stay as they always were
             del d["fidelity"]
+        if self.latency_ms is None:
+            del d["latency_ms"]
         return d
 
 
@@ -175,16 +214,18 @@ class StudySettings:
     deploy: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     early_stop: str = "rungs"
+    objectives: tuple[str, ...] = OBJECTIVES  # fixed when the study is created (its directions)
 
-    KEYS = ("space", "recipe", "deploy", "budget", "early_stop")
+    KEYS = ("space", "recipe", "deploy", "budget", "early_stop", "objectives")
 
     @classmethod
     def of(cls, study) -> "StudySettings":
         a = study.user_attrs
-        return cls(**{k: a[k] for k in cls.KEYS if a.get(k) is not None})
+        s = cls(**{k: a[k] for k in cls.KEYS if a.get(k) is not None})
+        return replace(s, objectives=tuple(s.objectives))  # stored as a JSON list
 
     def to_attrs(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.KEYS}
+        return {**{k: getattr(self, k) for k in self.KEYS}, "objectives": list(self.objectives)}
 
     @property
     def budget_value(self):

@@ -19,7 +19,7 @@ from .arch import Arch
 from .budget import Budget, Deploy
 from .build import build_model
 from .cost import count_cost
-from .study import Status, TrialOutcome
+from .study import OBJECTIVES, Status, TrialOutcome, directions
 
 
 PROCESS_THREADS = 1  # torch threads per search process; measured in trials/README.md ("Threads")
@@ -130,20 +130,21 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
 
 
 def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
-                   backend: str = "optuna", exclude: int | None = None) -> TrialOutcome | None:
+                   backend: str = "optuna", exclude: int | None = None,
+                   objectives=OBJECTIVES) -> TrialOutcome | None:
     """What to do with a proposal of a design the study has already trained: ``None`` to train it
     (a new design, or a deliberate extra seed), else a ``repeat`` outcome answered from the record.
 
     A design trained to the end gets another seed only while it has fewer than ``max_seeds`` and its
     uncertainty decides the front: no other design beats its mean plus two standard errors at no
-    higher cost (``se_nas.results``). Otherwise the sampler is told the design's mean over its seeds
+    higher cost in the study's ``objectives`` (``se_nas.results``). Otherwise the sampler is told the design's mean over its seeds
     and nothing is trained. A design stopped early is answered with its record (the rung judged
     it); a design that failed or was over budget is run again (both are cheap or informative).
     Seeds of the design still training in other processes count towards ``max_seeds`` (``exclude``:
     the number of the trial asking, itself running).
     """
     from .pareto import dominates
-    from .results import designs_of
+    from .results import costs, designs_of
 
     same = [r for r in records if r.arch is not None and r.arch.id == arch.id and r.status.trained]
     if not same:
@@ -160,8 +161,8 @@ def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
     if done.n + in_flight < max_seeds:
         optimistic = done.mean + 2 * done.sem(noise) if done.n > 1 or noise.sigma is not None else 1.0
         rivals = [d for d in designs_of(records) if d.id != done.id]
-        if not any(dominates([d.mean, d.gflops, d.mparams], [optimistic, done.gflops, done.mparams],
-                             ("maximize", "minimize", "minimize")) for d in rivals):
+        if not any(dominates([d.mean, *costs(d, objectives)], [optimistic, *costs(done, objectives)],
+                             directions(objectives)) for d in rivals):
             return None  # on or near the front: another seed is information
     trials = ", ".join(str(t) for t in done.trials)
     return TrialOutcome(accuracy=done.mean, reason=f"repeat of trial{'s' if done.n > 1 else ''} {trials}: told its "
@@ -193,7 +194,8 @@ def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = 
                    budget: Budget | None = None):
     """Write ``outcome`` into the running Optuna ``trial`` and finish it; returns the FrozenTrial.
 
-    Trained and over-budget candidates finish COMPLETE with ``outcome.values`` and a ``constraints``
+    Trained and over-budget candidates finish COMPLETE with the values of the study's objectives
+    (``TrialOutcome.values_for``) and a ``constraints``
     attribute and Optuna constraints (``Budget.check``, read by the samplers); failed ones FAIL with
     the reason. ``outcome=None`` (the trial died before producing one) fails with ``reason``.
     ``budget`` defaults to the one stored with the study.
@@ -215,15 +217,17 @@ def _record(study, trial, outcome, reason, budget):
         trial.set_user_attr("status", Status.FAILED.value)
         trial.set_user_attr("reason", reason or "no outcome")
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    if budget is None:
-        from .study import StudySettings
+    from dataclasses import replace
 
-        budget = StudySettings.of(study).budget_value
+    from .study import StudySettings
+
+    settings = StudySettings.of(study)
+    budget = settings.budget_value if budget is None else budget
+    if budget.latency:  # the study has a device's table: every trial shows its predicted latency
+        outcome = replace(outcome, latency_ms=budget.latency_ms(outcome.arch))
     for key, value in outcome.to_attrs().items():
         trial.set_user_attr(key, value)
-    if budget.latency:  # the study has a device's table: every trial shows its predicted latency
-        trial.set_user_attr("latency_ms", budget.latency_ms(outcome.arch))
-    values = outcome.values
+    values = outcome.values_for(settings.objectives)
     if values is None:
         return study.tell(trial, state=optuna.trial.TrialState.FAIL)
     constraints = budget.check(outcome)
