@@ -4,8 +4,8 @@ A search trial is one seed of one design, and its winner is the design with the 
 seeds the search happened to give it. Before se-nas calls anything "better", it trains the designs
 that matter again, under the same K fresh seeds:
 
-- **calibration** (before the search): the plain backbone and the reference SE (the paper's r=16, or the family's own) under a few seeds.
-  Their spread measures the proxy's seed noise at every epoch, which early stopping needs before it
+- **calibration** (before the search): the plain backbone and the reference SE (the paper's r=16, or
+  the family's own) under a few seeds. Their spread measures the proxy's seed noise at every epoch, which early stopping needs before it
   may stop anything, and the confirmation reuses the runs.
 - **confirmation** (after the search): the search's chosen design (its best per-design mean within
   the budget, picked *before* these runs, so the runs are an unbiased estimate of it), the next best

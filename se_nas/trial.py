@@ -137,8 +137,8 @@ def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
 
     A design trained to the end gets another seed only while it has fewer than ``max_seeds`` and its
     uncertainty decides the front: no other design beats its mean plus two standard errors at no
-    higher cost in the study's ``objectives`` (``se_nas.results``). Otherwise the sampler is told the design's mean over its seeds
-    and nothing is trained. A design stopped early is answered with its record (the rung judged
+    higher cost in the study's ``objectives`` (``se_nas.results``). Otherwise the sampler is told the
+    design's mean over its seeds and nothing is trained. A design stopped early is answered with its record (the rung judged
     it); a design that failed or was over budget is run again (both are cheap or informative).
     Seeds of the design still training in other processes count towards ``max_seeds`` (``exclude``:
     the number of the trial asking, itself running).
