@@ -25,7 +25,6 @@ import json
 import math
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +45,21 @@ def compare_path(study: str, out: str | Path = DEFAULT_OUT) -> Path:
 
 def measure_latency(models: dict[str, Any], image_size: int, device="cpu", repeats: int = 30,
                     warmup: int = 5, rounds: int = 5) -> dict[str, list[float]]:
-    """Median wall time in milliseconds of one forward pass at batch 1 (no grad, eval mode) of each
-    model, in ``rounds`` interleaved rounds of ``repeats`` passes. Returns each model's round medians."""
+    """Median time in milliseconds of one forward pass at batch 1 (no grad, eval mode) of each model,
+    over ``rounds`` rounds of ``repeats`` passes, the models' passes interleaved (the latency
+    profile's timer and loop: wall clock on a CPU, CUDA events on a GPU). Returns each model's round
+    medians."""
     import torch
+
+    from .latency import TIMERS, measure_interleaved
 
     dev = torch.device(device)
     x = torch.randn(1, 3, image_size, image_size, device=dev)
-    out: dict[str, list[float]] = {k: [] for k in models}
     models = {k: m.to(dev).eval() for k, m in models.items()}
     with torch.inference_mode():
-        for k, m in models.items():
-            for _ in range(warmup):
-                m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                times = []
-                for _ in range(repeats):
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
-                    t0 = time.perf_counter()
-                    m(x)
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)  # kernels are asynchronous: wait before timing
-                    times.append((time.perf_counter() - t0) * 1e3)
-                out[k].append(statistics.median(times))
-    return out
+        times = measure_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, TIMERS[dev.type](dev),
+                                    rounds * repeats, warmup)
+    return {k: [statistics.median(t[i * repeats:(i + 1) * repeats]) for i in range(rounds)] for k, t in times.items()}
 
 
 def paired_test(values: list[float], reference: list[float]) -> dict[str, Any]:
