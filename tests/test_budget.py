@@ -236,11 +236,24 @@ def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency
     check_feasible(load_space("tiny"), b, Deploy(SIZE))
 
 
+def _random_draws(space, n: int, seed: int = 0) -> list[Arch]:
+    """The first ``n`` designs a search with ``--sampler random --seed seed`` proposes (the sampler
+    draws the same sequence whatever it is told)."""
+    from se_nas.samplers import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler("random", seed))
+    draws = []
+    for _ in range(n):
+        trial = study.ask()
+        draws.append(space.sample(trial))
+        study.tell(trial, 0.0)
+    return draws
+
+
 def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     """Real trials through the search path with a latency limit that cuts the space in two: over-budget
     designs are never trained and say why, every trial records its predicted latency, the samplers
     get the latency constraint, and the study refuses to continue with another table."""
-    import itertools
     import json
 
     from se_nas.latency import predictor
@@ -249,8 +262,11 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     space, path = load_space("tiny"), tmp_path / "cpu.json"
     path.write_text(open(tiny_latency).read())
     p = predictor(path)
-    designs = [Arch(space.backbone, s) for s in itertools.product(*(space.stage_options(i) for i in range(4)))]
-    limit = sorted(p.ms(a) for a in designs)[len(designs) // 2]  # about half the space fits
+    # the limit splits the designs this seeded random search will propose, so both sides are there
+    # whatever this machine's measured table (a fixed share of the whole space could miss all 12)
+    ms = sorted({p.ms(a) for a in _random_draws(space, 12)})
+    gaps = [(abs(i + 1 - len(ms) / 2), (a + b) / 2) for i, (a, b) in enumerate(zip(ms, ms[1:]))]
+    limit = min(gaps)[1]
     budget = Budget(max_latency_ms=limit, latency=str(path))
     cfg = SearchConfig(study="latency", space=space, recipe=_tiny_recipe(), budget=budget, deploy=Deploy(SIZE),
                        n_trials=12, sampler="random", root=tmp_path, progress=False)
