@@ -176,49 +176,109 @@ def _first(it, n: int) -> list:
     return out
 
 
+class InProcess:
+    """Path evaluations in this process, one at a time: the pool ``rank`` reads (``capacity``,
+    ``submit``, ``next``) around an ``evaluate(arch) -> accuracy`` callable. A pool of
+    evaluators elsewhere has the same three members."""
+
+    capacity = 1
+
+    def __init__(self, evaluate):
+        self.evaluate, self.queue = evaluate, []
+
+    def submit(self, arch: Arch) -> None:
+        self.queue.append(arch)
+
+    def next(self) -> tuple[Arch, float, float]:
+        arch, start = self.queue.pop(0), time.perf_counter()
+        return arch, float(self.evaluate(arch)), time.perf_counter() - start
+
+
 def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int, *, seed: int = 0,
          log=None, advance=None) -> int:
     """Propose designs with the study's sampler until it holds ``n_designs`` counted trials; each is
-    costed first (over budget: recorded, never evaluated) and evaluated as a supernet path
-    (``evaluate(arch) -> accuracy``). A design proposed again is told its accuracy (status
-    ``repeat``); after ``REPEAT_STREAK`` repeats in a row a fresh one is enqueued. Returns the number
-    of paths evaluated."""
+    costed first (over budget: recorded, never evaluated) and evaluated as a supernet path:
+    ``evaluate`` is ``evaluate(arch) -> accuracy`` or a pool of evaluators (``InProcess``'s members),
+    kept busy with as many designs as its ``capacity``, results told as they come back. Returns the
+    number of paths evaluated.
+
+    The sampler works on an in-memory copy of the study (``_mirror``): a design proposed again (the
+    samplers do it often, about twice per new design after 2,000) is told its accuracy there (status
+    ``repeat``), so the sampler learns it, but it is not written to the study; after
+    ``REPEAT_STREAK`` repeats in a row a fresh design is proposed. Evaluated and over-budget designs
+    are written to the study as finished trials, each in one write (``Study.add_trial``): the study
+    never holds a running or half-written trial of the ranking, whatever kills the process."""
     from .trial import REPEAT_STREAK, propose_fresh, record_outcome
 
+    pool = evaluate if hasattr(evaluate, "submit") else InProcess(evaluate)
+    mirror = _mirror(study)
     known = {r.arch.id: r.accuracy for r in records(study) if ranked(r)}
-    evaluated, streak, done = 0, 0, counted(study)[0]
-    while done < n_designs:
-        trial = study.ask()
-        arch = space.sample(trial)
-        start = time.perf_counter()
+    waiting: dict[str, list] = {}  # design id -> its trials (a repeat proposed while it is evaluated)
+    evaluated, repeats, streak, done, exhausted = 0, 0, 0, counted(study)[0], False
+
+    def tell(trial, arch: Arch, status: Status, **fields) -> None:
         cost = count_cost(arch, deploy.image_size, deploy.num_classes)
-        common = dict(arch=arch, gflops=cost.gflops, mparams=cost.mparams, seed=seed, backend="oneshot",
-                      fidelity=FIDELITY)
-        if not budget.fits(cost, arch):
-            outcome = TrialOutcome(status=Status.OVER_BUDGET, reason=f"{budget.excess(cost, arch)}, not evaluated",
-                                   **common)
-        elif arch.id in known:
-            outcome = TrialOutcome(status=Status.REPEAT, accuracy=known[arch.id],
-                                   reason="repeat: told its supernet accuracy, not evaluated again", **common)
-        else:
-            acc = float(evaluate(arch))
-            known[arch.id] = acc
-            evaluated += 1
-            outcome = TrialOutcome(status=Status.COMPLETE, accuracy=acc, epochs=0, seconds=time.perf_counter() - start,
-                                   reason="supernet path accuracy (BatchNorm recalibrated), not a standalone training",
-                                   **common)
-        record_outcome(study, trial, outcome, budget=budget)
-        done += outcome.status is not Status.REPEAT  # as ``counted``, without reading every trial back
-        streak = streak + 1 if outcome.status is Status.REPEAT else 0
-        if streak >= REPEAT_STREAK:
-            streak = 0
-            if not propose_fresh(study, space, seed + done):
-                if log is not None:
-                    log(f"every design of space {space.name!r} the sampler finds has been ranked; stopping")
-                break
-        if advance is not None and outcome.status is not Status.REPEAT:
-            advance()
+        outcome = TrialOutcome(arch=arch, status=status, gflops=cost.gflops, mparams=cost.mparams, seed=seed,
+                               backend="oneshot", fidelity=FIDELITY, **fields)
+        frozen = record_outcome(mirror, trial, outcome, budget=budget)
+        if status is not Status.REPEAT:
+            study.add_trial(frozen)
+            if advance is not None:
+                advance()
+
+    while True:
+        while not exhausted and len(waiting) < pool.capacity and done + len(waiting) < n_designs:
+            trial = mirror.ask()
+            arch = space.sample(trial)
+            cost = count_cost(arch, deploy.image_size, deploy.num_classes)
+            streak += 1
+            if not budget.fits(cost, arch):
+                tell(trial, arch, Status.OVER_BUDGET, reason=f"{budget.excess(cost, arch)}, not evaluated")
+                done, streak = done + 1, 0
+            elif arch.id in known:
+                tell(trial, arch, Status.REPEAT, accuracy=known[arch.id], reason=REPEAT_REASON)
+                repeats += 1
+            elif arch.id in waiting:
+                waiting[arch.id].append(trial)  # told with the first's accuracy when it comes back
+            else:
+                waiting[arch.id] = [trial]
+                pool.submit(arch)
+                streak = 0
+            if streak >= REPEAT_STREAK:
+                streak = 0
+                if not propose_fresh(mirror, space, seed + done):
+                    if log is not None:
+                        log(f"every design of space {space.name!r} the sampler finds has been ranked; stopping")
+                    exhausted = True
+        if not waiting:
+            break
+        arch, acc, seconds = pool.next()
+        first, *again = waiting.pop(arch.id)
+        known[arch.id], evaluated, done = acc, evaluated + 1, done + 1
+        tell(first, arch, Status.COMPLETE, accuracy=acc, epochs=0, seconds=seconds,
+             reason="supernet path accuracy (BatchNorm recalibrated), not a standalone training")
+        for trial in again:
+            tell(trial, arch, Status.REPEAT, accuracy=acc, reason=REPEAT_REASON)
+        repeats += len(again)
+    if log is not None and repeats:
+        log(f"{repeats} repeats of ranked designs answered to the sampler (not stored in the study)")
     return evaluated
+
+
+REPEAT_REASON = "repeat: told its supernet accuracy, not evaluated again"
+
+
+def _mirror(study):
+    """An in-memory copy of ``study`` (its settings and finished trials) with the study's sampler:
+    where ``rank`` asks and tells."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    mirror = optuna.create_study(directions=study.directions, sampler=study.sampler)
+    for key, value in study.user_attrs.items():
+        mirror.set_user_attr(key, value)
+    mirror.add_trials(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.FAIL, S.PRUNED)))
+    return mirror
 
 
 def ranked(r) -> bool:
@@ -272,10 +332,12 @@ def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "
                                         on_progress=lambda p: progress.live(f"supernet {p}"))
         progress.log(f"supernet trained: {result.epochs} epochs, {result.seconds:.1f}s of training "
                      f"(this run: {time.perf_counter() - t0:.1f}s)")
-        progress.stage("rank", max(0, config.n_trials - counted(study)[0]))
-        t0 = time.perf_counter()
-        n = rank(study, config.space, config.budget, config.deploy, PathEvaluator(net, r, data), config.n_trials,
-                 seed=config.seed, log=progress.log, advance=progress.advance)
+        todo = max(0, config.n_trials - counted(study)[0])
+        progress.stage("rank", todo)
+        t0, n = time.perf_counter(), 0
+        if todo:
+            n = rank(study, config.space, config.budget, config.deploy, PathEvaluator(net, r, data), config.n_trials,
+                     seed=config.seed, log=progress.log, advance=progress.advance)
         progress.close()
         if n:
             progress.log(f"ranked {n} designs through the supernet in {time.perf_counter() - t0:.1f}s")
