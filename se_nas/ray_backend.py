@@ -317,9 +317,21 @@ class _TokenNotice(logging.Filter):
 _TOKEN_NOTICE = _TokenNotice()
 
 
+def connect(ray_address: str | None) -> None:
+    """Join the Ray cluster at ``ray_address`` (``auto`` or HOST:PORT), or start a local Ray (None or
+    ``local``); nothing if this process is connected already."""
+    import ray
+
+    if not ray.is_initialized():
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
+        # No address: a new local Ray of our own ("local"), never a cluster some other program started
+        # on this machine, which a bare ray.init() would join.
+        address = "local" if ray_address in (None, "", "local") else ray_address
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 def run(study, config, progress, data=None) -> None:
     """Run trials as Ray Tune trials until the study has ``config.n_trials`` counted ones."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -331,12 +343,7 @@ def run(study, config, progress, data=None) -> None:
     todo = remaining(study, config.n_trials)
     if todo <= 0:
         return
-    if not ray.is_initialized():
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
-        # No address: a new local Ray of our own ("local"), never a cluster some other program started
-        # on this machine, which a bare ray.init() would join.
-        address = "local" if config.ray_address in (None, "", "local") else config.ray_address
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    connect(config.ray_address)
     trainable = tune.with_parameters(
         _trainable, recipe=config.recipe.to_dict(), budget=config.budget.to_dict(),
         deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)), objectives=config.objectives)
