@@ -112,12 +112,14 @@ def train_run(arch: Arch, recipe, seed: int, data, device=None, on_progress=None
 
 
 def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=None, device=None,
-                log: Callable[[str], None] | None = None, stage: str = "confirm", progress=None
+                log: Callable[[str], None] | None = None, stage: str = "confirm", progress=None, runner=None
                 ) -> dict[tuple[str, int], Run]:
     """Train every (design, seed) of ``arms`` x ``seeds`` that ``study`` has no run of yet, seed by
     seed (so an interrupted stage leaves whole rounds), storing each run as it finishes. Returns all
     runs of the recipe. ``progress`` (a ``se_nas.progress.Progress``) shows a bar and a live line;
-    otherwise ``log`` gets one line per run."""
+    otherwise ``log`` gets one line per run. ``runner(todo, recipe)`` trains the ``(arch, seed)``
+    pairs ``todo`` elsewhere (``se_nas.ray_runs``), yielding each ``Run`` as it finishes, in any
+    order; this process stores each as it arrives."""
     rk = recipe_key(recipe)
     have = stored_runs(study, rk)
     unique = {}
@@ -130,30 +132,39 @@ def ensure_runs(study, arms: dict[str, Arch], seeds: list[int], recipe, *, data=
     start = zlib.crc32(f"{socket.gethostname()}/{os.getpid()}".encode()) % len(designs) if designs else 0
     designs = designs[start:] + designs[:start]
     todo = [(seed, role, a) for seed in seeds for role, a in designs if (a.id, seed) not in have]
-    if todo and data is None:
+    if todo and data is None and runner is None:
         from .data import load_data
 
         data = load_data(recipe)
     if progress is not None and todo:
         progress.stage(stage, len(todo))
         log = progress.log
-    for i, (seed, role, a) in enumerate(todo, 1):
-        name = f"{role_name(role, baseline_name(a.backbone))} {a.id} seed {seed}"
+    names = {(a.id, seed): f"{role_name(role, baseline_name(a.backbone))} {a.id} seed {seed}"
+             for seed, role, a in todo}
+
+    def store(i: int, run: Run) -> None:
+        study.set_user_attr(_key(rk, run.arch, run.seed), run.to_attr())
+        have[(run.arch.id, run.seed)] = run
+        if log is not None:
+            acc = f"{run.accuracy:.4f}" if run.accuracy is not None else f"failed: {run.reason}"
+            log(f"[{stage} {i}/{len(todo)}] {names[(run.arch.id, run.seed)]}: {acc} ({run.seconds:.1f}s)")
+        if progress is not None:
+            progress.advance()
+
+    if runner is not None and todo:
+        for i, run in enumerate(runner([(a, seed) for seed, _, a in todo], recipe), 1):
+            store(i, run)
+    for i, (seed, role, a) in enumerate(todo if runner is None else (), 1):
         if i > 1 and (a.id, seed) in (fresh := stored_runs(study, rk)):
             have.update(fresh)  # another process trained it while we trained the previous one
             if log is not None:
-                log(f"[{stage} {i}/{len(todo)}] {name}: stored by another process")
+                log(f"[{stage} {i}/{len(todo)}] {names[(a.id, seed)]}: stored by another process")
+            if progress is not None:
+                progress.advance()
         else:
             short = f"{role} {a.id} s{seed}"
             live = None if progress is None else (lambda p, short=short: progress.live(f"{short} {p}"))
-            run = train_run(a, recipe, seed, data, device, on_progress=live)
-            study.set_user_attr(_key(rk, a, seed), run.to_attr())
-            have[(a.id, seed)] = run
-            if log is not None:
-                acc = f"{run.accuracy:.4f}" if run.accuracy is not None else f"failed: {run.reason}"
-                log(f"[{stage} {i}/{len(todo)}] {name}: {acc} ({run.seconds:.1f}s)")
-        if progress is not None:
-            progress.advance()
+            store(i, train_run(a, recipe, seed, data, device, on_progress=live))
     if progress is not None and todo:
         progress.close()
     return have
@@ -220,13 +231,14 @@ def detectable(noise: Noise, k: int) -> float | None:
 
 
 # --- the stages ------------------------------------------------------------------------------------
-def calibrate(study, settings: StudySettings, seeds: int, *, data=None, device=None, log=None, progress=None) -> Noise:
+def calibrate(study, settings: StudySettings, seeds: int, *, data=None, device=None, log=None, progress=None,
+              runner=None) -> Noise:
     """Train the plain backbone and r=16 under ``seeds`` confirmation seeds (those missing), and
     return the noise measured with them."""
     space, recipe = settings.space_value, settings.recipe_value()
     if seeds > 0:
         ensure_runs(study, {"plain": space.plain(), "r16": space.baseline()}, confirm_seeds(seeds), recipe,
-                    data=data, device=device, log=log, stage="calibrate", progress=progress)
+                    data=data, device=device, log=log, stage="calibrate", progress=progress, runner=runner)
     return study_noise(study, recipe)
 
 
@@ -278,7 +290,7 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
 
 
 def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3, max_seeds: int = 5, data=None,
-            device=None, log=None, progress=None, designs=None) -> "Confirmation | None":
+            device=None, log=None, progress=None, designs=None, runner=None) -> "Confirmation | None":
     """The confirmation stage: plan it (a rerun keeps the plan, unless the search has trained more
     trials since, when the choice is made again), train what is missing, and return the result."""
     plan = study.user_attrs.get("confirmation")
@@ -291,7 +303,7 @@ def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3,
     for i, a in enumerate(plan["designs"]):
         arms[f"front{i + 2}"] = Arch.from_json(a)
     ensure_runs(study, arms, list(plan["seeds"]), settings.recipe_value(), data=data, device=device, log=log,
-                progress=progress)
+                progress=progress, runner=runner)
     return read_confirmation(study, settings)
 
 

@@ -16,8 +16,8 @@ trained is answered from its record on the driver (``se_nas.trial.repeat_outcome
 the Optuna backend; only designs that need training become Ray trials. Seeds of a design still in
 flight count towards its ``max_seeds_per_design``: a proposal of it that needs no further seed waits
 for them and is then answered from the full record. A streak of repeats ends with a fresh design, or
-ends the search when the space has none left. Calibration and confirmation run on the driver
-(``se_nas.search.run_search``), so their runs land in the same study.
+ends the search when the space has none left. Calibration and confirmation runs are Ray tasks as
+well (``se_nas.ray_runs``), stored by the driver, so they land in the same study.
 
 Clusters (docs/cluster.md): each trial records where it ran (user attribute ``node``: Ray node id,
 IP, worker process, how many times that process loaded the data). A trial whose node is lost (a

@@ -207,9 +207,14 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
     configure_threads(1)  # calibration and confirmation run here; worker processes set their own
     if config.progress and (warning := machine_load_warning(config.workers)):
         progress.log(warning)
+    runner = None
+    if config.backend == "ray":  # calibration and confirmation runs as Ray tasks too
+        from .ray_runs import runner as ray_runner
+
+        runner = ray_runner(config)
     try:
         if config.calibration_seeds:
-            calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress)
+            calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress, runner=runner)
         if search is None:
             progress.stage("search", config.n_trials)
             BACKENDS[config.backend](study, config, progress, data)
@@ -218,7 +223,7 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
         progress.close()
         if config.confirm_top:
             confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
-                    max_seeds=config.confirm_max_seeds, data=data, progress=progress,
+                    max_seeds=config.confirm_max_seeds, data=data, progress=progress, runner=runner,
                     designs=None if candidates is None else candidates(study))
     finally:
         progress.close()

@@ -1,13 +1,13 @@
 """The one-shot search on Ray (``--strategy oneshot --backend ray``), for real: a local Ray runtime's
 actors evaluate supernet paths to the accuracies this process computes, no design over the budget
-reaches one, a lost actor's design is evaluated by another, and the study is the one a user reads in
-``se-nas report`` and continues on a rerun."""
+reaches one, a lost actor's design is evaluated by another, calibration runs are Ray tasks, and the
+study is the one a user reads in ``se-nas report`` and continues on a rerun."""
 import pytest
 import torch
 
 ray = pytest.importorskip("ray")
 
-from se_nas import oneshot  # noqa: E402
+from se_nas import confirm, oneshot  # noqa: E402
 from se_nas.arch import Arch, StageSE  # noqa: E402
 from se_nas.budget import Budget  # noqa: E402
 from se_nas.cost import count_cost  # noqa: E402
@@ -64,12 +64,25 @@ def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_contin
             pools.append(self)
 
     monkeypatch.setattr(oneshot, "RayPaths", Spy)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a calibration run trained in the search process, not as a Ray task")
+
+    monkeypatch.setattr(confirm, "train_run", not_here)
     config = SearchConfig(study="os", space=TINY, recipe="tiny", budget=BUDGET, n_trials=8, sampler="nsga2",
-                          backend="ray", root=tmp_path, progress=False, calibration_seeds=0, confirm_top=0)
+                          backend="ray", root=tmp_path, progress=False, calibration_seeds=2, confirm_top=0)
     oneshot.run_oneshot(config, supernet_epochs=1)
+    monkeypatch.undo()
     [pool] = pools
     assert pool.started == 2 and not pool.actors  # as many actors as the 2 CPUs hold, closed at the end
     study = open_study("os", root=tmp_path)
+    # the calibration's runs were Ray tasks, stored by the driver: the runs this process trains
+    recipe = load_recipe("tiny")
+    runs = confirm.stored_runs(study, confirm.recipe_key(recipe))
+    seeds = confirm.confirm_seeds(2)
+    assert set(runs) == {(a.id, s) for a in (TINY.plain(), TINY.baseline()) for s in seeds}
+    assert runs[(TINY.baseline().id, seeds[1])].history == confirm.train_run(TINY.baseline(), recipe, seeds[1],
+                                                                             tiny_data).history
     recs = records(study)
     ranked = [r for r in recs if r.status is Status.COMPLETE]
     over = [r for r in recs if r.status is Status.OVER_BUDGET]
