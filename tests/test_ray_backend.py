@@ -1,6 +1,6 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
-format as the Optuna backend, answers repeated designs from the record, calibrates and confirms on the
-driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
+format as the Optuna backend, answers repeated designs from the record, calibrates and confirms by Ray
+tasks stored by the driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
 import re
 
 import pytest
@@ -33,8 +33,8 @@ STAGE_LINE = re.compile(r"\[(calibrate|confirm) \d+/\d+\] .+")
 
 
 def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(tmp_path, capfd):
-    """Calibration and confirmation run on the driver into the same study; the terminal shows only
-    se-nas's header, trial and stage lines, bar and summary: no Ray notice, no experiment box."""
+    """Calibration and confirmation run as Ray tasks, stored by the driver into the same study; the
+    terminal shows only se-nas's header, trial and stage lines, bar and summary: no Ray notice, no experiment box."""
     ray.shutdown()  # the search starts Ray itself, as `se-nas search --backend ray` does; the next tests reuse it
     study = run_search(config(tmp_path, study="c", progress=True, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
