@@ -42,11 +42,13 @@ from .arch import Arch
 from .budget import Budget, Deploy
 from .cost import count_cost
 from .study import SearchError, Status, TrialOutcome, counted, records
-from .supernet import Supernet, check_supernet_space, narrowest_path, recalibrate_bn, sample_path, widest_path
+from .supernet import (DEFAULT_GATE_WEIGHTS, Supernet, check_supernet_space, narrowest_path, recalibrate_bn,
+                       sample_path, widest_path)
 
 FIDELITY = "supernet"
 SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
 CALIBRATION_BATCHES = 4  # training batches per path for its BatchNorm statistics
+VAL_IMAGES = None  # validation images per path (None: the whole split)
 DEFAULT_N_DESIGNS = 2000  # designs ranked by default
 RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
 BROKEN = 3.0  # a path whose loss is this many times that of a uniform guess (ln C) or more is not trained
@@ -107,7 +109,8 @@ SAMPLING = {"uniform": (sample_path,), "sandwich": (widest_path, narrowest_path,
 
 def train_supernet(space, recipe, data, *, budget: Budget = Budget(), deploy: Deploy | None = None,
                    epochs: int | None = None, sampling: str = "sandwich", seed: int = 0,
-                   checkpoint: str | Path | None = None, device=None, on_progress=None, progress: bool = False):
+                   checkpoint: str | Path | None = None, device=None, on_progress=None, progress: bool = False,
+                   gate_weights: str = DEFAULT_GATE_WEIGHTS):
     """Train the supernet of ``space`` under ``recipe`` (its proxy: stem, width, data; epochs
     ``epochs``, default ``SUPERNET_EPOCHS`` x the recipe's). Returns ``(supernet, TrainResult,
     PathDraw)``. With ``checkpoint`` it resumes an interrupted training and, once finished, reads the
@@ -119,7 +122,7 @@ def train_supernet(space, recipe, data, *, budget: Budget = Budget(), deploy: De
     r = supernet_recipe(recipe, epochs, seed)
     draw = PathDraw(space, budget, deploy, sampling)
     seed_everything(seed)
-    net = Supernet(space, data.num_classes, stem=r.stem, width=r.width)
+    net = Supernet(space, data.num_classes, stem=r.stem, width=r.width, gate_weights=gate_weights)
     if sampling == "sandwich":
         # several paths per step: the fused SE kernels read the slot's path at backward time, so the
         # sandwich keeps autograd's record of each path
@@ -142,22 +145,30 @@ def supernet_recipe(recipe, epochs: int | None, seed: int):
 
 # --- ranking --------------------------------------------------------------------------------------
 class PathEvaluator:
-    """A path's accuracy on the proxy's validation split: BatchNorm statistics recalibrated on the
-    same ``batches`` training batches for every path, then evaluated."""
+    """A path's accuracy on the proxy's validation split (its first ``val_images`` images, default
+    all): BatchNorm statistics recalibrated on the same ``batches`` training batches for every path
+    (drawn under ``calibration_seed``, default the recipe's seed), then evaluated."""
 
-    def __init__(self, supernet, recipe, data, device=None, batches: int = CALIBRATION_BATCHES):
+    def __init__(self, supernet, recipe, data, device=None, batches: int = CALIBRATION_BATCHES,
+                 val_images: int | None = VAL_IMAGES, calibration_seed: int | None = None):
         from .train import _batches, pick_device
 
         self.net = supernet
         self.device = pick_device(recipe.device if device is None else str(device))
         self.net.to(self.device)
         bs = recipe.batch_size
-        train = _batches(data.train, bs, shuffle=True, seed=recipe.seed, drop_last=len(data.train) >= bs,
+        seed = recipe.seed if calibration_seed is None else calibration_seed
+        train = _batches(data.train, bs, shuffle=True, seed=seed, drop_last=len(data.train) >= bs,
                          num_workers=recipe.num_workers, pin=False)
         self.calibration = [x.to(self.device) for x, _ in _first(train, batches)]
-        self.val = [(x.to(self.device), y.to(self.device)) for x, y in
-                    _batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False,
-                             num_workers=recipe.num_workers, pin=False)]
+        val = _batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False, num_workers=recipe.num_workers,
+                       pin=False)
+        self.val, left = [], len(data.val) if val_images is None else val_images
+        for x, y in val:
+            if left <= 0:
+                break
+            self.val.append((x[:left].to(self.device), y[:left].to(self.device)))
+            left -= len(y)
 
     def __call__(self, arch: Arch) -> float:
         from .train import evaluate
