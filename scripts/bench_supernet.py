@@ -173,7 +173,7 @@ def main() -> None:
             sweep = timings.setdefault("sweep", {})
             for batches, val, cseed in itertools.product(SWEEP_BATCHES, SWEEP_VAL, (0, 1, 2)):
                 ev2 = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu",
-                                    batches=batches, val_images=val, calibration_seed=cseed)
+                                    batches=batches, val_fraction=val / len(data.val), calibration_seed=cseed)
                 acc, t = clock(lambda: {a.id: ev2(a) for a in designs})
                 sweep.setdefault(f"{batches}x{val}/{cseed}", {"acc": {}})["acc"].update(acc)
                 sweep[f"{batches}x{val}/{cseed}"]["cpu_per_path"] = t["cpu_s"] / len(designs)

@@ -67,13 +67,14 @@ class _Prefix(nn.Conv2d):
 # Which gates of a slot share one excitation's weights: a table of name -> (gate -> the weights' key).
 # Gates of different range (sigmoid and hard sigmoid in (0, 1) centred near 0.5, tanh centred 0, ReLU
 # unbounded) read the same pre-activation differently: weights trained for one flip or kill the stream
-# under another (docs/oneshot.md); giving each gate its own did not rank better on digits (docs/oneshot.md).
+# under another, so by default each gate has its own (chosen on 23 designs, held on 24 fresh ones, by
+# margins within the noise: docs/oneshot.md).
 GATE_WEIGHTS = {
     "per-gate": lambda gate: gate,
     "per-range": lambda gate: {"hardsigmoid": "sigmoid"}.get(gate, gate),
     "shared": lambda gate: "shared",
 }
-DEFAULT_GATE_WEIGHTS = "shared"
+DEFAULT_GATE_WEIGHTS = "per-gate"
 
 
 def gate_groups(gates: Iterable[str], gate_weights: str) -> dict[str, str]:

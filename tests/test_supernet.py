@@ -404,16 +404,17 @@ def test_a_path_that_breaks_is_drawn_again_and_never_trained():
 def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_on_the_calibration_batches(
         tiny_data):
     """PathEvaluator's accuracy is the extracted model's, recalibrated on the same batches, on the
-    first ``val_images`` validation images (the cheaper settings of docs/oneshot.md)."""
+    first ``val_fraction`` of the validation images (the cheaper settings of docs/oneshot.md)."""
     from se_nas.oneshot import PathEvaluator
+    from se_nas.study import SearchError
     from se_nas.train import evaluate
 
     recipe = load_recipe("tiny")
     net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)
     arch = Arch.uniform("resnet18", StageSE(16, "avg", "hardsigmoid", "standard"))
-    full = PathEvaluator(net, recipe, tiny_data, device="cpu")
-    ev = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=1, val_images=37)
-    assert len(full.calibration) > 1 and sum(len(y) for _, y in full.val) == len(tiny_data.val) > 37
+    full = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=3, val_fraction=1)
+    ev = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=1, val_fraction=37 / len(tiny_data.val))
+    assert len(full.calibration) == 3 and sum(len(y) for _, y in full.val) == len(tiny_data.val) > 37
     assert len(ev.calibration) == 1 and torch.equal(ev.calibration[0], full.calibration[0])
     assert sum(len(y) for _, y in ev.val) == 37
     other = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=1, calibration_seed=recipe.seed + 1)
@@ -424,3 +425,5 @@ def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_
     x = torch.cat([x for x, _ in full.val])[:37]
     y = torch.cat([y for _, y in full.val])[:37]
     assert acc == evaluate(model, [(x, y)], "cpu")
+    with pytest.raises(SearchError, match=r"^a path's validation fraction must be in \(0, 1\], got val_fraction=0$"):
+        PathEvaluator(net, recipe, tiny_data, device="cpu", val_fraction=0)
