@@ -230,7 +230,8 @@ def analyze(runs, designs, seeds, timings) -> None:
     for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
         accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
         print(f"| `{a.id}` {a.label} | {sup[a.id]:.3f} | {accs} | {m:.3f} |")
-    if all(f"4x359/{c}" in timings.get("sweep", {}) for c in (0, 1, 2)):
+    sweep = timings.get("sweep", {})
+    if full and all(a.id in sweep.get(f"4x359/{c}", {}).get("acc", {}) for c in (0, 1, 2) for a in full):
         print("\n| calibration batches | validation images | CPU-s per path | tau(supernet, standalone mean), "
               "3 calibration draws | mean | tau to the 4x359 setting |\n|---|---|---|---|---|---|")
         ref = {a.id: statistics.fmean(timings["sweep"][f"4x359/{c}"]["acc"][a.id] for c in (0, 1, 2)) for a in full}
