@@ -229,7 +229,8 @@ def analyze(runs, designs, seeds, timings) -> None:
     print("\n| design | supernet | standalone (" + ", ".join(f"seed {s}" for s in seeds) + ") | mean |\n|---|---|---|---|")
     for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
         accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
-        print(f"| `{a.id}` {a.label} | {sup[a.id]:.3f} | {accs} | {m:.3f} |")
+        label = a.label.replace("|", "\\|")  # a Markdown table cell
+        print(f"| `{a.id}` {label} | {sup[a.id]:.3f} | {accs} | {m:.3f} |")
     sweep = timings.get("sweep", {})
     if full and all(a.id in sweep.get(f"4x359/{c}", {}).get("acc", {}) for c in (0, 1, 2) for a in full):
         print("\n| calibration batches | validation images | CPU-s per path | tau(supernet, standalone mean), "
