@@ -8,14 +8,17 @@ al. (TPAMI 2019) is a supernet choice:
 * the **reduction ratio** r: each SE slot holds the excitation of the widest ratio the space allows
   (smallest r), and ratio r uses its first ``C // r`` hidden units (Once-for-All's width slicing): the
   rows of ``fc1`` and the columns of ``fc2``;
-* **squeeze** and **gate** are parameter-free: chosen per forward over the same weights;
+* **squeeze** is parameter-free: chosen per forward over the same weights; each **gate** has its own
+  excitation in each slot (``GATE_WEIGHTS``: gates of different range read one set of weights
+  differently), or, with ``gate_weights="shared"``, all gates share one;
 * the **insertion point**: each slot a stage may use (``input``, ``mid``, ``residual``, ``identity``,
   ``output``) has its own excitation;
 * **off** (and every slot the path does not use) is the identity.
 
 The supernet is the builder's own ``SEResNet`` (``se_nas.build``) with a ``SuperSE`` in each slot the
-space may use, so its state-dict keys are the builder's. ``extract(supernet, arch)`` is exactly the
-``nn.Module`` ``build_model(arch, ...)`` makes, carrying the inherited weights (the prefix of each
+space may use, so its state-dict keys are the builder's (a slot's per-gate excitations are
+``se_{slot}.excite.{gate}.fc1``/``fc2``). ``extract(supernet, arch)`` is exactly the ``nn.Module``
+``build_model(arch, ...)`` makes, carrying the inherited weights (the prefix of the path's gate's
 excitation), and computes what the supernet computes on that path. ``SuperSE`` is an
 ``se_nas.se.SqueezeExcite`` whose 1x1 convolutions hand out the active prefix of their weights, so
 the fused training kernels of ``se_nas.fused`` run unchanged on the sliced weights.
