@@ -18,12 +18,19 @@ continues where it stopped. ``--import-jsonl`` takes runs from ``scripts/rank_fi
 (same recipe, same ``train_run``) after retraining one of them and checking the accuracy is
 identical; the timings are written to ``--root``/bench-supernet/timings.json.
 
+A supernet variant (``--gate-weights``, ``--supernet-epochs``, ``--sampling``) is chosen on that
+default set; ``--held-out N`` then reports it on N fresh designs (another fixed-seed sample of the
+space, none of the default set's), stored the same way. ``--eval-sweep`` evaluates every design
+under fewer/more calibration batches and validation subsets, three calibration draws each.
+
     nice -n 5 python scripts/bench_supernet.py --import-jsonl /tmp/rf/rf.jsonl   # resumable
     python scripts/bench_supernet.py --analyze                                  # the tables only
+    nice -n 5 python scripts/bench_supernet.py --held-out 28 --standalone-only  # the held-out runs
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -48,6 +55,20 @@ def largest(space):
     stages = tuple(max(space.stage_options(i), key=lambda se: count_cost(
         space.plain().with_stage(i, se), d.image_size, d.num_classes).flops) for i in range(len(space.stages)))
     return space.plain().__class__(space.backbone, stages, stride_on=space.stride_on, se_bias=space.se_bias)
+
+
+SWEEP_BATCHES = (1, 2, 4, 8)  # calibration batches (of the recipe's batch size) per path
+SWEEP_VAL = (90, 180, 359)  # validation images per path (359: digits' whole validation split)
+
+
+def held_out(default: list, n: int) -> list:
+    """``n`` designs of the default space's random sample under seed 1 that the default set (seed 0)
+    does not hold: designs no supernet variant was chosen on."""
+    from rank_fidelity import designs as pick_designs
+
+    seen = {a.id for a in default}
+    fresh = [a for a in pick_designs("resnet50-per-stage", n + len(default) + 2, 1) if a.id not in seen]
+    return fresh[:n]
 
 
 def clock(fn):
@@ -89,8 +110,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--supernet-epochs", type=int, default=10)
     p.add_argument("--sampling", default="uniform")
+    p.add_argument("--gate-weights", default=None, help="which gates share a slot's excitation "
+                   "(se_nas.supernet.GATE_WEIGHTS; default the supernet's)")
     p.add_argument("--rank", type=int, default=2000, help="designs ranked for the cost figure (0: no cost figure)")
+    p.add_argument("--held-out", type=int, default=0, metavar="N",
+                   help="instead: N fresh designs (the space's random sample under seed 1, none of the default "
+                   "set's): the held-out set a supernet variant chosen on the default set is reported on")
+    p.add_argument("--standalone-only", action="store_true", help="train the standalone runs only")
     p.add_argument("--import-jsonl", type=Path, default=None)
+    p.add_argument("--eval-sweep", action="store_true", help="also evaluate every design under fewer/more "
+                   "calibration batches and validation subsets, three calibration draws each (item 2: the cost of "
+                   "a path against its ranking)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
     args = p.parse_args()
 
@@ -105,35 +135,50 @@ def main() -> None:
     from se_nas.samplers import make_sampler
     from se_nas.space import load_space
     from se_nas.storage import open_study
+    from se_nas.supernet import DEFAULT_GATE_WEIGHTS
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space, r = load_space("resnet50-per-stage"), recipe()
     data = load_data(r)
     designs = pick_designs("resnet50-per-stage", args.designs, 0)
+    if args.held_out:
+        designs = held_out(designs, args.held_out)
     study = open_study("bench-supernet", root=args.root, create=True)
     folder = Path(args.root) / "bench-supernet"
-    tfile = folder / f"timings-{args.sampling}-{args.supernet_epochs}.json"
+    args.gate_weights = args.gate_weights or DEFAULT_GATE_WEIGHTS
+    variant = f"{args.sampling}-{args.supernet_epochs}" + ("" if args.gate_weights == "shared" else f"-{args.gate_weights}")
+    tfile = folder / f"timings-{variant}.json"
     timings = json.loads(tfile.read_text()) if tfile.exists() else {}
 
     def save():
         tfile.write_text(json.dumps(timings, indent=1))
 
-    if not args.analyze:
+    if not args.analyze and not args.standalone_only:
         if args.import_jsonl:
             print(f"imported {import_runs(study, args.import_jsonl, r, data, designs)} runs", flush=True)
         # 1. supernet training, then every design's supernet accuracy
         net, res = None, None
         (net, res, _), t = clock(lambda: train_supernet(
             space, r, data, epochs=args.supernet_epochs, sampling=args.sampling, seed=0,
-            checkpoint=folder / f"supernet-{args.sampling}-{args.supernet_epochs}.pt", device="cpu"))
+            checkpoint=folder / f"supernet-{variant}.pt", device="cpu", gate_weights=args.gate_weights))
         timings.setdefault("supernet_train", {**t, "train_s": res.seconds, "epochs": res.epochs})
         ev = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu")
         acc, t = clock(lambda: {a.id: ev(a) for a in designs})
-        timings["supernet_acc"] = acc
+        timings.setdefault("supernet_acc", {}).update(acc)
         timings["eval_designs"] = {**t, "n": len(designs)}
         save()
         print(f"supernet: {timings['supernet_train']}; evaluated {len(designs)} designs in {t}", flush=True)
+        if args.eval_sweep:
+            sweep = timings.setdefault("sweep", {})
+            for batches, val, cseed in itertools.product(SWEEP_BATCHES, SWEEP_VAL, (0, 1, 2)):
+                ev2 = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu",
+                                    batches=batches, val_fraction=val / len(data.val), calibration_seed=cseed)
+                acc, t = clock(lambda: {a.id: ev2(a) for a in designs})
+                sweep.setdefault(f"{batches}x{val}/{cseed}", {"acc": {}})["acc"].update(acc)
+                sweep[f"{batches}x{val}/{cseed}"]["cpu_per_path"] = t["cpu_s"] / len(designs)
+                sweep[f"{batches}x{val}/{cseed}"]["load"] = [t["load_start"], t["load_end"]]
+            save()
         # 2. the cost: ranking --rank designs, and one standalone training of the largest design
         if args.rank and "rank" not in timings:
             # a fresh SQLite study, as the search writes its ranking
@@ -149,7 +194,7 @@ def main() -> None:
             timings["largest"] = {**t, "arch": big.label, "id": big.id, "accuracy": run.accuracy}
             save()
             print(f"largest design {big}: {t}", flush=True)
-        # 3. the standalone runs, seed by seed (resumable)
+    if not args.analyze:  # 3. the standalone runs, seed by seed (resumable)
         ensure_runs(study, {a.id: a for a in designs}, list(args.seeds), r, data=data, device="cpu",
                     log=lambda line: print(line, flush=True), stage="standalone")
     analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings)
@@ -184,7 +229,22 @@ def analyze(runs, designs, seeds, timings) -> None:
     print("\n| design | supernet | standalone (" + ", ".join(f"seed {s}" for s in seeds) + ") | mean |\n|---|---|---|---|")
     for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
         accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
-        print(f"| `{a.id}` {a.label} | {sup[a.id]:.3f} | {accs} | {m:.3f} |")
+        label = a.label.replace("|", "\\|")  # a Markdown table cell
+        print(f"| `{a.id}` {label} | {sup[a.id]:.3f} | {accs} | {m:.3f} |")
+    sweep = timings.get("sweep", {})
+    if full and all(a.id in sweep.get(f"4x359/{c}", {}).get("acc", {}) for c in (0, 1, 2) for a in full):
+        print("\n| calibration batches | validation images | CPU-s per path | tau(supernet, standalone mean), "
+              "3 calibration draws | mean | tau to the 4x359 setting |\n|---|---|---|---|---|---|")
+        ref = {a.id: statistics.fmean(timings["sweep"][f"4x359/{c}"]["acc"][a.id] for c in (0, 1, 2)) for a in full}
+        for b, v in itertools.product(SWEEP_BATCHES, SWEEP_VAL):
+            cells = [timings["sweep"].get(f"{b}x{v}/{c}") for c in (0, 1, 2)]
+            if not all(cells) or not all(a.id in c["acc"] for c in cells for a in full):
+                continue
+            taus = [kendalltau([c["acc"][a.id] for a in full], means)[0] for c in cells]
+            agree = statistics.fmean(kendalltau([c["acc"][a.id] for a in full], [ref[a.id] for a in full])[0]
+                                     for c in cells)
+            print(f"| {b} | {v} | {statistics.fmean(c['cpu_per_path'] for c in cells):.3f} | "
+                  f"{', '.join(f'{x:.2f}' for x in taus)} | {statistics.fmean(taus):.2f} | {agree:.2f} |")
     if {"supernet_train", "rank", "largest"} <= set(timings):
         st, rk, big = timings["supernet_train"], timings["rank"], timings["largest"]
         for unit in ("cpu_s", "wall_s"):

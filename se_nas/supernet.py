@@ -8,14 +8,17 @@ al. (TPAMI 2019) is a supernet choice:
 * the **reduction ratio** r: each SE slot holds the excitation of the widest ratio the space allows
   (smallest r), and ratio r uses its first ``C // r`` hidden units (Once-for-All's width slicing): the
   rows of ``fc1`` and the columns of ``fc2``;
-* **squeeze** and **gate** are parameter-free: chosen per forward over the same weights;
+* **squeeze** is parameter-free: chosen per forward over the same weights; each **gate** has its own
+  excitation in each slot (``GATE_WEIGHTS``: gates of different range read one set of weights
+  differently), or, with ``gate_weights="shared"``, all gates share one;
 * the **insertion point**: each slot a stage may use (``input``, ``mid``, ``residual``, ``identity``,
   ``output``) has its own excitation;
 * **off** (and every slot the path does not use) is the identity.
 
 The supernet is the builder's own ``SEResNet`` (``se_nas.build``) with a ``SuperSE`` in each slot the
-space may use, so its state-dict keys are the builder's. ``extract(supernet, arch)`` is exactly the
-``nn.Module`` ``build_model(arch, ...)`` makes, carrying the inherited weights (the prefix of each
+space may use, so its state-dict keys are the builder's (a slot's per-gate excitations are
+``se_{slot}.excite.{gate}.fc1``/``fc2``). ``extract(supernet, arch)`` is exactly the ``nn.Module``
+``build_model(arch, ...)`` makes, carrying the inherited weights (the prefix of the path's gate's
 excitation), and computes what the supernet computes on that path. ``SuperSE`` is an
 ``se_nas.se.SqueezeExcite`` whose 1x1 convolutions hand out the active prefix of their weights, so
 the fused training kernels of ``se_nas.fused`` run unchanged on the sliced weights.
@@ -64,17 +67,56 @@ class _Prefix(nn.Conv2d):
         return value
 
 
+# Which gates of a slot share one excitation's weights: a table of name -> (gate -> the weights' key).
+# Gates of different range (sigmoid and hard sigmoid in (0, 1) centred near 0.5, tanh centred 0, ReLU
+# unbounded) read the same pre-activation differently: weights trained for one flip or kill the stream
+# under another, so by default each gate has its own (chosen on 23 designs, held on 24 fresh ones, by
+# margins within the noise: docs/oneshot.md).
+GATE_WEIGHTS = {
+    "per-gate": lambda gate: gate,
+    "per-range": lambda gate: {"hardsigmoid": "sigmoid"}.get(gate, gate),
+    "shared": lambda gate: "shared",
+}
+DEFAULT_GATE_WEIGHTS = "per-gate"
+
+
+def gate_groups(gates: Iterable[str], gate_weights: str) -> dict[str, str]:
+    """gate -> the key of the excitation it uses in a slot, under the ``gate_weights`` rule."""
+    if gate_weights not in GATE_WEIGHTS:
+        raise ArchError(f"unknown gate weights {gate_weights!r}; allowed: {', '.join(GATE_WEIGHTS)}")
+    return {g: GATE_WEIGHTS[gate_weights](g) for g in gates}
+
+
 class SuperSE(SqueezeExcite):
     """Every SE design one slot may hold: ``choose(se)`` picks the reduction (a prefix of the widest
-    excitation's hidden units), squeeze and gate; ``choose(None)`` makes it the identity."""
+    excitation's hidden units), squeeze and gate; ``choose(None)`` makes it the identity.
 
-    def __init__(self, channels: int, reductions: Iterable[int], bias: bool = False):
+    ``groups`` (gate -> key, ``gate_groups``) gives gates their own excitation when they map to
+    different keys: then ``excite[key]`` holds each one's ``fc1``/``fc2`` and ``self.fc1``/``self.fc2``
+    are the chosen gate's (plain attributes, not registered twice); with one key the slot has the
+    builder's own ``fc1``/``fc2``."""
+
+    def __init__(self, channels: int, reductions: Iterable[int], bias: bool = False,
+                 groups: dict[str, str] | None = None):
         widest = min(reductions)
         super().__init__(channels, StageSE(reduction=widest), bias)
         self.hidden = se_hidden(channels, widest)
-        self.fc1 = _Prefix(channels, self.hidden, bias, axis=0)
-        self.fc2 = _Prefix(self.hidden, channels, bias, axis=1)
+        self.groups = dict(groups or {})
+        keys = sorted(set(self.groups.values()))
+        if len(keys) <= 1:
+            self.fc1 = _Prefix(channels, self.hidden, bias, axis=0)
+            self.fc2 = _Prefix(self.hidden, channels, bias, axis=1)
+        else:
+            del self.fc1, self.fc2
+            self.excite = nn.ModuleDict({k: nn.ModuleDict({"fc1": _Prefix(channels, self.hidden, bias, axis=0),
+                                                           "fc2": _Prefix(self.hidden, channels, bias, axis=1)})
+                                         for k in keys})
+            self._use(keys[0])
         self.choose(None)
+
+    def _use(self, key: str) -> None:
+        object.__setattr__(self, "fc1", self.excite[key]["fc1"])  # not registered: the keys stay excite.*
+        object.__setattr__(self, "fc2", self.excite[key]["fc2"])
 
     def choose(self, se: StageSE | None) -> None:
         self.choice = se
@@ -84,6 +126,8 @@ class SuperSE(SqueezeExcite):
         if hidden > self.hidden:
             raise ArchError(f"reduction ratio {se.reduction} needs {hidden} hidden units; this slot holds "
                             f"{self.hidden} (the widest ratio of the space)")
+        if "excite" in self._modules:
+            self._use(self.groups[se.gate])
         self.squeeze, self.gate = SQUEEZE_FNS[se.squeeze], GATE_FNS[se.gate]
         self.fc1.active = self.fc2.active = hidden
 
@@ -103,11 +147,12 @@ class Supernet(SEResNet):
     ``set_path(arch)`` makes it compute ``arch``; ``extract(self, arch)`` gives ``arch``'s own model."""
 
     def __init__(self, space, num_classes: int, stem: str = "small", width: float = 1.0,
-                 zero_init_last: bool = True):
+                 zero_init_last: bool = True, gate_weights: str = DEFAULT_GATE_WEIGHTS):
         check_supernet_space(space)
         plain = space.plain()
         super().__init__(resolve(plain, stem, width), num_classes, zero_init_last)
         self.space, self.stem_name, self.width, self.num_classes = space, stem, float(width), num_classes
+        self.gate_weights = gate_weights
         geom = resolve(plain, stem, width)
         units = [m for stage in self.stages for m in stage]
         if len(units) != len(geom.units) or not all(isinstance(m, ResidualUnit) for m in units):
@@ -118,19 +163,22 @@ class Supernet(SEResNet):
             if True not in st["enabled"]:
                 continue
             for slot in sorted({POSITIONS[p] for p in st["position"]}):
-                se = SuperSE(u.slot_channels(slot), st["reduction"], space.se_bias)
-                for conv in (se.fc1, se.fc2):  # the builder's initialisation of every convolution
+                se = SuperSE(u.slot_channels(slot), st["reduction"], space.se_bias,
+                             gate_groups(st["gate"], gate_weights))
+                for conv in (m for m in se.modules() if isinstance(m, _Prefix)):  # the builder's initialisation
                     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
                 setattr(m, f"se_{slot}", se)
         self.unit_stages = tuple(u.stage for u in geom.units)
         self.path: Arch | None = None  # every slot off until a path is set
 
-    def set_path(self, arch: Arch) -> "Supernet":
-        """Route every SE slot for ``arch``; raises ArchError if ``arch`` is not a design of the space."""
-        check_path(self.space, arch)
+    def set_path(self, arch: Arch | None) -> "Supernet":
+        """Route every SE slot for ``arch`` (None: every slot off); raises ArchError if ``arch`` is not a
+        design of the space."""
+        if arch is not None:
+            check_path(self.space, arch)
         units = [m for stage in self.stages for m in stage]
         for m, s in zip(units, self.unit_stages):
-            se = arch.stages[s]
+            se = None if arch is None else arch.stages[s]
             for slot_module in (getattr(m, n) for n, _ in m.named_children() if n.startswith("se_")):
                 if isinstance(slot_module, SuperSE):
                     slot_module.choose(None)
@@ -163,13 +211,21 @@ def check_path(space, arch: Arch) -> None:
 
 def extract(supernet: Supernet, arch: Arch) -> SEResNet:
     """``build_model(arch, ...)`` at the supernet's proxy settings, carrying the supernet's weights for
-    ``arch``: every tensor of the supernet under the same state-dict key, each excitation cut to its
-    first ``C // r`` hidden units, BatchNorm statistics as the supernet holds them now."""
+    ``arch``: every tensor the supernet reads on that path under the same state-dict key (each slot's
+    ``fc1``/``fc2`` are the chosen gate's excitation, cut to its first ``C // r`` hidden units),
+    BatchNorm statistics as the supernet holds them now. The supernet's path is left as it was."""
     check_path(supernet.space, arch)
     model = build_model(arch, supernet.num_classes, stem=supernet.stem_name, width=supernet.width)
-    have = supernet.state_dict()
-    model.load_state_dict({k: have[k][tuple(slice(0, n) for n in v.shape)].clone()
-                           for k, v in model.state_dict().items()})
+    before = supernet.path
+    supernet.set_path(arch)
+    try:
+        state = {}
+        for key in model.state_dict():
+            owner, _, name = key.rpartition(".")
+            state[key] = getattr(supernet.get_submodule(owner), name).detach().clone()
+    finally:
+        supernet.set_path(before)
+    model.load_state_dict(state)
     return model.to(next(supernet.parameters()).device)
 
 

@@ -13,8 +13,8 @@ from se_nas.build import build_model
 from se_nas.choices import GATES, POSITIONS, SQUEEZES
 from se_nas.fused import set_fast_se
 from se_nas.space import load_space
-from se_nas.supernet import (SuperSE, Supernet, extract, narrowest_path, recalibrate_bn, sample_path,
-                             widest_path)
+from se_nas.supernet import (GATE_WEIGHTS, SuperSE, Supernet, extract, narrowest_path, recalibrate_bn,
+                             sample_path, widest_path)
 
 WIDTH = 0.125
 SPACE = load_space("resnet50-per-stage")
@@ -48,7 +48,16 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def supernet():
-    return _randomized(Supernet(SPACE, 10, "small", WIDTH))
+    """Each gate with its own excitation in every slot (every tensor random: a wrong gate's weights show)."""
+    return _randomized(Supernet(SPACE, 10, "small", WIDTH, gate_weights="per-gate"))
+
+
+def _registered(net: Supernet, arch: Arch, key: str) -> torch.Tensor:
+    """The supernet's registered tensor that ``key`` of ``arch``'s model reads on that path (the chosen
+    gate's excitation, whole, for an SE slot)."""
+    net.set_path(arch)
+    owner, _, name = key.rpartition(".")
+    return net.get_submodule(owner)._parameters[name]
 
 
 def _covering_designs() -> list[Arch]:
@@ -64,8 +73,12 @@ def _covering_designs() -> list[Arch]:
     return designs
 
 
-def test_extracted_path_is_build_model_with_the_same_forward(supernet):
-    """Bit for bit, in eval mode, with the fast SE code (matrix products) and the reference one."""
+@pytest.mark.parametrize("gate_weights", ["per-gate", "shared"])
+def test_extracted_path_is_build_model_with_the_same_forward(supernet, gate_weights):
+    """Bit for bit, in eval mode, with the fast SE code (matrix products) and the reference one; with
+    each gate's own excitation and with one excitation shared by the gates."""
+    if gate_weights != "per-gate":
+        supernet = _randomized(Supernet(SPACE, 10, "small", WIDTH, gate_weights=gate_weights))
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     supernet.eval()
     seen = set()
@@ -97,22 +110,55 @@ def test_training_step_of_a_path_is_the_extracted_models(supernet):
                              StageSE(2, "avgmax", "hardsigmoid", "after_3x3"), StageSE(32, "avg", "relu", "identity")))
     x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     y = torch.arange(8) % 10
-    net = _randomized(Supernet(SPACE, 10, "small", WIDTH), seed=3)
+    net = _randomized(Supernet(SPACE, 10, "small", WIDTH, gate_weights="per-gate"), seed=3)
     model = extract(net, arch).train()
     net.set_path(arch).train()
     nn.functional.cross_entropy(net(x), y).backward()
     nn.functional.cross_entropy(model(x), y).backward()
-    params = dict(net.named_parameters())
+    used = set()
     for name, p in model.named_parameters():
-        full = params[name].grad
+        reg = _registered(net, arch, name)
+        used.add(id(reg))
+        full = reg.grad
         part = full[tuple(slice(0, n) for n in p.shape)]
         torch.testing.assert_close(part, p.grad, rtol=1e-4, atol=1e-6, msg=name)
         if part.shape != full.shape:  # a sliced excitation: the unused hidden units get no gradient
             rest = full.clone()
             rest[tuple(slice(0, n) for n in p.shape)] = 0
             assert not rest.any(), name
-    unused = [n for n, p in params.items() if n not in dict(model.named_parameters())]
-    assert unused and all(params[n].grad is None or not params[n].grad.any() for n in unused)
+    # the other slots and the other gates' excitations get none
+    unused = [n for n, p in net.named_parameters() if id(p) not in used]
+    assert any(".excite.sigmoid." in n for n in unused) and any(".excite.relu." in n for n in unused)
+    assert all(p.grad is None or not p.grad.any() for n, p in net.named_parameters() if id(p) not in used)
+
+
+def test_each_gate_has_its_own_excitation_and_extraction_copies_the_chosen_gates(supernet):
+    """Every gate in every slot (each slot in another stage): the extracted model's fc1/fc2 are that
+    gate's excitation (its prefix), under the builder's keys; gates of one range share one under
+    ``per-range``, all gates under ``shared``."""
+    for i, position in enumerate(POSITIONS):
+        stage = i % 4
+        unit, slot = f"stages.{stage}.0", f"se_{POSITIONS[position]}"
+        got = {}
+        for gate in GATES:
+            arch = SPACE.plain().with_stage(stage, StageSE(4, "avg", gate, position))
+            before = supernet.path
+            model = extract(supernet, arch).state_dict()
+            assert supernet.path is before  # extraction leaves the supernet's path alone
+            own = getattr(supernet.get_submodule(f"{unit}.{slot}").excite, gate)
+            w = model[f"{unit}.{slot}.fc1.weight"]
+            h = w.shape[0]
+            assert h == se_hidden(own.fc1.in_channels, 4) < own.fc1._parameters["weight"].shape[0]
+            assert torch.equal(w, own.fc1._parameters["weight"][:h]), (stage, position, gate)
+            assert torch.equal(model[f"{unit}.{slot}.fc2.weight"], own.fc2._parameters["weight"][:, :h])
+            got[gate] = w
+        assert len({w.sum().item() for w in got.values()}) == len(GATES)  # four different excitations
+    keys = lambda gw: {k.split(".excite.")[1].split(".")[0] for k in  # noqa: E731
+                       Supernet(SPACE, 10, "small", WIDTH, gate_weights=gw).state_dict() if ".excite." in k}
+    assert keys("per-range") == {"sigmoid", "tanh", "relu"} and keys("per-gate") == set(GATES)
+    assert keys("shared") == set() and set(GATE_WEIGHTS) == {"per-gate", "per-range", "shared"}
+    with pytest.raises(ArchError, match=r"^unknown gate weights 'bogus'; allowed: per-gate, per-range, shared$"):
+        Supernet(SPACE, 10, "small", WIDTH, gate_weights="bogus")
 
 
 def test_a_smaller_ratio_uses_a_prefix_of_the_larger_ones_hidden_units(supernet):
@@ -129,8 +175,8 @@ def test_a_smaller_ratio_uses_a_prefix_of_the_larger_ones_hidden_units(supernet)
     assert torch.equal(w_small.fc2.weight, w_big.fc2.weight[:, :h])
     # a hidden unit beyond C/8 changes the r=2 path, never the r=8 one
     x = torch.rand(2, c, 4, 4, generator=torch.Generator().manual_seed(6)) + 0.5  # z > 0: +10 wakes a unit
-    full = dict(se.fc1.named_parameters())["weight"]  # the registered parameter, not the path's slice
     se.choose(small)
+    full = dict(se.fc1.named_parameters())["weight"]  # the registered parameter, not the path's slice
     before_small = se(x)
     se.choose(big)
     before_big = se(x)
@@ -338,9 +384,10 @@ def test_a_path_that_breaks_is_drawn_again_and_never_trained():
 
     net = Supernet(TINY, 10, "small", WIDTH).train()
     for m in net.stages[0]:
-        w = dict(m.se_residual.fc1.named_parameters())["weight"]
-        with torch.no_grad():
-            w[se_hidden(w.shape[1], 16):] = float("nan")
+        for name, w in m.se_residual.named_parameters():  # every gate's excitation
+            if name.endswith("fc1.weight"):
+                with torch.no_grad():
+                    w[se_hidden(w.shape[1], 16):] = float("nan")
     draw = PathDraw(TINY, Budget(), TINY.deploy, "uniform")
     x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 10
     torch.manual_seed(0)
@@ -352,3 +399,31 @@ def test_a_path_that_breaks_is_drawn_again_and_never_trained():
     assert draw.broken and all(breaks(a) for a in draw.broken)
     assert draw.drawn and not any(breaks(a) for a in draw.drawn)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_on_the_calibration_batches(
+        tiny_data):
+    """PathEvaluator's accuracy is the extracted model's, recalibrated on the same batches, on the
+    first ``val_fraction`` of the validation images (the cheaper settings of docs/oneshot.md)."""
+    from se_nas.oneshot import PathEvaluator
+    from se_nas.study import SearchError
+    from se_nas.train import evaluate
+
+    recipe = load_recipe("tiny")
+    net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)
+    arch = Arch.uniform("resnet18", StageSE(16, "avg", "hardsigmoid", "standard"))
+    full = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=3, val_fraction=1)
+    ev = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=1, val_fraction=37 / len(tiny_data.val))
+    assert len(full.calibration) == 3 and sum(len(y) for _, y in full.val) == len(tiny_data.val) > 37
+    assert len(ev.calibration) == 1 and torch.equal(ev.calibration[0], full.calibration[0])
+    assert sum(len(y) for _, y in ev.val) == 37
+    other = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=1, calibration_seed=recipe.seed + 1)
+    assert not torch.equal(other.calibration[0], ev.calibration[0])
+    acc = ev(arch)
+    model = extract(net, arch)
+    recalibrate_bn(model, ev.calibration)
+    x = torch.cat([x for x, _ in full.val])[:37]
+    y = torch.cat([y for _, y in full.val])[:37]
+    assert acc == evaluate(model, [(x, y)], "cpu")
+    with pytest.raises(SearchError, match=r"^a path's validation fraction must be in \(0, 1\], got val_fraction=0$"):
+        PathEvaluator(net, recipe, tiny_data, device="cpu", val_fraction=0)
