@@ -238,7 +238,10 @@ def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
     conf = read_confirmation(study, settings)
     t = read_timing(root, name)
     recs = records(study)
+    from se_nas.oneshot import ranked
+
     row = {"strategy": strategy, "seed": seed, "timing": t, "counted": counted(study)[0],
+           "evaluated": sum(1 for r in recs if ranked(r)),
            "trained": sum(1 for r in recs if r.trained and r.fidelity != "supernet"),
            "complete": bool(conf and conf.complete)}
     if strategy == "oneshot":  # ranking's wall time: first path asked to last recorded
@@ -250,6 +253,14 @@ def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
         ds, front = confirmed_points(study, settings, conf)
         row["designs"], row["front"], row["conf"] = ds, front, conf
         row["hv"] = hypervolume([(d.mean, d.gflops) for d in front], ("maximize", "minimize"), ref) if front else 0.0
+        base = [d for d in ds if d.id in (conf.r16.id, conf.plain.id)]  # what every search confirms anyway
+        row["hv_base"] = hypervolume([(d.mean, d.gflops) for d in base], ("maximize", "minimize"), ref) if base else 0.0
+        from se_nas.confirm import recipe_key, stored_runs
+
+        runs = stored_runs(study, recipe_key(settings.recipe_value())).values()
+        base_ids = (conf.r16.id, conf.plain.id)
+        row["calib_s"] = sum(x.seconds for x in runs if x.arch.id in base_ids)
+        row["confirm_s"] = sum(x.seconds for x in runs if x.arch.id not in base_ids)
         best = max(front, key=lambda d: d.mean) if front else None
         row["best"] = best
     return row
@@ -272,14 +283,14 @@ def analyze(args) -> None:
     if not rows:
         raise SystemExit(f"no study under {root}; run without --analyze first")
     print(f"hypervolume reference point: accuracy {ref[0]:.3f} (1/C, a uniform guess), {ref[1]:g} GFLOPs (the budget)\n")
-    print("| seed | strategy | search wall-s | search CPU-s | load start-end | supernet + rank wall-s | designs ranked / trials "
-          "trained | confirmed front (acc, GFLOPs) | best of front | HV |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| seed | strategy | search wall-s | search CPU-s | load start-end | supernet + rank wall-s | calibrate / confirm wall-s (sum of runs) | designs ranked (within budget) / "
+          "trials trained (counted) | confirmed front (acc, GFLOPs) | best of front | HV | HV of r=16 + plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["timing"]
         flag = "" if t.get("calls", 1) <= 1 else f" ({t['calls']} calls: time of a killed call lost)"
         split = (f"{t['wall_s'] - r['rank_s']:.0f} + {r['rank_s']:.0f}" if "rank_s" in r and t.get("wall_s") else "-")
-        work = f"{r['counted']} ranked" if r["strategy"] == "oneshot" else f"{r['trained']} trained ({r['counted']} counted)"
+        work = f"{r['counted']} ({r['evaluated']} evaluated)" if r["strategy"] == "oneshot" else f"{r['trained']} trained ({r['counted']} counted)"
         front = ", ".join(f"{d.mean:.3f}@{d.gflops:.3f}" for d in r.get("front", ()))
         best = r.get("best")
         best_s = (f"`{best.id}` {role_of(r['conf'], best)} {best.mean:.3f} ({best.arch.label.replace(' | ', ' / ')})"
@@ -288,8 +299,9 @@ def analyze(args) -> None:
         if not r["complete"]:
             hv += " (confirmation incomplete)"
         print(f"| {r['seed']} | {r['strategy']} | {t.get('wall_s', float('nan')):.0f}{flag} | {t.get('cpu_s', float('nan')):.0f} | "
-              f"{t.get('load_start', float('nan')):.1f}-{t.get('load_end', float('nan')):.1f} | {split} | {work} | {front} | "
-              f"{best_s} | {hv} |")
+              f"{t.get('load_start', float('nan')):.1f}-{t.get('load_end', float('nan')):.1f} | {split} | "
+              f"{r.get('calib_s', float('nan')):.0f} / {r.get('confirm_s', float('nan')):.0f} | {work} | {front} | "
+              f"{best_s} | {hv} | {r.get('hv_base', float('nan')):.5f} |")
     by = {(r["strategy"], r["seed"]): r for r in rows if "hv" in r and r["complete"]}
     seeds = [s for s in args.seeds if all((st, s) in by for st in STRATEGIES)]
     print()
