@@ -41,13 +41,13 @@ def cmd_search(args):
     space = load_space(args.space)
     oneshot = args.strategy == "oneshot"
     if oneshot:
-        from .oneshot import DEFAULT_N_DESIGNS as default_n
+        from .oneshot import DEFAULT_N_DESIGNS as default_n, DEFAULT_SAMPLER as default_sampler
     else:
-        from .search import DEFAULT_N_TRIALS as default_n
+        from .search import DEFAULT_N_TRIALS as default_n, DEFAULT_SAMPLER as default_sampler
     config = SearchConfig(
         study=args.study or default_study_name(space, budget) + ("-oneshot" if oneshot else ""), space=space,
-        recipe=args.recipe, budget=budget, n_trials=args.n_trials or default_n, sampler=args.sampler, workers=args.workers,
-        storage=args.storage, backend=args.backend, ray_address=args.ray_address,
+        recipe=args.recipe, budget=budget, n_trials=args.n_trials or default_n,
+        sampler=args.sampler or default_sampler, workers=args.workers, storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
         confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
@@ -115,8 +115,9 @@ def _search_arguments(p):
     p.add_argument("--supernet-sampling", choices=("uniform", "sandwich"), default="sandwich",
                    help="--strategy oneshot: the sandwich rule (widest, narrowest and a random path per step, within "
                    "the budget), or uniform: one path per step, each choice equally likely (compared in docs/oneshot.md)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                   help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget "
+                   "(default tpe; with --strategy oneshot nsga2: TPE re-proposes ranked designs thousands of times)")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes running trials at once on this machine, sharing the study storage")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",

@@ -54,6 +54,9 @@ SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
 CALIBRATION_BATCHES = 1  # training batches per path for its BatchNorm statistics
 VAL_FRACTION = 0.25  # of the validation split (its first images) a path is evaluated on
 DEFAULT_N_DESIGNS = 2000  # designs ranked by default
+# TPE re-proposes ranked designs: 1,300-1,900 times per 300 designs, most of the ranking's time
+# (docs/oneshot_vs_multitrial.md); NSGA-II proposed none again in 2,000 (docs/oneshot.md)
+DEFAULT_SAMPLER = "nsga2"
 RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
 BROKEN = 3.0  # a path whose loss is this many times that of a uniform guess (ln C) or more is not trained
 

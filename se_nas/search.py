@@ -46,6 +46,7 @@ def _ray_backend(study, config, progress, data) -> None:
 BACKENDS: dict[str, Callable] = {"optuna": _optuna_backend, "ray": _ray_backend}
 EARLY_STOPS = ("rungs", "asha", "none")
 DEFAULT_N_TRIALS = 30  # with calibration and confirmation, about 10 minutes on 2 idle cores: docs/search.md
+DEFAULT_SAMPLER = "tpe"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class SearchConfig:
     budget: Budget = field(default_factory=Budget)
     deploy: Deploy | None = None  # None: the space's deployment model
     n_trials: int = DEFAULT_N_TRIALS
-    sampler: str = "tpe"
+    sampler: str = DEFAULT_SAMPLER
     workers: int = 1
     storage: str | None = None
     backend: str = "optuna"

@@ -367,6 +367,7 @@ def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_stud
     assert cli.main([*argv, "--n-trials", "7"]) == 0  # continues: the supernet is read back, not retrained
     out = capsys.readouterr().out
     assert "supernet trained: 1 epochs" in out and "(this run: " in out
+    assert "sampler nsga2" in out  # the one-shot's default: TPE re-proposes ranked designs thousands of times
     recs = records(study)
     paths = sum(r.status.value == "complete" for r in recs)
     assert f"{paths} supernet paths evaluated (not trained), 0 trained to the end" in out
