@@ -178,6 +178,8 @@ def main() -> None:
                    "a path against its ranking)")
     p.add_argument("--few-shot", default=None, metavar="SPLIT", choices=sorted(SPLITS),
                    help="one sub-supernet per part of this split, --supernet-epochs each (%(choices)s)")
+    p.add_argument("--supernet-seed", type=int, default=0, help="the supernet's training seed (a second one "
+                   "puts a noise figure on a variant)")
     p.add_argument("--broken", type=float, default=None, metavar="X", help="the broken-path limit for training "
                    "(multiples of ln C; default se_nas.oneshot.BROKEN)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
@@ -208,6 +210,7 @@ def main() -> None:
     args.gate_weights = args.gate_weights or DEFAULT_GATE_WEIGHTS
     variant = f"{args.sampling}-{args.supernet_epochs}" + ("" if args.gate_weights == "shared" else f"-{args.gate_weights}")
     variant += (f"-fewshot-{args.few_shot}" if args.few_shot else "") + (f"-broken{args.broken:g}" if args.broken else "")
+    variant += f"-seed{args.supernet_seed}" if args.supernet_seed else ""
     if args.broken:
         import se_nas.oneshot
 
@@ -232,7 +235,7 @@ def main() -> None:
             budget = Part(Budget(), args.few_shot, i) if args.few_shot else Budget()
             suffix = f"-part{i}" if args.few_shot else ""
             (net, res, draw), t = clock(lambda: train_supernet(
-                space, r, data, budget=budget, epochs=args.supernet_epochs, sampling=args.sampling, seed=0,
+                space, r, data, budget=budget, epochs=args.supernet_epochs, sampling=args.sampling, seed=args.supernet_seed,
                 checkpoint=folder / f"supernet-{variant}{suffix}.pt", device="cpu", gate_weights=args.gate_weights))
             timings.setdefault("supernet_train" + suffix, {**t, "train_s": res.seconds, "epochs": res.epochs,
                                                            "broken_draws": len(draw.broken), "drawn": len(draw.drawn)})
@@ -275,10 +278,10 @@ def main() -> None:
     if not args.analyze:  # 3. the standalone runs, seed by seed (resumable)
         ensure_runs(study, {a.id: a for a in designs}, list(args.seeds), r, data=data, device="cpu",
                     log=lambda line: print(line, flush=True), stage="standalone")
-    analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings)
+    analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings, args.few_shot or "stream-centred")
 
 
-def analyze(runs, designs, seeds, timings) -> None:
+def analyze(runs, designs, seeds, timings, split: str) -> None:
     import itertools
     import statistics
 
@@ -304,6 +307,12 @@ def analyze(runs, designs, seeds, timings) -> None:
               for s1, s2 in itertools.combinations(seeds, 2)]
         print(f"designs that train (mean >= 0.5): {len(trained)}: tau {t2:.2f} (p {p2:.2g}), seed-to-seed "
               f"{statistics.fmean(pr):.2f}")
+    k, part = SPLITS[split]
+    for i in range(k):  # a few-shot split ranks across sub-supernets; within a part each ranks its own designs
+        ids = [j for j, a in enumerate(full) if part(a) == i]
+        if len(ids) > 2:
+            ti, pi = kendalltau([sup[full[j].id] for j in ids], [means[j] for j in ids])
+            print(f"part {i} of split {split}: {len(ids)} designs, tau {ti:.2f} (p {pi:.2g})")
     print("\n| design | supernet | standalone (" + ", ".join(f"seed {s}" for s in seeds) + ") | mean |\n|---|---|---|---|")
     for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
         accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
