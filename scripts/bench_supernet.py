@@ -313,6 +313,8 @@ def analyze(runs, designs, seeds, timings, split: str) -> None:
         if len(ids) > 2:
             ti, pi = kendalltau([sup[full[j].id] for j in ids], [means[j] for j in ids])
             print(f"part {i} of split {split}: {len(ids)} designs, tau {ti:.2f} (p {pi:.2g})")
+    ti, pi = kendalltau([-part(a) for a in full], means)  # the split's own indicator as the score (a control)
+    print(f"the part alone (lower part ranked higher) against the standalone mean: tau {ti:.2f} (p {pi:.2g})")
     print("\n| design | supernet | standalone (" + ", ".join(f"seed {s}" for s in seeds) + ") | mean |\n|---|---|---|---|")
     for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
         accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
