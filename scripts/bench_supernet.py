@@ -23,6 +23,13 @@ default set; ``--held-out N`` then reports it on N fresh designs (another fixed-
 space, none of the default set's), stored the same way. ``--eval-sweep`` evaluates every design
 under fewer/more calibration batches and validation subsets, three calibration draws each.
 
+``--few-shot SPLIT`` (Zhao et al., *Few-shot neural architecture search*, ICML 2021) trains instead one
+sub-supernet per part of the space under a split of ``SPLITS`` (each from scratch, on the paths of
+its part only, ``--supernet-epochs`` each: half the recipe's per part for K=2 gives the sub-supernets
+together the steps of one supernet) and evaluates each design on its part's sub-supernet.
+``--broken X`` sets the broken-path limit (``se_nas.oneshot.BROKEN``, in multiples of ln C) for the
+training: a control for the redraw of slow paths.
+
     nice -n 5 python scripts/bench_supernet.py --import-jsonl /tmp/rf/rf.jsonl   # resumable
     python scripts/bench_supernet.py --analyze                                  # the tables only
     nice -n 5 python scripts/bench_supernet.py --held-out 28 --standalone-only  # the held-out runs
@@ -69,6 +76,54 @@ def held_out(default: list, n: int) -> list:
     seen = {a.id for a in default}
     fresh = [a for a in pick_designs("resnet50-per-stage", n + len(default) + 2, 1) if a.id not in seen]
     return fresh[:n]
+
+
+STREAM = ("pre", "post", "identity")  # positions whose gate scales the residual stream (or the unit's input)
+CENTRED = ("tanh", "relu")  # gates not in (0, 1): they flip or kill what they scale
+
+
+def _stream_gates(arch) -> set[str]:
+    return {se.gate for se in arch.stages if se is not None and se.position in STREAM}
+
+
+# A few-shot split: name -> (K, design -> its part in range(K)).
+SPLITS = {
+    # a tanh/ReLU gate scales the stream in some stage: the paths docs/oneshot.md found the supernet fails
+    "stream-centred": (2, lambda a: int(bool(_stream_gates(a) & set(CENTRED)))),
+    # what scales the stream: nothing, only sigmoid-like gates, or a tanh/ReLU gate somewhere
+    "stream-gate": (3, lambda a: 2 if _stream_gates(a) & set(CENTRED) else int(bool(_stream_gates(a)))),
+}
+
+
+class Part:
+    """The budget of a sub-supernet's training: a path fits if it is within ``budget`` and in ``part``
+    of ``split`` (``PathDraw`` redraws the others)."""
+
+    def __init__(self, budget, split: str, part: int):
+        self.budget, self.split, self.part = budget, split, part
+
+    def fits(self, cost, arch) -> bool:
+        return SPLITS[self.split][1](arch) == self.part and self.budget.fits(cost, arch)
+
+    def describe(self) -> str:
+        return f"{self.budget.describe()} in part {self.part} of split {self.split}"
+
+
+def balance(split: str, space, sets: dict, n: int = 20000) -> str:
+    """How the split divides the space (fair per-choice draws, as training draws them) and each design set."""
+    import random
+    from collections import Counter
+
+    from se_nas.supernet import sample_path
+
+    k, part = SPLITS[split]
+    rng = random.Random(0)
+    draws = Counter(part(sample_path(space, rng)) for _ in range(n))
+    out = [f"space ({n} draws): " + " / ".join(f"{draws[i] / n:.2f}" for i in range(k))]
+    for name, designs in sets.items():
+        c = Counter(part(a) for a in designs)
+        out.append(f"{name}: " + " / ".join(str(c[i]) for i in range(k)))
+    return f"split {split}, parts 0..{k - 1}: " + "; ".join(out)
 
 
 def clock(fn):
@@ -121,6 +176,12 @@ def main() -> None:
     p.add_argument("--eval-sweep", action="store_true", help="also evaluate every design under fewer/more "
                    "calibration batches and validation subsets, three calibration draws each (item 2: the cost of "
                    "a path against its ranking)")
+    p.add_argument("--few-shot", default=None, metavar="SPLIT", choices=sorted(SPLITS),
+                   help="one sub-supernet per part of this split, --supernet-epochs each (%(choices)s)")
+    p.add_argument("--supernet-seed", type=int, default=0, help="the supernet's training seed (a second one "
+                   "puts a noise figure on a variant)")
+    p.add_argument("--broken", type=float, default=None, metavar="X", help="the broken-path limit for training "
+                   "(multiples of ln C; default se_nas.oneshot.BROKEN)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
     args = p.parse_args()
 
@@ -148,6 +209,15 @@ def main() -> None:
     folder = Path(args.root) / "bench-supernet"
     args.gate_weights = args.gate_weights or DEFAULT_GATE_WEIGHTS
     variant = f"{args.sampling}-{args.supernet_epochs}" + ("" if args.gate_weights == "shared" else f"-{args.gate_weights}")
+    variant += (f"-fewshot-{args.few_shot}" if args.few_shot else "") + (f"-broken{args.broken:g}" if args.broken else "")
+    variant += f"-seed{args.supernet_seed}" if args.supernet_seed else ""
+    if args.broken:
+        import se_nas.oneshot
+
+        se_nas.oneshot.BROKEN = args.broken
+    if args.few_shot:
+        print(balance(args.few_shot, space, {"default set": pick_designs("resnet50-per-stage", args.designs, 0),
+                                             "held-out set": designs if args.held_out else []}), flush=True)
     tfile = folder / f"timings-{variant}.json"
     timings = json.loads(tfile.read_text()) if tfile.exists() else {}
 
@@ -158,13 +228,24 @@ def main() -> None:
         if args.import_jsonl:
             print(f"imported {import_runs(study, args.import_jsonl, r, data, designs)} runs", flush=True)
         # 1. supernet training, then every design's supernet accuracy
-        net, res = None, None
-        (net, res, _), t = clock(lambda: train_supernet(
-            space, r, data, epochs=args.supernet_epochs, sampling=args.sampling, seed=0,
-            checkpoint=folder / f"supernet-{variant}.pt", device="cpu", gate_weights=args.gate_weights))
-        timings.setdefault("supernet_train", {**t, "train_s": res.seconds, "epochs": res.epochs})
-        ev = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu")
-        acc, t = clock(lambda: {a.id: ev(a) for a in designs})
+        # (few-shot: one sub-supernet per part, trained on its part's paths only)
+        k, part = SPLITS[args.few_shot] if args.few_shot else (1, lambda a: 0)
+        evs = []
+        for i in range(k):
+            budget = Part(Budget(), args.few_shot, i) if args.few_shot else Budget()
+            suffix = f"-part{i}" if args.few_shot else ""
+            (net, res, draw), t = clock(lambda: train_supernet(
+                space, r, data, budget=budget, epochs=args.supernet_epochs, sampling=args.sampling, seed=args.supernet_seed,
+                checkpoint=folder / f"supernet-{variant}{suffix}.pt", device="cpu", gate_weights=args.gate_weights))
+            timings.setdefault("supernet_train" + suffix, {**t, "train_s": res.seconds, "epochs": res.epochs,
+                                                           "broken_draws": len(draw.broken), "drawn": len(draw.drawn)})
+            evs.append(PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu"))
+        if args.few_shot:  # the parts' training together, for the cost figure
+            parts = [timings[f"supernet_train-part{i}"] for i in range(k)]
+            timings["supernet_train"] = {key: sum(x[key] for x in parts) for key in ("cpu_s", "wall_s", "train_s")}
+            timings["supernet_train"].update(load_start=parts[0]["load_start"], load_end=parts[-1]["load_end"])
+        ev = evs[0]
+        acc, t = clock(lambda: {a.id: evs[part(a)](a) for a in designs})
         timings.setdefault("supernet_acc", {}).update(acc)
         timings["eval_designs"] = {**t, "n": len(designs)}
         save()
@@ -197,10 +278,10 @@ def main() -> None:
     if not args.analyze:  # 3. the standalone runs, seed by seed (resumable)
         ensure_runs(study, {a.id: a for a in designs}, list(args.seeds), r, data=data, device="cpu",
                     log=lambda line: print(line, flush=True), stage="standalone")
-    analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings)
+    analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings, args.few_shot or "stream-centred")
 
 
-def analyze(runs, designs, seeds, timings) -> None:
+def analyze(runs, designs, seeds, timings, split: str) -> None:
     import itertools
     import statistics
 
@@ -226,6 +307,14 @@ def analyze(runs, designs, seeds, timings) -> None:
               for s1, s2 in itertools.combinations(seeds, 2)]
         print(f"designs that train (mean >= 0.5): {len(trained)}: tau {t2:.2f} (p {p2:.2g}), seed-to-seed "
               f"{statistics.fmean(pr):.2f}")
+    k, part = SPLITS[split]
+    for i in range(k):  # a few-shot split ranks across sub-supernets; within a part each ranks its own designs
+        ids = [j for j, a in enumerate(full) if part(a) == i]
+        if len(ids) > 2:
+            ti, pi = kendalltau([sup[full[j].id] for j in ids], [means[j] for j in ids])
+            print(f"part {i} of split {split}: {len(ids)} designs, tau {ti:.2f} (p {pi:.2g})")
+    ti, pi = kendalltau([-part(a) for a in full], means)  # the split's own indicator as the score (a control)
+    print(f"the part alone (lower part ranked higher) against the standalone mean: tau {ti:.2f} (p {pi:.2g})")
     print("\n| design | supernet | standalone (" + ", ".join(f"seed {s}" for s in seeds) + ") | mean |\n|---|---|---|---|")
     for a, m in sorted(zip(full, means), key=lambda x: -x[1]):
         accs = " / ".join(f"{runs[(a.id, s)].accuracy:.3f}" for s in seeds)
