@@ -82,8 +82,11 @@ def config_of(args, strategy: str, seed: int):
     from se_nas.budget import Budget
     from se_nas.search import SearchConfig
 
+    from se_nas import oneshot, search
+
+    sampler = (oneshot if strategy == "oneshot" else search).DEFAULT_SAMPLER  # each strategy's own, as the CLI
     return SearchConfig(study=STUDY.format(strategy=strategy, seed=seed), recipe=args.recipe,
-                        budget=Budget(max_gflops=args.budget_gflops),
+                        budget=Budget(max_gflops=args.budget_gflops), sampler=sampler,
                         n_trials=args.designs if strategy == "oneshot" else 1, seed=seed, root=args.root,
                         calibration_seeds=args.confirm_seeds, confirm_top=args.confirm_top,
                         confirm_min_seeds=args.confirm_seeds, confirm_max_seeds=args.confirm_seeds)
