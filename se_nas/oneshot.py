@@ -58,6 +58,10 @@ DEFAULT_N_DESIGNS = 2000  # designs ranked by default
 # (docs/oneshot_vs_multitrial.md); NSGA-II proposed none again in 2,000 (docs/oneshot.md)
 DEFAULT_SAMPLER = "nsga2"
 RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
+# a step whose gradients are not finite is skipped, never written into the shared weights (unclipped
+# otherwise: every figure of docs/oneshot.md was measured so); one such step ended a 10-epoch training
+# with NaN weights in docs/oneshot_vs_multitrial.md's rerun
+MAX_GRAD_NORM = math.inf
 BROKEN = 3.0  # a path whose loss is this many times that of a uniform guess (ln C) or more is not trained
 
 
@@ -137,7 +141,7 @@ def train_supernet(space, recipe, data, *, budget: Budget = Budget(), deploy: De
 
         set_fast_se(net, False)
     result = train(net, pinned(r), data, device=device, checkpoint=checkpoint, progress=progress,
-                   on_progress=on_progress, step_loss=draw)
+                   on_progress=on_progress, step_loss=draw, max_grad_norm=MAX_GRAD_NORM)
     return net, result, draw
 
 

@@ -233,6 +233,7 @@ def train(
     progress: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor] | None = None,
+    max_grad_norm: float | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` under ``recipe``; validate on ``data.val`` after every epoch.
 
@@ -242,12 +243,15 @@ def train(
     as values (after every step and every validation), e.g. for a caller's own live status line.
     ``step_loss(model, x, y, loss_fn)`` computes a step's loss instead of ``loss_fn(model(x), y)``
     (a supernet samples its path(s) there); it may draw from torch's RNG, reseeded every epoch.
+    ``max_grad_norm`` clips each step's gradient norm, and a step whose gradients are not finite is
+    skipped (no update) instead of writing NaN into the weights (the supernet's training uses it).
     Raises ``TrainingFailed`` for a non-finite or diverged loss, or out of memory.
     """
     dev = pick_device(recipe.device if device is None else str(device))
     # fixed input shapes: let cuDNN pick the fastest kernels; both settings are put back afterwards
     with _torch_settings(recipe.threads, cudnn_benchmark=dev.type == "cuda"):
-        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss)
+        return _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss,
+                      max_grad_norm)
 
 
 @contextlib.contextmanager
@@ -265,7 +269,8 @@ def _torch_settings(threads: int | None, cudnn_benchmark: bool):
         torch.backends.cudnn.benchmark = old[1]
 
 
-def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss) -> TrainResult:
+def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss,
+           max_grad_norm=None) -> TrainResult:
     amp_dtype = _amp_dtype(recipe, dev)
     channels_last = recipe.channels_last and dev.type == "cuda"
     seed_everything(recipe.seed)
@@ -327,6 +332,11 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
                         loss = loss_fn(model(x), y) if step_loss is None else step_loss(model, x, y, loss_fn)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
+                    if max_grad_norm is not None:
+                        scaler.unscale_(opt)
+                        norm = nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                        if not math.isfinite(float(norm)):  # skipped, as AMP's scaler skips an overflow
+                            opt.zero_grad(set_to_none=True)
                     scaler.step(opt)
                     scaler.update()
                     sched.step()

@@ -124,6 +124,36 @@ def test_training_learns_and_reports_history(tiny, data):
     assert res.accuracy > 0.3  # chance is 0.1: it learns, even as a tiny proxy in 3 short epochs
 
 
+class _NaNGrad(torch.autograd.Function):
+    """The identity forward; NaN gradients backward: a step whose loss is finite but whose update is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+def test_a_step_whose_gradients_are_not_finite_is_skipped_with_max_grad_norm(tiny, data):
+    r = dataclasses.replace(tiny, epochs=1, warmup_epochs=0, rungs=())
+    steps = []
+
+    def step_loss(model, x, y, loss_fn):
+        steps.append(None)
+        z = model(x)
+        return loss_fn(_NaNGrad.apply(z) if len(steps) == 2 else z, y)
+
+    with pytest.raises(TrainingFailed, match="loss became nan"):  # unguarded: NaN weights, then NaN losses
+        train(_model(r, data), r, data, step_loss=step_loss)
+    steps.clear()
+    model = _model(r, data)
+    res = train(model, r, data, step_loss=step_loss, max_grad_norm=math.inf)  # the supernet's setting
+    assert len(steps) == len(data.train) // r.batch_size and math.isfinite(res.accuracy)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_on_epoch_true_stops_early_and_progress_shows_a_bar(tiny, data, capsys):
     res = train(_model(tiny, data), tiny, data, on_epoch=lambda e, a: e == 1, progress=True)
     assert res.stopped_early and res.epochs == 1 and len(res.history) == 1
