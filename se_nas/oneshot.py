@@ -15,7 +15,9 @@ standalone.
    gradients would break the weights every path shares;
 3. **rank**: the study's Optuna sampler proposes designs; each is costed first (over budget: recorded,
    never evaluated); a design within budget is a path: its BatchNorm statistics are recalibrated on a
-   few training batches, then its accuracy on the proxy's validation split is the objective. Every
+   few training batches, then its accuracy on the proxy's validation split, discounted by the
+   design's initialisation check (``PathScore``: weight sharing cannot see whether a design trains
+   from scratch), is the objective. Every
    path lands in the study as a trial of today's format with ``fidelity: "supernet"``: reports and
    the trial table show it, and ``se_nas.results`` never averages it with standalone trainings;
 4. **confirm**: the supernet's best design within budget and the next designs of its front, r=16 and
@@ -33,9 +35,11 @@ import hashlib
 import json
 import math
 import random
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -53,6 +57,14 @@ SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
 # 0.02-0.05) at a quarter of the CPU time.
 CALIBRATION_BATCHES = 1  # training batches per path for its BatchNorm statistics
 VAL_FRACTION = 0.25  # of the validation split (its first images) a path is evaluated on
+# Weight sharing scores a design with weights every path trained together, so it cannot see whether the
+# design trains from scratch; on the digits proxy that decides most of the standalone ranking: a gate
+# that scales the residual stream (PRE, POST, identity; tanh and ReLU most) shrinks the signal reaching
+# the classifier at initialisation, and such designs train slower or not at all. A path's accuracy is
+# discounted by the share of the plain backbone's signal its own freshly built model passes
+# (``init_signal``), the median over these initialisations (none a training seed of the search);
+# docs/oneshot.md, "The initialisation check".
+INIT_SEEDS = (1000, 1001, 1002)
 DEFAULT_N_DESIGNS = 2000  # designs ranked by default
 # TPE re-proposes ranked designs: 1,300-1,900 times per 300 designs, most of the ranking's time
 # (docs/oneshot_vs_multitrial.md); NSGA-II proposed none again in 2,000 (docs/oneshot.md)
@@ -155,13 +167,83 @@ def supernet_recipe(recipe, epochs: int | None, seed: int):
 
 
 # --- ranking --------------------------------------------------------------------------------------
+class PathScore(NamedTuple):
+    """What ranking a design through the supernet gives: ``score``, the objective the sampler and the
+    confirmation read, is the path's supernet ``accuracy`` discounted by ``signal``, the share of the
+    plain backbone's signal the design's own model passes at initialisation (``init_signal``; None:
+    not checked, the score is the accuracy)."""
+
+    score: float
+    accuracy: float
+    signal: float | None = None
+
+    @property
+    def reason(self) -> str:
+        acc = f"supernet path accuracy {self.accuracy:.4f} (BatchNorm recalibrated)"
+        if self.signal is None:
+            return f"{acc}, not a standalone training"
+        return (f"{acc} x {min(1.0, self.signal):.3f}: its model at initialisation passes {self.signal:.3f} of the "
+                f"plain backbone's signal; not a standalone training")
+
+
+def as_score(got) -> PathScore:
+    """An evaluator's result as a ``PathScore`` (a bare number is an accuracy, not discounted)."""
+    return got if isinstance(got, PathScore) else PathScore(float(got), float(got))
+
+
+def discounted(accuracy: float, signal: float | None) -> PathScore:
+    """The one-shot objective: the supernet accuracy, discounted by the initialisation signal below the
+    plain backbone's (a design passing at least as much is ranked by its accuracy alone)."""
+    return PathScore(accuracy if signal is None else accuracy * min(1.0, signal), accuracy, signal)
+
+
+def logit_scale(model, x: torch.Tensor) -> float:
+    """The standard deviation of ``model``'s logits on batch ``x`` in training mode (batch statistics,
+    as a training's first step sees them), without gradients; the model is left as it was (mode,
+    BatchNorm running statistics)."""
+    was, buffers = model.training, [(b, b.clone()) for b in model.buffers()]
+    try:
+        model.train()
+        with torch.no_grad():
+            return float(model(x).float().std())
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        model.train(was)
+
+
+def init_signal(arch: Arch, recipe, num_classes: int, x: torch.Tensor, reference: dict[int, float],
+                device) -> float:
+    """How much of the plain backbone's signal ``arch``'s freshly initialised proxy passes to its
+    classifier: its logit scale on ``x`` (``logit_scale``) over the plain backbone's under the same
+    initialisation seed (``reference``: seed -> the plain backbone's), the median over those seeds.
+    The models are built exactly as a standalone training of that seed starts them; torch's global
+    random state is left as it was."""
+    return statistics.median(logit_scale(fresh(arch, recipe, num_classes, seed).to(device), x) / plain
+                             for seed, plain in reference.items())
+
+
+def fresh(arch: Arch, recipe, num_classes: int, seed: int):
+    """``arch``'s proxy as a standalone training under ``seed`` starts it (``se_nas.trial.seeded_proxy``),
+    built without moving torch's global random state."""
+    from .build import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(arch, num_classes, stem=recipe.stem, width=recipe.width)
+
+
 class PathEvaluator:
-    """A path's accuracy on the first ``val_fraction`` of the proxy's validation split: BatchNorm
-    statistics recalibrated on the same ``batches`` training batches for every path (drawn under
-    ``calibration_seed``, default the recipe's seed), then evaluated."""
+    """A design's ``PathScore`` through the supernet: the path's accuracy on the first ``val_fraction``
+    of the proxy's validation split, BatchNorm statistics recalibrated on the same ``batches`` training
+    batches for every path (drawn under ``calibration_seed``, default the recipe's seed), discounted by
+    its initialisation signal (``init_seeds``, the seeds of the models it is measured on; empty: no
+    discount) on the first calibration batch."""
 
     def __init__(self, supernet, recipe, data, device=None, batches: int = CALIBRATION_BATCHES,
-                 val_fraction: float = VAL_FRACTION, calibration_seed: int | None = None):
+                 val_fraction: float = VAL_FRACTION, calibration_seed: int | None = None,
+                 init_seeds: tuple[int, ...] = INIT_SEEDS):
         from .train import _batches, pick_device
 
         self.net = supernet
@@ -182,13 +264,19 @@ class PathEvaluator:
                 break
             self.val.append((x[:left].to(self.device), y[:left].to(self.device)))
             left -= len(y)
+        self.recipe, self.num_classes = recipe, data.num_classes
+        self.reference = {s: logit_scale(fresh(supernet.space.plain(), recipe, data.num_classes, s).to(self.device),
+                                         self.calibration[0]) for s in init_seeds}  # the plain backbone's, per seed
 
-    def __call__(self, arch: Arch) -> float:
+    def __call__(self, arch: Arch) -> PathScore:
         from .train import evaluate
 
         self.net.set_path(arch)
         recalibrate_bn(self.net, self.calibration)
-        return evaluate(self.net, self.val, self.device)
+        accuracy = evaluate(self.net, self.val, self.device)
+        signal = (init_signal(arch, self.recipe, self.num_classes, self.calibration[0], self.reference, self.device)
+                  if self.reference else None)
+        return discounted(accuracy, signal)
 
 
 def _first(it, n: int) -> list:
@@ -202,7 +290,7 @@ def _first(it, n: int) -> list:
 
 class InProcess:
     """Path evaluations in this process, one at a time: the pool ``rank`` reads (``capacity``,
-    ``submit``, ``next``) around an ``evaluate(arch) -> accuracy`` callable. The Ray pool
+    ``submit``, ``next``) around an ``evaluate(arch) -> PathScore`` callable (or a bare accuracy). The Ray pool
     (``RayPaths``) has the same three members."""
 
     capacity = 1
@@ -213,9 +301,9 @@ class InProcess:
     def submit(self, arch: Arch) -> None:
         self.queue.append(arch)
 
-    def next(self) -> tuple[Arch, float, float]:
+    def next(self) -> tuple[Arch, PathScore, float]:
         arch, start = self.queue.pop(0), time.perf_counter()
-        return arch, float(self.evaluate(arch)), time.perf_counter() - start
+        return arch, as_score(self.evaluate(arch)), time.perf_counter() - start
 
 
 class PathActor:
@@ -234,9 +322,9 @@ class PathActor:
         rec = Recipe.from_dict(recipe)
         self.evaluator = PathEvaluator(supernet, rec, _data(rec))
 
-    def evaluate(self, arch: str) -> tuple[float, float]:
+    def evaluate(self, arch: str) -> tuple[tuple, float]:
         start = time.perf_counter()
-        return float(self.evaluator(Arch.from_json(arch))), time.perf_counter() - start
+        return tuple(self.evaluator(Arch.from_json(arch))), time.perf_counter() - start
 
 
 def pool_size(cpus_per_trial: float, gpus_per_trial: float) -> int:
@@ -293,8 +381,8 @@ class RayPaths:
             actor, arch = self.idle.pop(), self.queue.pop(0)
             self.running[actor.evaluate.remote(arch.to_json())] = (actor, arch)
 
-    def next(self) -> tuple[Arch, float, float]:
-        """The next design whose evaluation ends, its accuracy and the seconds it took on its actor."""
+    def next(self) -> tuple[Arch, PathScore, float]:
+        """The next design whose evaluation ends, its score and the seconds it took on its actor."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -302,7 +390,7 @@ class RayPaths:
             [ref], _ = ray.wait(list(self.running), num_returns=1)
             actor, arch = self.running.pop(ref)
             try:
-                acc, seconds = ray.get(ref)
+                got, seconds = ray.get(ref)
             except RayActorError as e:  # the actor is gone: its design goes to another one
                 self.actors.remove(actor)
                 self.lost.append(str(e).strip().splitlines()[0])
@@ -312,7 +400,7 @@ class RayPaths:
             self.idle.append(actor)
             self._dispatch()
             self.evaluated.append(arch)
-            return arch, acc, seconds
+            return arch, PathScore(*got), seconds
         raise SearchError(f"every Ray actor evaluating supernet paths was lost ({len(self.lost)}, the last: "
                           f"{self.lost[-1] if self.lost else 'none started'}); rerun the same command to continue")
 
@@ -328,7 +416,7 @@ def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int,
          log=None, advance=None) -> int:
     """Propose designs with the study's sampler until it holds ``n_designs`` counted trials; each is
     costed first (over budget: recorded, never evaluated) and evaluated as a supernet path:
-    ``evaluate`` is ``evaluate(arch) -> accuracy`` or a pool of evaluators (``InProcess``'s members),
+    ``evaluate`` is ``evaluate(arch) -> PathScore`` (or an accuracy) or a pool of evaluators (``InProcess``'s members),
     kept busy with as many designs as its ``capacity``, results told as they come back. Returns the
     number of paths evaluated.
 
@@ -382,20 +470,19 @@ def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int,
                     exhausted = True
         if not waiting:
             break
-        arch, acc, seconds = pool.next()
+        arch, got, seconds = pool.next()
         first, *again = waiting.pop(arch.id)
-        known[arch.id], evaluated, done = acc, evaluated + 1, done + 1
-        tell(first, arch, Status.COMPLETE, accuracy=acc, epochs=0, seconds=seconds,
-             reason="supernet path accuracy (BatchNorm recalibrated), not a standalone training")
+        known[arch.id], evaluated, done = got.score, evaluated + 1, done + 1
+        tell(first, arch, Status.COMPLETE, accuracy=got.score, epochs=0, seconds=seconds, reason=got.reason)
         for trial in again:
-            tell(trial, arch, Status.REPEAT, accuracy=acc, reason=REPEAT_REASON)
+            tell(trial, arch, Status.REPEAT, accuracy=got.score, reason=REPEAT_REASON)
         repeats += len(again)
     if log is not None and repeats:
         log(f"{repeats} repeats of ranked designs answered to the sampler (not stored in the study)")
     return evaluated
 
 
-REPEAT_REASON = "repeat: told its supernet accuracy, not evaluated again"
+REPEAT_REASON = "repeat: told its supernet score, not evaluated again"
 
 
 def _mirror(study):
@@ -409,6 +496,21 @@ def _mirror(study):
         mirror.set_user_attr(key, value)
     mirror.add_trials(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.FAIL, S.PRUNED)))
     return mirror
+
+
+SCORE = "supernet accuracy x min(1, initialisation signal)"  # the ranking's objective, stored with the study
+
+
+def check_score(study, name: str) -> None:
+    """A study's ranking continues under the score that started it: one made before the initialisation
+    check holds accuracies alone, which a continued ranking would mix with discounted ones."""
+    have = study.user_attrs.get("supernet_score")
+    if have is None and any(ranked(r) for r in records(study)):
+        have = "supernet accuracy"
+    if have not in (None, SCORE):
+        raise SearchError(f"study {name!r} ranked its designs by {have}; this se-nas ranks by {SCORE} "
+                          f"(docs/oneshot.md): continuing would mix the two, start a new study with --study NAME")
+    study.set_user_attr("supernet_score", SCORE)
 
 
 def ranked(r) -> bool:
@@ -471,6 +573,7 @@ def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "
                                         on_progress=lambda p: progress.live(f"supernet {p}"))
         progress.log(f"supernet trained: {result.epochs} epochs, {result.seconds:.1f}s of training "
                      f"(this run: {time.perf_counter() - t0:.1f}s)")
+        check_score(study, config.study)
         todo = max(0, config.n_trials - counted(study)[0])
         progress.stage("rank", todo)
         t0, n = time.perf_counter(), 0
@@ -485,7 +588,7 @@ def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "
         if n:
             progress.log(f"ranked {n} designs through the supernet in {time.perf_counter() - t0:.1f}s")
         best = sorted(supernet_designs(records(study)), key=lambda d: -d.mean)[:5]
-        progress.log(f"supernet ranking ({FIDELITY} accuracy of each path; the summary below counts these as "
+        progress.log(f"supernet ranking ({SCORE} of each path; the summary below counts these as "
                      f"trials, never as standalone results), best {len(best)}:\n" + "\n".join(
                          f"  {d.id}  {d.mean:.4f}  {d.gflops:.3f} GFLOPs  {d.arch.label}" for d in best))
 

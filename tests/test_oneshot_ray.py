@@ -96,7 +96,7 @@ def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_contin
     net, _, _ = oneshot.train_supernet(TINY, load_recipe("tiny"), tiny_data, budget=BUDGET, epochs=1,
                                        checkpoint=oneshot.checkpoint_path(config, 1, "sandwich"))
     evaluate = in_process(net, tiny_data)
-    assert [r.accuracy for r in ranked] == [evaluate(r.arch) for r in ranked]
+    assert [r.accuracy for r in ranked] == [evaluate(r.arch).score for r in ranked]
     # what `se-nas report` shows: the study's ranked designs, with those accuracies
     rep = build_report("os", root=tmp_path, out=tmp_path / "reports")
     assert {(d.id, d.mean) for d in rep.designs} == {(r.arch.id, r.accuracy) for r in ranked}
@@ -109,7 +109,7 @@ def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_contin
                      "--n-trials", "12", "--root", str(tmp_path)]) == 0
     recs = records(study)
     assert [(r.number, r.arch.id, r.accuracy) for r in recs][:8] == first and counted(study)[0] == len(recs) == 12
-    assert all(r.accuracy == evaluate(r.arch) for r in recs[8:] if r.status is Status.COMPLETE)
+    assert all(r.accuracy == evaluate(r.arch).score for r in recs[8:] if r.status is Status.COMPLETE)
 
 
 def test_a_lost_actors_design_is_evaluated_by_another(local_ray, tiny_data):

@@ -2,6 +2,7 @@
 exactly build_model's module with the inherited weights."""
 import itertools
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -337,6 +338,10 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     assert {r.arch.id for r in over}.isdisjoint(a.id for a in evaluated)
     ranked = [r for r in recs if r.status is Status.COMPLETE]
     assert len(ranked) == len(evaluated) and all(r.fidelity == "supernet" for r in ranked)
+    # each value is the path's accuracy discounted by its initialisation signal, both in the reason
+    assert all(re.fullmatch(r"supernet path accuracy [01]\.\d{4} \(BatchNorm recalibrated\) x [01]\.\d{3}: its model at "
+                            r"initialisation passes \d+\.\d{3} of the plain backbone's signal; not a standalone training",
+                            r.reason) for r in ranked)
     # the supernet ranking never counts as a standalone result; the confirmation is all standalone
     from se_nas.confirm import read_confirmation
     from se_nas.results import designs_of
@@ -420,7 +425,7 @@ def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_
     assert sum(len(y) for _, y in ev.val) == 37
     other = PathEvaluator(net, recipe, tiny_data, device="cpu", batches=1, calibration_seed=recipe.seed + 1)
     assert not torch.equal(other.calibration[0], ev.calibration[0])
-    acc = ev(arch)
+    acc = ev(arch).accuracy
     model = extract(net, arch)
     recalibrate_bn(model, ev.calibration)
     x = torch.cat([x for x, _ in full.val])[:37]
@@ -428,3 +433,64 @@ def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_
     assert acc == evaluate(model, [(x, y)], "cpu")
     with pytest.raises(SearchError, match=r"^a path's validation fraction must be in \(0, 1\], got val_fraction=0$"):
         PathEvaluator(net, recipe, tiny_data, device="cpu", val_fraction=0)
+
+
+def test_the_initialisation_check_discounts_only_designs_that_shrink_the_plain_backbones_signal(tiny_data):
+    """A path's score is its supernet accuracy times min(1, signal), the signal being the logit scale of
+    the design's own freshly built model relative to the plain backbone's under the same seeds: the
+    plain backbone passes exactly its own, SE on the residual branch (zero-initialised last BatchNorm)
+    about as much, a tanh or ReLU gate that scales the stream in every unit far less."""
+    from se_nas.oneshot import INIT_SEEDS, PathEvaluator, discounted, init_signal, logit_scale
+    from se_nas.trial import seeded_proxy
+
+    recipe = load_recipe("tiny")
+    net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)
+    rng = torch.get_rng_state()
+    ev = PathEvaluator(net, recipe, tiny_data, device="cpu")
+    plain = ev(TINY.plain())
+    assert torch.equal(torch.get_rng_state(), rng)  # the models are built without moving torch's random state
+    assert plain.signal == 1.0 and plain.score == plain.accuracy and set(ev.reference) == set(INIT_SEEDS)
+    x = ev.calibration[0]
+    signal = lambda a: init_signal(a, recipe, tiny_data.num_classes, x, ev.reference, "cpu")  # noqa: E731
+    residual = signal(Arch.uniform("resnet18", StageSE(16, "avg", "sigmoid", "standard")))
+    assert 0.9 < residual < 1.1
+    for gate in ("tanh", "relu"):
+        for position in ("pre", "post", "identity"):
+            assert signal(Arch.uniform("resnet18", StageSE(16, "avg", gate, position))) < 0.3 * residual
+    # each model is the one a standalone training of that seed starts from (se_nas.trial.seeded_proxy)
+    arch = Arch.uniform("resnet18", StageSE(4, "avg", "tanh", "post"))
+    ratios = []
+    for seed, ref in ev.reference.items():
+        model, _ = seeded_proxy(arch, recipe, tiny_data.num_classes, seed)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        ratios.append(logit_scale(model, x) / ref)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # running statistics too
+    assert signal(arch) == sorted(ratios)[1]
+    # the discount only lowers a score, and never below what the signal leaves of the accuracy
+    assert discounted(0.8, 1.7) == (0.8, 0.8, 1.7) and discounted(0.8, 0.25).score == pytest.approx(0.2)
+    assert discounted(0.8, None).score == 0.8
+    # an evaluator without the check scores by the accuracy alone
+    bare = PathEvaluator(net, recipe, tiny_data, device="cpu", init_seeds=())
+    arch = Arch.uniform("resnet18", StageSE(16, "avg", "hardsigmoid", "standard"))
+    assert bare(arch) == (ev(arch).accuracy, ev(arch).accuracy, None)
+
+
+def test_a_ranking_continues_only_under_the_score_that_started_it(tmp_path):
+    """A one-shot study ranked before the initialisation check holds bare accuracies: continuing it
+    would mix them with discounted scores, so it stops in one line; a study of today's score continues."""
+    from se_nas import oneshot
+    from se_nas.samplers import make_sampler
+    from se_nas.storage import open_study
+    from se_nas.study import SearchError
+
+    study = open_study("old", root=tmp_path, sampler=make_sampler("random", 0), create=True)
+    oneshot.rank(study, TINY, Budget(), TINY.deploy, lambda a: 0.5, 3)  # ranked, as before the check
+    with pytest.raises(SearchError, match=r"^study 'old' ranked its designs by supernet accuracy; this se-nas ranks "
+                                          r"by supernet accuracy x min\(1, initialisation signal\) \(docs/oneshot.md\): "
+                                          r"continuing would mix the two, start a new study with --study NAME$"):
+        oneshot.check_score(study, "old")
+    new = open_study("new", root=tmp_path, sampler=make_sampler("random", 0), create=True)
+    oneshot.check_score(new, "new")
+    oneshot.rank(new, TINY, Budget(), TINY.deploy, lambda a: 0.5, 3)
+    oneshot.check_score(new, "new")  # continues
+    assert new.user_attrs["supernet_score"] == oneshot.SCORE
