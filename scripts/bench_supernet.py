@@ -68,13 +68,16 @@ SWEEP_BATCHES = (1, 2, 4, 8)  # calibration batches (of the recipe's batch size)
 SWEEP_VAL = (90, 180, 359)  # validation images per path (359: digits' whole validation split)
 
 
-def held_out(default: list, n: int) -> list:
-    """``n`` designs of the default space's random sample under seed 1 that the default set (seed 0)
-    does not hold: designs no supernet variant was chosen on."""
+def held_out(default: list, n: int, set_seed: int = 1) -> list:
+    """``n`` designs of the default space's random sample under ``set_seed`` (1: the held-out set; 2: the
+    second held-out set) that no earlier set (the default set, seed 0, and the held-out sets of the seeds
+    below ``set_seed``) holds: designs nothing was chosen on."""
     from rank_fidelity import designs as pick_designs
 
     seen = {a.id for a in default}
-    fresh = [a for a in pick_designs("resnet50-per-stage", n + len(default) + 2, 1) if a.id not in seen]
+    for earlier in range(1, set_seed):
+        seen |= {a.id for a in held_out(default, n, earlier)}
+    fresh = [a for a in pick_designs("resnet50-per-stage", n + len(seen) + 2, set_seed) if a.id not in seen]
     return fresh[:n]
 
 
@@ -171,6 +174,8 @@ def main() -> None:
     p.add_argument("--held-out", type=int, default=0, metavar="N",
                    help="instead: N fresh designs (the space's random sample under seed 1, none of the default "
                    "set's): the held-out set a supernet variant chosen on the default set is reported on")
+    p.add_argument("--set-seed", type=int, default=1, help="with --held-out: the sample's seed (2: a second held-out "
+                   "set, none of the default set's or the first held-out set's designs)")
     p.add_argument("--standalone-only", action="store_true", help="train the standalone runs only")
     p.add_argument("--import-jsonl", type=Path, default=None)
     p.add_argument("--eval-sweep", action="store_true", help="also evaluate every design under fewer/more "
@@ -182,7 +187,12 @@ def main() -> None:
                    "puts a noise figure on a variant)")
     p.add_argument("--broken", type=float, default=None, metavar="X", help="the broken-path limit for training "
                    "(multiples of ln C; default se_nas.oneshot.BROKEN)")
+    p.add_argument("--init-seeds", type=int, nargs="*", default=None, metavar="SEED",
+                   help="the initialisation check's seeds (default se_nas.oneshot.INIT_SEEDS; none: no check, the "
+                   "score is the supernet accuracy)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
+    p.add_argument("--all-sets", action="store_true", help="with --analyze: the three design sets and all of them "
+                   "pooled, under this supernet variant")
     args = p.parse_args()
 
     import optuna
@@ -192,7 +202,7 @@ def main() -> None:
     from se_nas.budget import Budget
     from se_nas.confirm import ensure_runs, recipe_key, stored_runs, train_run
     from se_nas.data import load_data
-    from se_nas.oneshot import PathEvaluator, rank, supernet_recipe, train_supernet
+    from se_nas.oneshot import INIT_SEEDS, PathEvaluator, rank, supernet_recipe, train_supernet
     from se_nas.samplers import make_sampler
     from se_nas.space import load_space
     from se_nas.storage import open_study
@@ -204,10 +214,11 @@ def main() -> None:
     data = load_data(r)
     designs = pick_designs("resnet50-per-stage", args.designs, 0)
     if args.held_out:
-        designs = held_out(designs, args.held_out)
+        designs = held_out(designs, args.held_out, args.set_seed)
     study = open_study("bench-supernet", root=args.root, create=True)
     folder = Path(args.root) / "bench-supernet"
     args.gate_weights = args.gate_weights or DEFAULT_GATE_WEIGHTS
+    args.init_seeds = INIT_SEEDS if args.init_seeds is None else args.init_seeds
     variant = f"{args.sampling}-{args.supernet_epochs}" + ("" if args.gate_weights == "shared" else f"-{args.gate_weights}")
     variant += (f"-fewshot-{args.few_shot}" if args.few_shot else "") + (f"-broken{args.broken:g}" if args.broken else "")
     variant += f"-seed{args.supernet_seed}" if args.supernet_seed else ""
@@ -239,14 +250,18 @@ def main() -> None:
                 checkpoint=folder / f"supernet-{variant}{suffix}.pt", device="cpu", gate_weights=args.gate_weights))
             timings.setdefault("supernet_train" + suffix, {**t, "train_s": res.seconds, "epochs": res.epochs,
                                                            "broken_draws": len(draw.broken), "drawn": len(draw.drawn)})
-            evs.append(PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu"))
+            evs.append(PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu",
+                                     init_seeds=tuple(args.init_seeds)))
         if args.few_shot:  # the parts' training together, for the cost figure
             parts = [timings[f"supernet_train-part{i}"] for i in range(k)]
             timings["supernet_train"] = {key: sum(x[key] for x in parts) for key in ("cpu_s", "wall_s", "train_s")}
             timings["supernet_train"].update(load_start=parts[0]["load_start"], load_end=parts[-1]["load_end"])
         ev = evs[0]
-        acc, t = clock(lambda: {a.id: evs[part(a)](a) for a in designs})
-        timings.setdefault("supernet_acc", {}).update(acc)
+        got, t = clock(lambda: {a.id: evs[part(a)](a) for a in designs})
+        timings.setdefault("supernet_acc", {}).update({i: x.accuracy for i, x in got.items()})
+        if args.init_seeds:  # the ranking's score: the accuracy discounted by the initialisation signal
+            timings.setdefault("supernet_score", {}).update({i: x.score for i, x in got.items()})
+            timings.setdefault("init_signal", {}).update({i: x.signal for i, x in got.items()})
         timings["eval_designs"] = {**t, "n": len(designs)}
         save()
         print(f"supernet: {timings['supernet_train']}; evaluated {len(designs)} designs in {t}", flush=True)
@@ -254,19 +269,21 @@ def main() -> None:
             sweep = timings.setdefault("sweep", {})
             for batches, val, cseed in itertools.product(SWEEP_BATCHES, SWEEP_VAL, (0, 1, 2)):
                 ev2 = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu",
-                                    batches=batches, val_fraction=val / len(data.val), calibration_seed=cseed)
-                acc, t = clock(lambda: {a.id: ev2(a) for a in designs})
+                                    batches=batches, val_fraction=val / len(data.val), calibration_seed=cseed,
+                                    init_seeds=())
+                acc, t = clock(lambda: {a.id: ev2(a).accuracy for a in designs})
                 sweep.setdefault(f"{batches}x{val}/{cseed}", {"acc": {}})["acc"].update(acc)
                 sweep[f"{batches}x{val}/{cseed}"]["cpu_per_path"] = t["cpu_s"] / len(designs)
                 sweep[f"{batches}x{val}/{cseed}"]["load"] = [t["load_start"], t["load_end"]]
             save()
         # 2. the cost: ranking --rank designs, and one standalone training of the largest design
-        if args.rank and "rank" not in timings:
+        rank_key = "rank" if args.init_seeds else "rank_nocheck"
+        if args.rank and rank_key not in timings:
             # a fresh SQLite study, as the search writes its ranking
             scratch = open_study(f"rank-{int(time.time())}", root=args.root, sampler=make_sampler("nsga2", 0),
                                  create=True)
             n, t = clock(lambda: rank(scratch, space, Budget(), space.deploy, ev, args.rank))
-            timings["rank"] = {**t, "designs": args.rank, "evaluated": n}
+            timings[rank_key] = {**t, "designs": args.rank, "evaluated": n}
             save()
             print(f"ranked {args.rank} designs ({n} evaluated): {t}", flush=True)
         if args.rank and "largest" not in timings:
@@ -278,7 +295,61 @@ def main() -> None:
     if not args.analyze:  # 3. the standalone runs, seed by seed (resumable)
         ensure_runs(study, {a.id: a for a in designs}, list(args.seeds), r, data=data, device="cpu",
                     log=lambda line: print(line, flush=True), stage="standalone")
-    analyze(stored_runs(study, recipe_key(r)), designs, list(args.seeds), timings, args.few_shot or "stream-centred")
+    runs = stored_runs(study, recipe_key(r))
+    if args.all_sets:
+        default = pick_designs("resnet50-per-stage", args.designs, 0)
+        analyze_sets(runs, {"default set": default, "held-out set": held_out(default, 28, 1),
+                            "second held-out set": held_out(default, 28, 2)}, list(args.seeds), timings)
+        return
+    analyze(runs, designs, list(args.seeds), timings, args.few_shot or "stream-centred")
+
+
+def analyze_sets(runs, sets: dict, seeds, timings) -> None:
+    """Each design set and all of them pooled: tau of the supernet accuracy, of the ranking's score
+    (the accuracy discounted by the initialisation signal) and of the signal alone against the
+    standalone mean, next to the seed-to-seed ceiling; the pooled ratio with a bootstrap interval
+    (designs resampled, 2,000 draws)."""
+    import random
+    import statistics
+
+    from scipy.stats import kendalltau
+
+    def ceiling(ds):
+        return statistics.fmean(kendalltau([runs[(a.id, s1)].accuracy for a in ds],
+                                           [runs[(a.id, s2)].accuracy for a in ds])[0]
+                                for s1, s2 in itertools.combinations(seeds, 2))
+
+    scores = {"supernet accuracy": timings.get("supernet_acc", {}), "score (accuracy x signal)":
+              timings.get("supernet_score", {}), "initialisation signal alone": timings.get("init_signal", {})}
+    print("\n| designs | n | ceiling | " + " | ".join(f"{k}: tau (p), ratio" for k in scores) + " |\n" + "|---" * (3 + len(scores)) + "|")
+    pooled = []
+    for name, designs in [*sets.items(), ("pooled", None)]:
+        ds = pooled if designs is None else [a for a in designs if all(
+            (a.id, s) in runs and runs[(a.id, s)].accuracy is not None for s in seeds) and all(a.id in sc for sc in scores.values())]
+        if designs is not None:
+            pooled += ds
+        if len(ds) < 3:
+            print(f"| {name} | {len(ds)} | not evaluated |")
+            continue
+        means = [statistics.fmean(runs[(a.id, s)].accuracy for s in seeds) for a in ds]
+        c = ceiling(ds)
+        cells = []
+        for sc in scores.values():
+            t, p = kendalltau([sc[a.id] for a in ds], means)
+            cells.append(f"{t:.2f} ({p:.2g}), {t / c:.2f}")
+        print(f"| {name} | {len(ds)} | {c:.2f} | " + " | ".join(cells) + " |")
+    rng = random.Random(0)
+    for label, sc in scores.items():
+        ratios = []
+        for _ in range(2000):
+            ds = [rng.choice(pooled) for _ in pooled]
+            means = [statistics.fmean(runs[(a.id, s)].accuracy for s in seeds) for a in ds]
+            c = ceiling(ds)
+            if c > 0:
+                ratios.append(kendalltau([sc[a.id] for a in ds], means)[0] / c)
+        ratios.sort()
+        print(f"pooled {label}: ratio to the ceiling, 95% bootstrap interval {ratios[int(0.025 * len(ratios))]:.2f} "
+              f"to {ratios[int(0.975 * len(ratios))]:.2f}")
 
 
 def analyze(runs, designs, seeds, timings, split: str) -> None:
