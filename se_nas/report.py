@@ -75,6 +75,12 @@ class Report:
     comparison: dict[str, Any] | None = None  # compare.json as ``se-nas compare`` wrote it
     latency: dict[str, float] = field(default_factory=dict)  # predicted ms by design id (a study with a table)
     objectives: tuple[str, ...] = OBJECTIVES  # the study's: the front and the hypervolume are over these
+    supernet: bool = False  # a one-shot study: ``designs`` and ``front`` are supernet scores, not trainings
+
+    @property
+    def value_label(self) -> str:
+        """What the search's values are: trained accuracies, or a one-shot study's supernet scores."""
+        return "supernet score" if self.supernet else "accuracy"
 
     @property
     def baseline(self) -> str:
@@ -101,7 +107,8 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     frame = to_frame(recs)
     done = [r for r in recs if r.is_result]
     designs = designs_of(recs)
-    if not done:  # a one-shot search: its supernet ranking is the search (the confirmation stays standalone)
+    supernet = not done  # a one-shot search: its supernet ranking is the search (the confirmation stays standalone)
+    if supernet:
         from .oneshot import ranked, supernet_designs
 
         done, designs = [r for r in recs if ranked(r)], supernet_designs(recs)
@@ -149,7 +156,7 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
         choices=choice_frequencies([d.arch for d in designs], [d.id in best_ids for d in designs]),
         importances=importances, importance_note=note, markers=_markers(designs, conf, cmp), settings=settings,
         compare_md=cmp_md.read_text() if cmp_md.exists() else "", designs=designs, front=front, noise=noise,
-        confirmation=conf, comparison=cmp, latency=latency, objectives=objectives,
+        confirmation=conf, comparison=cmp, latency=latency, objectives=objectives, supernet=supernet,
     )
 
 
@@ -302,7 +309,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     fig, ax = plt.subplots(figsize=(7, 4.6))
     runs = f[f.status.isin([Status.COMPLETE.value, Status.STOPPED_EARLY.value])]
     if len(runs):
-        ax.scatter(runs[col], runs.accuracy, c="#d9d9d9", marker=".", s=16, label="single runs (one seed each)", zorder=1)
+        ax.scatter(runs[col], runs.accuracy, c="#d9d9d9", marker=".", s=16, label="supernet paths (scores)" if rep.supernet else "single runs (one seed each)", zorder=1)
     on_front = {d.id for d in rep.front}
 
     def errbar(ds, color, marker, size, label, z, face=None):
@@ -311,12 +318,15 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
             return
         x = [getattr(d, col) for d in ds]
         y = [d.mean for d in ds]
-        e = [d.sem(rep.noise) if d.sem(rep.noise) == d.sem(rep.noise) else 0.0 for d in ds]
+        e = [0.0 if rep.supernet and face is None else d.sem(rep.noise) if d.sem(rep.noise) == d.sem(rep.noise)
+             else 0.0 for d in ds]  # a supernet score is one evaluation, not a mean over seeds
         ax.errorbar(x, y, yerr=e, fmt=marker, ms=size, color=color, mfc=face or color, ecolor=color, elinewidth=1,
                     capsize=2, label=label, zorder=z)
 
-    errbar([d for d in rep.designs if d.id not in on_front], "#5b8cc0", "o", 4.5, "design: mean ± s.e. over its seeds", 2)
-    errbar(rep.front, "#c0392b", "o", 5.5, f"per-design Pareto front ({len(rep.objectives)} objectives)", 3)
+    errbar([d for d in rep.designs if d.id not in on_front], "#5b8cc0", "o", 4.5,
+           "design: supernet score (not trained)" if rep.supernet else "design: mean ± s.e. over its seeds", 2)
+    errbar(rep.front, "#c0392b", "o", 5.5, f"{'supernet ranking' if rep.supernet else 'per-design'} Pareto front "
+           f"({len(rep.objectives)} objectives)", 3)
     if rep.designs:  # the 2-D front of this projection, over per-design means, as a staircase
         pts = np.array([[d.mean, getattr(d, col)] for d in rep.designs])
         m2 = pareto_front(pts, ("maximize", "minimize"))
@@ -337,7 +347,7 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     if budget:
         ax.axvline(budget, ls="--", c="gray", lw=1, label=f"budget {budget:g}")
     ax.set_xlabel(unit)
-    ax.set_ylabel("validation accuracy (proxy)")
+    ax.set_ylabel("supernet score; confirmed: validation accuracy" if rep.supernet else "validation accuracy (proxy)")
     ax.set_title(f"{rep.study}: accuracy against {next(o.short for o in _plotted(rep) if o.attr == col)}")
     ax.grid(alpha=0.3)
     # beside the axes, never over a point (savefig's tight bounding box makes room for it)
@@ -433,11 +443,12 @@ def _fmt(v, nd=4) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
-def _design_rows(designs, noise, cols_of, latency=None) -> list[str]:
+def _design_rows(designs, noise, cols_of, latency=None, supernet: bool = False) -> list[str]:
     rows = []
     for d in designs:
         ms = "" if not latency else f" {latency[d.id]:.2f} |" if d.id in latency else " |"
-        rows.append(f"| `{d.id}` | " + " | ".join(cols_of(d)) + f" | {d.describe(noise)} | {d.gflops:.4f} | "
+        value = f"{d.mean:.4f}" if supernet else d.describe(noise)
+        rows.append(f"| `{d.id}` | " + " | ".join(cols_of(d)) + f" | {value} | {d.gflops:.4f} | "
                     f"{d.mparams:.3f} |{ms}")
     return rows
 
@@ -474,12 +485,20 @@ def summary_md(rep: Report) -> str:
             tags = f" ({tags})" if tags else ""
             row = row.replace(f"| `{d.id}` |", f"| **`{d.id}`**{tags} |" if d.id in front else f"| `{d.id}`{tags} |", 1)
             lines.append(row)
-    lines += ["", "## Search front (per design)", "",
-              "Each design's accuracy is the mean over the seeds the search trained it with (standard error from the "
-              f"measured seed noise {rep.noise.describe() if rep.noise else ''}); accuracy is the proxy's validation "
-              "accuracy, GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters are the deployment model's.", "",
-              head, rule]
-    lines += _design_rows(sorted(rep.front, key=lambda d: -d.mean), rep.noise, cols_of, rep.latency)
+    if rep.supernet:
+        lines += ["", "## Supernet ranking front (per design)", "",
+                  "Each design's value is its supernet score: its path's accuracy in the trained supernet (BatchNorm "
+                  "recalibrated), discounted by its initialisation check (docs/oneshot.md). A ranking, not a trained "
+                  "accuracy and not comparable with one; the confirmed front above is what was trained. GFLOPs "
+                  "(1 multiply-accumulate = 1 FLOP) and parameters are the deployment model's.", "",
+                  head.replace("accuracy (mean ± s.e., seeds)", "supernet score"), rule]
+    else:
+        lines += ["", "## Search front (per design)", "",
+                  "Each design's accuracy is the mean over the seeds the search trained it with (standard error from the "
+                  f"measured seed noise {rep.noise.describe() if rep.noise else ''}); accuracy is the proxy's validation "
+                  "accuracy, GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters are the deployment model's.", "",
+                  head, rule]
+    lines += _design_rows(sorted(rep.front, key=lambda d: -d.mean), rep.noise, cols_of, rep.latency, rep.supernet)
     if rep.markers:
         lines += ["", "Reference designs:", ""]
         for m in rep.markers:
@@ -513,6 +532,10 @@ def intro_text(rep: Report) -> str:
     f = rep.frame
     counts = ", ".join(f"{int((f.status == s).sum())} {t}" for s, t in STATUS_TEXT.items() if (f.status == s).any())
     n_res = sum(d.n for d in rep.designs)
+    if rep.supernet:
+        return (f"{len(f)} trials: {counts}. {len(rep.designs)} designs ranked through the supernet (each a supernet "
+                f"score, not a training); front over those scores: {len(rep.front)} designs. Normalised hypervolume "
+                f"of the scores after the last trial: {rep.hypervolume[-1]:.4f}.")
     return (f"{len(f)} trials: {counts}. {len(rep.designs)} distinct designs among the {n_res} trials trained to the "
             f"end within budget; front over per-design means: {len(rep.front)} designs. Normalised hypervolume "
             f"after the last trial: {rep.hypervolume[-1]:.4f}.")
@@ -637,7 +660,7 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
     cols = _stage_cols(f)
     lat_head, lat_col = (["latency (ms)"], [("latency_ms", 2)]) if "latency_ms" in f else ([], [])
     head = "".join(f"<th>{e(h)}</th>" for h in ["trial", "arch id", *[f"stage {c[5:]}" for c in cols],
-                                                 "accuracy", "GFLOPs", "M params", *lat_head, "epochs", "state"])
+                                                 rep.value_label, "GFLOPs", "M params", *lat_head, "epochs", "state"])
     body = []
     for _, r in f.iterrows():
         cells = [f'<td class="num">{r.trial}</td>', f"<td><code>{e(r.arch_id)}</code></td>"]
@@ -658,7 +681,7 @@ def report_html(rep: Report, figs: dict[str, bytes]) -> str:
 <h1>se-nas report: <code>{e(rep.study)}</code></h1>
 {_intro_html(rep)}<ul>{settings}</ul>
 <h2>Pareto front</h2>
-<p class="note">Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
+<p class="note">{"Circles are supernet scores (a path's accuracy in the trained supernet, discounted by its initialisation check: a ranking, not a training); squares are the confirmation's standalone accuracies. " if rep.supernet else ""}Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters
 are the deployment model's. The front is computed over completed, within-budget trials only.</p>
 {"".join(img(f"pareto_{o.attr}.png", f"accuracy against {o.short}") for o in _plotted(rep))}
 {"<p>Reference designs:</p><ul>" + markers + "</ul>" if markers else

@@ -357,6 +357,15 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
 
     rep = build_report("os", root=tmp_path, out=tmp_path / "reports")
     assert {d.id for d in rep.designs} == {r.arch.id for r in ranked}
+    # ... labelled as supernet scores, never as trained accuracies with seed noise
+    from se_nas.report import summary_md
+
+    md = summary_md(rep)
+    assert rep.supernet and f"{len(ranked)} designs ranked through the supernet (each a supernet score, not a " \
+                             "training)" in md and "trials trained to the end" not in md
+    section = md.split("## Supernet ranking front (per design)")[1].split("\n\n")[2]
+    head, rule, *rows = section.splitlines()
+    assert "| supernet score |" in head and rows and not any("±" in row or "seed" in row for row in rows)
 
 
 def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_study_apart(tmp_path, capsys):
