@@ -191,8 +191,8 @@ def main() -> None:
                    help="the initialisation check's seeds (default se_nas.oneshot.INIT_SEEDS; none: no check, the "
                    "score is the supernet accuracy)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
-    p.add_argument("--all-sets", action="store_true", help="with --analyze: the three design sets and all of them "
-                   "pooled, under this supernet variant")
+    p.add_argument("--all-sets", action="store_true", help="with --analyze: the design sets (default, held-out "
+                   "under --set-seed 1, 2 and 3) and all of them pooled, under this supernet variant")
     args = p.parse_args()
 
     import optuna
@@ -299,7 +299,8 @@ def main() -> None:
     if args.all_sets:
         default = pick_designs("resnet50-per-stage", args.designs, 0)
         analyze_sets(runs, {"default set": default, "held-out set": held_out(default, 28, 1),
-                            "second held-out set": held_out(default, 28, 2)}, list(args.seeds), timings)
+                            "second held-out set": held_out(default, 28, 2),
+                            "third held-out set": held_out(default, 28, 3)}, list(args.seeds), timings)
         return
     analyze(runs, designs, list(args.seeds), timings, args.few_shot or "stream-centred")
 

@@ -62,9 +62,10 @@ VAL_FRACTION = 0.25  # of the validation split (its first images) a path is eval
 # that scales the residual stream (PRE, POST, identity; tanh and ReLU most) shrinks the signal reaching
 # the classifier at initialisation, and such designs train slower or not at all. A path's accuracy is
 # discounted by the share of the plain backbone's signal its own freshly built model passes
-# (``init_signal``), the median over these initialisations (none a training seed of the search);
-# docs/oneshot.md, "The initialisation check".
-INIT_SEEDS = (1000, 1001, 1002)
+# (``InitCheck``), the median over these initialisations: far from every training seed (trials
+# --seed + trial number, confirmation CONFIRM_SEED + k), or the check would pick designs for the very
+# initialisations the confirmation then trains; docs/oneshot.md, "The initialisation check".
+INIT_SEEDS = (2**40, 2**40 + 1, 2**40 + 2)
 DEFAULT_N_DESIGNS = 2000  # designs ranked by default
 # TPE re-proposes ranked designs: 1,300-1,900 times per 300 designs, most of the ranking's time
 # (docs/oneshot_vs_multitrial.md); NSGA-II proposed none again in 2,000 (docs/oneshot.md)
@@ -170,7 +171,7 @@ def supernet_recipe(recipe, epochs: int | None, seed: int):
 class PathScore(NamedTuple):
     """What ranking a design through the supernet gives: ``score``, the objective the sampler and the
     confirmation read, is the path's supernet ``accuracy`` discounted by ``signal``, the share of the
-    plain backbone's signal the design's own model passes at initialisation (``init_signal``; None:
+    plain backbone's signal the design's own model passes at initialisation (``InitCheck``; None:
     not checked, the score is the accuracy)."""
 
     score: float
@@ -213,25 +214,37 @@ def logit_scale(model, x: torch.Tensor) -> float:
         model.train(was)
 
 
-def init_signal(arch: Arch, recipe, num_classes: int, x: torch.Tensor, reference: dict[int, float],
-                device) -> float:
-    """How much of the plain backbone's signal ``arch``'s freshly initialised proxy passes to its
-    classifier: its logit scale on ``x`` (``logit_scale``) over the plain backbone's under the same
-    initialisation seed (``reference``: seed -> the plain backbone's), the median over those seeds.
-    The models are built exactly as a standalone training of that seed starts them; torch's global
-    random state is left as it was."""
-    return statistics.median(logit_scale(fresh(arch, recipe, num_classes, seed).to(device), x) / plain
-                             for seed, plain in reference.items())
+class InitCheck:
+    """A design's initialisation signal: how much of the plain backbone's signal its freshly built
+    proxy passes to the classifier. Under each of ``seeds`` the design's model is the plain backbone
+    of that seed with the design's SE added (its excitations drawn under the same seed; every other
+    tensor the plain backbone's, so the two differ by the SE alone), and its logit scale on batch
+    ``x`` (``logit_scale``) is divided by the plain backbone's; the signal is the median over the
+    seeds. SE on a residual branch leaves it at exactly 1 (the branch's last BatchNorm starts at
+    zero); a gate that scales the stream moves it. Torch's global random state is left as it was."""
 
+    def __init__(self, plain: Arch, recipe, num_classes: int, x: torch.Tensor, seeds: tuple[int, ...], device):
+        self.recipe, self.num_classes, self.x, self.device = recipe, num_classes, x, device
+        self.plain = {s: self._build(plain, s).state_dict() for s in seeds}
+        self.reference = {s: logit_scale(self.model(plain, s), x) for s in seeds}
 
-def fresh(arch: Arch, recipe, num_classes: int, seed: int):
-    """``arch``'s proxy as a standalone training under ``seed`` starts it (``se_nas.trial.seeded_proxy``),
-    built without moving torch's global random state."""
-    from .build import build_model
+    def _build(self, arch: Arch, seed: int):
+        from .build import build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(arch, num_classes, stem=recipe.stem, width=recipe.width)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(arch, self.num_classes, stem=self.recipe.stem, width=self.recipe.width)
+
+    def model(self, arch: Arch, seed: int):
+        """The model the check measures for ``arch`` under ``seed``."""
+        model = self._build(arch, seed)
+        missing, unexpected = model.load_state_dict(self.plain[seed], strict=False)
+        if unexpected or any(".se_" not in f".{k}" for k in missing):  # only the design's SE is its own
+            raise SearchError(f"design {arch.id} is not the plain backbone plus SE: {unexpected or missing}")
+        return model.to(self.device)
+
+    def __call__(self, arch: Arch) -> float:
+        return statistics.median(logit_scale(self.model(arch, s), self.x) / ref for s, ref in self.reference.items())
 
 
 class PathEvaluator:
@@ -264,9 +277,8 @@ class PathEvaluator:
                 break
             self.val.append((x[:left].to(self.device), y[:left].to(self.device)))
             left -= len(y)
-        self.recipe, self.num_classes = recipe, data.num_classes
-        self.reference = {s: logit_scale(fresh(supernet.space.plain(), recipe, data.num_classes, s).to(self.device),
-                                         self.calibration[0]) for s in init_seeds}  # the plain backbone's, per seed
+        self.check = (InitCheck(supernet.space.plain(), recipe, data.num_classes, self.calibration[0], tuple(init_seeds),
+                                self.device) if init_seeds else None)
 
     def __call__(self, arch: Arch) -> PathScore:
         from .train import evaluate
@@ -274,8 +286,7 @@ class PathEvaluator:
         self.net.set_path(arch)
         recalibrate_bn(self.net, self.calibration)
         accuracy = evaluate(self.net, self.val, self.device)
-        signal = (init_signal(arch, self.recipe, self.num_classes, self.calibration[0], self.reference, self.device)
-                  if self.reference else None)
+        signal = self.check(arch) if self.check is not None else None
         return discounted(accuracy, signal)
 
 

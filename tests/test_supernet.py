@@ -446,11 +446,10 @@ def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_
 
 def test_the_initialisation_check_discounts_only_designs_that_shrink_the_plain_backbones_signal(tiny_data):
     """A path's score is its supernet accuracy times min(1, signal), the signal being the logit scale of
-    the design's own freshly built model relative to the plain backbone's under the same seeds: the
-    plain backbone passes exactly its own, SE on the residual branch (zero-initialised last BatchNorm)
-    about as much, a tanh or ReLU gate that scales the stream in every unit far less."""
-    from se_nas.oneshot import INIT_SEEDS, PathEvaluator, discounted, init_signal, logit_scale
-    from se_nas.trial import seeded_proxy
+    the plain backbone with the design's SE added, over the plain backbone's, under the same seeds:
+    exactly 1 for the plain backbone and for SE on the residual branch (its last BatchNorm starts at
+    zero), far less for a tanh or ReLU gate that scales the stream in every unit."""
+    from se_nas.oneshot import INIT_SEEDS, PathEvaluator, discounted, logit_scale
 
     recipe = load_recipe("tiny")
     net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)
@@ -458,30 +457,37 @@ def test_the_initialisation_check_discounts_only_designs_that_shrink_the_plain_b
     ev = PathEvaluator(net, recipe, tiny_data, device="cpu")
     plain = ev(TINY.plain())
     assert torch.equal(torch.get_rng_state(), rng)  # the models are built without moving torch's random state
-    assert plain.signal == 1.0 and plain.score == plain.accuracy and set(ev.reference) == set(INIT_SEEDS)
-    x = ev.calibration[0]
-    signal = lambda a: init_signal(a, recipe, tiny_data.num_classes, x, ev.reference, "cpu")  # noqa: E731
-    residual = signal(Arch.uniform("resnet18", StageSE(16, "avg", "sigmoid", "standard")))
-    assert 0.9 < residual < 1.1
+    assert plain.signal == 1.0 and plain.score == plain.accuracy and set(ev.check.reference) == set(INIT_SEEDS)
+    assert not set(INIT_SEEDS) & {*range(100), *(1000 + k for k in range(100))}  # no trial's or confirmation's seed
+    for position in ("standard", "after_3x3"):
+        for gate in ("sigmoid", "tanh", "relu"):
+            assert ev.check(Arch.uniform("resnet18", StageSE(4, "max", gate, position))) == 1.0
     for gate in ("tanh", "relu"):
         for position in ("pre", "post", "identity"):
-            assert signal(Arch.uniform("resnet18", StageSE(16, "avg", gate, position))) < 0.3 * residual
-    # each model is the one a standalone training of that seed starts from (se_nas.trial.seeded_proxy)
+            assert ev.check(Arch.uniform("resnet18", StageSE(16, "avg", gate, position))) < 0.3
+    # the model measured: the plain backbone of that seed, plus the design's SE drawn under the same seed
     arch = Arch.uniform("resnet18", StageSE(4, "avg", "tanh", "post"))
     ratios = []
-    for seed, ref in ev.reference.items():
-        model, _ = seeded_proxy(arch, recipe, tiny_data.num_classes, seed)
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        ratios.append(logit_scale(model, x) / ref)
+    for seed, ref in ev.check.reference.items():
+        torch.manual_seed(seed)
+        plain_model = build_model(TINY.plain(), tiny_data.num_classes, stem=recipe.stem, width=recipe.width)
+        torch.manual_seed(seed)
+        own = build_model(arch, tiny_data.num_classes, stem=recipe.stem, width=recipe.width)
+        model = ev.check.model(arch, seed)
+        state, p, o = model.state_dict(), plain_model.state_dict(), own.state_dict()
+        assert all(torch.equal(v, p[k] if k in p else o[k]) for k, v in state.items())
+        assert any(".se_" in k for k in state) and ref == logit_scale(plain_model, ev.calibration[0])
+        before = {k: v.clone() for k, v in state.items()}
+        ratios.append(logit_scale(model, ev.calibration[0]) / ref)
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # running statistics too
-    assert signal(arch) == sorted(ratios)[1]
+    assert ev.check(arch) == sorted(ratios)[1]
     # the discount only lowers a score, and never below what the signal leaves of the accuracy
     assert discounted(0.8, 1.7) == (0.8, 0.8, 1.7) and discounted(0.8, 0.25).score == pytest.approx(0.2)
     assert discounted(0.8, None).score == 0.8
     # an evaluator without the check scores by the accuracy alone
     bare = PathEvaluator(net, recipe, tiny_data, device="cpu", init_seeds=())
     arch = Arch.uniform("resnet18", StageSE(16, "avg", "hardsigmoid", "standard"))
-    assert bare(arch) == (ev(arch).accuracy, ev(arch).accuracy, None)
+    assert bare.check is None and bare(arch) == (ev(arch).accuracy, ev(arch).accuracy, None)
 
 
 def test_a_ranking_continues_only_under_the_score_that_started_it(tmp_path):
