@@ -309,24 +309,25 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     fig, ax = plt.subplots(figsize=(7, 4.6))
     runs = f[f.status.isin([Status.COMPLETE.value, Status.STOPPED_EARLY.value])]
     if len(runs):
-        ax.scatter(runs[col], runs.accuracy, c="#d9d9d9", marker=".", s=16, label="supernet paths (scores)" if rep.supernet else "single runs (one seed each)", zorder=1)
+        ax.scatter(runs[col], runs.accuracy, c="#d9d9d9", marker=".", s=16, zorder=1,
+                   label="supernet paths (scores)" if rep.supernet else "single runs (one seed each)")
     on_front = {d.id for d in rep.front}
 
-    def errbar(ds, color, marker, size, label, z, face=None):
+    def errbar(ds, color, marker, size, label, z, face=None, bars=True):
         ds = [d for d in ds if getattr(d, col) is not None]  # a latency the table can no longer give
         if not ds:
             return
         x = [getattr(d, col) for d in ds]
         y = [d.mean for d in ds]
-        e = [0.0 if rep.supernet and face is None else d.sem(rep.noise) if d.sem(rep.noise) == d.sem(rep.noise)
-             else 0.0 for d in ds]  # a supernet score is one evaluation, not a mean over seeds
+        e = [d.sem(rep.noise) if bars and d.sem(rep.noise) == d.sem(rep.noise) else 0.0 for d in ds]
         ax.errorbar(x, y, yerr=e, fmt=marker, ms=size, color=color, mfc=face or color, ecolor=color, elinewidth=1,
                     capsize=2, label=label, zorder=z)
 
     errbar([d for d in rep.designs if d.id not in on_front], "#5b8cc0", "o", 4.5,
-           "design: supernet score (not trained)" if rep.supernet else "design: mean ± s.e. over its seeds", 2)
+           "design: supernet score (not trained)" if rep.supernet else "design: mean ± s.e. over its seeds", 2,
+           bars=not rep.supernet)  # a supernet score is one evaluation, not a mean over seeds
     errbar(rep.front, "#c0392b", "o", 5.5, f"{'supernet ranking' if rep.supernet else 'per-design'} Pareto front "
-           f"({len(rep.objectives)} objectives)", 3)
+           f"({len(rep.objectives)} objectives)", 3, bars=not rep.supernet)
     if rep.designs:  # the 2-D front of this projection, over per-design means, as a staircase
         pts = np.array([[d.mean, getattr(d, col)] for d in rep.designs])
         m2 = pareto_front(pts, ("maximize", "minimize"))
