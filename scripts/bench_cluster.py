@@ -18,8 +18,8 @@ import time
 
 
 def search(cluster, root, name: str, n_trials: int, recipe):
-    from se_nas.budget import Budget
-    from se_nas.search import SearchConfig, run_search
+    from se_nas.design.budget import Budget
+    from se_nas.search.stages import SearchConfig, run_search
 
     return run_search(SearchConfig(study=name, space="tiny", recipe=recipe, budget=Budget(max_gflops=1.9),
                                    n_trials=n_trials, backend="ray", ray_address=cluster.address,
@@ -39,7 +39,7 @@ def node_loss(cluster, root, recipe) -> tuple[float, float, float]:
     recorded failed, its retry asked from the study, the retry's first report from a node (running)."""
     import optuna
 
-    from se_nas.storage import open_study
+    from se_nas.record.storage import open_study
 
     victim = cluster.add_node(num_cpus=1, resources={"victim": 1})
     cluster.wait_for_nodes()
@@ -76,7 +76,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from se_nas.recipe import load_recipe
+    from se_nas.design.recipe import load_recipe
 
     shutil.rmtree(args.root, ignore_errors=True)
     recipe, load = load_recipe("tiny"), [os.getloadavg()[0]]

@@ -1,15 +1,15 @@
 """What noise-aware rung early stopping saves in training time, and what it costs in front quality.
 
-Runs real searches (``se_nas.search.run_search``, Optuna backend, the default space and the digits
+Runs real searches (``se_nas.search.stages.run_search``, Optuna backend, the default space and the digits
 recipe, a 4 GFLOPs budget) under ``--seeds`` search seeds in each arm, ``--early-stop rungs`` and
 ``none``, and records per search:
 
 - training time: the sum of the trials' ``seconds`` (wall time inside each trial), the search
   process's CPU seconds, and the epochs trained;
 - trials stopped early (and complete, repeated, over-budget, failed);
-- the hypervolume of the final per-design front (``se_nas.results.design_front``: means over each
+- the hypervolume of the final per-design front (``se_nas.record.results.design_front``: means over each
   design's seeds) against one fixed reference: accuracy 0, the budget's GFLOPs, r=16's params + 10%;
-- the chosen design (``se_nas.results.best_design``) retrained under ``--retrain-seeds`` fresh seeds
+- the chosen design (``se_nas.record.results.best_design``) retrained under ``--retrain-seeds`` fresh seeds
   (the same seeds for every search), because a front of single-seed means is itself noisy.
 
 Every search starts from the same calibration runs (plain backbone and r=16 under
@@ -46,14 +46,14 @@ RETRAIN_SEED = 2000  # fresh seeds for the chosen design: no search trial or cal
 
 
 def recipe_of(name: str):
-    from se_nas.recipe import load_recipe
+    from se_nas.design.recipe import load_recipe
 
     return dataclasses.replace(load_recipe(name), threads=1)
 
 
 def config_of(args, arm: str, seed: int):
-    from se_nas.budget import Budget
-    from se_nas.search import SearchConfig
+    from se_nas.design.budget import Budget
+    from se_nas.search.stages import SearchConfig
 
     return SearchConfig(study=f"{arm}-s{seed}" if arm else TEMPLATE, space=args.space, recipe=recipe_of(args.recipe),
                         recipe_name=args.recipe, budget=Budget(max_gflops=args.budget_gflops),
@@ -65,8 +65,8 @@ def calibrate_once(args) -> None:
     """Train the calibration runs once, in their own study, for every search to copy."""
     import torch
 
-    from se_nas.confirm import calibrate
-    from se_nas.search import prepare_study
+    from se_nas.search.confirm import calibrate
+    from se_nas.search.stages import prepare_study
 
     torch.set_num_threads(1)
     config = config_of(args, "", 0)
@@ -78,8 +78,8 @@ def calibrate_once(args) -> None:
 
 def reference(args) -> list[float]:
     """The fixed hypervolume reference: accuracy 0, the GFLOPs budget, r=16's params + 10%."""
-    from se_nas.cost import count_cost
-    from se_nas.space import load_space
+    from se_nas.design.cost import count_cost
+    from se_nas.design.space import load_space
 
     space = load_space(args.space)
     r16 = count_cost(space.baseline(), space.deploy.image_size, space.deploy.num_classes)
@@ -90,13 +90,13 @@ def one_search(args, arm: str, seed: int) -> dict:
     """Run (or continue) one search and measure it; returns its result line."""
     import torch
 
-    from se_nas.confirm import RUN_PREFIX, study_noise, train_run
-    from se_nas.data import load_data
-    from se_nas.pareto import hypervolume
-    from se_nas.results import best_design, design_front, designs_of
-    from se_nas.search import prepare_study, run_search
-    from se_nas.storage import open_study
-    from se_nas.study import DIRECTIONS, Status, records
+    from se_nas.search.confirm import RUN_PREFIX, study_noise, train_run
+    from se_nas.nn.data import load_data
+    from se_nas.design.pareto import hypervolume
+    from se_nas.record.results import best_design, design_front, designs_of
+    from se_nas.search.stages import prepare_study, run_search
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import DIRECTIONS, Status, records
 
     torch.set_num_threads(1)
     config = config_of(args, arm, seed)
@@ -212,7 +212,7 @@ METRICS = {  # column -> (value of one result line, decimals)
 
 
 def summary(args) -> str:
-    from se_nas.results import paired_difference
+    from se_nas.record.results import paired_difference
 
     rows = read_results(Path(args.out), args.trials)
     if not rows:
@@ -243,15 +243,15 @@ def summary(args) -> str:
 
 # --- replay: the rule on the full histories of the "none" arm ---------------------------------------
 def replay(study, z: float, budget_gflops: float, ref) -> dict:
-    """Apply the rung rule (``se_nas.earlystop.should_stop`` with ``z``) trial by trial to a search
+    """Apply the rung rule (``se_nas.search.earlystop.should_stop`` with ``z``) trial by trial to a search
     that ran without early stopping, as the rungs arm would have (a stopped trial's history is cut at
     its rung for the trials after it). Every trial was trained to the end, so what each stop cost is
     known: the stopped trial's final accuracy, and the front without it."""
-    from se_nas.confirm import study_noise
-    from se_nas.earlystop import peers_of, should_stop
-    from se_nas.pareto import hypervolume
-    from se_nas.results import best_design, design_front, designs_of
-    from se_nas.study import DIRECTIONS, Status, StudySettings, records
+    from se_nas.search.confirm import study_noise
+    from se_nas.search.earlystop import peers_of, should_stop
+    from se_nas.design.pareto import hypervolume
+    from se_nas.record.results import best_design, design_front, designs_of
+    from se_nas.record.study import DIRECTIONS, Status, StudySettings, records
 
     recipe = StudySettings.of(study).recipe_value()
     full = records(study)
@@ -288,7 +288,7 @@ def replay(study, z: float, budget_gflops: float, ref) -> dict:
 
 
 def replay_summary(args, zs) -> str:
-    from se_nas.storage import open_study
+    from se_nas.record.storage import open_study
 
     rows = read_results(Path(args.out), args.trials)
     seeds = sorted(s for a, s in rows if a == "none")

@@ -1,7 +1,7 @@
 """Validate the latency predictor against the real thing (issue 11, item 3), and time the profile and
 the predictor.
 
-For each thread count: profile (``se_nas.latency.profile``) what N random designs of the default space
+For each thread count: profile (``se_nas.nn.latency.profile``) what N random designs of the default space
 and the presets of its form need, then measure the end-to-end eval forward pass (batch 1, 224x224,
 ``torch.inference_mode``) of every one of those designs, interleaved (each round times every model
 once, in turn), and compare each design's median with its prediction: median and worst absolute
@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau
 
-from se_nas import latency as L
-from se_nas.arch import PRESETS, Arch
-from se_nas.build import build_model
-from se_nas.space import load_space
+from se_nas.nn import latency as L
+from se_nas.design.arch import PRESETS, Arch
+from se_nas.nn.build import build_model
+from se_nas.design.space import load_space
 
 
 def load() -> str:
@@ -117,7 +117,7 @@ def predictor_speed(space, table_path: Path, n: int) -> dict:
     for a in designs:
         p.ms(a)
     cached = time.perf_counter() - t0
-    from se_nas.cost import count_cost
+    from se_nas.design.cost import count_cost
 
     t0 = time.perf_counter()
     for a in designs:

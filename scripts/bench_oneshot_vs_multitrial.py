@@ -4,11 +4,11 @@ seeds (issue 13, Measure).
 For each search seed (``--seeds``) two studies under ``--root`` are run **side by side**, one torch
 thread each, so both see the same machine load:
 
-- ``ovm-oneshot-s<seed>``: ``se_nas.oneshot.run_oneshot`` on the default space and proxy (digits),
+- ``ovm-oneshot-s<seed>``: ``se_nas.search.oneshot.run_oneshot`` on the default space and proxy (digits),
   ``--budget-gflops``, ``--designs`` ranked designs, supernet epochs default;
-- ``ovm-mt-s<seed>``: ``se_nas.search.run_search`` (the default multi-trial search) with the same
+- ``ovm-mt-s<seed>``: ``se_nas.search.stages.run_search`` (the default multi-trial search) with the same
   seed, budget, calibration and confirmation settings. Its search stage is the Optuna backend
-  (``se_nas.search.BACKENDS``) grown one counted trial at a time until it has used the wall time of
+  (``se_nas.search.stages.BACKENDS``) grown one counted trial at a time until it has used the wall time of
   the one-shot's search stage (supernet training + ranking) of the same seed: it stops before the
   first trial that would start after that time, so it overshoots by less than one trial.
 
@@ -79,10 +79,10 @@ class Clock:
 
 # --- the two strategies ---------------------------------------------------------------------------
 def config_of(args, strategy: str, seed: int):
-    from se_nas.budget import Budget
-    from se_nas.search import SearchConfig
+    from se_nas.design.budget import Budget
+    from se_nas.search.stages import SearchConfig
 
-    from se_nas import oneshot, search
+    from se_nas.search import oneshot, stages as search
 
     sampler = (oneshot if strategy == "oneshot" else search).DEFAULT_SAMPLER  # each strategy's own, as the CLI
     return SearchConfig(study=STUDY.format(strategy=strategy, seed=seed), recipe=args.recipe,
@@ -94,13 +94,13 @@ def config_of(args, strategy: str, seed: int):
 
 def run_oneshot_timed(args, seed: int) -> None:
     """The one-shot search; its search stage (the ``search`` callable ``run_oneshot`` hands to
-    ``run_search``) is timed by wrapping ``se_nas.search.run_search``, the public entry point."""
-    import se_nas.search
-    from se_nas.oneshot import run_oneshot
+    ``run_search``) is timed by wrapping ``se_nas.search.stages.run_search``, the public entry point."""
+    import se_nas.search.stages
+    from se_nas.search.oneshot import run_oneshot
 
     config, root = config_of(args, "oneshot", seed), Path(args.root)
     stored = read_timing(root, config.study)
-    original, seen = se_nas.search.run_search, []
+    original, seen = se_nas.search.stages.run_search, []
 
     def run_search(config, search=None, candidates=None, strategy="multi-trial"):
         def timed(study, config, progress, data):
@@ -114,13 +114,13 @@ def run_oneshot_timed(args, seed: int) -> None:
 
         return original(config, timed, candidates, strategy)
 
-    se_nas.search.run_search = run_search
+    se_nas.search.stages.run_search = run_search
     try:
         run_oneshot(config, supernet_epochs=args.supernet_epochs)
     finally:
-        se_nas.search.run_search = original
+        se_nas.search.stages.run_search = original
     if not seen:
-        raise SystemExit("run_oneshot no longer calls se_nas.search.run_search with a search stage: "
+        raise SystemExit("run_oneshot no longer calls se_nas.search.stages.run_search with a search stage: "
                          "its search time cannot be measured this way; update run_oneshot_timed")
 
 
@@ -128,8 +128,8 @@ def run_multitrial_timed(args, seed: int) -> None:
     """The multi-trial search, its search stage grown one counted trial at a time until it has used
     the one-shot's search wall time of the same seed (read from its timing file; while the one-shot
     is still searching, the multi-trial goes on)."""
-    from se_nas.search import BACKENDS, run_search
-    from se_nas.study import counted
+    from se_nas.search.stages import BACKENDS, run_search
+    from se_nas.record.study import counted
 
     config, root = config_of(args, "mt", seed), Path(args.root)
     partner = STUDY.format(strategy="oneshot", seed=seed)
@@ -152,7 +152,7 @@ def run_multitrial_timed(args, seed: int) -> None:
 
     if read_timing(root, config.study).get("done"):
         # a finished search stage: a rerun (confirmation left) asks for no trial beyond those it holds
-        from se_nas.storage import open_study
+        from se_nas.record.storage import open_study
 
         n = counted(open_study(config.study, root=config.root))[0]
         run_search(replace(config, n_trials=n))
@@ -207,7 +207,7 @@ def drive(args) -> None:
 # --- the analysis ---------------------------------------------------------------------------------
 def confirmed_points(study, settings, conf):
     """The confirmed designs within the budget as (design, accuracy mean, GFLOPs), and the 2-D front."""
-    from se_nas.pareto import pareto_front
+    from se_nas.design.pareto import pareto_front
 
     ds = [d for d in conf.designs if d.id not in conf.over_budget and d.n]
     mask = pareto_front([(d.mean, d.gflops) for d in ds], ("maximize", "minimize")) if ds else []
@@ -215,8 +215,8 @@ def confirmed_points(study, settings, conf):
 
 
 def role_of(conf, d) -> str:
-    from se_nas.arch import baseline_name
-    from se_nas.confirm import role_name
+    from se_nas.design.arch import baseline_name
+    from se_nas.search.confirm import role_name
 
     if d.id == conf.chosen.id:
         return "chosen"
@@ -228,10 +228,10 @@ def role_of(conf, d) -> str:
 
 
 def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
-    from se_nas.confirm import read_confirmation
-    from se_nas.pareto import hypervolume
-    from se_nas.storage import open_study
-    from se_nas.study import StudySettings, counted, records
+    from se_nas.search.confirm import read_confirmation
+    from se_nas.design.pareto import hypervolume
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import StudySettings, counted, records
 
     name = STUDY.format(strategy=strategy, seed=seed)
     if not (root / name).exists():
@@ -241,7 +241,7 @@ def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
     conf = read_confirmation(study, settings)
     t = read_timing(root, name)
     recs = records(study)
-    from se_nas.oneshot import ranked
+    from se_nas.search.oneshot import ranked
 
     row = {"strategy": strategy, "seed": seed, "timing": t, "counted": counted(study)[0],
            "evaluated": sum(1 for r in recs if ranked(r)),
@@ -258,7 +258,7 @@ def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
         row["hv"] = hypervolume([(d.mean, d.gflops) for d in front], ("maximize", "minimize"), ref) if front else 0.0
         base = [d for d in ds if d.id in (conf.r16.id, conf.plain.id)]  # what every search confirms anyway
         row["hv_base"] = hypervolume([(d.mean, d.gflops) for d in base], ("maximize", "minimize"), ref) if base else 0.0
-        from se_nas.confirm import recipe_key, stored_runs
+        from se_nas.search.confirm import recipe_key, stored_runs
 
         runs = stored_runs(study, recipe_key(settings.recipe_value())).values()
         base_ids = (conf.r16.id, conf.plain.id)
@@ -272,13 +272,13 @@ def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
 def analyze(args) -> None:
     import statistics
 
-    from se_nas.results import paired_difference
+    from se_nas.record.results import paired_difference
 
     root = Path(args.root)
     num_classes = 10  # the digits proxy; recipe files hold no class count (the dataset does)
     if args.recipe != "digits":
-        from se_nas.data import load_data
-        from se_nas.recipe import load_recipe
+        from se_nas.nn.data import load_data
+        from se_nas.design.recipe import load_recipe
 
         num_classes = load_data(load_recipe(args.recipe)).num_classes
     ref = (1.0 / num_classes, args.budget_gflops)

@@ -20,15 +20,15 @@ import time
 import optuna
 import torch
 
-from se_nas.budget import Budget
-from se_nas.build import build_model
-from se_nas.cost import count_cost, traced_flops
-from se_nas.data import load_data
-from se_nas.optuna_backend import run_one
-from se_nas.samplers import quiet_optuna
-from se_nas.search import SearchConfig, prepare_study
-from se_nas.space import load_space
-from se_nas.study import records
+from se_nas.design.budget import Budget
+from se_nas.nn.build import build_model
+from se_nas.design.cost import count_cost, traced_flops
+from se_nas.nn.data import load_data
+from se_nas.search.optuna_backend import run_one
+from se_nas.record.samplers import quiet_optuna
+from se_nas.search.stages import SearchConfig, prepare_study
+from se_nas.design.space import load_space
+from se_nas.record.study import records
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The one-shot ranking loop's own cost per evaluated design, before and after a change, side by side.
 
-Runs ``se_nas.oneshot.rank`` of the working tree and the ``rank`` of git revision ``--before``
+Runs ``se_nas.search.oneshot.rank`` of the working tree and the ``rank`` of git revision ``--before``
 (default: the commit before the loop kept repeats off the study) on fresh SQLite studies of the same
 space, sampler and seed, interleaved round by round, and prints CPU and wall seconds per evaluated
 design with the machine's load. To time the loop alone, a path's "accuracy" is a hash of its design
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import se_nas
-from se_nas import oneshot
-from se_nas.budget import Budget
-from se_nas.samplers import quiet_optuna
-from se_nas.search import SearchConfig, prepare_study
-from se_nas.study import Status, records
+from se_nas.search import oneshot
+from se_nas.design.budget import Budget
+from se_nas.record.samplers import quiet_optuna
+from se_nas.search.stages import SearchConfig, prepare_study
+from se_nas.record.study import Status, records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def old_rank(rev: str):
     """``rank`` as it was at git revision ``rev`` (its module loaded inside the package, so its
     relative imports resolve to today's modules)."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:se_nas/oneshot.py"], check=True,
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:se_nas/search/oneshot.py"], check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "oneshot_before.py"
     path.write_text(source)

@@ -33,10 +33,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from se_nas.arch import PRESETS
-from se_nas.build import build_model
-from se_nas.cost import count_cost
-from se_nas.fused import set_fast_se
+from se_nas.design.arch import PRESETS
+from se_nas.nn.build import build_model
+from se_nas.design.cost import count_cost
+from se_nas.nn.fused import set_fast_se
 
 # (SE model, plain model) pairs whose ratio is reported
 PAIRS = {

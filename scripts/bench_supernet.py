@@ -12,7 +12,7 @@ the largest design of the space (most GFLOPs), measured in the same process one 
 with the load average at each step; CPU seconds (``time.process_time``) are the comparable figure on
 a shared machine.
 
-Every standalone run is stored as a run of an Optuna study (``se_nas.confirm.ensure_runs``,
+Every standalone run is stored as a run of an Optuna study (``se_nas.search.confirm.ensure_runs``,
 ``--root``/bench-supernet/study.db) as it finishes, and the supernet keeps a checkpoint: a rerun
 continues where it stopped. ``--import-jsonl`` takes runs from ``scripts/rank_fidelity.py``'s file
 (same recipe, same ``train_run``) after retraining one of them and checking the accuracy is
@@ -27,7 +27,7 @@ under fewer/more calibration batches and validation subsets, three calibration d
 sub-supernet per part of the space under a split of ``SPLITS`` (each from scratch, on the paths of
 its part only, ``--supernet-epochs`` each: half the recipe's per part for K=2 gives the sub-supernets
 together the steps of one supernet) and evaluates each design on its part's sub-supernet.
-``--broken X`` sets the broken-path limit (``se_nas.oneshot.BROKEN``, in multiples of ln C) for the
+``--broken X`` sets the broken-path limit (``se_nas.search.oneshot.BROKEN``, in multiples of ln C) for the
 training: a control for the redraw of slow paths.
 
     nice -n 5 python scripts/bench_supernet.py --import-jsonl /tmp/rf/rf.jsonl   # resumable
@@ -56,7 +56,7 @@ def recipe():
 def largest(space):
     """The design of ``space`` with the most GFLOPs on its deployment model (SE cost is additive
     over stages, so the most expensive option of each stage)."""
-    from se_nas.cost import count_cost
+    from se_nas.design.cost import count_cost
 
     d = space.deploy
     stages = tuple(max(space.stage_options(i), key=lambda se: count_cost(
@@ -117,7 +117,7 @@ def balance(split: str, space, sets: dict, n: int = 20000) -> str:
     import random
     from collections import Counter
 
-    from se_nas.supernet import sample_path
+    from se_nas.nn.supernet import sample_path
 
     k, part = SPLITS[split]
     rng = random.Random(0)
@@ -139,8 +139,8 @@ def clock(fn):
 def import_runs(study, path: Path, r, data, designs) -> int:
     """Runs of ``scripts/rank_fidelity.py`` (label ``proxy``, the same recipe) into the study, after
     checking that retraining one of them gives the identical accuracy."""
-    from se_nas.arch import Arch
-    from se_nas.confirm import _key, recipe_key, stored_runs, train_run, Run
+    from se_nas.design.arch import Arch
+    from se_nas.search.confirm import _key, recipe_key, stored_runs, train_run, Run
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     want = {a.id for a in designs}
@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--supernet-epochs", type=int, default=10)
     p.add_argument("--sampling", default="uniform")
     p.add_argument("--gate-weights", default=None, help="which gates share a slot's excitation "
-                   "(se_nas.supernet.GATE_WEIGHTS; default the supernet's)")
+                   "(se_nas.nn.supernet.GATE_WEIGHTS; default the supernet's)")
     p.add_argument("--rank", type=int, default=2000, help="designs ranked for the cost figure (0: no cost figure)")
     p.add_argument("--held-out", type=int, default=0, metavar="N",
                    help="instead: N fresh designs (the space's random sample under seed 1, none of the default "
@@ -186,9 +186,9 @@ def main() -> None:
     p.add_argument("--supernet-seed", type=int, default=0, help="the supernet's training seed (a second one "
                    "puts a noise figure on a variant)")
     p.add_argument("--broken", type=float, default=None, metavar="X", help="the broken-path limit for training "
-                   "(multiples of ln C; default se_nas.oneshot.BROKEN)")
+                   "(multiples of ln C; default se_nas.search.oneshot.BROKEN)")
     p.add_argument("--init-seeds", type=int, nargs="*", default=None, metavar="SEED",
-                   help="the initialisation check's seeds (default se_nas.oneshot.INIT_SEEDS; none: no check, the "
+                   help="the initialisation check's seeds (default se_nas.search.oneshot.INIT_SEEDS; none: no check, the "
                    "score is the supernet accuracy)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
     p.add_argument("--all-sets", action="store_true", help="with --analyze: the design sets (default, held-out "
@@ -199,14 +199,14 @@ def main() -> None:
     import torch
 
     from rank_fidelity import designs as pick_designs
-    from se_nas.budget import Budget
-    from se_nas.confirm import ensure_runs, recipe_key, stored_runs, train_run
-    from se_nas.data import load_data
-    from se_nas.oneshot import INIT_SEEDS, PathEvaluator, rank, supernet_recipe, train_supernet
-    from se_nas.samplers import make_sampler
-    from se_nas.space import load_space
-    from se_nas.storage import open_study
-    from se_nas.supernet import DEFAULT_GATE_WEIGHTS
+    from se_nas.design.budget import Budget
+    from se_nas.search.confirm import ensure_runs, recipe_key, stored_runs, train_run
+    from se_nas.nn.data import load_data
+    from se_nas.search.oneshot import INIT_SEEDS, PathEvaluator, rank, supernet_recipe, train_supernet
+    from se_nas.record.samplers import make_sampler
+    from se_nas.design.space import load_space
+    from se_nas.record.storage import open_study
+    from se_nas.nn.supernet import DEFAULT_GATE_WEIGHTS
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -223,9 +223,9 @@ def main() -> None:
     variant += (f"-fewshot-{args.few_shot}" if args.few_shot else "") + (f"-broken{args.broken:g}" if args.broken else "")
     variant += f"-seed{args.supernet_seed}" if args.supernet_seed else ""
     if args.broken:
-        import se_nas.oneshot
+        import se_nas.search.oneshot
 
-        se_nas.oneshot.BROKEN = args.broken
+        se_nas.search.oneshot.BROKEN = args.broken
     if args.few_shot:
         print(balance(args.few_shot, space, {"default set": pick_designs("resnet50-per-stage", args.designs, 0),
                                              "held-out set": designs if args.held_out else []}), flush=True)

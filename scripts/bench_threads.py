@@ -42,11 +42,11 @@ def cmd_one(args) -> None:
     """One training in this process; prints one JSON line."""
     import torch
 
-    from se_nas.data import load_data
-    from se_nas.recipe import load_recipe
-    from se_nas.space import load_space
-    from se_nas.train import train
-    from se_nas.trial import seeded_proxy
+    from se_nas.nn.data import load_data
+    from se_nas.design.recipe import load_recipe
+    from se_nas.design.space import load_space
+    from se_nas.nn.train import train
+    from se_nas.search.trial import seeded_proxy
 
     torch.set_num_threads(args.threads)
     if args.deterministic:

@@ -1,13 +1,14 @@
-"""The package's import graph, its layers and its cycles (module-level and function-level imports alike;
-imports under ``if TYPE_CHECKING:`` are annotations only and are left out).
+"""The package's import graph, its floors and its cycles: module-level, function-level and
+``if TYPE_CHECKING:`` imports alike (an annotation-only import is still a tie between two modules).
 
-    python scripts/import_graph.py                 # layers, edges going up, cycles; exit 1 if any
+    python scripts/import_graph.py                 # floors, edges going up, cycles; exit 1 if any
     python scripts/import_graph.py --dot graph.dot # also the drawing (Graphviz: dot -Tpng graph.dot)
 
-The layers follow the flow of the README: domain values and functions -> the study layer (the result
-format, per-design results, storage, samplers) -> runs (the trial function, calibration and
-confirmation, the search and its backends, progress) -> products (model file, export, compare,
-report) -> the command line. A module may import its own layer or lower ones, never a higher one.
+The floors are the subpackages of ``se_nas/``, in the order of the flow: design (values, no torch) ->
+nn (torch) -> record (the study) -> search (stages and executors) -> products (model file, export,
+compare, report) -> cli. A module may import its own floor or lower ones, never a higher one. The
+package's ``__init__`` (its version; public names it loads lazily) is the root below them all, and
+``__main__`` stands on top.
 """
 from __future__ import annotations
 
@@ -17,48 +18,66 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "se_nas"
-LAYERS = {
-    "domain": ["builtin", "choices", "arch", "inception", "geometry", "se", "fused", "build", "cost", "space", "budget",
-               "recipe", "data", "train", "pareto", "earlystop", "latency", "supernet"],
-    "study": ["study", "results", "storage", "samplers"],
-    "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "ray_runs", "search", "oneshot"],
-    "products": ["modelfile", "export", "compare", "report"],
-    "cli": ["commands", "cli", "__main__", "__init__"],
-}
-LEVEL = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
+FLOORS = ["root", "design", "nn", "record", "search", "products", "cli", "top"]
 
 
-def _type_checking_only(node: ast.AST, parents: dict) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            return True
-    return False
+def module_name(path: Path) -> str:
+    """``se_nas/design/arch.py`` -> ``design.arch``; ``se_nas/__init__.py`` -> ``__init__``."""
+    return path.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
+
+
+def floor(module: str) -> str:
+    """A subpackage's modules stand on its floor. The package's ``__init__`` (the version, and public
+    names loaded lazily on first use) is the root every floor may read; ``__main__`` is on top."""
+    head = module.split(".")[0]
+    return head if head in FLOORS else {"__init__": "root", "__main__": "top"}[head]
+
+
+def _resolve(module: str, level: int, name: str | None) -> str:
+    """The dotted module (relative to se_nas) that ``from <level dots><name>`` in ``module`` names."""
+    parts = module.split(".")[:-1]  # the importing module's package
+    base = parts[: len(parts) - (level - 1)] if level > 1 else parts
+    return ".".join([*base, *([name] if name else [])])
 
 
 def imports(path: Path) -> set[str]:
-    """The se_nas modules that ``path`` imports anywhere (module level or inside functions)."""
+    """The se_nas modules (dotted, relative to se_nas) that ``path`` imports anywhere."""
     tree = ast.parse(path.read_text())
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    me = module_name(path)
+    known = {module_name(p) for p in PACKAGE.rglob("*.py")}
     out = set()
+
+    def add(target: str):
+        if target in known:
+            out.add(target)
+        elif f"{target}.__init__" in known:
+            out.add(f"{target}.__init__")
+
     for node in ast.walk(tree):
-        if _type_checking_only(node, parents):
-            continue
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from .x import y
-                out.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x
-                out.update(a.name for a in node.names)
-            elif node.module and node.module.startswith("se_nas."):
-                out.add(node.module.split(".")[1])
+            if node.level:
+                target = _resolve(me, node.level, node.module)
+            elif node.module and node.module.startswith("se_nas"):
+                target = node.module.partition(".")[2]
+            else:
+                continue
+            for a in node.names:  # from .pkg import module
+                sub = f"{target}.{a.name}" if target else a.name
+                if sub in known:
+                    out.add(sub)
+                    break
+            else:
+                add(target or "__init__")
         elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("se_nas."))
-    out.discard(path.stem)
+            for a in node.names:
+                if a.name.startswith("se_nas."):
+                    add(a.name.partition(".")[2])
+    out.discard(me)
     return out
 
 
 def graph() -> dict[str, set[str]]:
-    return {p.stem: imports(p) for p in sorted(PACKAGE.glob("*.py"))}
+    return {module_name(p): imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:
@@ -94,16 +113,16 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def upward(g: dict[str, set[str]]) -> list[tuple[str, str]]:
-    """Imports from a lower layer to a higher one (and modules missing from LAYERS, as ('?', name))."""
-    bad = [("?", m) for m in g if m not in LEVEL]
-    bad += [(a, b) for a, deps in g.items() for b in sorted(deps) if a in LEVEL and b in LEVEL and LEVEL[b] > LEVEL[a]]
-    return bad
+    """Imports from a lower floor to a higher one. A subpackage's ``__init__`` may re-export its own
+    modules, which is sideways."""
+    level = {f: i for i, f in enumerate(FLOORS)}
+    return [(a, b) for a, deps in g.items() for b in sorted(deps) if level[floor(b)] > level[floor(a)]]
 
 
 def dot(g: dict[str, set[str]]) -> str:
     lines = ["digraph se_nas {", "  rankdir=BT; node [shape=box, fontsize=10];"]
-    for i, (layer, mods) in enumerate(LAYERS.items()):
-        lines.append(f'  subgraph cluster_{i} {{ label="{layer}"; ' + " ".join(f'"{m}";' for m in mods if m in g) + " }")
+    for i, f in enumerate(FLOORS):
+        lines.append(f'  subgraph cluster_{i} {{ label="{f}"; ' + " ".join(f'"{m}";' for m in g if floor(m) == f) + " }")
     for a, deps in g.items():
         lines += [f'  "{a}" -> "{b}";' for b in sorted(deps)]
     return "\n".join(lines + ["}"])
@@ -114,8 +133,9 @@ def main() -> int:
     ap.add_argument("--dot", help="write the drawing as a Graphviz file")
     args = ap.parse_args()
     g = graph()
-    for layer, mods in LAYERS.items():
-        print(f"{layer:<9} " + ", ".join(m for m in mods if m in g))
+    for f in FLOORS:
+        mods = sorted(m.split(".", 1)[-1] for m in g if floor(m) == f)
+        print(f"{f:<9} " + ", ".join(mods))
     print(f"{len(g)} modules, {sum(map(len, g.values()))} import edges")
     cyc, up = cycles(g), upward(g)
     for c in cyc:

@@ -6,7 +6,7 @@ design sets.
 For every design and each initialisation seed (``--seeds``; not the standalone runs' 0-2, so the
 models measured are not the ones trained), the model is built as a standalone training of that seed
 starts it and one training batch (64 images, training mode) gives: the standard deviation of the
-logits (``lstd``, what ``se_nas.oneshot.init_signal`` uses), of the pooled features the classifier
+logits (``lstd``, what ``se_nas.search.oneshot.init_signal`` uses), of the pooled features the classifier
 reads (``fstd``), and the norm of the loss gradient (``gnorm``), each divided by the plain backbone's
 under the same seed and reduced over the seeds by mean, median or min. Printed: Kendall tau against
 the standalone mean (3 seeds) for the signal alone and for supernet accuracy x min(1, signal), under
@@ -43,12 +43,12 @@ def main() -> None:
 
     from bench_supernet import held_out, recipe
     from rank_fidelity import designs as pick
-    from se_nas.confirm import recipe_key, stored_runs
-    from se_nas.data import load_data
-    from se_nas.space import load_space
-    from se_nas.storage import open_study
-    from se_nas.train import _batches
-    from se_nas.trial import seeded_proxy
+    from se_nas.search.confirm import recipe_key, stored_runs
+    from se_nas.nn.data import load_data
+    from se_nas.design.space import load_space
+    from se_nas.record.storage import open_study
+    from se_nas.nn.train import _batches
+    from se_nas.search.trial import seeded_proxy
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -3,7 +3,7 @@ longer, larger training does?
 
 Designs: the plain backbone, the paper's r=16, and a fixed-seed random sample drawn through the
 space's own sampler (``SearchSpace.sample`` on an Optuna ``RandomSampler``), deduplicated by
-``Arch.id``. Every (recipe, design, seed) is one ``se_nas.confirm.train_run`` (the exact trial
+``Arch.id``. Every (recipe, design, seed) is one ``se_nas.search.confirm.train_run`` (the exact trial
 training) on one torch thread, appended as one JSON line to ``--out`` as it finishes; a rerun skips
 what the file already has, so an interrupted run loses nothing. ``--shard i/n`` splits the jobs
 between processes (run at most as many as the machine has idle cores).
@@ -37,7 +37,7 @@ def designs(space_name: str, n: int, seed: int):
     """plain, r=16, then random designs of the space (fixed ``seed``) until there are ``n``."""
     import optuna
 
-    from se_nas.space import load_space
+    from se_nas.design.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(space_name)
@@ -52,7 +52,7 @@ def designs(space_name: str, n: int, seed: int):
 
 
 def recipe_of(name: str, sets: list[str]):
-    from se_nas.recipe import Recipe, RecipeError, load_recipe
+    from se_nas.design.recipe import Recipe, RecipeError, load_recipe
 
     d = load_recipe(name).to_dict()
     for item in sets:
@@ -85,8 +85,8 @@ def read(path: Path) -> list[dict]:
 def cmd_train(args) -> None:
     import torch
 
-    from se_nas.confirm import train_run
-    from se_nas.data import load_data
+    from se_nas.search.confirm import train_run
+    from se_nas.nn.data import load_data
 
     torch.set_num_threads(1)
     recipe = recipe_of(args.recipe, args.set)

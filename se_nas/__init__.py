@@ -1,7 +1,16 @@
 """se-nas: neural-architecture search over the design space of Squeeze-and-Excitation blocks.
 
 The flow: search space -> ``Arch`` -> cost check -> ``build_model`` -> training -> study ->
-report / export / compare. See the README for the command line.
+report / export / compare. The subpackages are its floors, each importing only the ones before it:
+
+    design    the Arch value, choice and backbone tables, cost, spaces, budgets, recipes (no torch)
+    nn        SE blocks, the builder, data, training, the supernet, latency
+    record    the study as the one result format, per-design results, Pareto, storage, samplers
+    search    the stages, the trial function, confirmation, early stopping, the executors
+    products  model files, export, compare, report
+    cli       the ``se-nas`` command
+
+See the README for the command line.
 
 The public names load their module on first use (PEP 562), so ``import se_nas`` and the command
 line's ``--help`` do not import torch.
@@ -12,10 +21,11 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _HOME = {
-    "Arch": "arch", "ArchError": "arch", "StageSE": "arch", "PRESETS": "arch", "resolve_arch": "arch",
-    "build_model": "build",
-    "Cost": "cost", "count_cost": "cost",
-    "load_model": "export",  # se_nas.load_model(FILE) -> a ready nn.Module, no study needed
+    "Arch": "design.arch", "ArchError": "design.arch", "StageSE": "design.arch", "PRESETS": "design.arch",
+    "resolve_arch": "design.arch",
+    "build_model": "nn.build",
+    "Cost": "design.cost", "count_cost": "design.cost",
+    "load_model": "products.export",  # se_nas.load_model(FILE) -> a ready nn.Module, no study needed
 }
 
 __all__ = [

@@ -1,6 +1,6 @@
 """``python -m se_nas`` is the ``se-nas`` command."""
 import sys
 
-from .cli import main
+from .cli.parser import main
 
 sys.exit(main())

@@ -2,8 +2,9 @@ import random
 
 import pytest
 
-from se_nas.arch import Arch, StageSE
-from se_nas.choices import BACKBONES, GATES, SQUEEZES
+from se_nas.design.arch import Arch, StageSE
+from se_nas.design.choices import GATES, SQUEEZES
+from se_nas.design.backbones import BACKBONES
 
 
 def random_arch(rng: random.Random, backbone: str | None = None, gates: tuple[str, ...] = tuple(GATES)) -> Arch:

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from se_nas.arch import PRESETS, Arch, ArchError, StageSE, resolve_arch
+from se_nas.design.arch import PRESETS, Arch, ArchError, StageSE, resolve_arch
 from tests.conftest import random_arch
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torchvision
 
-from se_nas.arch import PRESETS, Arch, ArchError, StageSE
-from se_nas.build import build_model
-from se_nas.choices import BACKBONES
-from se_nas.cost import count_cost, traced_flops
-from se_nas.se import SqueezeExcite
+from se_nas.design.arch import PRESETS, Arch, ArchError, StageSE
+from se_nas.nn.build import build_model
+from se_nas.design.backbones import BACKBONES
+from se_nas.design.cost import count_cost, traced_flops
+from se_nas.nn.se import SqueezeExcite
 from tests.conftest import random_arch
-from se_nas.space import SpaceError, load_space
+from se_nas.design.space import SpaceError, load_space
 
 NEW = ["resnext101_32x4d", "resnext101_64x4d", "senet154", "vgg16_bn", "mobilenet_v1", "mobilenet_v3_large",
        "shufflenet_v1_g3"]
@@ -167,7 +167,7 @@ def test_stride_form_only_where_a_family_has_a_strided_bottleneck():
 
 
 def test_every_family_has_plain_and_se_presets_and_a_space():
-    from se_nas.space import list_spaces
+    from se_nas.design.space import list_spaces
 
     spaces = {load_space(n).backbone for n in list_spaces()}
     for name in BACKBONES:
@@ -182,8 +182,8 @@ def test_export_of_a_family_without_a_residual_branch(backbone, tmp_path):
     and concatenation export too; VGG's ONNX takes its 7x7 head pool only from a 7x7 map: 224x224.)"""
     from onnx.reference import ReferenceEvaluator
 
-    from se_nas.export import export_onnx, export_torchscript
-    from se_nas.modelfile import load_model, save_model
+    from se_nas.products.export import export_onnx, export_torchscript
+    from se_nas.products.modelfile import load_model, save_model
 
     arch = random_arch(random.Random(3), backbone, ("sigmoid", "hardsigmoid"))
     size = 16
@@ -208,9 +208,9 @@ def test_export_of_a_family_without_a_residual_branch(backbone, tmp_path):
 def test_tiny_search_on_mobilenet(tmp_path):
     """A real search (tiny recipe, digits) over a family without a residual branch, through the Optuna
     backend; every record's design is a MobileNet v1 with its allowed insertion points."""
-    from se_nas.budget import Budget
-    from se_nas.search import SearchConfig, run_search
-    from se_nas.study import records
+    from se_nas.design.budget import Budget
+    from se_nas.search.stages import SearchConfig, run_search
+    from se_nas.record.study import records
 
     study = run_search(SearchConfig(study="m", space="mobilenet_v1-per-stage", recipe="tiny", budget=Budget(),
                                     n_trials=2, root=tmp_path, progress=False, calibration_seeds=0,
@@ -231,7 +231,7 @@ def test_tiny_search_on_mobilenet(tmp_path):
     ("senet154", 3, "standard"),  # a 3x3 stride-2 projection shortcut
 ])
 def test_fast_se_path_equals_reference_on_other_families(backbone, index, position):
-    """The fast SE path (se_nas/fused.py) where it applies in each kind of unit: same outputs and
+    """The fast SE path (se_nas/nn/fused.py) where it applies in each kind of unit: same outputs and
     gradients as the straightforward modules, in float64."""
     from tests.test_fast_se import _check_unit
 
@@ -239,7 +239,7 @@ def test_fast_se_path_equals_reference_on_other_families(backbone, index, positi
 
 
 def test_fused_tail_is_taken_where_the_unit_ends_like_a_residual_unit():
-    from se_nas.build import ResidualUnit
+    from se_nas.nn.build import ResidualUnit
 
     units = [m for m in build_model(PRESETS["se_shufflenet_v1_g3"], 10, "small", 0.25).modules()
              if isinstance(m, ResidualUnit)]

@@ -7,14 +7,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from se_nas.arch import Arch, PRESETS, StageSE
-from se_nas.budget import Budget, BudgetError, Deploy, check_feasible
-from se_nas.cost import count_cost
-from se_nas.recipe import load_recipe
-from se_nas.optuna_backend import run_one
-from se_nas.search import SearchConfig, prepare_study
-from se_nas.space import load_space
-from se_nas.study import records
+from se_nas.design.arch import Arch, PRESETS, StageSE
+from se_nas.design.budget import Budget, BudgetError, Deploy, check_feasible
+from se_nas.design.cost import count_cost
+from se_nas.design.recipe import load_recipe
+from se_nas.search.optuna_backend import run_one
+from se_nas.search.stages import SearchConfig, prepare_study
+from se_nas.design.space import load_space
+from se_nas.record.study import records
 
 
 @pytest.mark.parametrize("kw, flag", [
@@ -96,7 +96,7 @@ def _run_trials(cfg, n: int, constraint: str):
     """``n`` proposals through the real search path; returns the study, its records, and the trained and
     over-budget ones (both present), having checked that the samplers see the budget as Optuna
     constraints and that over-budget trials were never trained."""
-    from se_nas.data import load_data
+    from se_nas.nn.data import load_data
 
     data = load_data(cfg.recipe)
     study = prepare_study(cfg)
@@ -151,7 +151,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def tiny_latency(tmp_path_factory):
-    from se_nas.latency import profile
+    from se_nas.nn.latency import profile
 
     path = tmp_path_factory.mktemp("lat") / "tiny.json"
     profile(load_space("tiny"), path, image_size=SIZE, rounds=3, warmup=1)
@@ -167,7 +167,7 @@ def test_latency_budget_needs_its_table_and_a_positive_limit(tiny_latency):
 
 
 def test_latency_constraint_values_and_excess(tiny_latency):
-    from se_nas.latency import predict_latency
+    from se_nas.nn.latency import predict_latency
 
     arch = Arch("resnet18", (StageSE(4), None, StageSE(4, gate="hardsigmoid"), StageSE(16)))
     ms = predict_latency(arch, tiny_latency).ms
@@ -190,8 +190,8 @@ def test_latency_constraint_values_and_excess(tiny_latency):
 def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
     import itertools
 
-    from se_nas.budget import fastest
-    from se_nas.latency import predictor
+    from se_nas.design.budget import fastest
+    from se_nas.nn.latency import predictor
 
     space = load_space("tiny")
     p = predictor(tiny_latency)
@@ -211,7 +211,7 @@ def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
 
 def test_latency_table_must_price_the_deployment_model(tmp_path):
     """A table of the trained proxy (small stem, a width multiplier) would price the wrong model."""
-    from se_nas.latency import profile
+    from se_nas.nn.latency import profile
 
     space, path = load_space("tiny"), tmp_path / "proxy.json"
     profile(space, path, stem="small", width=0.125, image_size=SIZE, rounds=1, warmup=0)
@@ -222,7 +222,7 @@ def test_latency_table_must_price_the_deployment_model(tmp_path):
 
 
 def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency):
-    from se_nas.latency import predictor
+    from se_nas.nn.latency import predictor
 
     b = Budget(latency=tiny_latency)
     arch = load_space("tiny").baseline()
@@ -239,7 +239,7 @@ def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency
 def _random_draws(space, n: int, seed: int = 0) -> list[Arch]:
     """The first ``n`` designs a search with ``--sampler random --seed seed`` proposes (the sampler
     draws the same sequence whatever it is told)."""
-    from se_nas.samplers import make_sampler
+    from se_nas.record.samplers import make_sampler
 
     study = optuna.create_study(sampler=make_sampler("random", seed))
     draws = []
@@ -256,8 +256,8 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     get the latency constraint, and the study refuses to continue with another table."""
     import json
 
-    from se_nas.latency import predictor
-    from se_nas.study import SearchError
+    from se_nas.nn.latency import predictor
+    from se_nas.record.study import SearchError
 
     space, path = load_space("tiny"), tmp_path / "cpu.json"
     path.write_text(open(tiny_latency).read())
@@ -283,8 +283,8 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     assert study.user_attrs["budget"]["latency_hash"] == p.table.hash
     _products_show_latency(study, tmp_path, {r.arch.id: r.latency_ms for r in recs}, p.table.hash)
     # the confirmation stage (which report, compare and export read) prices its designs the same way
-    from se_nas.confirm import confirm
-    from se_nas.study import StudySettings
+    from se_nas.search.confirm import confirm
+    from se_nas.record.study import StudySettings
 
     conf = confirm(study, StudySettings.of(study), top=1, min_seeds=1, max_seeds=1)
     assert set(conf.over_budget) == {d.id for d in conf.designs if p.ms(d.arch) > limit}
@@ -301,10 +301,10 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
 
 def _products_show_latency(study, root, latency, table_hash):
     """The summary and the report show each front design's predicted latency; export's metadata too."""
-    from se_nas.export import export_study
-    from se_nas.modelfile import read_model
-    from se_nas.progress import summarize
-    from se_nas.report import build_report, summary_md, trials_csv
+    from se_nas.products.export import export_study
+    from se_nas.products.modelfile import read_model
+    from se_nas.search.progress import summarize
+    from se_nas.products.report import build_report, summary_md, trials_csv
 
     text = summarize(study, root).splitlines()
     head = next(i for i, line in enumerate(text) if line.startswith("search front"))
@@ -324,7 +324,7 @@ def _products_show_latency(study, root, latency, table_hash):
 
 def test_cli_refuses_an_infeasible_latency_budget_in_one_line(tmp_path, tiny_latency, capsys):
     from se_nas import cli
-    from se_nas.budget import fastest
+    from se_nas.design.budget import fastest
 
     space = tmp_path / "tiny32.yaml"  # the tiny space deployed at the table's input size
     tiny = (Path(__file__).parents[1] / "search_spaces" / "tiny.yaml").read_text()

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from se_nas.arch import PRESETS, Arch, ArchError, StageSE
-from se_nas.build import build_model
-from se_nas.choices import BACKBONES, GATES, POSITIONS, SQUEEZES
-from se_nas.se import SqueezeExcite
+from se_nas.design.arch import PRESETS, Arch, ArchError, StageSE
+from se_nas.nn.build import build_model
+from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.design.backbones import BACKBONES
+from se_nas.nn.se import SqueezeExcite
 
 
 def _fwd_bwd(arch, backbone_width=0.25, size=16):
@@ -82,8 +83,8 @@ def test_bad_build_arguments():
 def test_unit_input_sizes_are_what_each_built_unit_receives(backbone, stem, size):
     """The sizes a per-unit measurement feeds each unit equal the inputs the whole model gives them,
     and ``make_unit`` builds the same module (same state-dict shapes) the model holds there."""
-    from se_nas.build import make_unit
-    from se_nas.geometry import resolve, unit_input_sizes
+    from se_nas.nn.build import make_unit
+    from se_nas.design.geometry import resolve, unit_input_sizes
 
     arch = Arch.uniform(backbone, StageSE(reduction=4, position="pre"), stride_on="3x3")
     geom = resolve(arch, stem, 0.25)

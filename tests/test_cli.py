@@ -11,7 +11,7 @@ import pytest
 
 import se_nas
 from se_nas import cli
-from se_nas.commands import COMMANDS
+from se_nas.cli.commands import COMMANDS
 
 PACKAGE = Path(se_nas.__file__).parent
 HEAVY = ("torch", "optuna", "ray", "pandas", "matplotlib", "scipy", "sklearn")
@@ -28,23 +28,23 @@ def _loaded_after(code: str) -> set:
 
 
 def _run_main(*argv: str) -> str:
-    return f"from se_nas.cli import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
+    return f"from se_nas.cli.parser import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
 
 
 def test_commands_never_import_the_cli():
     """The parser imports the table, never the other way round: no cycle, nothing registers on import."""
-    tree = ast.parse((PACKAGE / "commands.py").read_text())
+    tree = ast.parse((PACKAGE / "cli" / "commands.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    assert not {"cli", "se_nas.cli"} & imported
-    assert "se_nas.cli" not in _loaded_after("import se_nas.commands")
+    assert not {"parser", "se_nas.cli.parser"} & imported
+    assert "se_nas.cli.parser" not in _loaded_after("import se_nas.cli.commands")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["cost", "--help"], ["presets", "--help"]])
 def test_listing_commands_and_their_help_import_no_library(argv):
     loaded = _loaded_after(_run_main(*argv))
     assert not loaded & set(HEAVY), f"se-nas {' '.join(argv)} imported {sorted(loaded & set(HEAVY))}"
-    assert not {m for m in loaded if m.startswith("se_nas.")} - {"se_nas.cli", "se_nas.commands"}
+    assert not {m for m in loaded if m.startswith("se_nas.")} - {"se_nas.cli", "se_nas.cli.parser", "se_nas.cli.commands"}
 
 
 @pytest.mark.parametrize("argv", [["cost", "resnet50"], ["presets"]])
@@ -55,8 +55,8 @@ def test_cost_and_presets_do_not_import_torch(argv):
 def test_importing_the_package_is_cheap_and_its_names_load_on_use():
     assert _loaded_after("import se_nas") == {"se_nas"}
     loaded = _loaded_after("from se_nas import *\nassert callable(load_model) and Arch and count_cost")
-    assert {"se_nas.export", "se_nas.arch", "se_nas.cost", "torch"} <= loaded
-    from se_nas.export import load_model
+    assert {"se_nas.products.export", "se_nas.design.arch", "se_nas.design.cost", "torch"} <= loaded
+    from se_nas.products.export import load_model
 
     assert se_nas.load_model is load_model
     assert set(se_nas.__all__) <= set(dir(se_nas))
@@ -69,7 +69,7 @@ def test_version(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out == f"se-nas {se_nas.__version__}\n"
-    for module in ("se_nas", "se_nas.cli"):  # python -m runs the same command
+    for module in ("se_nas", "se_nas.cli.parser"):  # python -m runs the same command
         out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True).stdout
         assert out == f"se-nas {se_nas.__version__}\n", module
 
@@ -101,15 +101,15 @@ def test_each_option_states_its_default_once(name, capsys):
 
 
 def test_presets_prints_json_that_loads_back(capsys):
-    from se_nas.arch import PRESETS, Arch
+    from se_nas.design.arch import PRESETS, Arch
 
     assert cli.main(["presets", "se_resnet50"]) == 0
     assert Arch.from_json(capsys.readouterr().out) == PRESETS["se_resnet50"]
 
 
 def test_cost_prints_the_cost_models_totals(capsys):
-    from se_nas.arch import PRESETS
-    from se_nas.cost import count_cost
+    from se_nas.design.arch import PRESETS
+    from se_nas.design.cost import count_cost
 
     assert cli.main(["cost", "se_resnet50", "--image-size", "64", "--num-classes", "10"]) == 0
     total = capsys.readouterr().out.splitlines()[-1].split()

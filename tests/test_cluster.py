@@ -16,11 +16,11 @@ import yaml
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from se_nas.budget import Budget  # noqa: E402
-from se_nas.recipe import load_recipe  # noqa: E402
-from se_nas.search import SearchConfig, run_search  # noqa: E402
-from se_nas.storage import open_study  # noqa: E402
-from se_nas.study import Status, counted, records, remaining  # noqa: E402
+from se_nas.design.budget import Budget  # noqa: E402
+from se_nas.design.recipe import load_recipe  # noqa: E402
+from se_nas.search.stages import SearchConfig, run_search  # noqa: E402
+from se_nas.record.storage import open_study  # noqa: E402
+from se_nas.record.study import Status, counted, records, remaining  # noqa: E402
 
 S = optuna.trial.TrialState
 
@@ -145,7 +145,7 @@ def test_a_killed_driver_is_continued_by_rerunning_the_command(cluster, tmp_path
 
 def test_a_trial_lost_again_and_again_is_retried_at_most_three_times():
     """The chain of retries of one lost trial is capped like the Optuna path's heartbeat (3)."""
-    from se_nas.ray_backend import MAX_RETRIES, _retry_depth
+    from se_nas.search.ray_backend import MAX_RETRIES, _retry_depth
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     study.enqueue_trial({"x": 1})

@@ -12,17 +12,17 @@ import yaml
 from torch.utils.data import DataLoader
 
 from se_nas import cli
-from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
-from se_nas.budget import Budget, Deploy
-from se_nas.compare import compare, paired_test
-from se_nas.confirm import CONFIRM_SEED
-from se_nas.export import load_model, read_model, export_study, train_arch
-from se_nas.recipe import load_recipe
-from se_nas.report import build_report
-from se_nas.storage import open_study
-from se_nas.study import records
-from se_nas.train import evaluate
-from se_nas.trial import record_outcome, run_trial
+from se_nas.design.arch import Arch, StageSE, baseline_arch, plain_arch
+from se_nas.design.budget import Budget, Deploy
+from se_nas.products.compare import compare, paired_test
+from se_nas.search.confirm import CONFIRM_SEED
+from se_nas.products.export import load_model, read_model, export_study, train_arch
+from se_nas.design.recipe import load_recipe
+from se_nas.products.report import build_report
+from se_nas.record.storage import open_study
+from se_nas.record.study import records
+from se_nas.nn.train import evaluate
+from se_nas.search.trial import record_outcome, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ARCHS = [
@@ -61,7 +61,7 @@ def test_export_reproduces_the_trial_and_the_file_holds_it(world, recipe):
     assert mf.meta["history"] == pytest.approx(list(best.history), abs=0)
     assert mf.meta["recipe"] == recipe.to_dict() and mf.meta["torch"] and mf.meta["se_nas"]
     # and the weights in the file really are that model: evaluate them independently
-    from se_nas.data import load_data
+    from se_nas.nn.data import load_data
 
     data = load_data(recipe)
     model = load_model(out)
@@ -162,8 +162,8 @@ def test_paired_test_edge_cases():
 
 
 def test_compare_shows_predicted_beside_measured_latency(world, recipe, tmp_path):
-    from se_nas.latency import LatencyError, predict_latency, profile
-    from se_nas.space import load_space
+    from se_nas.nn.latency import LatencyError, predict_latency, profile
+    from se_nas.design.space import load_space
 
     plain = plain_arch(ARCHS[0])
     path = tmp_path / "proxy.json"  # a table of the recipe's proxy (10 digit classes), for these designs

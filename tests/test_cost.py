@@ -6,11 +6,12 @@ import pytest
 import torch
 import torchvision
 
-from se_nas.arch import PRESETS, Arch, StageSE
-from se_nas.build import build_model
-from se_nas.choices import BACKBONES, GATES, POSITIONS, SQUEEZES, BackboneSpec, Block
-from se_nas.cost import count_cost, traced_flops
-from se_nas.geometry import UNITS, Conv
+from se_nas.design.arch import PRESETS, Arch, StageSE
+from se_nas.nn.build import build_model
+from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.design.backbones import BACKBONES, BackboneSpec, Block
+from se_nas.design.cost import count_cost, traced_flops
+from se_nas.design.geometry import UNITS, Conv
 from tests.conftest import random_arch
 
 

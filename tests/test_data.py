@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from se_nas.data import DataError, TensorData, _crop_flip, load_data, stratified_split, stratified_take
-from se_nas.recipe import Recipe
+from se_nas.nn.data import DataError, TensorData, _crop_flip, load_data, stratified_split, stratified_take
+from se_nas.design.recipe import Recipe
 
 
 def _labels(ds):

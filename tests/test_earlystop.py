@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from se_nas.earlystop import Peer, RungStopper, peers_of, should_stop
-from se_nas.results import Noise
+from se_nas.search.earlystop import Peer, RungStopper, peers_of, should_stop
+from se_nas.record.results import Noise
 
 
 def peers(*rows):
@@ -99,8 +99,8 @@ def test_rung_stopper_only_acts_at_rungs_and_reads_the_study_each_time():
 
 
 def test_peers_are_designs_with_every_run():
-    from se_nas.arch import PRESETS
-    from se_nas.study import Status, TrialRecord
+    from se_nas.design.arch import PRESETS
+    from se_nas.record.study import Status, TrialRecord
 
     a, b = PRESETS["resnet18"], PRESETS["se_resnet18"]
     recs = [TrialRecord(0, Status.COMPLETE, a, 0.9, 1.8, 11.7, 2, (0.5, 0.9)),

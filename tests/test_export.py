@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from se_nas import Arch, StageSE, cli, count_cost
-from se_nas.budget import Budget, Deploy
-from se_nas.data import load_data, stratified_split
-from se_nas.export import preprocess_for, role_of
-from se_nas.modelfile import load_model, read_model
-from se_nas.recipe import Recipe, load_recipe
-from se_nas.storage import open_study
-from se_nas.study import records
-from se_nas.trial import record_outcome, run_trial
+from se_nas.design.budget import Budget, Deploy
+from se_nas.nn.data import load_data, stratified_split
+from se_nas.products.export import preprocess_for, role_of
+from se_nas.products.modelfile import load_model, read_model
+from se_nas.design.recipe import Recipe, load_recipe
+from se_nas.record.storage import open_study
+from se_nas.record.study import records
+from se_nas.search.trial import record_outcome, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ARCH = Arch("resnet18", (None, StageSE(4, "max"), StageSE(8, gate="hardsigmoid"), None))

@@ -1,4 +1,4 @@
-"""The fast SE path (se_nas/fused.py) against the straightforward modules: same outputs, gradients and
+"""The fast SE path (se_nas/nn/fused.py) against the straightforward modules: same outputs, gradients and
 BatchNorm statistics in float64 for every squeeze, gate and insertion point; gradcheck on the autograd
 Functions; less saved memory; and the reference path under tracing so FLOP counts don't move."""
 import copy
@@ -6,14 +6,14 @@ import copy
 import pytest
 import torch
 
-from se_nas.arch import PRESETS, Arch, StageSE
-from se_nas.build import ResidualUnit, build_model
-from se_nas.choices import GATES, POSITIONS, SQUEEZES
-from se_nas.cost import count_cost, traced_flops
-from se_nas import fused
-from se_nas.fused import bn_se_add_relu, se_scale, set_fast_se
-from se_nas.geometry import resolve
-from se_nas.se import SqueezeExcite
+from se_nas.design.arch import PRESETS, Arch, StageSE
+from se_nas.nn.build import ResidualUnit, build_model
+from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.design.cost import count_cost, traced_flops
+from se_nas.nn import fused
+from se_nas.nn.fused import bn_se_add_relu, se_scale, set_fast_se
+from se_nas.design.geometry import resolve
+from se_nas.nn.se import SqueezeExcite
 
 
 def _unit_pair(backbone: str, se: StageSE, index: int, width: float = 0.125):
@@ -256,9 +256,9 @@ def test_fast_path_under_autocast_matches_reference(position, squeeze):
     recompute the excitation under the forward's autocast (it used to fail on bf16 vs float32).
     Under bf16 the fast path's gradients must be as close to the float32 reference as the reference
     path's own bf16 gradients are."""
-    from se_nas.arch import Arch, StageSE
-    from se_nas.build import build_model
-    from se_nas.fused import set_fast_se
+    from se_nas.design.arch import Arch, StageSE
+    from se_nas.nn.build import build_model
+    from se_nas.nn.fused import set_fast_se
 
     arch = Arch.uniform("resnet18", StageSE(4, squeeze, "sigmoid", position))
 

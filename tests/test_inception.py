@@ -5,12 +5,12 @@ import random
 import pytest
 import torch
 
-from se_nas.arch import PRESETS, Arch, ArchError, StageSE
-from se_nas.build import build_model
-from se_nas.choices import GATES, SQUEEZES
-from se_nas.cost import count_cost, traced_flops
-from se_nas.geometry import resolve, unit_input_sizes
-from se_nas.space import load_space
+from se_nas.design.arch import PRESETS, Arch, ArchError, StageSE
+from se_nas.nn.build import build_model
+from se_nas.design.choices import GATES, SQUEEZES
+from se_nas.design.cost import count_cost, traced_flops
+from se_nas.design.geometry import resolve, unit_input_sizes
+from se_nas.design.space import load_space
 
 FAMILIES = {"bn_inception": ("standard", "pre"), "inception_resnet_v2": ("standard", "pre", "post", "identity")}
 
@@ -182,8 +182,8 @@ def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
     pytest.importorskip("onnx")
     from onnx.reference import ReferenceEvaluator
 
-    from se_nas.export import export_onnx, export_torchscript
-    from se_nas.modelfile import load_model, save_model
+    from se_nas.products.export import export_onnx, export_torchscript
+    from se_nas.products.modelfile import load_model, save_model
 
     arch = Arch("inception_resnet_v2", (StageSE(4, position="pre"), StageSE(4, "max", "hardsigmoid", "identity"),
                                         StageSE(8, position="post")))
@@ -209,12 +209,12 @@ def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
     ("inception_resnet_v2", 11, "identity"),  # SE on the shortcut of a Block17
 ])
 def test_fast_se_path_equals_reference(backbone, index, position):
-    """The fast SE path (se_nas/fused.py) inside Inception units: the same outputs and gradients as
+    """The fast SE path (se_nas/nn/fused.py) inside Inception units: the same outputs and gradients as
     the straightforward modules, in float64."""
     import copy
 
-    from se_nas.build import make_unit
-    from se_nas.fused import set_fast_se
+    from se_nas.nn.build import make_unit
+    from se_nas.nn.fused import set_fast_se
     from tests.test_fast_se import _assert_same, _run, _upstream_grad
 
     u = resolve(Arch.uniform(backbone, StageSE(2, "avg", "hardsigmoid", position)), "small", 0.125).units[index]

@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from se_nas import latency as L
-from se_nas.arch import Arch, StageSE
-from se_nas.cli import main
-from se_nas.geometry import resolve, unit_input_sizes
-from se_nas.space import load_space
+from se_nas.nn import latency as L
+from se_nas.design.arch import Arch, StageSE
+from se_nas.cli.parser import main
+from se_nas.design.geometry import resolve, unit_input_sizes
+from se_nas.design.space import load_space
 
 KW = dict(stem="small", width=0.125, image_size=16, rounds=3, warmup=1)
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from se_nas import Arch, StageSE, build_model, count_cost
-from se_nas.choices import GATES, POSITIONS, SQUEEZES
-from se_nas.export import export_onnx, export_torchscript
-from se_nas.modelfile import (
+from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.products.export import export_onnx, export_torchscript
+from se_nas.products.modelfile import (
     MAX_CLASSES, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
 )
 
@@ -174,7 +174,7 @@ def test_header_asking_for_a_huge_model_is_refused_before_allocating(saved, tmp_
     crafted = _forge(path, tmp_path / "crafted.safetensors", arch=big.to_json(),
                      build=json.dumps({**build, "width": 2.0}))
     probe = ("import resource, sys, time\n"
-             "from se_nas.modelfile import ModelFileError, load_model\n"
+             "from se_nas.products.modelfile import ModelFileError, load_model\n"
              "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              "before, t = peak(), time.perf_counter()\n"
              "try:\n    load_model(sys.argv[1]); print('LOADED')\n"

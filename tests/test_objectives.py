@@ -6,11 +6,11 @@ import dataclasses
 import optuna
 import pytest
 
-from se_nas.budget import Budget, Deploy
-from se_nas.results import Design, best_design, design_front, designs_of
-from se_nas.search import SearchConfig, prepare_study
-from se_nas.space import load_space
-from se_nas.study import OBJECTIVES, SearchError, StudySettings, check_objectives, records
+from se_nas.design.budget import Budget, Deploy
+from se_nas.record.results import Design, best_design, design_front, designs_of
+from se_nas.search.stages import SearchConfig, prepare_study
+from se_nas.design.space import load_space
+from se_nas.record.study import OBJECTIVES, SearchError, StudySettings, check_objectives, records
 from tests.test_budget import SIZE, _tiny_recipe, tiny_latency  # noqa: F401  (a module-scoped fixture)
 
 LATENCY = ("accuracy", "latency")
@@ -48,12 +48,12 @@ def _dominated(d, others):
 
 
 def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
-    from se_nas.confirm import confirm
-    from se_nas.data import load_data
-    from se_nas.latency import predictor
-    from se_nas.optuna_backend import run_one
-    from se_nas.progress import summarize
-    from se_nas.report import build_report, summary_md
+    from se_nas.search.confirm import confirm
+    from se_nas.nn.data import load_data
+    from se_nas.nn.latency import predictor
+    from se_nas.search.optuna_backend import run_one
+    from se_nas.search.progress import summarize
+    from se_nas.products.report import build_report, summary_md
 
     p = predictor(tiny_latency)
     cfg = SearchConfig(study="fast", space=load_space("tiny"), recipe=_tiny_recipe(), budget=Budget(latency=tiny_latency),
@@ -86,7 +86,7 @@ def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
     md = summary_md(rep)
     assert "latency (ms, predicted)" in md and "![accuracy against latency](pareto_latency_ms.png)" in md
     assert "pareto_gflops.png" not in md  # the plots are the study's objectives
-    from se_nas.report import write_report
+    from se_nas.products.report import write_report
 
     paths = write_report(rep, tmp_path / "reports")
     assert paths["pareto_latency_ms.png"].stat().st_size > 0 and "pareto_gflops.png" not in paths
@@ -103,7 +103,7 @@ def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
 def test_a_study_from_before_objectives_has_the_default_ones(tmp_path, tiny_latency):
     """A study stored without the key was created with accuracy, GFLOPs and parameters: it continues so,
     and refuses latency."""
-    from se_nas.storage import open_study
+    from se_nas.record.storage import open_study
 
     cfg = SearchConfig(study="old", space=load_space("tiny"), recipe=_tiny_recipe(), budget=Budget(latency=tiny_latency),
                        deploy=Deploy(SIZE), root=tmp_path, progress=False)
@@ -133,8 +133,8 @@ def test_cli_latency_objective_needs_the_table_in_one_line(tmp_path, capsys):
 def test_ray_backend_tells_accuracy_and_latency(tmp_path, tiny_latency):
     """Ray's searcher gets the study's metrics and modes, and its trials report the predicted latency."""
     pytest.importorskip("ray")
-    from se_nas.latency import predictor
-    from se_nas.search import run_search
+    from se_nas.nn.latency import predictor
+    from se_nas.search.stages import run_search
 
     p = predictor(tiny_latency)
     study = run_search(SearchConfig(study="ray", space=load_space("tiny"), recipe=_tiny_recipe(), deploy=Deploy(SIZE),

@@ -7,14 +7,14 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from se_nas import confirm, oneshot  # noqa: E402
-from se_nas.arch import Arch, StageSE  # noqa: E402
-from se_nas.budget import Budget  # noqa: E402
-from se_nas.cost import count_cost  # noqa: E402
-from se_nas.recipe import load_recipe  # noqa: E402
-from se_nas.search import SearchConfig  # noqa: E402
-from se_nas.space import load_space  # noqa: E402
-from se_nas.study import SearchError, Status, counted, records  # noqa: E402
+from se_nas.search import confirm, oneshot  # noqa: E402
+from se_nas.design.arch import Arch, StageSE  # noqa: E402
+from se_nas.design.budget import Budget  # noqa: E402
+from se_nas.design.cost import count_cost  # noqa: E402
+from se_nas.design.recipe import load_recipe  # noqa: E402
+from se_nas.search.stages import SearchConfig  # noqa: E402
+from se_nas.design.space import load_space  # noqa: E402
+from se_nas.record.study import SearchError, Status, counted, records  # noqa: E402
 
 TINY = load_space("tiny")
 
@@ -40,7 +40,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    from se_nas.data import load_data
+    from se_nas.nn.data import load_data
 
     return load_data(load_recipe("tiny"))
 
@@ -53,8 +53,8 @@ def in_process(net, data):
 def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_continues(local_ray, tmp_path,
                                                                                     tiny_data, monkeypatch):
     from se_nas import cli
-    from se_nas.report import build_report
-    from se_nas.storage import open_study
+    from se_nas.products.report import build_report
+    from se_nas.record.storage import open_study
 
     pools = []
 

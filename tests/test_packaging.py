@@ -45,7 +45,7 @@ def test_wheel_carries_and_loads_the_builtin_spaces_and_recipes(tmp_path):
 
     site = tmp_path / "site"
     _run("-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target", str(site), str(wheel))
-    code = ("import se_nas, se_nas.space as s, se_nas.recipe as r\n"
+    code = ("import se_nas, se_nas.design.space as s, se_nas.design.recipe as r\n"
             "print(se_nas.__file__)\n"
             "print(','.join(s.list_spaces()), ','.join(r.builtin_recipes()), sep='\\n')\n"
             "print(s.load_space().name, s.load_space('tiny').backbone, r.load_recipe('digits').dataset)\n")

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from se_nas.pareto import dominates, hypervolume, hypervolume_history, nondominated_rank, pareto_front
+from se_nas.design.pareto import dominates, hypervolume, hypervolume_history, nondominated_rank, pareto_front
 
 ACC_FLOPS = ("maximize", "minimize")
 
@@ -130,7 +130,7 @@ def test_empty_input():
 
 def test_two_objective_sweep_equals_general_case():
     """The 2-D dispatch (a sort) and the pairwise general case agree, ties and duplicates included."""
-    from se_nas.pareto import _front_mask_2d, _front_mask_nd
+    from se_nas.design.pareto import _front_mask_2d, _front_mask_nd
 
     rng = np.random.default_rng(7)
     for trial in range(30):

@@ -7,15 +7,15 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from se_nas.budget import Budget  # noqa: E402
-from se_nas.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs  # noqa: E402
-from se_nas.optuna_backend import REPEAT_STREAK  # noqa: E402
-from se_nas.progress import summarize, trial_line  # noqa: E402
-from se_nas.recipe import load_recipe  # noqa: E402
-from se_nas.results import design_front, designs_of  # noqa: E402
-from se_nas.search import SearchConfig, run_search  # noqa: E402
-from se_nas.space import load_space  # noqa: E402
-from se_nas.study import Status, counted, records, remaining  # noqa: E402
+from se_nas.design.budget import Budget  # noqa: E402
+from se_nas.search.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs  # noqa: E402
+from se_nas.search.optuna_backend import REPEAT_STREAK  # noqa: E402
+from se_nas.search.progress import summarize, trial_line  # noqa: E402
+from se_nas.design.recipe import load_recipe  # noqa: E402
+from se_nas.record.results import design_front, designs_of  # noqa: E402
+from se_nas.search.stages import SearchConfig, run_search  # noqa: E402
+from se_nas.design.space import load_space  # noqa: E402
+from se_nas.record.study import Status, counted, records, remaining  # noqa: E402
 from tests.test_search import ONE_DESIGN  # noqa: E402
 
 

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import yaml
 
-from se_nas.recipe import DATASETS, RECIPE_DIR, Recipe, RecipeError, builtin_recipes, load_recipe
+from se_nas.design.recipe import DATASETS, RECIPE_DIR, Recipe, RecipeError, builtin_recipes, load_recipe
 
 
 def test_builtin_recipes_are_the_yaml_files():
@@ -102,12 +102,15 @@ def test_bad_value_names_key_value_and_rule(tmp_path, key, value, needle):
 
 
 def test_dataset_names_are_the_loader_table(monkeypatch):
-    """One truth: a loader added to data.DATASETS is a dataset a recipe may name, and load_data
-    dispatches to it; an unknown name lists the table's names."""
-    from se_nas import data
+    """One truth in two floors: the names a recipe may give (design) are exactly the loaders there are
+    (nn), load_data dispatches on the loader table, and an unknown name lists the allowed ones."""
+    from se_nas.design import recipe
+    from se_nas.nn import data
 
+    assert list(data.LOADERS) == list(recipe.DATASETS)
     bundle = object()
-    monkeypatch.setitem(data.DATASETS, "mine", lambda r: bundle)
+    monkeypatch.setitem(recipe.DATASETS, "mine", "a test's own")
+    monkeypatch.setitem(data.LOADERS, "mine", lambda r: bundle)
     assert data.load_data(Recipe(dataset="mine", data_dir="somewhere")) is bundle
     with pytest.raises(RecipeError, match="unknown dataset 'theirs'; allowed: digits, cifar10, cifar100, "
                                           "imagefolder, mine"):
@@ -115,7 +118,7 @@ def test_dataset_names_are_the_loader_table(monkeypatch):
 
 
 def test_every_field_has_one_rule():
-    from se_nas.recipe import _RULES
+    from se_nas.design.recipe import _RULES
 
     assert list(_RULES) == [f.name for f in dataclasses.fields(Recipe)]
 
@@ -187,7 +190,7 @@ def test_a_directory_or_a_binary_file_as_recipe_says_so(tmp_path):
 
 
 def test_cli_recipes_lists_prints_and_rejects(tmp_path, capsys):
-    from se_nas.cli import main
+    from se_nas.cli.parser import main
 
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out

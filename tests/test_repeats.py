@@ -1,10 +1,10 @@
-"""What a proposal of a known design costs (se_nas.trial.repeat_outcome), on hand-made records."""
+"""What a proposal of a known design costs (se_nas.search.trial.repeat_outcome), on hand-made records."""
 import pytest
 
-from se_nas.arch import PRESETS
-from se_nas.results import Noise
-from se_nas.study import Status, TrialRecord
-from se_nas.trial import repeat_outcome
+from se_nas.design.arch import PRESETS
+from se_nas.record.results import Noise
+from se_nas.record.study import Status, TrialRecord
+from se_nas.search.trial import repeat_outcome
 
 A, B = PRESETS["resnet50"], PRESETS["se_resnet50"]
 NOISE = Noise(0.01, 10, 3)

@@ -15,11 +15,11 @@ import numpy as np
 import optuna
 import pytest
 
-from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
-from se_nas.cost import count_cost
-from se_nas.storage import latest_study, open_study
-from se_nas.study import StudyError, TrialOutcome
-from se_nas.report import _choice_plot, _pareto_plot, _plt, build_report, choice_frequencies, make_report
+from se_nas.design.arch import Arch, StageSE, baseline_arch, plain_arch
+from se_nas.design.cost import count_cost
+from se_nas.record.storage import latest_study, open_study
+from se_nas.record.study import StudyError, TrialOutcome
+from se_nas.products.report import _choice_plot, _pareto_plot, _plt, build_report, choice_frequencies, make_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CAT = optuna.distributions.CategoricalDistribution
@@ -298,7 +298,7 @@ def test_legends_sit_outside_the_axes(tmp_path):
 
 
 def test_choice_heatmaps_list_every_value_the_space_allows(tmp_path):
-    from se_nas.space import load_space
+    from se_nas.design.space import load_space
 
     study = make_study(tmp_path)  # samples r in {4, 8, 16, 32}, squeeze avg/max, always the sigmoid gate
     space = load_space("resnet50-per-stage").to_dict()
@@ -322,7 +322,7 @@ def test_choice_heatmaps_list_every_value_the_space_allows(tmp_path):
 # --- writing -------------------------------------------------------------------------------------
 KILL_ON_SECOND_WRITE = """
 import os, pathlib, signal, sys
-from se_nas.report import make_report
+from se_nas.products.report import make_report
 writes = 0
 real = {"bytes": pathlib.Path.write_bytes, "text": pathlib.Path.write_text}
 def counting(kind):

@@ -7,9 +7,9 @@ import statistics
 import pytest
 from scipy import stats
 
-from se_nas.arch import PRESETS, Arch, StageSE, baseline_arch, plain_arch
-from se_nas.confirm import detectable, seeds_needed
-from se_nas.results import (Design, Noise, best_design, design_front, finding, group_designs, measure_noise,
+from se_nas.design.arch import PRESETS, Arch, StageSE, baseline_arch, plain_arch
+from se_nas.search.confirm import detectable, seeds_needed
+from se_nas.record.results import (Design, Noise, best_design, design_front, finding, group_designs, measure_noise,
                             paired_difference)
 
 PLAIN = PRESETS["resnet50"]
@@ -142,11 +142,11 @@ def test_a_mobilenet_v3_search_compare_and_report_name_its_own_se(tmp_path, caps
     # own SE, and none says r=16.
     import dataclasses
 
-    from se_nas.budget import Budget
-    from se_nas.compare import compare
-    from se_nas.recipe import load_recipe
-    from se_nas.report import make_report
-    from se_nas.search import SearchConfig, run_search
+    from se_nas.design.budget import Budget
+    from se_nas.products.compare import compare
+    from se_nas.design.recipe import load_recipe
+    from se_nas.products.report import make_report
+    from se_nas.search.stages import SearchConfig, run_search
 
     space = tmp_path / "mb.yaml"
     space.write_text("name: mb\nbackbone: mobilenet_v3_large\nse_bias: true\nchoices:\n  enabled: [true, false]\n"

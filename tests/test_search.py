@@ -11,16 +11,16 @@ import optuna
 import pytest
 
 from se_nas import cli
-from se_nas.budget import Budget
-from se_nas.cost import count_cost
-from se_nas.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs
-from se_nas.progress import summarize
-from se_nas.recipe import load_recipe
-from se_nas.results import design_front, designs_of
-from se_nas.search import SearchConfig, SearchError, run_search
-from se_nas.space import load_space
-from se_nas.storage import open_study
-from se_nas.study import Status, records, remaining
+from se_nas.design.budget import Budget
+from se_nas.design.cost import count_cost
+from se_nas.search.confirm import CONFIRM_SEED, read_confirmation, recipe_key, stored_runs
+from se_nas.search.progress import summarize
+from se_nas.design.recipe import load_recipe
+from se_nas.record.results import design_front, designs_of
+from se_nas.search.stages import SearchConfig, SearchError, run_search
+from se_nas.design.space import load_space
+from se_nas.record.storage import open_study
+from se_nas.record.study import Status, records, remaining
 
 S = optuna.trial.TrialState
 # Between the plain ResNet-18 (1.8141 GFLOPs) and the dearest tiny candidates (1.8156): a real split
@@ -69,7 +69,7 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
 
     # a different recipe (or space, or budget) under the same study name is refused
     import dataclasses
-    from se_nas.recipe import load_recipe
+    from se_nas.design.recipe import load_recipe
 
     with pytest.raises(SearchError, match="different recipe .*lr.*--study NEW_NAME"):
         run_search(config(tmp_path, recipe=dataclasses.replace(load_recipe("tiny"), lr=0.2), n_trials=9))
@@ -86,8 +86,8 @@ def test_two_workers_share_the_study(tmp_path):
 
 
 def _cmd(tmp_path, n):
-    # the installed entry point's code (`python -m se_nas.cli` would not register the subcommands)
-    return [sys.executable, "-c", "import sys; from se_nas.cli import main; sys.exit(main(sys.argv[1:]))", "search", "--space", "tiny", "--recipe", "tiny",
+    # the installed entry point's code (`python -m se_nas.cli.parser` would not register the subcommands)
+    return [sys.executable, "-c", "import sys; from se_nas.cli.parser import main; sys.exit(main(sys.argv[1:]))", "search", "--space", "tiny", "--recipe", "tiny",
             "--budget-gflops", str(BUDGET), "--n-trials", str(n), "--study", "k", "--root", str(tmp_path),
             "--early-stop", "none", "--calibration-seeds", "0", "--confirm-top", "0"]
 
@@ -279,9 +279,9 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     assert conf.r16.id == space.baseline().id and conf.plain.id == space.plain().id
     assert conf.sentence and f"finding: {conf.sentence}" in out
     # the confirmation reaches the report, compare and export --best
-    from se_nas.compare import compare
-    from se_nas.export import export_study, read_model
-    from se_nas.report import build_report
+    from se_nas.products.compare import compare
+    from se_nas.products.export import export_study, read_model
+    from se_nas.products.report import build_report
 
     rep = build_report("c", root=tmp_path, out=tmp_path / "reports")
     assert rep.confirmation.chosen.id == conf.chosen.id and rep.finding == conf.sentence
@@ -373,9 +373,9 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
 def test_runs_another_process_stored_meanwhile_are_not_trained_again(tmp_path):
     """Two processes of one shared study (machines on one database) calibrate at once: a run the other
     stored while this one trained is read back, not trained a second time."""
-    from se_nas.arch import Arch, StageSE
-    from se_nas.confirm import RUN_PREFIX, ensure_runs, train_run
-    from se_nas.data import load_data
+    from se_nas.design.arch import Arch, StageSE
+    from se_nas.search.confirm import RUN_PREFIX, ensure_runs, train_run
+    from se_nas.nn.data import load_data
 
     study = open_study("shared", root=tmp_path, create=True)
     recipe = load_recipe("tiny")

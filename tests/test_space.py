@@ -4,9 +4,9 @@ import itertools
 import optuna
 import pytest
 
-from se_nas.arch import Arch, StageSE
-from se_nas.cost import count_cost
-from se_nas.space import SpaceError, list_spaces, load_space
+from se_nas.design.arch import Arch, StageSE
+from se_nas.design.cost import count_cost
+from se_nas.design.space import SpaceError, list_spaces, load_space
 
 
 def write(tmp_path, text, name="space.yaml"):

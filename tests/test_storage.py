@@ -14,12 +14,12 @@ import optuna
 import pytest
 
 from se_nas import cli, load_model
-from se_nas.budget import Budget
-from se_nas.compare import compare
-from se_nas.optuna_backend import _worker
-from se_nas.search import SearchConfig, prepare_study
-from se_nas.storage import MAX_RETRIES, StorageError, make_storage, open_study, recover_dead_trials
-from se_nas.study import counted
+from se_nas.design.budget import Budget
+from se_nas.products.compare import compare
+from se_nas.search.optuna_backend import _worker
+from se_nas.search.stages import SearchConfig, prepare_study
+from se_nas.record.storage import MAX_RETRIES, StorageError, make_storage, open_study, recover_dead_trials
+from se_nas.record.study import counted
 
 S = optuna.trial.TrialState
 
@@ -293,9 +293,9 @@ def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp
 def test_processes_on_a_shared_storage_get_their_own_sampler_seeds():
     """Two commands started at once on one shared study (same host, same trial count) must not
     propose the same sequence; a fresh search on its own study file keeps the seed it was given."""
-    from se_nas.samplers import process_seed
+    from se_nas.record.samplers import process_seed
 
-    code = "from se_nas.samplers import process_seed; print(process_seed(7, 0, 0, shared=True))"
+    code = "from se_nas.record.samplers import process_seed; print(process_seed(7, 0, 0, shared=True))"
     seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
              for _ in range(2)}
     assert len(seeds) == 2

@@ -1,4 +1,4 @@
-"""The SE supernet (se_nas/supernet.py): every design of the space is a path, and extracting it gives
+"""The SE supernet (se_nas/nn/supernet.py): every design of the space is a path, and extracting it gives
 exactly build_model's module with the inherited weights."""
 import itertools
 import random
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from se_nas.arch import Arch, ArchError, StageSE, se_hidden
-from se_nas.build import build_model
-from se_nas.choices import GATES, POSITIONS, SQUEEZES
-from se_nas.fused import set_fast_se
-from se_nas.space import load_space
-from se_nas.supernet import (GATE_WEIGHTS, SuperSE, Supernet, extract, narrowest_path, recalibrate_bn,
+from se_nas.design.arch import Arch, ArchError, StageSE, se_hidden
+from se_nas.nn.build import build_model
+from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
+from se_nas.nn.fused import set_fast_se
+from se_nas.design.space import load_space
+from se_nas.nn.supernet import (GATE_WEIGHTS, SuperSE, Supernet, extract, narrowest_path, recalibrate_bn,
                              sample_path, widest_path)
 
 WIDTH = 0.125
@@ -255,17 +255,17 @@ def test_a_design_outside_the_space_or_a_backbone_without_residual_units_is_refu
         Supernet(fake, 10, "small", WIDTH)
 
 
-# --- training, ranking and the one-shot search (se_nas/oneshot.py) --------------------------------
-from se_nas.budget import Budget  # noqa: E402
-from se_nas.cost import count_cost  # noqa: E402
-from se_nas.recipe import load_recipe  # noqa: E402
+# --- training, ranking and the one-shot search (se_nas/search/oneshot.py) --------------------------------
+from se_nas.design.budget import Budget  # noqa: E402
+from se_nas.design.cost import count_cost  # noqa: E402
+from se_nas.design.recipe import load_recipe  # noqa: E402
 
 TINY = load_space("tiny")
 
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    from se_nas.data import load_data
+    from se_nas.nn.data import load_data
 
     return load_data(load_recipe("tiny"))
 
@@ -278,7 +278,7 @@ def _stop_at(epoch: int):
 
 
 def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_run(tmp_path, tiny_data):
-    from se_nas.oneshot import train_supernet
+    from se_nas.search.oneshot import train_supernet
 
     recipe = load_recipe("tiny")
     whole, res, draw = train_supernet(TINY, recipe, tiny_data, epochs=2, seed=7, sampling="uniform")
@@ -306,9 +306,9 @@ def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted
 
 
 def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monkeypatch):
-    from se_nas import oneshot
-    from se_nas.search import SearchConfig
-    from se_nas.study import Status, records
+    from se_nas.search import oneshot
+    from se_nas.search.stages import SearchConfig
+    from se_nas.record.study import Status, records
 
     deploy = TINY.deploy
     gflops = lambda a: count_cost(a, deploy.image_size, deploy.num_classes).gflops  # noqa: E731
@@ -343,8 +343,8 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
                             r"initialisation passes \d+\.\d{3} of the plain backbone's signal; not a standalone training",
                             r.reason) for r in ranked)
     # the supernet ranking never counts as a standalone result; the confirmation is all standalone
-    from se_nas.confirm import read_confirmation
-    from se_nas.results import designs_of
+    from se_nas.search.confirm import read_confirmation
+    from se_nas.record.results import designs_of
 
     assert designs_of(recs) == []
     conf = read_confirmation(study)
@@ -353,12 +353,12 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     assert best.mean == max(d.mean for d in ranking)  # the supernet's best (ties: results.best_design's rule)
     assert conf.chosen.n == 2 and conf.complete
     # the report of a one-shot study shows its supernet ranking (the trials' own format)
-    from se_nas.report import build_report
+    from se_nas.products.report import build_report
 
     rep = build_report("os", root=tmp_path, out=tmp_path / "reports")
     assert {d.id for d in rep.designs} == {r.arch.id for r in ranked}
     # ... labelled as supernet scores, never as trained accuracies with seed noise
-    from se_nas.report import summary_md
+    from se_nas.products.report import summary_md
 
     md = summary_md(rep)
     assert rep.supernet and f"{len(ranked)} designs ranked through the supernet (each a supernet score, not a " \
@@ -370,8 +370,8 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
 
 def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_study_apart(tmp_path, capsys):
     from se_nas import cli
-    from se_nas.storage import open_study
-    from se_nas.study import records
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import records
 
     argv = ["search", "--strategy", "oneshot", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.9",
             "--calibration-seeds", "0", "--confirm-top", "0", "--supernet-epochs", "1", "--root", str(tmp_path)]
@@ -395,7 +395,7 @@ def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_stud
 
 def test_a_path_that_breaks_is_drawn_again_and_never_trained():
     """Hidden units only r=4 uses are NaN: every path with r=4 in stage 1 breaks, the others do not."""
-    from se_nas.oneshot import PathDraw
+    from se_nas.search.oneshot import PathDraw
 
     net = Supernet(TINY, 10, "small", WIDTH).train()
     for m in net.stages[0]:
@@ -420,9 +420,9 @@ def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_
         tiny_data):
     """PathEvaluator's accuracy is the extracted model's, recalibrated on the same batches, on the
     first ``val_fraction`` of the validation images (the cheaper settings of docs/oneshot.md)."""
-    from se_nas.oneshot import PathEvaluator
-    from se_nas.study import SearchError
-    from se_nas.train import evaluate
+    from se_nas.search.oneshot import PathEvaluator
+    from se_nas.record.study import SearchError
+    from se_nas.nn.train import evaluate
 
     recipe = load_recipe("tiny")
     net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)
@@ -449,7 +449,7 @@ def test_the_initialisation_check_discounts_only_designs_that_shrink_the_plain_b
     the plain backbone with the design's SE added, over the plain backbone's, under the same seeds:
     exactly 1 for the plain backbone and for SE on the residual branch (its last BatchNorm starts at
     zero), far less for a tanh or ReLU gate that scales the stream in every unit."""
-    from se_nas.oneshot import INIT_SEEDS, PathEvaluator, discounted, logit_scale
+    from se_nas.search.oneshot import INIT_SEEDS, PathEvaluator, discounted, logit_scale
 
     recipe = load_recipe("tiny")
     net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)
@@ -493,10 +493,10 @@ def test_the_initialisation_check_discounts_only_designs_that_shrink_the_plain_b
 def test_a_ranking_continues_only_under_the_score_that_started_it(tmp_path):
     """A one-shot study ranked before the initialisation check holds bare accuracies: continuing it
     would mix them with discounted scores, so it stops in one line; a study of today's score continues."""
-    from se_nas import oneshot
-    from se_nas.samplers import make_sampler
-    from se_nas.storage import open_study
-    from se_nas.study import SearchError
+    from se_nas.search import oneshot
+    from se_nas.record.samplers import make_sampler
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import SearchError
 
     study = open_study("old", root=tmp_path, sampler=make_sampler("random", 0), create=True)
     oneshot.rank(study, TINY, Budget(), TINY.deploy, lambda a: 0.5, 3)  # ranked, as before the check

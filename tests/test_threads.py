@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from se_nas import trial
+from se_nas.search import trial
 
 
 @pytest.fixture

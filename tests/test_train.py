@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from se_nas import PRESETS, build_model
-from se_nas.data import DataBundle, TensorData, load_data
-from se_nas.recipe import OPTIMIZERS, SCHEDULES, load_recipe
-from se_nas.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
+from se_nas.nn.data import DataBundle, TensorData, load_data
+from se_nas.design.recipe import OPTIMIZERS, SCHEDULES, load_recipe
+from se_nas.nn.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
                           pick_device, seed_everything, train)
 from tests.conftest import random_arch
 
@@ -348,9 +348,9 @@ def test_checkpoint_of_another_recipe_is_not_resumed(tiny, data, tmp_path):
 _CHILD = """
 import json, sys
 from se_nas import PRESETS, build_model
-from se_nas.data import load_data
-from se_nas.recipe import load_recipe
-from se_nas.train import seed_everything, train
+from se_nas.nn.data import load_data
+from se_nas.design.recipe import load_recipe
+from se_nas.nn.train import seed_everything, train
 import dataclasses
 r = dataclasses.replace(load_recipe("tiny"), seed=int(sys.argv[1]))
 d = load_data(r)

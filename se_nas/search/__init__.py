@@ -1,0 +1,9 @@
+"""Running a search: the stages, the one trial function and the executors around it.
+
+The stages of a search (``stages``), the trial function (``trial``), calibration and confirmation
+runs (``confirm``), early stopping (``earlystop``), progress lines (``progress``), the one-shot
+strategy (``oneshot``) and the executors: Optuna processes (``optuna_backend``) and Ray Tune
+(``ray_backend``, ``ray_runs``).
+
+May import: ``se_nas.design``, ``se_nas.nn``, ``se_nas.record``.
+"""

@@ -1,0 +1,366 @@
+"""Ray Tune backend: the same trials on a Ray cluster, written into the same study.
+
+Ray schedules the trials (one per candidate, with ``cpus_per_trial``/``gpus_per_trial`` each, on the
+local machine or an existing cluster); Optuna still proposes them, through Ray's ``OptunaSearch``
+pointed at *our* study storage. The searcher runs on the driver, so only the driver touches the
+study: workers need the data and se-nas, not the database. Every finished Ray trial becomes one study
+trial with the same user attributes the Optuna backend writes, so report, export and compare do not
+care which backend ran.
+
+Early stopping on Ray: ``rungs`` applies se-nas's cost-aware rung rule (``se_nas.search.earlystop``) as a
+``tune.Stopper`` on the driver; ``asha`` uses Ray's ASHA on validation accuracy alone (Ray's schedulers
+take a single metric); ``none`` trains every candidate to the end.
+
+Repeats: the searcher's ``suggest`` asks Optuna for a design, and a design the study has already
+trained is answered from its record on the driver (``se_nas.search.trial.repeat_outcome``), exactly as on
+the Optuna backend; only designs that need training become Ray trials. Seeds of a design still in
+flight count towards its ``max_seeds_per_design``: a proposal of it that needs no further seed waits
+for them and is then answered from the full record. A streak of repeats ends with a fresh design, or
+ends the search when the space has none left. Calibration and confirmation runs are Ray tasks as
+well (``se_nas.search.ray_runs``), stored by the driver, so they land in the same study.
+
+Clusters (docs/cluster.md): each trial records where it ran (user attribute ``node``: Ray node id,
+IP, worker process, how many times that process loaded the data). A trial whose node is lost (a
+preempted or crashed machine) is failed with a reason naming the node and enqueued again
+(``retry_of``, at most ``MAX_RETRIES`` times); Ray runs it on the nodes left. Ray asks the searcher
+for trials until the study has ``n_trials`` counted ones, so a retry takes the lost trial's place.
+
+Resuming: the study is the source of truth. Rerunning the same command counts the study's finished
+trials and runs only the rest; trials the dead driver left running are failed and retried, exactly as
+with the Optuna backend.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+
+from ..design.arch import Arch
+from ..record.study import Status, TrialOutcome, directions, objective_values, records, remaining
+
+
+def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int,
+               objectives: tuple[str, ...]) -> None:
+    """One Ray trial: run the backend-agnostic trial function and report its outcome.
+
+    A first report at epoch 0 says where the trial runs (before the data loads, which can be long:
+    a node lost then is named too). Each epoch before the last is reported as it ends (provisionally
+    "stopped_early", so that if a Stopper or ASHA ends the trial there, its last result is already a
+    complete record); the last report carries the whole outcome.
+    """
+    import torch
+    from ray import tune
+
+    from ..design.budget import Budget, Deploy
+    from ..design.cost import count_cost
+    from ..design.recipe import Recipe
+    from .trial import run_trial
+
+    torch.set_num_threads(max(1, threads))
+    arch = Arch.from_json(config["arch"])
+    rec, bud, dep = Recipe.from_dict(recipe), Budget(**budget), Deploy(**deploy)
+    cost = count_cost(arch, dep.image_size, dep.num_classes)
+    lat = bud.latency_ms(arch) if "latency" in objectives else None
+    history: list[float] = []
+    untrained = TrialOutcome(arch, Status.OVER_BUDGET, cost.gflops, cost.mparams, latency_ms=lat)  # accuracy 0
+    tune.report({**_metrics(untrained, objectives), "epoch": 0, "status": Status.RUNNING.value,
+                 "node": json.dumps(_node())})
+
+    def report_epoch(epoch: int, accuracy: float) -> bool:
+        history.append(accuracy)
+        if epoch < rec.epochs:
+            partial = TrialOutcome(arch, Status.STOPPED_EARLY, cost.gflops, cost.mparams, accuracy, epoch,
+                                   tuple(history), 0.0, f"stopped early at epoch {epoch}", config["seed"], "ray",
+                                   latency_ms=lat)
+            tune.report(_result(partial, epoch, objectives))
+        return False  # Ray's Stopper/scheduler decide, on the driver
+
+    outcome = run_trial(arch, rec, bud, dep, seed=config["seed"], data=_data(rec), should_stop=report_epoch,
+                        backend="ray")
+    tune.report(_result(replace(outcome, latency_ms=lat), outcome.epochs, objectives))
+
+
+_DATA: dict[str, Any] = {}
+_LOADS = [0]  # how many times this worker process loaded a dataset (recorded with the node)
+
+
+def _data(recipe):
+    """The recipe's dataset, loaded once per worker process (Ray reuses actors across trials)."""
+    from ..nn.data import load_data
+
+    key = json.dumps(recipe.to_dict(), sort_keys=True)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(recipe)
+        _LOADS[0] += 1
+    return _DATA[key]
+
+
+def _node() -> dict[str, Any]:
+    """Where this Ray trial runs: the Ray node id and IP, and the worker process (with how many
+    times it loaded data: 1 while Ray reuses it)."""
+    import ray
+
+    return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(), "data_loads": _LOADS[0]}
+
+
+def _metrics(outcome: TrialOutcome, objectives) -> dict[str, float]:
+    # Ray's schedulers need a number in every result: untrained outcomes report accuracy 0 to Ray,
+    # while the study records them by status (never as results).
+    values = outcome.values_for(objectives) or objective_values(replace(outcome, accuracy=0.0), objectives)
+    return dict(zip(objectives, values))
+
+
+def _result(outcome: TrialOutcome, epoch: int, objectives) -> dict[str, Any]:
+    return {**_metrics(outcome, objectives), "epoch": epoch, "status": outcome.status.value,
+            "outcome": json.dumps(outcome.to_attrs()), "node": json.dumps(_node())}  # Ray flattens dicts
+
+
+MAX_RETRIES = 3  # a trial lost with its node is run again at most this often (as the Optuna path's heartbeat)
+
+
+def _alive_nodes() -> set[str]:
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def _lost_reason(node: dict[str, Any] | None, epochs: int) -> str | None:
+    """Why a Ray trial that errored ended, if its node is gone (a lost machine, not a bug); else None.
+    Ray reports an actor lost with its node once the cluster knows the node is dead; allow 2 s."""
+    import time
+
+    if not node:
+        return None
+    for _ in range(4):
+        if node["id"] not in _alive_nodes():
+            return f"lost with Ray node {node['id'][:12]} ({node['ip']}) after epoch {epochs}"
+        time.sleep(0.5)
+    return None
+
+
+def _retry_depth(study, number: int) -> int:
+    """How many retries lead to trial ``number`` (0 for a first attempt)."""
+    trials, depth = study.get_trials(deepcopy=False), 0
+    while isinstance(number := trials[number].user_attrs.get("retry_of"), int):
+        depth += 1
+    return depth
+
+
+def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
+    if not result or "outcome" not in result:
+        return None
+    attrs = json.loads(result["outcome"])
+    return TrialOutcome(**{**attrs, "arch": Arch.from_json(attrs["arch"]), "history": tuple(attrs["history"])})
+
+
+def _make_searcher(config, study, progress):
+    """Ray's OptunaSearch on our study: it asks our sampler and we record each outcome ourselves."""
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .confirm import study_noise
+    from .trial import REPEAT_STREAK, propose_fresh
+    from ..record.samplers import make_sampler, process_seed
+    from ..record.storage import owner_attrs
+    from ..record.study import counted
+    from .trial import record_outcome, repeat_outcome
+
+    space, base_seed = config.space, config.seed
+
+    def define_by_run(trial) -> dict[str, Any]:
+        arch = space.sample(trial)
+        for k, v in owner_attrs().items():  # the driver owns the trial (for recovery on rerun)
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("arch", arch.to_json())
+        return {"arch": arch.to_json(), "seed": base_seed + trial.number}
+
+    class StudySearch(OptunaSearch):
+        parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
+        on_done = None  # the progress display's trial_done
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.last = {}  # Ray trial id -> its last result (its node is recorded with the first)
+
+        def __getstate__(self):
+            # Ray pickles the searcher with the Tuner (for Tuner.restore; our checkpoint is the study):
+            # the progress display stays here, it holds the terminal (a pytest or Jupyter stream
+            # can't be pickled).
+            return {k: v for k, v in self.__dict__.items() if k != "on_done"}
+
+        def suggest(self, trial_id: str):
+            # Ray asks for trials until the searcher says it is finished: that is when the study
+            # has n_trials counted ones and nothing is in flight (a lost trial may still be retried).
+            if self.parked is None and remaining(self._ot_study, config.n_trials) <= 0:
+                return None if self._in_flight() else Searcher.FINISHED
+            # A repeat of a known design is answered here, from the record, and Optuna is asked again:
+            # only designs that need training reach Ray. A design with seeds in flight gets another one
+            # only if it could use it; otherwise it waits for them and is answered from the full record.
+            # A streak of repeats ends with a fresh design, as on the Optuna backend.
+            streak = 0
+            while True:
+                if self.parked is not None:
+                    if self.parked[1] == self._in_flight():
+                        return None  # nothing has ended yet: Ray asks again later
+                    self._ot_trials[trial_id], self.parked = self.parked[0], None
+                config_ = super().suggest(trial_id)
+                if not isinstance(config_, dict) or "arch" not in config_:
+                    return config_
+                arch, number = Arch.from_json(config_["arch"]), self._ot_trials[trial_id].number
+                recs = records(self._ot_study)
+                flying = sum(1 for r in recs if r.status is Status.RUNNING and r.number != number
+                             and r.arch is not None and r.arch.id == arch.id)
+                outcome = repeat_outcome(arch, recs, study_noise(self._ot_study, config.recipe, recs),
+                                         seed=config_["seed"], backend="ray",
+                                         max_seeds=max(1, config.max_seeds_per_design - flying),
+                                         objectives=config.objectives)
+                if outcome is None and flying < config.max_seeds_per_design:
+                    return config_
+                if flying:
+                    self.parked = (self._ot_trials.pop(trial_id), self._in_flight())
+                    return None
+                self.on_done(record_outcome(self._ot_study, self._ot_trials.pop(trial_id), outcome,
+                                            budget=config.budget))
+                streak += 1
+                if streak >= REPEAT_STREAK:
+                    if not propose_fresh(self._ot_study, space, base_seed + number):
+                        return Searcher.FINISHED  # every design of the space is known
+                    streak = 0
+
+        def _in_flight(self) -> frozenset:
+            return frozenset(t for t in self._ot_trials if t not in self._completed_trials)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            # The node is known from the first report on, so a trial lost with its node names it
+            # (Ray gives no result with the error of a trial whose node died).
+            if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._place(trial_id, result)
+
+        def _place(self, trial_id: str, result: dict, final: bool = False) -> None:
+            if "node" in result and (final or trial_id not in self.last):  # the final one has data_loads
+                self._ot_trials[trial_id].set_user_attr("node", json.loads(result["node"]))
+            self.last[trial_id] = result
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            result = result or self.last.get(trial_id) or {}
+            self._place(trial_id, result, final=True)
+            self.last.pop(trial_id)
+            ot_trial, outcome = self._ot_trials[trial_id], _outcome(result)
+            lost = _lost_reason(json.loads(result.get("node", "null")), outcome.epochs if outcome else 0) \
+                if error else None
+            if error and outcome is not None:  # its last report was a provisional per-epoch one
+                outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=lost or
+                                  f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
+            frozen = record_outcome(self._ot_study, ot_trial, outcome,
+                                    reason=lost or "the Ray trial raised an error before its first epoch (see Ray's log)",
+                                    budget=config.budget)
+            if lost and _retry_depth(self._ot_study, frozen.number) < MAX_RETRIES:
+                self._ot_study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+            self._completed_trials.add(trial_id)
+            self.on_done(frozen)
+
+        # The study is the checkpoint: a rerun continues from it, so Ray need not pickle the searcher.
+        def save_to_dir(self, *args, **kwargs) -> None:
+            pass
+
+        def save(self, checkpoint_path: str) -> None:
+            pass
+
+    sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0], config.storage is not None))
+    modes = ["max" if d == "maximize" else "min" for d in directions(config.objectives)]
+    searcher = StudySearch(space=define_by_run, metric=list(config.objectives), mode=modes, sampler=sampler,
+                           storage=study._storage, study_name=study.study_name)
+    searcher.on_done = progress.trial_done
+    return searcher
+
+
+def _rung_stopper(config, study):
+    """se-nas's noise-aware rung rule as a Ray Stopper, evaluated on the driver."""
+    from ray import tune
+
+    from .confirm import study_noise
+    from .earlystop import peers_of, should_stop
+
+    rungs = frozenset(config.recipe.rungs)
+
+    class RungStopper(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            epoch = int(result.get("epoch", 0))
+            if result.get("status") != Status.STOPPED_EARLY.value or epoch not in rungs:
+                return False
+            recs = records(study)
+            noise = study_noise(study, config.recipe, recs)
+            return should_stop(epoch, float(result["accuracy"]), float(result["gflops"]), peers_of(recs),
+                               noise.per_epoch.get(epoch), mparams=float(result["mparams"]))
+
+        def stop_all(self) -> bool:
+            return False
+
+    return RungStopper()
+
+
+class _TokenNotice(logging.Filter):
+    """Ray's notices that it turned on token authentication for the cluster (and saved a new token
+    for it): a stray line in our progress display on every run, with nothing for the user to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Token authentication is enabled for this Ray cluster",
+                                                   "Generated new authentication token"))
+
+
+_TOKEN_NOTICE = _TokenNotice()
+
+
+def connect(ray_address: str | None) -> None:
+    """Join the Ray cluster at ``ray_address`` (``auto`` or HOST:PORT), or start a local Ray (None or
+    ``local``); nothing if this process is connected already."""
+    import ray
+
+    if not ray.is_initialized():
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
+        # No address: a new local Ray of our own ("local"), never a cluster some other program started
+        # on this machine, which a bare ray.init() would join.
+        address = "local" if ray_address in (None, "", "local") else ray_address
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def run(study, config, progress, data=None) -> None:
+    """Run trials as Ray Tune trials until the study has ``config.n_trials`` counted ones."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ..record.storage import study_dir
+
+    # Our own bar and per-trial lines are the progress display; Ray's newer console output ignores
+    # verbose=0 and prints an experiment box and TensorBoard hints over them.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    todo = remaining(study, config.n_trials)
+    if todo <= 0:
+        return
+    connect(config.ray_address)
+    trainable = tune.with_parameters(
+        _trainable, recipe=config.recipe.to_dict(), budget=config.budget.to_dict(),
+        deploy=config.deploy.to_dict(), threads=max(1, int(config.cpus_per_trial)), objectives=config.objectives)
+    trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    scheduler = stop = None
+    if config.early_stop == "asha" and config.recipe.rungs:
+        scheduler = ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
+                                  max_t=config.recipe.epochs, grace_period=min(config.recipe.rungs))
+    elif config.early_stop == "rungs" and config.recipe.rungs:
+        stop = _rung_stopper(config, study)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=_make_searcher(config, study, progress),
+                                    scheduler=scheduler, num_samples=-1, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=study.study_name, stop=stop, verbose=0,
+            storage_path=str((study_dir(study.study_name, config.root) / "ray").resolve()),
+            failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()

@@ -1,0 +1,234 @@
+"""The search: a multi-objective study over a search space, under a budget, with answers that
+carry their noise.
+
+``run_search`` runs the stages of one search, whichever backend trains the trials:
+
+1. **calibrate**: the plain backbone and the paper's r=16 SE under a few fixed seeds, to measure the
+   proxy's seed noise (``se_nas.search.confirm``); early stopping acts only beyond that noise;
+2. **search**: the sampler proposes designs; each is costed before training (over budget: never
+   trained) and trained as one trial (``se_nas.search.trial``). A design proposed again is answered from
+   its record unless its uncertainty decides the front, when it gets another seed;
+3. **confirm**: the chosen design, the next designs of its front, r=16 and the plain backbone under
+   the same K fresh seeds; the final front and the one-sentence finding come from those means.
+
+Objectives (``SearchConfig.objectives``, default ``se_nas.record.study.OBJECTIVES``): validation accuracy of
+the trained proxy (maximise), GFLOPs and parameters of the deployment model (minimise), or its latency
+predicted from the device's table: a Pareto search, not a weighted sum.
+Backends (``BACKENDS``): ``optuna`` (embedded; trials in this process or ``workers`` processes on
+one storage) and ``ray`` (Ray Tune on a local or remote cluster). Both write the same study.
+Rerunning the same command continues every stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..design.budget import Budget, Deploy, check_feasible
+from ..record.samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
+from ..design.space import DEFAULT_SPACE, SearchSpace, load_space
+from ..record.storage import DEFAULT_ROOT, StorageError, check_study_name, open_study, recover_dead_trials
+from ..record.study import OBJECTIVES, SearchError, StudySettings, check_objectives, counted
+
+
+def _optuna_backend(study, config, progress, data) -> None:
+    from .optuna_backend import run
+
+    run(study, config, progress, data)
+
+
+def _ray_backend(study, config, progress, data) -> None:
+    from .ray_backend import run
+
+    run(study, config, progress, data)
+
+
+BACKENDS: dict[str, Callable] = {"optuna": _optuna_backend, "ray": _ray_backend}
+EARLY_STOPS = ("rungs", "asha", "none")
+DEFAULT_N_TRIALS = 30  # with calibration and confirmation, about 10 minutes on 2 idle cores: docs/search.md
+DEFAULT_SAMPLER = "tpe"
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; ``space`` and ``recipe`` may be given as names or paths."""
+
+    study: str
+    space: SearchSpace | str = DEFAULT_SPACE
+    recipe: Any = "digits"  # se_nas.design.recipe.Recipe or a name/path for load_recipe
+    budget: Budget = field(default_factory=Budget)
+    deploy: Deploy | None = None  # None: the space's deployment model
+    n_trials: int = DEFAULT_N_TRIALS
+    sampler: str = DEFAULT_SAMPLER
+    workers: int = 1
+    storage: str | None = None
+    backend: str = "optuna"
+    ray_address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    early_stop: str = "rungs"
+    seed: int = 0
+    root: str | Path = DEFAULT_ROOT
+    progress: bool = True
+    calibration_seeds: int = 3  # plain and r=16 under this many seeds before the search (0: none)
+    confirm_top: int = 3  # designs of the front to confirm, the chosen one included (0: no confirmation)
+    confirm_min_seeds: int = 3
+    confirm_max_seeds: int = 5  # K comes from the measured noise, within [min, max]
+    max_seeds_per_design: int = 2  # a repeated design gets another seed while it decides the front
+    recipe_name: str = ""
+    objectives: tuple[str, ...] = OBJECTIVES  # names of study.OBJECTIVE_TABLE, accuracy among them
+
+    def __post_init__(self) -> None:
+        from ..design.recipe import Recipe, load_recipe
+
+        if not isinstance(self.space, SearchSpace):
+            self.space = load_space(self.space)
+        if not isinstance(self.recipe, Recipe):
+            self.recipe_name = self.recipe_name or Path(str(self.recipe)).stem
+            self.recipe = load_recipe(self.recipe)
+        self.recipe_name = self.recipe_name or "custom"
+        if self.deploy is None:
+            self.deploy = self.space.deploy
+        for name, allowed in (("sampler", SAMPLERS), ("backend", BACKENDS), ("early_stop", EARLY_STOPS)):
+            if getattr(self, name) not in allowed:
+                raise SearchError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        for name, low in (("calibration_seeds", 0), ("confirm_top", 0), ("confirm_min_seeds", 2),
+                          ("confirm_max_seeds", 2), ("max_seeds_per_design", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise SearchError(f"{name} must be an integer >= {low}, got {name}={v!r}")
+        if self.confirm_max_seeds < self.confirm_min_seeds:
+            raise SearchError(f"confirm_max_seeds must be >= confirm_min_seeds ({self.confirm_min_seeds}), "
+                              f"got {self.confirm_max_seeds}")
+        if self.early_stop == "asha" and self.backend != "ray":
+            raise SearchError("early_stop 'asha' needs backend 'ray' (Ray's ASHA scheduler); "
+                              "the Optuna backend allows: rungs, none")
+        for name in ("n_trials", "workers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SearchError(f"{name} must be a positive integer, got {name}={v!r}")
+        if not (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0):
+            raise SearchError(f"cpus_per_trial must be a positive number, got {self.cpus_per_trial!r}")
+        if not (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0):
+            raise SearchError(f"gpus_per_trial must be a number >= 0, got {self.gpus_per_trial!r}")
+        self.objectives = check_objectives(self.objectives)
+        if "latency" in self.objectives and not self.budget.latency:
+            raise SearchError("--objectives latency needs the device's latency table: --latency TABLE "
+                              "(written by `se-nas latency profile`)")
+        try:
+            check_study_name(self.study)
+        except StorageError as e:
+            raise SearchError(str(e)) from None
+
+    @property
+    def settings(self) -> StudySettings:
+        return StudySettings(self.space.to_dict(), self.recipe.to_dict(), self.deploy.to_dict(),
+                             self.budget.to_dict(), self.early_stop, self.objectives)
+
+
+def default_study_name(space: SearchSpace, budget: Budget) -> str:
+    """``resnet50-per-stage-4gflops``: the space plus the budget, so a new budget gets a new study."""
+    parts = [space.name]
+    if budget.max_gflops is not None:
+        parts.append(f"{budget.max_gflops:g}gflops")
+    if budget.max_mparams is not None:
+        parts.append(f"{budget.max_mparams:g}mparams")
+    if budget.max_latency_ms is not None:
+        parts.append(f"{budget.max_latency_ms:g}ms")
+    return "-".join(parts)
+
+
+def _check_settings(study, config: SearchConfig) -> None:
+    """Store the settings with a new study; refuse to continue one created with other settings."""
+    # early_stop too: trials judged under another stopping rule must not share one front.
+    want = config.settings.to_attrs()
+    have = study.user_attrs
+    if "space" in have and "objectives" not in have:  # a study from before --objectives: the default
+        have = {**have, "objectives": list(OBJECTIVES)}
+    for key, value in want.items():  # compare everything before writing anything
+        if key in have and have[key] != value:
+            diff = _first_difference(have[key], value)
+            raise SearchError(
+                f"study {config.study!r} was created with a different {key} ({diff}); continue it with the "
+                f"same settings, or start a new study with --study NEW_NAME")
+    for key, value in want.items():
+        if key not in have:
+            study.set_user_attr(key, value)
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return _first_difference(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+    return f"{path or 'value'}: {old!r} in the study, {new!r} now"
+
+
+def prepare_study(config: SearchConfig):
+    """Check the budget can be met, open (or create) the study, check its settings, recover trials of
+    dead processes. Returns the ``optuna.Study`` with this process's sampler (worker processes of
+    the Optuna backend open the study again with their own)."""
+    check_feasible(config.space, config.budget, config.deploy)
+    study = open_study(config.study, storage=config.storage, root=config.root, create=True, heartbeat=True,
+                       objectives=config.objectives)
+    _check_settings(study, config)
+    recover_dead_trials(study)
+    study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],
+                                                                    shared=config.storage is not None))
+    return study
+
+
+def run_search(config: SearchConfig, search: Callable | None = None, candidates: Callable | None = None,
+               strategy: str = "multi-trial"):
+    """Run (or continue) the search: calibrate, search until the study has ``config.n_trials``
+    counted trials, confirm. Prints the summary; returns the ``optuna.Study``.
+
+    ``search(study, config, progress, data)`` replaces the multi-trial search stage and
+    ``candidates(study)`` gives the designs the confirmation picks from (default: the study's
+    per-design means): the one-shot search (``se_nas.search.oneshot``) passes both, and its ``strategy``
+    name, stored with the study: a study continues only under the strategy that started it."""
+    from .confirm import calibrate, confirm
+    from ..nn.data import load_data
+    from .progress import Progress, summarize
+    from .trial import configure_threads, machine_load_warning
+
+    quiet_optuna()
+    data = load_data(config.recipe)  # a missing or malformed dataset fails here, before any study exists
+    study = prepare_study(config)
+    have = study.user_attrs.get("strategy") or ("multi-trial" if counted(study)[0] else strategy)
+    if have != strategy:
+        raise SearchError(f"study {config.study!r} holds a {have} search; continue it with --strategy {have}, "
+                          f"or start a new study with --study NEW_NAME")
+    if strategy != "multi-trial":
+        study.set_user_attr("strategy", strategy)
+    progress = Progress(study, config)
+    import torch
+
+    threads = torch.get_num_threads()
+    configure_threads(1)  # calibration and confirmation run here; worker processes set their own
+    if config.progress and (warning := machine_load_warning(config.workers)):
+        progress.log(warning)
+    runner = None
+    if config.backend == "ray":  # calibration and confirmation runs as Ray tasks too
+        from .ray_runs import runner as ray_runner
+
+        runner = ray_runner(config)
+    try:
+        if config.calibration_seeds:
+            calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress, runner=runner)
+        if search is None:
+            progress.stage("search", config.n_trials)
+            BACKENDS[config.backend](study, config, progress, data)
+        else:
+            search(study, config, progress, data)
+        progress.close()
+        if config.confirm_top:
+            confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
+                    max_seeds=config.confirm_max_seeds, data=data, progress=progress, runner=runner,
+                    designs=None if candidates is None else candidates(study))
+    finally:
+        progress.close()
+        torch.set_num_threads(threads)
+    if config.progress:
+        print(summarize(study, config.root, config.storage))
+    return study
