@@ -7,8 +7,8 @@
 The floors are the subpackages of ``se_nas/``, in the order of the flow: design (values, no torch) ->
 nn (torch) -> record (the study) -> search (stages and executors) -> products (model file, export,
 compare, report) -> cli. A module may import its own floor or lower ones, never a higher one. The
-package's ``__init__`` (its version; public names it loads lazily) is the root below them all, and
-``__main__`` stands on top.
+package's ``__init__`` (its version; public names it loads lazily) and ``errors`` (the one base class
+of se-nas's errors) are the root below them all, and ``__main__`` stands on top.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def floor(module: str) -> str:
     """A subpackage's modules stand on its floor. The package's ``__init__`` (the version, and public
     names loaded lazily on first use) is the root every floor may read; ``__main__`` is on top."""
     head = module.split(".")[0]
-    return head if head in FLOORS else {"__init__": "root", "__main__": "top"}[head]
+    return head if head in FLOORS else {"__init__": "root", "errors": "root", "__main__": "top"}[head]
 
 
 def _resolve(module: str, level: int, name: str | None) -> str:

@@ -26,11 +26,12 @@ _HOME = {
     "build_model": "nn.build",
     "Cost": "design.cost", "count_cost": "design.cost",
     "load_model": "products.export",  # se_nas.load_model(FILE) -> a ready nn.Module, no study needed
+    "SeNasError": "errors",
 }
 
 __all__ = [
     "Arch", "ArchError", "StageSE", "PRESETS", "resolve_arch", "build_model", "Cost", "count_cost",
-    "load_model", "__version__",
+    "load_model", "SeNasError", "__version__",
 ]
 
 

@@ -126,3 +126,32 @@ def test_bad_input_is_one_line_naming_the_value(capsys, argv, words):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"se-nas {argv[0]}: error: ")
     assert all(w in err for w in words), err
+
+
+def test_bad_input_is_one_line_and_a_bug_is_a_traceback_that_says_so(monkeypatch, capsys):
+    """Only se-nas's own errors (SeNasError) are bad input, told in one line with exit code 2; any
+    other exception is a bug: its traceback, a line saying so, and exit code 70."""
+    from se_nas.cli import commands
+    from se_nas.design.arch import ArchError
+    from se_nas.errors import SeNasError
+
+    assert issubclass(ArchError, SeNasError) and issubclass(SeNasError, ValueError)
+
+    def bad_input(args):
+        raise ArchError("reduction ratio must be a positive integer, got r=0")
+
+    def bug(args):
+        raise ValueError("an internal invariant broke")  # a plain ValueError is no longer 'bad input'
+
+    import dataclasses
+
+    presets = commands.COMMANDS["presets"]
+    monkeypatch.setitem(commands.COMMANDS, "presets", dataclasses.replace(presets, run=bad_input))
+    assert cli.main(["presets"]) == 2
+    err = capsys.readouterr().err
+    assert err == "se-nas presets: error: reduction ratio must be a positive integer, got r=0\n"
+    monkeypatch.setitem(commands.COMMANDS, "presets", dataclasses.replace(presets, run=bug))
+    assert cli.main(["presets"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ValueError: an internal invariant broke" in err
+    assert "internal error in se-nas" in err and "a bug, not a problem with your input" in err

@@ -7,8 +7,10 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 
 from .. import __version__
+from ..errors import SeNasError
 from .commands import COMMANDS
 
 DESCRIPTION = """\
@@ -26,6 +28,7 @@ The flow:
 Designs without training: se-nas presets; se-nas cost se_resnet50."""
 
 EPILOG = "Each command has its own --help. SE_NAS_DEBUG=1 adds the traceback to an error."
+INTERNAL_ERROR = 70  # EX_SOFTWARE of sysexits.h: an exit code that says "a bug", apart from bad input (2)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -75,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # Our errors name the thing, the bad value and what is allowed; SE_NAS_DEBUG=1 adds the traceback.
+    except SeNasError as e:
+        # Bad input: the message names the thing, the bad value and what is allowed.
+        # SE_NAS_DEBUG=1 adds the traceback.
         if os.environ.get("SE_NAS_DEBUG"):
             raise
         print(f"se-nas {args.command}: error: {e}", file=sys.stderr)
@@ -84,9 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `se-nas presets | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        if os.environ.get("SE_NAS_DEBUG"):
+            raise
+        # The machine, not the input or se-nas: a file that can't be read or written, a full disk.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"se-nas {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\nse-nas {args.command}: interrupted; everything finished so far is saved", file=sys.stderr)
         return 128 + got[0]
+    except Exception:
+        # Anything else is a bug in se-nas, never the user's input: say so, with the traceback.
+        traceback.print_exc()
+        print(f"se-nas {args.command}: internal error in se-nas {__version__} (a bug, not a problem with your "
+              f"input); please report it with the traceback above", file=sys.stderr)
+        return INTERNAL_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import SeNasError
 from .choices import ABBREV, GATES, POSITIONS, SQUEEZES, ChoiceError, pick
 from .backbones import BACKBONES, STRIDE_ON
 
 ARCH_FORMAT = "se-nas/arch@1"
 
 
-class ArchError(ValueError):
+class ArchError(SeNasError):
     """An architecture description that breaks a rule; the message names the field and the value."""
 
 

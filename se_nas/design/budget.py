@@ -13,8 +13,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import SeNasError
 
-class BudgetError(ValueError):
+
+class BudgetError(SeNasError):
     """A budget that is not a positive finite number, or that no candidate can meet."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ..errors import SeNasError
 
-class ChoiceError(ValueError):
+
+class ChoiceError(SeNasError):
     """A value that is not one of an axis's allowed names (or not in its allowed range)."""
 
 

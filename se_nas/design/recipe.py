@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from ..errors import SeNasError
 from .arch import read_text
 from .builtin import RECIPE_DIR
 from .backbones import STEMS
@@ -80,7 +81,7 @@ DATASETS: dict[str, str] = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(SeNasError):
     """A recipe that breaks a rule; the message names the file (if any), the key and the value."""
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SeNasError
 from .arch import NO_SLOT, Arch, ArchError, StageSE, baseline_arch, plain_arch
 from .builtin import SPACES_DIR
 from .choices import GATES, POSITIONS, SQUEEZES
@@ -50,7 +51,7 @@ DEPLOY_KEYS = ("image_size", "num_classes")
 MAX_VALUES = 64  # per axis: 64 reduction ratios make 5,121 options per stage, costed in about a second
 
 
-class SpaceError(ValueError):
+class SpaceError(SeNasError):
     """A search-space file that can't be read or breaks a rule; names the file, the key and the value."""
 
 

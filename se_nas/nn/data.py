@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from ..errors import SeNasError
 from ..design.recipe import Recipe
 
 SPLIT_SEED = 0  # the train/validation split never depends on the trial seed
@@ -40,7 +41,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataError(ValueError):
+class DataError(SeNasError):
     """A dataset path that is missing or malformed: says what was expected and what was found."""
 
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..errors import SeNasError
 from ..design.arch import Arch, plain_arch
 from ..design.geometry import Unit, resolve, unit_input_sizes
 
@@ -49,7 +50,7 @@ MODEL = "model"  # the whole plain model, end to end
 STATS = ("median", "p10", "p90")
 
 
-class LatencyError(ValueError):
+class LatencyError(SeNasError):
     """A table that can't be read, doesn't cover a design, or a profile that can't run as asked."""
 
 

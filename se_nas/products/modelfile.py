@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SeNasError
 from ..design.arch import Arch, ArchError
 from ..nn.build import build_model
 from ..design.cost import count_cost
@@ -58,7 +59,7 @@ _SIGNATURE = "hmac_sha256"
 _UNSIGNED = ("sha256", _SIGNATURE)  # header fields the checksum does not cover
 
 
-class ModelFileError(ValueError):
+class ModelFileError(SeNasError):
     """A model file that is not one, is damaged, or does not match its own description."""
 
 

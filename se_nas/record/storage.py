@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..errors import SeNasError
+
 DEFAULT_ROOT = Path("trials")
 MAX_RETRIES = 3  # retries of a trial whose process died, by pid (ours) or heartbeat (Optuna's)
 OWNERLESS_GRACE_S = 120.0  # a RUNNING trial with no host/pid this long after its start is dead
@@ -31,7 +33,7 @@ HEARTBEAT_S = 60  # default beat; a trial is stale after HEARTBEAT_MISSES beats 
 HEARTBEAT_MISSES = 4
 
 
-class StorageError(ValueError):
+class StorageError(SeNasError):
     """A storage URL or study name that can't be used; the message says what is allowed."""
 
 

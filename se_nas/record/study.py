@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from ..errors import SeNasError
 from ..design.arch import Arch
 
 
@@ -110,11 +111,11 @@ def objective_values(item, objectives=OBJECTIVES) -> list:
     return [getattr(item, OBJECTIVE_TABLE[o].attr) for o in objectives]
 
 
-class StudyError(ValueError):
+class StudyError(SeNasError):
     """A study that doesn't exist, can't be opened, or has nothing to show."""
 
 
-class SearchError(ValueError):
+class SearchError(SeNasError):
     """A search that can't start as asked (bad option, or a study created with other settings)."""
 
 
