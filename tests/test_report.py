@@ -19,7 +19,8 @@ from se_nas.arch import Arch, StageSE, baseline_arch, plain_arch
 from se_nas.cost import count_cost
 from se_nas.storage import latest_study, open_study
 from se_nas.study import StudyError, TrialOutcome
-from se_nas.report import _choice_plot, _pareto_plot, _plt, build_report, choice_frequencies, make_report
+from se_nas.report import build_report, choice_frequencies, make_report
+from se_nas.report_plots import _choice_plot, _pareto_plot, _plt
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CAT = optuna.distributions.CategoricalDistribution
@@ -146,7 +147,11 @@ def test_written_report_is_complete_and_offline(tmp_path):
     # offline: nothing fetched from elsewhere; every image inline
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<link" not in page and page.count("data:image/png;base64,") == 5
-    assert page.count("<tr") == len(rep.frame) + 1  # every trial plus the header
+    trials = page[page.index("<h2>All trials"):]
+    assert trials.count("<tr") == len(rep.frame) + 1  # every trial plus the header
+    # the search's front is a table on the page too, as in summary.md: its designs plus the header
+    front = page[page.index("<h2>Search front (per design)"):page.index("<h2>Pareto front")]
+    assert front.count("<tr") == rep.n_best + 1
     assert "loss became nan at epoch 1 step 3" in page and "over budget" in page and "stopped early" in page
     csv = (out / "trials.csv").read_text().splitlines()
     assert len(csv) == len(rep.frame) + 1 and csv[0].startswith("trial,status,arch_id,stage1")
