@@ -170,6 +170,15 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
         for d in front:
             lines.append(f"  {d.id:<10}  {d.describe(noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M{ms(d)}  "
                          f"{d.arch.label}")
+    elif paths:  # a one-shot study: its search is the supernet ranking, its trained answer the confirmation
+        scored = designs_of(recs, lambda r: r.fidelity != "standalone" and r.status is Status.COMPLETE
+                            and r.arch is not None)
+        ranking = design_front(scored, settings.objectives)
+        lines.append(f"supernet ranking front (supernet scores: a ranking, not trainings), "
+                     f"{_plural(len(ranking), 'design')}:")
+        for d in ranking:
+            lines.append(f"  {d.id:<10}  score {d.mean:<24.4f}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M{ms(d)}  "
+                         f"{d.arch.label}")
     else:
         lines.append("no trial has been trained to the end yet: no front")
     if conf is not None:

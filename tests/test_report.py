@@ -374,3 +374,123 @@ def test_study_names_outside_the_reports_folder_are_refused(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and repr(name) in err and "must not be empty, contain '/'" in err
     assert not list(tmp_path.rglob("report.html")) and not list(tmp_path.rglob("*.png"))
+
+
+# --- hostile and corrupted input -----------------------------------------------------------------
+class _Elements(__import__("html.parser").parser.HTMLParser):
+    """The element names of a page, as a browser's parser sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+
+def _tags(page: str) -> list[str]:
+    p = _Elements()
+    p.feed(page)
+    return p.tags
+
+
+XSS = '<script>alert("x")</script>'
+
+
+def _hostile_compare(base, plain) -> dict:
+    def diff():
+        return {"diff_mean": 0.01, "diff_se": 0.002, "t": 5.0, "p": 0.01, "note": XSS}
+    arms = [{"role": role, "name": XSS, "arch_id": XSS, "label": XSS, "arch": {"backbone": XSS}, "trial": 3,
+             "accuracy_mean": acc, "accuracy_sem": 0.01, "n": 2, "gflops": count_cost(a).gflops,
+             "mparams": count_cost(a).mparams, "latency_mean": 1.0, "latency_std": 0.1}
+            for role, a, acc in (("chosen", base, 0.81), ("r16", base, 0.8), ("plain", plain, 0.7))]
+    return {"seeds": [0, 1], "arms": arms, "finding": XSS, "recipe_name": XSS, "machine": XSS, "device": XSS,
+            "recipe": {"dataset": XSS, "stem": XSS, "image_size": 16, "width": 0.125, "epochs": 2},
+            "deploy": {"image_size": 224, "num_classes": 1000}, "threads": 2,
+            "vs_r16": {"chosen": {"accuracy": diff(), "latency_ms": diff()}},
+            "vs_plain": {"chosen": {"accuracy": diff(), "latency_ms": None}}}
+
+
+def test_no_value_from_a_file_or_a_study_becomes_markup(tmp_path):
+    study = make_study(tmp_path)
+    base = baseline_arch(Arch.uniform("resnet50", None))
+    add(study, base, {}, {}, "failed", reason=XSS)
+    cmp = tmp_path / "reports" / "s1" / "compare.json"
+    cmp.parent.mkdir(parents=True)
+    cmp.write_text(json.dumps(_hostile_compare(base, plain_arch(base))))
+    cmp.with_suffix(".md").write_text(f"## Comparison\n\n{XSS}\n")
+    rep, paths = make_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    page = paths["report.html"].read_text()
+    assert "Comparison against the fixed" in page and page.count("&lt;script&gt;") >= 10
+    # one script element: the page's own sorting script, which comes last
+    assert _tags(page).count("script") == 1 and page.count("<script") == 1
+    assert page.rindex("<script>") > page.rindex("&lt;script&gt;")
+
+
+@pytest.mark.parametrize("content, field", [
+    ('{"seeds": [0], "arms": [{}]}', "arms[0].role is missing"),
+    ('{"seeds": [0], "arms": [{"role": "r16", "arch_id": "a", "accuracy_mean": "0.8", "gflops": 1, "mparams": 1}]}',
+     "arms[0].accuracy_mean must be a number, got '0.8'"),
+    ('{"seeds": [0], "arms": [{"role": "r16", "arch_id": "a", "accuracy_mean": 0.8, "gflops": 1, "mparams": 1, '
+     '"n": "<script>alert(1)</script>"}]}', "arms[0].n must be an integer, got '<script>alert(1)</script>'"),
+    ('{"seeds": [0], "arms": [{"role": "boss", "arch_id": "a"}]}', "arms[0].role must be one of chosen, r16, plain"),
+    ('{"seeds": "0", "arms": []}', "seeds must be a list of integers"),
+    ('{"arms": {}}', "arms must be a list"),
+    ('[1, 2]', "the file must hold an object"),
+    ('{"arms": [], "vs_r16": {"chosen": {"accuracy": {"diff_mean": "big"}}}}',
+     "vs_r16.chosen.accuracy.diff_mean must be a number"),
+    ('{"arms": [], "recipe": {"dataset": "digits"}}', "recipe.stem is missing"),
+    ('{"arms": [', "malformed JSON"),
+])
+def test_a_malformed_compare_json_is_one_line_naming_the_file(tmp_path, capsys, content, field):
+    from se_nas import cli
+
+    make_study(tmp_path, n=8)
+    cmp = tmp_path / "reports" / "s1" / "compare.json"
+    cmp.parent.mkdir(parents=True)
+    cmp.write_text(content)
+    assert cli.main(["report", "s1", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and repr(str(cmp)) in err and field in err, err
+    assert not (tmp_path / "reports" / "s1" / "report.html").exists()
+
+
+def test_a_corrupted_trial_record_is_skipped_and_named(tmp_path, capsys):
+    from se_nas import cli
+
+    study = make_study(tmp_path, n=8)
+    arch = Arch.uniform("resnet50", None)
+    good = TrialOutcome(arch=arch, status="complete", gflops=4.0, mparams=25.0, accuracy=0.9, epochs=2).to_attrs()
+    # records as a crash or a hand edit leaves them: an arch that is not JSON, an accuracy that is text
+    for attrs in ({**good, "arch": '{"backbone": "resnet50", "stages": ['}, {**good, "accuracy": "0.8"}):
+        study.add_trial(optuna.trial.create_trial(values=[0.9, 4.0, 25.0], user_attrs=attrs))
+    assert cli.main(["report", "s1", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: trial 8: its stored record is corrupted (arch: malformed JSON" in err
+    assert "warning: trial 9: its stored record is corrupted (accuracy must be a number, got '0.8')" in err
+    page = (tmp_path / "r" / "s1" / "report.html").read_text()
+    md = (tmp_path / "r" / "s1" / "summary.md").read_text()
+    for text in (page, md):
+        assert "left out of this report" in text and "trial 8: its stored record is corrupted" in text
+        assert "trial 9: its stored record is corrupted" in text
+    assert "8 trials:" in md  # the other trials are all there
+    # elsewhere the error names the trial instead of a bare parse error
+    from se_nas.study import records
+    with pytest.raises(StudyError, match="trial 8: its stored record is corrupted"):
+        records(open_study("s1", root=tmp_path / "trials"))
+
+
+def test_every_renderer_shows_the_same_sections(demo):
+    from se_nas.report_value import section_titles
+
+    rep = build_report("demo", root=demo.parents[1] / "trials", out=demo.parent)
+    page = (demo / "report.html").read_text()
+    md = (demo / "summary.md").read_text()
+    html_titles = [html.unescape(t) for t in re.findall(r"<h2>(.*?)</h2>", page)]
+    md_titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert html_titles == md_titles == section_titles(rep)
+    assert "Search front (per design)" in html_titles and "All trials" in html_titles
+    if rep.confirmation is not None:
+        assert html_titles[0] == "Confirmed front"
+        confirmed = page[page.index("<h2>Confirmed front"):page.index("<h2>Search front")]
+        assert confirmed.count("<tr") == len(rep.confirmation.designs) + 1
