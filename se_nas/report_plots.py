@@ -51,8 +51,8 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     (same K fresh seeds) as squares, and the r=16 baseline and plain backbone as hollow markers.
 
     Designs that broke (accuracy near chance) stretch the accuracy axis, so the front crowds into
-    one corner: where the front, confirmed and reference designs span less than half of the axis, a
-    lower panel shows them again, zoomed on that band (same x axis)."""
+    one corner: where the front designs that trained and the confirmed front span less than half of
+    the axis, a lower panel shows them again, zoomed on that band (same x axis)."""
     zoom = _zoom_band(rep, col)
     if zoom is None:
         fig, ax = plt.subplots(figsize=(7, 4.6))
@@ -75,25 +75,29 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
 
 
 def _zoom_band(rep: Report, col: str) -> tuple[float, float] | None:
-    """The accuracy band around the front, the confirmed and the reference designs, padded; None where
-    it already fills more than half of the plotted accuracy range (no zoom needed)."""
-    def bars(ds):
-        return [(d.mean - (s if s == s else 0.0), d.mean + (s if s == s else 0.0))
-                for d in ds for s in [0.0 if rep.supernet else d.sem(rep.noise)] if getattr(d, col) is not None]
-
-    conf = rep.confirmation
-    band = bars(rep.front) + (bars([d for d in conf.designs if d.n]) if conf is not None else [])
-    band += [(m.accuracy, m.accuracy) for m in rep.markers if getattr(m, col, None) is not None]
-    if not band:
-        return None
-    lo, hi = min(b[0] for b in band), max(b[1] for b in band)
+    """The accuracy band of the front designs that trained (in the upper half of the plotted accuracy
+    range: a broken design can be on a 3-objective front by being cheap) and of the confirmed front,
+    means ± standard error, padded; None where that band fills more than half of the range anyway."""
     f = rep.frame
     shown = f[f.status.isin([Status.COMPLETE.value, Status.STOPPED_EARLY.value])].accuracy.dropna().tolist()
     shown += [d.mean for d in rep.designs]
-    full = max(shown + [hi]) - min(shown + [lo])
+    if not shown:
+        return None
+    bottom, top = min(shown), max(shown)
+    mid = (bottom + top) / 2
+
+    def bars(ds):
+        return [(d.mean - e, d.mean + e) for d in ds if getattr(d, col) is not None and d.mean >= mid
+                for e in [0.0 if rep.supernet or d.sem(rep.noise) != d.sem(rep.noise) else d.sem(rep.noise)]]
+
+    conf = rep.confirmation
+    band = bars(rep.front) + (bars([d for d in conf.front if d.n]) if conf is not None else [])
+    if not band:
+        return None
+    lo, hi = min(b[0] for b in band), max(b[1] for b in band)
     pad = max(0.12 * (hi - lo), 0.005)
     lo, hi = lo - pad, hi + pad
-    return (lo, hi) if full > 0 and hi - lo < 0.5 * full else None
+    return (lo, hi) if top > bottom and hi - lo < 0.5 * (max(top, hi) - min(bottom, lo)) else None
 
 
 def _draw_pareto(ax, rep: Report, col: str) -> None:

@@ -228,7 +228,7 @@ def pareto_note(rep: Report) -> str:
              if rep.supernet else "")
             + "Accuracy is the proxy's validation accuracy; GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters "
               "are the deployment model's. The front is computed over completed, within-budget trials only. The "
-              "lower panel, where there is one, zooms on the front, the confirmed and the reference designs.")
+              "lower panel, where there is one, zooms on the accuracy band of the front and the confirmed front.")
 
 
 def hypervolume_note(rep: Report) -> str:

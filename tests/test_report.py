@@ -194,7 +194,7 @@ def test_cli(tmp_path, capsys):
 
 # --- the page as people read it ------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # .ci/run installs Debian's
 
 
 @pytest.fixture(scope="module")
@@ -494,3 +494,21 @@ def test_every_renderer_shows_the_same_sections(demo):
         assert html_titles[0] == "Confirmed front"
         confirmed = page[page.index("<h2>Confirmed front"):page.index("<h2>Search front")]
         assert confirmed.count("<tr") == len(rep.confirmation.designs) + 1
+
+
+def test_pareto_plots_zoom_on_the_front_when_broken_designs_stretch_the_axis(tmp_path):
+    rng = random.Random(4)
+    study = open_study("z", root=tmp_path / "trials", create=True)
+    study.set_user_attr("deploy", {"image_size": 224, "num_classes": 1000})
+    for i in range(16):  # designs that train (0.90-0.95) and designs that broke (about chance)
+        arch, p, d = _arch_params(rng)
+        add(study, arch, p, d, "complete", accuracy=round(rng.uniform(0.90, 0.95), 3) if i % 4 else 0.1 + i / 1000)
+    rep = build_report("z", root=tmp_path / "trials", out=tmp_path / "reports")
+    plt = _plt()
+    fig = _pareto_plot(plt, rep, "gflops", "GFLOPs")
+    assert len(fig.axes) == 2  # the full view, then the zoom
+    lo, hi = fig.axes[1].get_ylim()
+    # every front design that trained is in the zoom (a broken one can be on the front by being cheap)
+    assert lo > 0.5 and all(lo < d.mean < hi for d in rep.front if d.mean > 0.5) and hi - lo < 0.2
+    assert fig.axes[0].get_ylim()[0] < 0.11  # the full view still shows the broken designs
+    plt.close(fig)
