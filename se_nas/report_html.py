@@ -13,8 +13,8 @@ import math
 
 from .comparison import Comparison, Test
 from .confirm import role_name
-from .report_value import (IMPORTANCE_CAVEAT, DesignTable, Report, comparison_title, design_tables, hypervolume_note,
-                           intro_text, pareto_note, plotted, settings_lines, stage_cols)
+from .report_value import (DesignTable, Report, comparison_title, design_tables, hypervolume_note,
+                           importance_caveat, intro_text, pareto_note, plotted, settings_lines, stage_cols)
 
 e = html.escape
 
@@ -102,7 +102,8 @@ def _tests_html(cmp: Comparison) -> str:
             text = f"{arm.name if arm else role} vs {ref}: accuracy {a.diff_mean:+.4f} ("
             text += (f"t = {a.t:.3f}, p = {a.p:.3g}, " if a.p is not None and a.t is not None else "") + f"{a.note})"
             if lat:
-                text += f"; proxy latency {lat.diff_mean:+.3f} ms" + (f" (p = {lat.p:.3g})" if lat.p is not None else "")
+                text += f"; proxy latency {lat.diff_mean:+.3f} ms"
+                text += f" (p = {lat.p:.3g})" if lat.p is not None else ""
             items.append(f"<li>{e(text)}</li>")
     return f"<ul>{''.join(items)}</ul>" if items else ""
 
@@ -172,7 +173,7 @@ def _pareto_html(rep: Report, figs: dict[str, bytes]) -> str:
 def _importance_html(rep: Report, figs: dict[str, bytes]) -> str:
     if not rep.importances:
         return f"<h2>Parameter importances</h2><p>Not available: {e(rep.importance_note)}.</p>"
-    return (f"<h2>Parameter importances</h2><p><strong>{e(IMPORTANCE_CAVEAT)}.</strong></p>"
+    return (f"<h2>Parameter importances</h2><p><strong>{e(importance_caveat(rep))}.</strong></p>"
             + _img(figs, "importance.png", "parameter importances") + f'<p class="note">{e(rep.importance_note)}.</p>')
 
 

@@ -62,7 +62,8 @@ def _pareto_plot(plt, rep: Report, col: str, unit: str):
     for ax in axes:
         _draw_pareto(ax, rep, col)
         ax.grid(alpha=0.3)
-        ax.set_ylabel("supernet score; confirmed: validation accuracy" if rep.supernet else "validation accuracy (proxy)")
+        ax.set_ylabel("supernet score; confirmed: validation accuracy" if rep.supernet
+                      else "validation accuracy (proxy)")
     axes[-1].set_xlabel(unit)
     axes[0].set_title(f"{rep.study}: accuracy against {next(o.short for o in plotted(rep) if o.attr == col)}")
     if zoom is not None:

@@ -4,8 +4,8 @@ Both only read the ``Report`` value (``se_nas.report_value``).
 """
 from __future__ import annotations
 
-from .report_value import (IMPORTANCE_CAVEAT, DesignTable, Report, comparison_title, design_tables, hypervolume_note,
-                           intro_text, pareto_note, plotted, settings_lines, stage_cols)
+from .report_value import (DesignTable, Report, comparison_title, design_tables, hypervolume_note,
+                           importance_caveat, intro_text, pareto_note, plotted, settings_lines, stage_cols)
 
 
 def trials_csv(rep: Report) -> str:
@@ -74,7 +74,8 @@ def summary_md(rep: Report) -> str:
         lines.append(f"| {r.stage} | {r.axis} | {r.value} | {r.best:.0%} | {r['all']:.0%} |")
     lines += ["", "![choices](choices.png)", "", "## Parameter importances", ""]
     if rep.importances:
-        lines += [f"{rep.importance_note}.", "", f"{IMPORTANCE_CAVEAT}.", "", "| parameter | importance |", "|---|---:|"]
+        lines += [f"{rep.importance_note}.", "", f"{importance_caveat(rep)}.", "", "| parameter | importance |",
+                  "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in rep.importances.items()]
         lines += ["", "![importances](importance.png)"]
     else:

@@ -28,6 +28,15 @@ IMPORTANCE_CAVEAT = ("Caveat: on the built-in digits proxy, accuracy separates d
                      "train, not working SE designs from each other (their spread equals seed noise; README, 'What the "
                      "built-in data can and cannot tell'), so these importances mostly say which choices break "
                      "training, not which make a working design better")
+IMPORTANCE_CAVEAT_OTHER = ("Caveat: importances are only as good as the proxy's power to separate working designs; "
+                           "where the designs' spread is within the measured seed noise they mostly say which choices "
+                           "break training")
+
+
+def importance_caveat(rep: "Report") -> str:
+    """The caveat the importances need: strong for the built-in digits proxy, general for other data."""
+    dataset = (rep.settings.get("recipe") or {}).get("dataset", "digits")
+    return IMPORTANCE_CAVEAT if dataset == "digits" else IMPORTANCE_CAVEAT_OTHER
 
 
 @dataclass(frozen=True)

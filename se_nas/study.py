@@ -307,7 +307,8 @@ def _checked_attrs(t) -> dict[str, Any]:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
             raise ValueError(f"{k} must be an integer, got {str(v)[:40]!r}")
     h = a.get("history", ())
-    if not isinstance(h, (list, tuple)) or any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in h):
+    if not isinstance(h, (list, tuple)) or any(
+            x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in h):
         raise ValueError(f"history must be a list of numbers, got {str(h)[:40]!r}")
     for k in ("reason", "fail_reason", "backend", "fidelity"):
         if a.get(k) is not None and not isinstance(a[k], str):

@@ -158,6 +158,9 @@ def test_written_report_is_complete_and_offline(tmp_path):
     md = (out / "summary.md").read_text()
     assert md.count("\n| ") >= rep.n_best and "![accuracy against GFLOPs](pareto_gflops.png)" in md
     assert rep.importances and abs(sum(rep.importances.values()) - 1) < 1e-6
+    # the importances carry the caveat that the digits proxy cannot separate working designs
+    for text in (page, md):
+        assert "not working SE designs from each other" in text and "What the built-in data can and cannot tell" in text
 
 
 def test_baseline_and_plain_marked_from_compare_or_trials(tmp_path):
@@ -230,6 +233,9 @@ def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
             assert cells[col] == ("" if test is None else
                                   f"{test['accuracy']['diff_mean']:+.4f} ± {test['accuracy']['diff_se']:.4f}")
     assert f"Finding:</strong> {html.escape(cmp['finding'])}" in section
+    # the latency column says whose latency it is: the small proxy's, not the deployment model's
+    assert f"proxy latency ms, {cmp['recipe']['image_size']} px, {cmp['threads']} thread" in section
+    assert "times the small proxy, not the deployment model" in section
     # the intro is rendered from the data too: the trial count, the front's size
     rep = build_report("demo", root=demo.parents[1] / "trials", out=demo.parent)
     intro = page[page.index("</h1>"):page.index("<ul>")]
@@ -262,6 +268,12 @@ def test_report_in_headless_chromium(demo, tmp_path):
     assert run.returncode == 1
     assert "horizontal overflow at 1400 px" in run.stderr and "pre (" in run.stderr
     assert "requested 1 resource(s): http://127.0.0.1:9/x.png" in run.stderr
+    # ... and so does a table cut off in its scrolling box (a 3000 px trial state)
+    clipped = (demo / "report.html").read_text().replace('<td class="state">complete', '<td>' + "y" * 3000, 1)
+    (tmp_path / "clipped.html").write_text(clipped)
+    run = subprocess.run([*script, str(tmp_path / "clipped.html"), "--screenshot", str(tmp_path / "c.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "a table is cut off at 1400 px (it scrolls sideways): All trials (" in run.stderr
 
 
 # --- figures -------------------------------------------------------------------------------------
