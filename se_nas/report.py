@@ -75,16 +75,7 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
 
     settings = st.to_attrs()
     budget = settings.get("budget") or {}
-    ok = pts[complete]
-    # Reference (worst corner): accuracy 0 and the budget where one is set, else 10% beyond the worst
-    # completed trial; ideal corner: accuracy 1 and the cheapest completed trial. The normalised
-    # hypervolume is the fraction of that box the search's front dominates.
-    reference = (0.0, *(float(budget.get(f"max_{OBJECTIVE_TABLE[o].attr}") or ok[:, i].max() * 1.1)
-                        for i, o in enumerate(objectives) if i))
-    ideal = (1.0, *(float(ok[:, i].min()) for i in range(1, len(objectives))))
-    box = float(np.prod([ideal[0] - reference[0], *(r - i for r, i in zip(reference[1:], ideal[1:]))]))
-    hv = hypervolume_history(pts, directions(objectives), reference, complete)
-    hv = hv / box if box > 0 else hv
+    reference, ideal, hv = _hypervolume(pts, complete, objectives, budget)
 
     importances, note = param_importances(done, study)
     conf = read_confirmation(study, st, recs)
@@ -104,6 +95,21 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
         confirmation=conf, comparison=cmp, latency=latency, objectives=objectives, supernet=supernet,
         skipped=tuple(skipped),
     )
+
+
+def _hypervolume(pts, complete, objectives, budget):
+    """(reference, ideal, normalised hypervolume after each trial).
+
+    Reference (worst corner): accuracy 0 and the budget where one is set, else 10% beyond the worst
+    completed trial; ideal corner: accuracy 1 and the cheapest completed trial. The normalised
+    hypervolume is the fraction of that box the search's front dominates."""
+    ok = pts[complete]
+    reference = (0.0, *(float(budget.get(f"max_{OBJECTIVE_TABLE[o].attr}") or ok[:, i].max() * 1.1)
+                        for i, o in enumerate(objectives) if i))
+    ideal = (1.0, *(float(ok[:, i].min()) for i in range(1, len(objectives))))
+    box = float(np.prod([ideal[0] - reference[0], *(r - i for r, i in zip(reference[1:], ideal[1:]))]))
+    hv = hypervolume_history(pts, directions(objectives), reference, complete)
+    return reference, ideal, (hv / box if box > 0 else hv)
 
 
 def _state_text(r) -> str:
