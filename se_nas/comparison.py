@@ -9,7 +9,6 @@ read ``Comparison`` (and still escape every string: a file's text is never marku
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +223,3 @@ def read_comparison(path: str | Path) -> Comparison | None:
                          f"{e}); {fix}") from None
     except _Bad as e:
         raise StudyError(f"{str(path)!r} is not a comparison written by `se-nas compare`: {e}; {fix}") from None
-
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
