@@ -22,7 +22,8 @@ LAYERS = {
                "recipe", "data", "train", "pareto", "earlystop", "latency", "supernet"],
     "study": ["study", "results", "storage", "samplers"],
     "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "ray_runs", "search", "oneshot"],
-    "products": ["modelfile", "export", "compare", "report"],
+    "products": ["modelfile", "export", "compare", "comparison", "report_value", "report_plots", "report_text",
+                 "report_html", "report"],
     "cli": ["commands", "cli", "__main__", "__init__"],
 }
 LEVEL = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
