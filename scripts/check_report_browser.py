@@ -6,6 +6,7 @@ At a 1400 px wide window it checks that
 - the page renders: a full-page screenshot is written (PNG, 1400 px wide; look at it);
 - nothing is wider than the window: no horizontal scrollbar
   (``document.documentElement.scrollWidth <= clientWidth``); otherwise the widest elements are named;
+- no table is cut off: no table's scrolling box is narrower than the table (its heading is named);
 - the page is self-contained: Chromium requests nothing but the page itself (the figures are
   inlined ``data:`` URLs), and no script error is thrown;
 - the trial table sorts when a column header is clicked.
@@ -52,8 +53,14 @@ MEASURE = """(() => {
     return getComputedStyle(el).overflowX === 'visible' ? Math.max(r.right, r.left + el.scrollWidth) : r.right; };
   const wide = Array.from(document.body.querySelectorAll('*')).filter(el => right(el) > cw + 0.5)
     .map(el => el.tagName.toLowerCase() + (el.className ? '.' + el.className : '') + ' (' + Math.round(right(el)) + ' px)');
+  // a table in a scrolling box that is wider than the box: its right-hand columns are cut off until
+  // the reader scrolls sideways (the section's heading names it)
+  const clipped = Array.from(document.querySelectorAll('div.scroll, div.wrap'))
+    .filter(d => d.scrollWidth > d.clientWidth + 1).map(d => {
+      let h = d.previousElementSibling; while (h && h.tagName !== 'H2') h = h.previousElementSibling;
+      return (h ? h.textContent : 'a table') + ' (' + d.scrollWidth + ' px in ' + d.clientWidth + ' px)'; });
   return {scrollWidth: de.scrollWidth, clientWidth: cw, innerWidth: window.innerWidth,
-          height: de.scrollHeight, wide: wide.slice(0, 5)};
+          height: de.scrollHeight, wide: wide.slice(0, 5), clipped: clipped};
 })()"""
 
 # Click the trial table's "accuracy" header (the page's own script sorts it): are the rows then in
@@ -221,6 +228,8 @@ def check_page(page: Path, screenshot: Path, exe: str) -> list[str]:
     if m["scrollWidth"] > m["clientWidth"]:
         failures.append(f"horizontal overflow at {WIDTH} px: the page is {m['scrollWidth']} px wide for a "
                         f"{m['clientWidth']} px window; wider than the window: {', '.join(m['wide'])}")
+    if m["clipped"]:
+        failures.append(f"a table is cut off at {WIDTH} px (it scrolls sideways): {'; '.join(m['clipped'])}")
     requests = [e["params"]["request"]["url"] for e in loaded if e.get("method") == "Network.requestWillBeSent"]
     fetched = [u for u in requests if u != url and not u.startswith("data:")]
     if fetched:

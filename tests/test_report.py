@@ -19,7 +19,8 @@ from se_nas.design.arch import Arch, StageSE, baseline_arch, plain_arch
 from se_nas.design.cost import count_cost
 from se_nas.record.storage import latest_study, open_study
 from se_nas.record.study import StudyError, TrialOutcome
-from se_nas.products.report import _choice_plot, _pareto_plot, _plt, build_report, choice_frequencies, make_report
+from se_nas.products.report import build_report, choice_frequencies, make_report
+from se_nas.products.report_plots import _choice_plot, _pareto_plot, _plt
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CAT = optuna.distributions.CategoricalDistribution
@@ -146,13 +147,20 @@ def test_written_report_is_complete_and_offline(tmp_path):
     # offline: nothing fetched from elsewhere; every image inline
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<link" not in page and page.count("data:image/png;base64,") == 5
-    assert page.count("<tr") == len(rep.frame) + 1  # every trial plus the header
+    trials = page[page.index("<h2>All trials"):]
+    assert trials.count("<tr") == len(rep.frame) + 1  # every trial plus the header
+    # the search's front is a table on the page too, as in summary.md: its designs plus the header
+    front = page[page.index("<h2>Search front (per design)"):page.index("<h2>Pareto front")]
+    assert front.count("<tr") == rep.n_best + 1
     assert "loss became nan at epoch 1 step 3" in page and "over budget" in page and "stopped early" in page
     csv = (out / "trials.csv").read_text().splitlines()
     assert len(csv) == len(rep.frame) + 1 and csv[0].startswith("trial,status,arch_id,stage1")
     md = (out / "summary.md").read_text()
     assert md.count("\n| ") >= rep.n_best and "![accuracy against GFLOPs](pareto_gflops.png)" in md
     assert rep.importances and abs(sum(rep.importances.values()) - 1) < 1e-6
+    # the importances carry the caveat that the digits proxy cannot separate working designs
+    for text in (page, md):
+        assert "not working SE designs from each other" in text and "What the built-in data can and cannot tell" in text
 
 
 def test_baseline_and_plain_marked_from_compare_or_trials(tmp_path):
@@ -189,7 +197,7 @@ def test_cli(tmp_path, capsys):
 
 # --- the page as people read it ------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # .ci/run installs Debian's
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +233,9 @@ def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
             assert cells[col] == ("" if test is None else
                                   f"{test['accuracy']['diff_mean']:+.4f} ± {test['accuracy']['diff_se']:.4f}")
     assert f"Finding:</strong> {html.escape(cmp['finding'])}" in section
+    # the latency column says whose latency it is: the small proxy's, not the deployment model's
+    assert f"proxy latency ms, {cmp['recipe']['image_size']} px, {cmp['threads']} thread" in section
+    assert "times the small proxy, not the deployment model" in section
     # the intro is rendered from the data too: the trial count, the front's size
     rep = build_report("demo", root=demo.parents[1] / "trials", out=demo.parent)
     intro = page[page.index("</h1>"):page.index("<ul>")]
@@ -257,6 +268,12 @@ def test_report_in_headless_chromium(demo, tmp_path):
     assert run.returncode == 1
     assert "horizontal overflow at 1400 px" in run.stderr and "pre (" in run.stderr
     assert "requested 1 resource(s): http://127.0.0.1:9/x.png" in run.stderr
+    # ... and so does a table cut off in its scrolling box (a 3000 px trial state)
+    clipped = (demo / "report.html").read_text().replace('<td class="state">complete', '<td>' + "y" * 3000, 1)
+    (tmp_path / "clipped.html").write_text(clipped)
+    run = subprocess.run([*script, str(tmp_path / "clipped.html"), "--screenshot", str(tmp_path / "c.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "a table is cut off at 1400 px (it scrolls sideways): All trials (" in run.stderr
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -369,3 +386,141 @@ def test_study_names_outside_the_reports_folder_are_refused(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and repr(name) in err and "must not be empty, contain '/'" in err
     assert not list(tmp_path.rglob("report.html")) and not list(tmp_path.rglob("*.png"))
+
+
+# --- hostile and corrupted input -----------------------------------------------------------------
+class _Elements(__import__("html.parser").parser.HTMLParser):
+    """The element names of a page, as a browser's parser sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+
+def _tags(page: str) -> list[str]:
+    p = _Elements()
+    p.feed(page)
+    return p.tags
+
+
+XSS = '<script>alert("x")</script>'
+
+
+def _hostile_compare(base, plain) -> dict:
+    def diff():
+        return {"diff_mean": 0.01, "diff_se": 0.002, "t": 5.0, "p": 0.01, "note": XSS}
+    arms = [{"role": role, "name": XSS, "arch_id": XSS, "label": XSS, "arch": {"backbone": XSS}, "trial": 3,
+             "accuracy_mean": acc, "accuracy_sem": 0.01, "n": 2, "gflops": count_cost(a).gflops,
+             "mparams": count_cost(a).mparams, "latency_mean": 1.0, "latency_std": 0.1}
+            for role, a, acc in (("chosen", base, 0.81), ("r16", base, 0.8), ("plain", plain, 0.7))]
+    return {"seeds": [0, 1], "arms": arms, "finding": XSS, "recipe_name": XSS, "machine": XSS, "device": XSS,
+            "recipe": {"dataset": XSS, "stem": XSS, "image_size": 16, "width": 0.125, "epochs": 2},
+            "deploy": {"image_size": 224, "num_classes": 1000}, "threads": 2,
+            "vs_r16": {"chosen": {"accuracy": diff(), "latency_ms": diff()}},
+            "vs_plain": {"chosen": {"accuracy": diff(), "latency_ms": None}}}
+
+
+def test_no_value_from_a_file_or_a_study_becomes_markup(tmp_path):
+    study = make_study(tmp_path)
+    base = baseline_arch(Arch.uniform("resnet50", None))
+    add(study, base, {}, {}, "failed", reason=XSS)
+    cmp = tmp_path / "reports" / "s1" / "compare.json"
+    cmp.parent.mkdir(parents=True)
+    cmp.write_text(json.dumps(_hostile_compare(base, plain_arch(base))))
+    cmp.with_suffix(".md").write_text(f"## Comparison\n\n{XSS}\n")
+    rep, paths = make_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")
+    page = paths["report.html"].read_text()
+    assert "Comparison against the fixed" in page and page.count("&lt;script&gt;") >= 10
+    # one script element: the page's own sorting script, which comes last
+    assert _tags(page).count("script") == 1 and page.count("<script") == 1
+    assert page.rindex("<script>") > page.rindex("&lt;script&gt;")
+
+
+@pytest.mark.parametrize("content, field", [
+    ('{"seeds": [0], "arms": [{}]}', "arms[0].role is missing"),
+    ('{"seeds": [0], "arms": [{"role": "r16", "arch_id": "a", "accuracy_mean": "0.8", "gflops": 1, "mparams": 1}]}',
+     "arms[0].accuracy_mean must be a number, got '0.8'"),
+    ('{"seeds": [0], "arms": [{"role": "r16", "arch_id": "a", "accuracy_mean": 0.8, "gflops": 1, "mparams": 1, '
+     '"n": "<script>alert(1)</script>"}]}', "arms[0].n must be an integer, got '<script>alert(1)</script>'"),
+    ('{"seeds": [0], "arms": [{"role": "boss", "arch_id": "a"}]}', "arms[0].role must be one of chosen, r16, plain"),
+    ('{"seeds": "0", "arms": []}', "seeds must be a list of integers"),
+    ('{"arms": {}}', "arms must be a list"),
+    ('[1, 2]', "the file must hold an object"),
+    ('{"arms": [], "vs_r16": {"chosen": {"accuracy": {"diff_mean": "big"}}}}',
+     "vs_r16.chosen.accuracy.diff_mean must be a number"),
+    ('{"arms": [], "recipe": {"dataset": "digits"}}', "recipe.stem is missing"),
+    ('{"arms": [', "malformed JSON"),
+])
+def test_a_malformed_compare_json_is_one_line_naming_the_file(tmp_path, capsys, content, field):
+    from se_nas import cli
+
+    make_study(tmp_path, n=8)
+    cmp = tmp_path / "reports" / "s1" / "compare.json"
+    cmp.parent.mkdir(parents=True)
+    cmp.write_text(content)
+    assert cli.main(["report", "s1", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and repr(str(cmp)) in err and field in err, err
+    assert not (tmp_path / "reports" / "s1" / "report.html").exists()
+
+
+def test_a_corrupted_trial_record_is_skipped_and_named(tmp_path, capsys):
+    from se_nas import cli
+
+    study = make_study(tmp_path, n=8)
+    arch = Arch.uniform("resnet50", None)
+    good = TrialOutcome(arch=arch, status="complete", gflops=4.0, mparams=25.0, accuracy=0.9, epochs=2).to_attrs()
+    # records as a crash or a hand edit leaves them: an arch that is not JSON, an accuracy that is text
+    for attrs in ({**good, "arch": '{"backbone": "resnet50", "stages": ['}, {**good, "accuracy": "0.8"}):
+        study.add_trial(optuna.trial.create_trial(values=[0.9, 4.0, 25.0], user_attrs=attrs))
+    assert cli.main(["report", "s1", "--root", str(tmp_path / "trials"), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: trial 8: its stored record is corrupted (arch: malformed JSON" in err
+    assert "warning: trial 9: its stored record is corrupted (accuracy must be a number, got '0.8')" in err
+    page = (tmp_path / "r" / "s1" / "report.html").read_text()
+    md = (tmp_path / "r" / "s1" / "summary.md").read_text()
+    for text in (page, md):
+        assert "left out of this report" in text and "trial 8: its stored record is corrupted" in text
+        assert "trial 9: its stored record is corrupted" in text
+    assert "8 trials:" in md  # the other trials are all there
+    # elsewhere the error names the trial instead of a bare parse error
+    from se_nas.record.study import records
+    with pytest.raises(StudyError, match="trial 8: its stored record is corrupted"):
+        records(open_study("s1", root=tmp_path / "trials"))
+
+
+def test_every_renderer_shows_the_same_sections(demo):
+    from se_nas.products.report_value import section_titles
+
+    rep = build_report("demo", root=demo.parents[1] / "trials", out=demo.parent)
+    page = (demo / "report.html").read_text()
+    md = (demo / "summary.md").read_text()
+    html_titles = [html.unescape(t) for t in re.findall(r"<h2>(.*?)</h2>", page)]
+    md_titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert html_titles == md_titles == section_titles(rep)
+    assert "Search front (per design)" in html_titles and "All trials" in html_titles
+    if rep.confirmation is not None:
+        assert html_titles[0] == "Confirmed front"
+        confirmed = page[page.index("<h2>Confirmed front"):page.index("<h2>Search front")]
+        assert confirmed.count("<tr") == len(rep.confirmation.designs) + 1
+
+
+def test_pareto_plots_zoom_on_the_front_when_broken_designs_stretch_the_axis(tmp_path):
+    rng = random.Random(4)
+    study = open_study("z", root=tmp_path / "trials", create=True)
+    study.set_user_attr("deploy", {"image_size": 224, "num_classes": 1000})
+    for i in range(16):  # designs that train (0.90-0.95) and designs that broke (about chance)
+        arch, p, d = _arch_params(rng)
+        add(study, arch, p, d, "complete", accuracy=round(rng.uniform(0.90, 0.95), 3) if i % 4 else 0.1 + i / 1000)
+    rep = build_report("z", root=tmp_path / "trials", out=tmp_path / "reports")
+    plt = _plt()
+    fig = _pareto_plot(plt, rep, "gflops", "GFLOPs")
+    assert len(fig.axes) == 2  # the full view, then the zoom
+    lo, hi = fig.axes[1].get_ylim()
+    # every front design that trained is in the zoom (a broken one can be on the front by being cheap)
+    assert lo > 0.5 and all(lo < d.mean < hi for d in rep.front if d.mean > 0.5) and hi - lo < 0.2
+    assert fig.axes[0].get_ylim()[0] < 0.11  # the full view still shows the broken designs
+    plt.close(fig)

@@ -366,6 +366,12 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     section = md.split("## Supernet ranking front (per design)")[1].split("\n\n")[2]
     head, rule, *rows = section.splitlines()
     assert "| supernet score |" in head and rows and not any("±" in row or "seed" in row for row in rows)
+    # the summary printed after the search shows the ranking's front, not "no front", before the confirmed one
+    from se_nas.search.progress import summarize
+
+    text = summarize(study, tmp_path)
+    assert "no front" not in text and "supernet ranking front (supernet scores: a ranking, not trainings)" in text
+    assert text.index("supernet ranking front") < text.index("confirmed under the same 2 fresh seeds")
 
 
 def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_study_apart(tmp_path, capsys):

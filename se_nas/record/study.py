@@ -275,33 +275,71 @@ def _status_of(t) -> Status:
         return Status.FAILED
 
 
-def records(study) -> list[TrialRecord]:
-    """Every trial of ``study`` as a ``TrialRecord``, in trial order."""
+def records(study, skipped: list[str] | None = None) -> list[TrialRecord]:
+    """Every trial of ``study`` as a ``TrialRecord``, in trial order.
+
+    A trial whose stored attributes cannot be read (a corrupted or hand-edited record: an ``arch``
+    that is not an architecture, a number that is text) raises ``StudyError`` naming the trial; with
+    a ``skipped`` list, it is left out instead and one line naming it is appended there."""
     out = []
     for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        arch = Arch.from_json(a["arch"]) if "arch" in a else None
-        status = _status_of(t)
-        out.append(
-            TrialRecord(
-                number=t.number,
-                status=status,
-                arch=arch,
-                accuracy=a.get("accuracy") if status.trained or status is Status.REPEAT else None,
-                gflops=a.get("gflops"),
-                mparams=a.get("mparams"),
-                epochs=a.get("epochs", 0),
-                history=tuple(a.get("history", ())),
-                seconds=a.get("seconds", 0.0),
-                reason=a.get("reason", "") or (a.get("fail_reason", "") if status is Status.FAILED else ""),
-                params=dict(t.params),
-                seed=a.get("seed", 0),
-                backend=a.get("backend", ""),
-                fidelity=a.get("fidelity", "standalone"),
-                latency_ms=a.get("latency_ms"),
-            )
-        )
+        try:
+            out.append(_record_of(t))
+        except (ValueError, TypeError) as e:  # ArchError is a ValueError
+            line = f"trial {t.number}: its stored record is corrupted ({str(e)[:200]})"
+            if skipped is None:
+                raise StudyError(f"study {study.study_name!r}: {line}; repair or delete that trial") from None
+            skipped.append(line)
     return out
+
+
+_NUMBERS = ("accuracy", "gflops", "mparams", "seconds", "latency_ms")
+
+
+def _checked_attrs(t) -> dict[str, Any]:
+    """The trial's user attributes, with the type of every one a record reads checked."""
+    a = t.user_attrs
+    for k in _NUMBERS:
+        v = a.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"{k} must be a number, got {str(v)[:40]!r}")
+    for k in ("epochs", "seed"):
+        v = a.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"{k} must be an integer, got {str(v)[:40]!r}")
+    h = a.get("history", ())
+    if not isinstance(h, (list, tuple)) or any(
+            x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in h):
+        raise ValueError(f"history must be a list of numbers, got {str(h)[:40]!r}")
+    for k in ("reason", "fail_reason", "backend", "fidelity"):
+        if a.get(k) is not None and not isinstance(a[k], str):
+            raise ValueError(f"{k} must be a string, got {str(a[k])[:40]!r}")
+    if "arch" in a and not isinstance(a["arch"], str):
+        raise ValueError(f"arch must be an architecture as JSON text, got {str(a['arch'])[:40]!r}")
+    return a
+
+
+def _record_of(t) -> TrialRecord:
+    a = _checked_attrs(t)
+    arch = Arch.from_json(a["arch"], where="arch") if "arch" in a else None
+    status = _status_of(t)
+    return TrialRecord(
+        number=t.number,
+        status=status,
+        arch=arch,
+        accuracy=a.get("accuracy") if status.trained or status is Status.REPEAT else None,
+        gflops=a.get("gflops"),
+        mparams=a.get("mparams"),
+        epochs=a.get("epochs", 0),
+        history=tuple(a.get("history", ())),
+        seconds=a.get("seconds", 0.0),
+        reason=a.get("reason", "") or (a.get("fail_reason", "") if status is Status.FAILED else ""),
+        params=dict(t.params),
+        seed=a.get("seed", 0),
+        backend=a.get("backend", ""),
+        fidelity=a.get("fidelity", "standalone"),
+        latency_ms=a.get("latency_ms"),
+    )
 
 
 def to_frame(recs: list[TrialRecord]):

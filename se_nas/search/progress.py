@@ -127,6 +127,21 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _ranking_lines(recs, objectives, ms) -> list[str]:
+    """A one-shot study's front over its supernet scores (a ranking, not trainings)."""
+    from ..record.results import design_front, designs_of
+
+    scored = designs_of(recs, lambda r: r.fidelity != "standalone" and r.status is Status.COMPLETE
+                        and r.arch is not None)
+    ranking = design_front(scored, objectives)
+    lines = [f"supernet ranking front (supernet scores: a ranking, not trainings), "
+             f"{_plural(len(ranking), 'design')}:"]
+    for d in ranking:
+        lines.append(f"  {d.id:<10}  score {d.mean:<24.4f}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M{ms(d)}  "
+                     f"{d.arch.label}")
+    return lines
+
+
 def summarize(study, root: str | Path | None = None, storage: str | None = None) -> str:
     """Counts, the per-design front, the confirmed result and the commands to look further, as printed
     after a search."""
@@ -170,6 +185,8 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
         for d in front:
             lines.append(f"  {d.id:<10}  {d.describe(noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M{ms(d)}  "
                          f"{d.arch.label}")
+    elif paths:  # a one-shot study: its search is the supernet ranking, its trained answer the confirmation
+        lines += _ranking_lines(recs, settings.objectives, ms)
     else:
         lines.append("no trial has been trained to the end yet: no front")
     if conf is not None:
