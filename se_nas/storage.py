@@ -91,17 +91,39 @@ def _rdb_url(url: str) -> str:
                        f"installed: pip install {package}")
 
 
-def _shown(url: str) -> str:
-    """A storage URL as it may be printed: without its password."""
+def printable_url(url: str) -> str:
+    """A storage URL as it may be printed (errors, ``next:`` hints, reports): its password as ``***``.
+    Every place a storage URL reaches output goes through this."""
     if "://" not in url:
-        return repr(url)
+        return url
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return repr(make_url(url).render_as_string(hide_password=True))
+        return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # unparsable: show only its scheme, in case a password is in it
-        return repr(url.split("://", 1)[0] + "://...")
+        return url.split("://", 1)[0] + "://..."
+
+
+def without_password(text: str, url: str | None) -> str:
+    """``text`` with the password of storage ``url`` masked wherever it appears: the last guard for
+    messages we did not word ourselves (a driver's error that quotes its connection string)."""
+    if not url or "://" not in url:
+        return text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return text.replace(url, printable_url(url))
+    text = text.replace(url, printable_url(url))
+    return text.replace(str(password), "***") if password else text
+
+
+def _shown(url: str) -> str:
+    """A storage URL as it may be printed, quoted: without its password."""
+    return repr(printable_url(url))
 
 
 def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_ROOT, *, create: bool = True,
@@ -221,7 +243,7 @@ def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT
     try:
         return optuna.load_study(study_name=name, storage=st, sampler=sampler)
     except KeyError:
-        raise StudyError(f"no study named {name!r} in storage {storage or default_storage(name, root)!r}") from None
+        raise StudyError(f"no study named {name!r} in storage {_shown(storage or default_storage(name, root))}") from None
 
 
 def _known_studies(root: str | Path) -> str:
@@ -237,7 +259,7 @@ def latest_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) ->
 
         names = optuna.get_all_study_names(make_storage("_", storage, root, create=False))
         if not names:
-            raise StorageError(f"no study in storage {storage!r}; run `se-nas search` first")
+            raise StorageError(f"no study in storage {_shown(storage)}; run `se-nas search` first")
         return names[-1]
     def changed(db: Path) -> float:  # in WAL mode the writes land in study.db-wal first
         return max(p.stat().st_mtime for p in (db, db.with_name("study.db-wal")) if p.exists())
