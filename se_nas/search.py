@@ -20,6 +20,7 @@ Rerunning the same command continues every stage.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -146,14 +147,28 @@ def _check_settings(study, config: SearchConfig) -> None:
     if "space" in have and "objectives" not in have:  # a study from before --objectives: the default
         have = {**have, "objectives": list(OBJECTIVES)}
     for key, value in want.items():  # compare everything before writing anything
-        if key in have and have[key] != value:
-            diff = _first_difference(have[key], value)
+        old = _same_table_path(have[key], value) if key == "budget" and key in have else have.get(key)
+        if key in have and old != value:
+            diff = _first_difference(old, value)
             raise SearchError(
                 f"study {config.study!r} was created with a different {key} ({diff}); continue it with the "
                 f"same settings, or start a new study with --study NEW_NAME")
     for key, value in want.items():
         if key not in have:
             study.set_user_attr(key, value)
+
+
+def _same_table_path(old: Any, new: dict) -> Any:
+    """The stored budget ``old`` with its latency table path taken as ``new``'s when both name the same
+    profile: the same header hash (``--latency ./t.json`` against ``t.json`` or an absolute path, or the
+    table moved), or, in a budget stored without a hash, the same file. A path is not a budget."""
+    if not (isinstance(old, dict) and old.get("latency") and new.get("latency")):
+        return old
+    if old.get("latency_hash") is not None:
+        same = old["latency_hash"] == new.get("latency_hash")
+        return {**old, "latency": new["latency"]} if same else old
+    same = os.path.realpath(str(old["latency"])) == os.path.realpath(str(new["latency"]))
+    return {**old, "latency": new["latency"], "latency_hash": new.get("latency_hash")} if same else old
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
