@@ -104,6 +104,8 @@ class SearchConfig:
         if self.early_stop == "asha" and self.backend != "ray":
             raise SearchError("early_stop 'asha' needs backend 'ray' (Ray's ASHA scheduler); "
                               "the Optuna backend allows: rungs, none")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
+            raise SearchError(f"seed must be an integer in 0..{2**32 - 1} (the sampler's seed), got seed={self.seed!r}")
         for name in ("n_trials", "workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -35,12 +35,34 @@ class StorageError(ValueError):
     """A storage URL or study name that can't be used; the message says what is allowed."""
 
 
+MAX_STUDY_NAME = 100  # characters; a folder name may be 255 bytes, and a 300-character name failed
+# Characters that change how a name displays without showing themselves: the bidirectional overrides,
+# embeddings and isolates (U+202E shows a folder name reversed) are format characters (Cf), like the
+# zero-width ones; control characters (Cc) include newlines and escape sequences; line and paragraph
+# separators (Zl, Zp) break a line; surrogates (Cs) are bytes of a path that is not UTF-8.
+_HIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+
+
 def check_study_name(name: str) -> str:
-    """A study name becomes a folder name: a plain name, no path separators, not starting with '.'."""
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
-            or any(ord(c) < 32 for c in name):
-        raise StorageError(f"study name {name!r} is not allowed: it names the folders trials/<study>/ and "
-                           "reports/<study>/, so it must not be empty, contain '/' or '\\', or start with '.'")
+    """A study name becomes a folder name and is printed in every line about the study: a plain
+    name of at most ``MAX_STUDY_NAME`` characters, no path separators, not starting with '.', and no
+    control or format characters (bidi overrides such as U+202E display a name reversed)."""
+    import unicodedata
+
+    rule = ("it names the folders trials/<study>/ and reports/<study>/, so it must not be empty, contain '/' "
+            "or '\\', start with '.', or hold control or invisible formatting characters, and has at most "
+            f"{MAX_STUDY_NAME} characters")
+    if not isinstance(name, str):
+        raise StorageError(f"study name {name!r} is not allowed: {rule}")
+    hidden = next((c for c in name if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+    shown = ascii(name[:60] + ("..." if len(name) > 60 else ""))  # escapes what would display wrongly
+    if hidden is not None:
+        raise StorageError(f"study name {shown} is not allowed: it holds U+{ord(hidden):04X} "
+                           f"({unicodedata.name(hidden, 'a control or undecodable character')}); {rule}")
+    if len(name) > MAX_STUDY_NAME:
+        raise StorageError(f"study name {shown} is {len(name)} characters, not allowed: {rule}")
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise StorageError(f"study name {name!r} is not allowed: {rule}")
     return name
 
 
