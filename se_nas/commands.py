@@ -63,8 +63,8 @@ def cmd_search(args):
         from .search import DEFAULT_N_TRIALS as default_n, DEFAULT_SAMPLER as default_sampler
     config = SearchConfig(
         # `--study ""` is a bad name (refused by SearchConfig), not the default
-        study=args.study if args.study is not None else default_study_name(space, budget) + ("-oneshot" if oneshot else ""),
-        space=space,
+        study=args.study if args.study is not None
+        else default_study_name(space, budget) + ("-oneshot" if oneshot else ""), space=space,
         recipe=args.recipe, budget=budget, n_trials=args.n_trials or default_n,
         sampler=args.sampler or default_sampler, workers=args.workers, storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

@@ -220,8 +220,9 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _CIFAR_GLOBALS:
-            raise pickle.UnpicklingError(f"it asks to load {module[:60]}.{name[:60]}; a CIFAR batch holds only numpy "
-                                         "arrays, lists, dicts and bytes, and nothing else is unpickled (it could run code)")
+            raise pickle.UnpicklingError(f"it asks to load {module[:60]}.{name[:60]}; a CIFAR batch holds only "
+                                         "numpy arrays, lists, dicts and bytes, and nothing else is unpickled "
+                                         "(it could run code)")
         if module.startswith("numpy.core."):  # numpy 2 moved numpy.core to numpy._core (the old name warns)
             try:
                 return super().find_class("numpy._core." + module[len("numpy.core."):], name)
