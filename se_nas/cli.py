@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors name the thing, the bad value and what is allowed; SE_NAS_DEBUG=1 adds the traceback.
         if os.environ.get("SE_NAS_DEBUG"):
             raise
-        print(f"se-nas {args.command}: error: {e}", file=sys.stderr)
+        from .storage import without_password
+
+        print(f"se-nas {args.command}: error: {without_password(str(e), getattr(args, 'storage', None))}",
+              file=sys.stderr)
         return 2
     except BrokenPipeError:  # `se-nas presets | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
