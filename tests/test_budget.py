@@ -299,6 +299,42 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
         prepare_study(cfg)
 
 
+def test_a_latency_table_is_the_same_budget_by_its_profile_not_by_how_its_path_is_spelt(
+        tmp_path, tiny_latency, monkeypatch):
+    """Issue 23: `--latency ./t.json` against `t.json` stored in the study was refused as "a different
+    budget". The table is compared by its profile's hash; a study stored without one, by the file."""
+    import json
+    import shutil
+
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import SearchError
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_latency, "t.json")
+
+    def cfg(latency, study="t"):
+        return SearchConfig(study=study, space=load_space("tiny"), recipe=_tiny_recipe(),
+                            budget=Budget(latency=latency), deploy=Deploy(SIZE), root=tmp_path / "trials", progress=False)
+
+    prepare_study(cfg("t.json"))
+    for same in ("./t.json", str(tmp_path / "t.json"), tiny_latency):  # the same profile, however named
+        prepare_study(cfg(same))
+    assert open_study("t", root=tmp_path / "trials").user_attrs["budget"]["latency"] == "t.json"
+    other = json.loads(open("t.json").read())
+    other["header"]["threads"] = 2
+    open("o.json", "w").write(json.dumps(other))
+    with pytest.raises(SearchError, match=r"created with a different budget \(latency: 't\.json' in the study, "
+                                          r"'o\.json' now\)"):
+        prepare_study(cfg("o.json"))
+    # a budget stored with the path alone continues with the same file, however its path is spelt
+    old = open_study("old", root=tmp_path / "trials", create=True)
+    for k, v in cfg("t.json", "old").settings.to_attrs().items():
+        old.set_user_attr(k, {kk: vv for kk, vv in v.items() if kk != "latency_hash"} if k == "budget" else v)
+    prepare_study(cfg(str(tmp_path / "t.json"), "old"))
+    with pytest.raises(SearchError, match="different budget"):
+        prepare_study(cfg("o.json", "old"))
+
+
 def _products_show_latency(study, root, latency, table_hash):
     """The summary and the report show each front design's predicted latency; export's metadata too."""
     from se_nas.products.export import export_study

@@ -155,3 +155,64 @@ def test_bad_input_is_one_line_and_a_bug_is_a_traceback_that_says_so(monkeypatch
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ValueError: an internal invariant broke" in err
     assert "internal error in se-nas" in err and "a bug, not a problem with your input" in err
+
+
+# --- hostile names and values (issues 23 and 24) --------------------------------------------------------
+@pytest.mark.parametrize("name, words", [
+    ("", ["study name '' is not allowed"]),
+    ("safe\u202etxt.exe", ["'safe\\u202etxt.exe'", "U+202E (RIGHT-TO-LEFT OVERRIDE)"]),
+    ("a\u2066b", ["U+2066 (LEFT-TO-RIGHT ISOLATE)"]),
+    ("a\u200bb", ["U+200B (ZERO WIDTH SPACE)"]),
+    ("a\x1b[31mred", ["U+001B"]),
+    ("a\u2028b", ["U+2028 (LINE SEPARATOR)"]),
+    ("x" * 300, ["is 300 characters", "at most 100 characters"]),
+])
+def test_bad_study_names_are_one_line_and_create_nothing(tmp_path, capsys, name, words):
+    """A name with a bidi override displays reversed, a 300-character one failed with 'File name too
+    long', and `--study ""` silently used the default name."""
+    root = tmp_path / "trials"
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--study", name, "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("se-nas search: error: ") and all(w in err for w in words), err
+    assert not root.exists()
+
+
+def test_an_empty_study_name_does_not_pick_the_latest_study(tmp_path, capsys):
+    from se_nas.record.storage import open_study
+
+    open_study("real", root=tmp_path, create=True)
+    capsys.readouterr()  # Optuna's log line of creating it
+    for command in (["report", "", "--out", str(tmp_path / "reports")], ["compare", ""],
+                    ["export", "", "--best", "-o", str(tmp_path / "m.senas")]):
+        assert cli.main([*command, "--root", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "study name '' is not allowed" in err, err
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "m.senas").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_out_of_range_names_the_flag_and_creates_nothing(tmp_path, capsys, seed):
+    root = tmp_path / "trials"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--seed", seed, "--root", str(root)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == f"se-nas search: error: argument --seed: expected an integer in 0..4294967295, got {seed}"
+    assert not root.exists()
+
+
+def test_an_empty_recipe_file_is_an_error_as_an_empty_space_file_is(tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    assert cli.main(["recipes", str(tmp_path / "empty.yaml")]) == 2
+    assert "empty.yaml: the file is empty" in capsys.readouterr().err
+
+
+def test_cost_bounds_the_image_size_and_keeps_its_columns_apart(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["cost", "se_resnet50", "--image-size", "100000000"])
+    assert "argument --image-size: expected an integer in 1..4096, got 100000000" in capsys.readouterr().err
+    assert cli.main(["cost", "senet154", "--image-size", "4096"]) == 0  # the largest preset at the largest size
+    rows = capsys.readouterr().out.splitlines()
+    stages = [r for r in rows if r.split()[0].isdigit() and len(r.split()[0]) == 1]
+    assert stages and all(len(r.split()) == 6 for r in stages), rows
+    assert len(rows[-1].split()) == 5 and len(rows[-2].split()) == 3, rows

@@ -197,6 +197,56 @@ def test_cifar_bad_paths(tmp_path):
         load_data(Recipe(dataset="cifar10", data_dir=str(bad)))
 
 
+class _Payload:
+    """What a hostile batch holds: unpickling it calls ``open(marker, "w")``, creating the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("where", ["data", "labels", "top"])
+def test_a_cifar_batch_that_would_run_code_is_refused_and_nothing_runs(tmp_path, where):
+    """Issue 24: CIFAR's format is pickle, and a data_batch_1 with a __reduce__ payload ran. Only numpy
+    arrays, dicts, lists and bytes are unpickled; anything else is refused in one line naming the file."""
+    root = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(root)
+    marker = tmp_path / "ran"
+    d = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 4}
+    if where == "top":
+        d = _Payload(marker)
+    else:
+        d[b"data" if where == "data" else b"labels"] = _Payload(marker)
+    with open(root / "data_batch_2", "wb") as f:
+        pickle.dump(d, f)
+    with pytest.raises(DataError, match=r"data_batch_2 is not a CIFAR python-format batch .*asks to load "
+                                        r"io\.open; a CIFAR batch holds only numpy arrays") as e:
+        load_data(Recipe(dataset="cifar10", data_dir=str(tmp_path)))
+    assert not marker.exists() and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_genuine_cifar_batches_load_under_every_pickle_protocol(tmp_path, protocol):
+    """The restricted unpickler still reads real batches: numpy arrays at protocols 2 (numpy's
+    _reconstruct, and _codecs for bytes), 4 and 5 (_frombuffer), with numpy scalars among the labels,
+    and a batch pickled under numpy 1's module names, as the published files are."""
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(1, 6):
+        data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+        labels = [np.int64(j % 10) if j % 2 else j % 10 for j in range(20)]
+        blob = pickle.dumps({b"batch_label": b"training batch", b"data": data, b"labels": labels,
+                             b"filenames": [b"x.png"] * 20}, protocol=protocol)
+        if protocol == 2:  # as numpy 1 (and the published CIFAR files) name the reconstruction
+            blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        (root / f"data_batch_{i}").write_bytes(blob)
+    b = load_data(Recipe(dataset="cifar10", data_dir=str(tmp_path), image_size=32))
+    assert len(b.train) + len(b.val) == 100 and b.num_classes == 10
+
+
 # --- ImageFolder --------------------------------------------------------------------------------------
 def _write_pngs(root, classes=("cat", "dog", "eel"), n=10):
     from PIL import Image

@@ -190,6 +190,62 @@ def test_header_asking_for_a_huge_model_is_refused_before_allocating(saved, tmp_
     assert grew_kb < 100_000, out
 
 
+_PEAK_PROBE = ("import resource, sys\n"
+               "from se_nas.products.modelfile import ModelFileError, load_model\n"
+               "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+               "before = peak()\n"
+               "try:\n    load_model(sys.argv[1]); print('LOADED')\n"
+               "except ModelFileError as e:\n    print('REFUSED', e)\n"
+               "print('GREW_KB', peak() - before)\n")
+
+
+def _peak_of_loading(path) -> tuple[str, int]:
+    """load_model in a fresh process: its output and how much its peak memory grew (KB)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=300).stdout
+    return out, int(out.split("GREW_KB ")[1].split()[0])
+
+
+def test_a_huge_sparse_file_is_refused_without_reading_it(saved, tmp_path):
+    """Issue 24: a 2 GB sparse file holding a 700 KB model took 2.6 GB of memory, because the whole
+    file was read before its header was checked. A 1 GiB one (sparse: no disk) is refused unread."""
+    path, _, _ = saved
+    model_bytes = path.stat().st_size
+    os.truncate(path, 1 << 30)
+    out, grew_kb = _peak_of_loading(path)
+    assert "REFUSED" in out and f"declare {model_bytes - 8 - int.from_bytes(path.open('rb').read(8), 'little'):,} " \
+        f"bytes but" in out, out
+    assert grew_kb < 100_000, out
+
+
+def test_tensors_declared_beyond_the_architecture_are_refused_before_reading(saved, tmp_path):
+    """A consistent-looking file that declares a 1 GiB extra tensor (sparse, so no disk): its header
+    and sizes add up, but the architecture holds far fewer values, so nothing is read."""
+    path, _, _ = saved
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    head = json.loads(data[8:8 + n])
+    end = max(t["data_offsets"][1] for k, t in head.items() if k != "__metadata__")
+    head["junk"] = {"dtype": "F32", "shape": [1 << 28], "data_offsets": [end, end + (1 << 30)]}
+    raw = json.dumps(head).encode()
+    crafted = tmp_path / "crafted.safetensors"
+    with open(crafted, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+    os.truncate(crafted, 8 + len(raw) + end + (1 << 30))
+    out, grew_kb = _peak_of_loading(crafted)
+    assert "REFUSED" in out and "declares 268," in out and "refusing to read them" in out, out
+    assert grew_kb < 100_000, out
+
+
+def test_a_header_length_above_the_bound_is_refused(tmp_path):
+    p = tmp_path / "h.safetensors"
+    with open(p, "wb") as f:
+        f.write((64 << 20).to_bytes(8, "little"))
+    os.truncate(p, 8 + (64 << 20))
+    with pytest.raises(ModelFileError, match=r"header claims 67,108,864 bytes; at most 16,777,216 are allowed"):
+        load_model(p)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("build", {"num_classes": MAX_CLASSES + 1}, f"num_classes={MAX_CLASSES + 1} is outside the allowed 1..{MAX_CLASSES}"),
     ("build", {"width": 8.0}, r"width multiplier must be a number in \(0, 4\], got width=8.0"),

@@ -34,11 +34,20 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
     assert load_recipe(p) == r
 
 
-def test_missing_keys_take_defaults_and_empty_file_is_default(tmp_path):
+def test_missing_keys_take_defaults_and_an_empty_file_is_an_error(tmp_path):
+    # An empty recipe file is refused, as an empty space file is (issue 23): it is more likely a mistake.
     p = tmp_path / "empty.yaml"
     p.write_text("# nothing\n")
-    assert load_recipe(p) == Recipe()
+    with pytest.raises(RecipeError, match=r"empty\.yaml: the file is empty; a recipe is a mapping"):
+        load_recipe(p)
+    assert load_recipe_text(tmp_path, "epochs: 3\n") == Recipe(epochs=3)
     assert Recipe.from_dict({"epochs": 3}).epochs == 3
+
+
+def load_recipe_text(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return load_recipe(p)
 
 
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):
@@ -174,7 +183,34 @@ def test_deeply_nested_yaml_is_one_line_not_recursion_error(tmp_path):
     p.write_text("[" * 2000 + "]" * 2000)
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
-    assert str(e.value) == f"{p}: YAML nested too deeply; a recipe is one mapping of keys to values"
+    assert str(e.value) == f"{p}, line 1: YAML nested more than 32 levels deep"
+
+
+def test_billion_laughs_recipe_is_refused_before_it_expands(tmp_path):
+    # A 0.5 KB recipe hit MemoryError with a traceback (issue 24): anchors and aliases are refused.
+    levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 5)]
+    with pytest.raises(RecipeError, match=r"r\.yaml, line 1: YAML anchors \(&l0\) are not allowed"):
+        load_recipe_text(tmp_path, "\n".join(levels) + "\nrungs: *l4\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml, line 1: YAML aliases \(\*x\) are not allowed"):
+        load_recipe_text(tmp_path, "rungs: *x\n")
+
+
+@pytest.mark.parametrize("text", [
+    "rungs: [" + ", ".join(["2"] * 40_000) + "]\n",
+    "optimizer: [" + ", ".join(["sgd"] * 40_000) + "]\n",
+    "data_dir: [" + ", ".join(["x"] * 40_000) + "]\n",
+    "? " + "x" * 300_000 + "\n: 1\n",  # an explicit key: a plain one is at most 1,024 characters
+])
+def test_values_echoed_in_recipe_errors_are_previews(tmp_path, text):
+    with pytest.raises(RecipeError) as e:
+        load_recipe_text(tmp_path, text)
+    assert len(str(e.value)) < 600 and "..." in str(e.value)
+
+
+def test_a_recipe_above_a_mebibyte_is_refused_unread(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe .*r\.yaml' is 1,048,587 bytes; at most 1,048,576 are allowed"):
+        load_recipe_text(tmp_path, "epochs: 3\n" + "#" * (1 << 20) + "\n")
 
 
 def test_a_directory_or_a_binary_file_as_recipe_says_so(tmp_path):

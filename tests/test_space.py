@@ -206,3 +206,60 @@ def test_the_space_readme_table_states_each_files_size():
     assert set(stated) == {p.name for p in folder.glob("*.yaml")}
     for name, n in stated.items():
         assert load_space(str(folder / name)).size() == n, name
+
+
+# --- hostile files: aliases, size, depth, and values echoed in errors (issue 24, item 5) ---------------
+def _laughs(levels: int) -> str:
+    """A 'billion laughs' document: each anchor lists the previous one 9 times (9**levels values)."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    # Five levels expand to 59,049 values today; the real attack (nine levels, 914 bytes) reached 3.7 GB.
+    p = write(tmp_path, "backbone: resnet50\n" + _laughs(5) + "choices:\n  reduction: *l4\n")
+    with pytest.raises(SpaceError, match=r"space\.yaml, line 2: YAML anchors \(&l0\) are not allowed"):
+        load_space(p)
+    p = write(tmp_path, "backbone: resnet50\nchoices:\n  reduction: [*l4, *l4]\n")
+    with pytest.raises(SpaceError, match=r"space\.yaml, line 3: YAML aliases \(\*l4\) are not allowed"):
+        load_space(p)
+
+
+def test_builtin_spaces_and_recipes_need_no_anchors():
+    from se_nas.design.builtin import RECIPE_DIR, SPACES_DIR
+    from se_nas.design.recipe import load_recipe
+
+    for p in [*SPACES_DIR.glob("*.yaml"), *RECIPE_DIR.glob("*.yaml")]:
+        (load_space if p.parent == SPACES_DIR else load_recipe)(p)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("backbone: resnet50\nchoices:\n  reduction: " + "[" * 2000 + "]" * 2000 + "\n",
+     r"space\.yaml, line 3: YAML nested more than 32 levels deep"),
+    ("backbone: resnet50\nchoices:\n  reduction: [" + ", ".join(["x"] * 60_000) + "]\n",
+     r"space\.yaml, line 3: more than 50,000 YAML values"),
+])
+def test_deep_or_huge_yaml_is_one_short_line(tmp_path, text, words):
+    with pytest.raises(SpaceError, match=words) as e:
+        load_space(write(tmp_path, text))
+    assert len(str(e.value)) < 200
+
+
+def test_a_space_file_above_a_mebibyte_is_refused_unread(tmp_path):
+    p = write(tmp_path, "backbone: resnet50\n" + "#" * (1 << 20) + "\n")
+    with pytest.raises(SpaceError, match=r"search space file .* is 1,048,596 bytes; at most 1,048,576 are allowed"):
+        load_space(p)
+
+
+@pytest.mark.parametrize("text", [
+    "backbone: resnet50\nstages:\n  s1: [" + ", ".join(["16"] * 40_000) + "]\n",  # a list where a mapping goes
+    "backbone: resnet50\ndeploy: [" + ", ".join(["224"] * 40_000) + "]\n",
+    "backbone: [" + ", ".join(["resnet50"] * 40_000) + "]\n",
+    "backbone: resnet50\nchoices:\n  gate: [" + "x" * 500_000 + "]\n",
+])
+def test_values_echoed_in_errors_are_previews(tmp_path, text):
+    # A 200,000-item list gave a 1.49 MB error line; every value shown is now a short preview.
+    with pytest.raises(SpaceError) as e:
+        load_space(write(tmp_path, text))
+    assert len(str(e.value)) < 600 and "..." in str(e.value)

@@ -290,6 +290,28 @@ def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp
     assert "error" not in err, err
 
 
+def test_the_postgresql_password_never_reaches_output(postgres_url, tmp_path, capsys):
+    """Issue 24: the password was printed in the `next:` hints after a search and in "no study
+    named" errors. The server trusts every connection, so any password connects."""
+    url = postgres_url.replace("postgresql://senas@", "postgresql://senas:s3cret@")
+    common = ["--storage", url, "--root", str(tmp_path / "trials")]
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--n-trials", "1", "--calibration-seeds", "0",
+                     "--confirm-top", "0", "--early-stop", "none", "--study", "pw", *common]) == 0
+    out, err = capsys.readouterr()
+    assert "next:" in out and "--storage postgresql://senas:***@127.0.0.1" in out
+    assert "s3cret" not in out + err
+    for command in (["report", "nosuch"], ["export", "nosuch", "--best", "-o", str(tmp_path / "m.senas")]):
+        assert cli.main([*command, *common]) == 2
+        out, err = capsys.readouterr()
+        assert "no study named 'nosuch'" in err and "senas:***@" in err, err
+        assert "s3cret" not in out + err
+    # a driver's own error that quotes the URL is masked too, as the last guard before stderr
+    wrong = url.rsplit("/", 1)[0] + "/nosuchdb"
+    assert cli.main(["report", "pw", "--storage", wrong]) == 2
+    out, err = capsys.readouterr()
+    assert "nosuchdb" in err and "s3cret" not in out + err
+
+
 def test_processes_on_a_shared_storage_get_their_own_sampler_seeds():
     """Two commands started at once on one shared study (same host, same trial count) must not
     propose the same sequence; a fresh search on its own study file keeps the seed it was given."""

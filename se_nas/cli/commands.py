@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+MAX_SAMPLER_SEED = 2**32 - 1  # the samplers' random generators take 32-bit seeds
+MAX_COST_IMAGE_SIZE = 4096  # as a model file's input (se_nas.products.modelfile.MAX_IMAGE_SIZE)
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -17,6 +20,20 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in ``low..high``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {v}")
+        return v
+
+    return parse
 
 
 def _storage_argument(p) -> None:
@@ -45,7 +62,9 @@ def cmd_search(args):
     else:
         from ..search.stages import DEFAULT_N_TRIALS as default_n, DEFAULT_SAMPLER as default_sampler
     config = SearchConfig(
-        study=args.study or default_study_name(space, budget) + ("-oneshot" if oneshot else ""), space=space,
+        # `--study ""` is a bad name (refused by SearchConfig), not the default
+        study=args.study if args.study is not None
+        else default_study_name(space, budget) + ("-oneshot" if oneshot else ""), space=space,
         recipe=args.recipe, budget=budget, n_trials=args.n_trials or default_n,
         sampler=args.sampler or default_sampler, workers=args.workers, storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -143,7 +162,8 @@ def _search_arguments(p):
     p.add_argument("--max-seeds-per-design", type=int, default=2, metavar="S",
                    help="a design proposed again gets another seed (up to S) only while it decides the front; "
                    "otherwise it is answered from its record without training")
-    p.add_argument("--seed", type=int, default=0, help="seeds the sampler; trial N trains with seed SEED+N")
+    p.add_argument("--seed", type=_bounded_int(0, MAX_SAMPLER_SEED), default=0,
+                   help="seeds the sampler; trial N trains with seed SEED+N")
     _storage_argument(p)
 
 
@@ -174,7 +194,7 @@ def cmd_export(args):
     from ..products.export import export_study, model_file_path, read_key
     from ..record.storage import latest_study
 
-    name = args.study or latest_study(args.root, args.storage)
+    name = args.study if args.study is not None else latest_study(args.root, args.storage)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,
                         fmt=args.format, progress=not args.quiet, device=args.device, deploy=args.deploy, key=key,
@@ -315,7 +335,9 @@ def _latency(arch, path, image_size):
 
 def _cost_arguments(p):
     p.add_argument("arch", help="a JSON file or a preset name (see `se-nas presets`)")
-    p.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
+    # bounded as a model file's input is: beyond it the table's columns would run together
+    p.add_argument("--image-size", type=_bounded_int(1, MAX_COST_IMAGE_SIZE), default=224,
+                   help="input side in pixels (default 224)")
     p.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (default 1000)")
     p.add_argument("--latency", default=None, metavar="TABLE",
                    help="also the latency predicted from a table of `se-nas latency profile`")

@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         # SE_NAS_DEBUG=1 adds the traceback.
         if os.environ.get("SE_NAS_DEBUG"):
             raise
-        print(f"se-nas {args.command}: error: {e}", file=sys.stderr)
+        from ..record.storage import without_password
+
+        print(f"se-nas {args.command}: error: {without_password(str(e), getattr(args, 'storage', None))}",
+              file=sys.stderr)
         return 2
     except BrokenPipeError:  # `se-nas presets | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -21,6 +21,7 @@ from ..errors import SeNasError
 from .arch import read_text
 from .builtin import RECIPE_DIR
 from .backbones import STEMS
+from .untrusted import MAX_YAML_BYTES, check_size, load_yaml, preview
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # Upper bounds that catch a typo before it allocates: image_size 100000 would ask for terabytes.
@@ -158,7 +159,7 @@ class Recipe:
         bad = [r for r in self.rungs if r >= self.epochs]
         if bad:
             raise RecipeError(
-                f"rungs must be epochs before the last one (1..{self.epochs - 1}), got rungs={list(self.rungs)!r}"
+                f"rungs must be epochs before the last one (1..{self.epochs - 1}), got rungs={preview(list(self.rungs))}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +176,7 @@ class Recipe:
         known = [f.name for f in fields(cls)]
         for key in d:
             if key not in known:
-                raise RecipeError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(known)}")
+                raise RecipeError(f"{where}: unknown key {preview(key)}; allowed keys: {', '.join(known)}")
         try:
             return cls(**d)
         except RecipeError as e:
@@ -183,7 +184,7 @@ class Recipe:
 
 
 def _fail(key: str, value: Any, rule: str) -> RecipeError:
-    return RecipeError(f"{key} must be {rule}, got {key}={value!r}")
+    return RecipeError(f"{key} must be {rule}, got {key}={preview(value)}")
 
 
 def _int(key: str, value: Any, low: int, high: int | None = None) -> int:
@@ -213,7 +214,7 @@ def _float(key: str, value: Any, low: float, high: float, *, low_open: bool = Fa
 def _choice(key: str, value: Any, allowed: Iterable[str]) -> str:
     """One of the names of a table (or a tuple of names)."""
     if not isinstance(value, str) or value not in allowed:
-        raise RecipeError(f"unknown {key} {value!r}; allowed: {', '.join(allowed)}")
+        raise RecipeError(f"unknown {key} {preview(value)}; allowed: {', '.join(allowed)}")
     return value
 
 
@@ -300,15 +301,17 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
         inside = sorted(p.name for p in path.glob("*.yaml"))[:8]
         raise RecipeError(f"recipe {text!r} is a directory; give one YAML file (in it: {', '.join(inside) or 'none'}) "
                           f"or a built-in recipe name: {', '.join(builtin)}")
+    check_size(path, "recipe", RecipeError, MAX_YAML_BYTES)
     content = read_text(path, "recipe", RecipeError)
     try:
-        data = yaml.safe_load(content)
+        data = load_yaml(content, str(path), RecipeError)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}:{_yaml_problem(e, content)}") from None
     except RecursionError:
         raise RecipeError(f"{path}: YAML nested too deeply; a recipe is one mapping of keys to values") from None
-    if data is None:
-        data = {}
+    if data is None:  # as an empty space file is: an empty recipe is more likely a mistake than a wish
+        raise RecipeError(f"{path}: the file is empty; a recipe is a mapping of keys to values (missing keys take "
+                          f"the defaults: `se-nas recipes tiny` prints one to start from)")
     return Recipe.from_dict(data, where=str(path))
 
 

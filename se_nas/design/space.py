@@ -42,6 +42,7 @@ from .builtin import SPACES_DIR
 from .choices import GATES, POSITIONS, SQUEEZES
 from .backbones import BACKBONES, STRIDE_ON
 from .pareto import pareto_front
+from .untrusted import MAX_YAML_BYTES, check_size, load_yaml, preview
 
 DEFAULT_SPACE = "resnet50-per-stage"
 AXES = ("enabled", "reduction", "squeeze", "gate", "position")
@@ -215,6 +216,7 @@ def load_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
             raise SpaceError(f"search space {ref!r} is neither a YAML file nor a built-in space; "
                              f"built-in: {', '.join(list_spaces())}")
         path = builtin
+    check_size(path, "search space file", SpaceError, MAX_YAML_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -223,7 +225,7 @@ def load_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
         raise SpaceError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
                          f"UTF-8); a search space is a YAML file") from None
     try:
-        d = yaml.safe_load(text)
+        d = load_yaml(text, str(path), SpaceError)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
@@ -246,7 +248,7 @@ def _values(v: Any, where: str, key: str, allowed: tuple) -> tuple:
             (isinstance(x, int) and not isinstance(x, bool) and x >= 1) if key == "reduction"
             else (isinstance(x, str) and x in allowed))
         if not ok:
-            raise SpaceError(f"{where}: unknown {key} value {x!r}; allowed: {_fmt(allowed)}")
+            raise SpaceError(f"{where}: unknown {key} value {preview(x)}; allowed: {_fmt(allowed)}")
         if x not in out:
             out.append(x)
     return tuple(out)
@@ -267,7 +269,7 @@ DEFAULT_CHOICES = {"enabled": (True, False), "reduction": (16,), "squeeze": ("av
 def _check_keys(d: dict, allowed: tuple, where: str) -> None:
     unknown = [k for k in d if k not in allowed]
     if unknown:
-        raise SpaceError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        raise SpaceError(f"{where}: unknown key {preview(unknown[0])}; allowed: {', '.join(allowed)}")
 
 
 def _parse(d: Any, where: str, name: str) -> SearchSpace:
@@ -277,29 +279,29 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
     backbone = d.get("backbone")
     if not isinstance(backbone, str) or backbone not in BACKBONES:
         what = "unknown backbone" if isinstance(backbone, str) else "backbone must be one name, got"
-        raise SpaceError(f"{where}: {what} {backbone!r}; allowed: {', '.join(BACKBONES)}")
+        raise SpaceError(f"{where}: {what} {preview(backbone)}; allowed: {', '.join(BACKBONES)}")
     n = len(BACKBONES[backbone].depths)
     stride_on = d.get("stride_on", "1x1")
     if stride_on not in STRIDE_ON:
-        raise SpaceError(f"{where}: unknown stride_on {stride_on!r}; allowed: {', '.join(STRIDE_ON)}")
+        raise SpaceError(f"{where}: unknown stride_on {preview(stride_on)}; allowed: {', '.join(STRIDE_ON)}")
     flags = {}
     for key in ("se_bias", "shared"):
         flags[key] = d.get(key, False)
         if not isinstance(flags[key], bool):
-            raise SpaceError(f"{where}: {key} must be true or false, got {flags[key]!r}")
+            raise SpaceError(f"{where}: {key} must be true or false, got {preview(flags[key])}")
 
     deploy = d.get("deploy", {}) or {}
     if not isinstance(deploy, dict):
-        raise SpaceError(f"{where}: deploy must be a mapping with {', '.join(DEPLOY_KEYS)}, got {deploy!r}")
+        raise SpaceError(f"{where}: deploy must be a mapping with {', '.join(DEPLOY_KEYS)}, got {preview(deploy)}")
     _check_keys(deploy, DEPLOY_KEYS, f"{where}: deploy")
     dep = {"image_size": deploy.get("image_size", 224), "num_classes": deploy.get("num_classes", 1000)}
     for k, v in dep.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpaceError(f"{where}: deploy.{k} must be a positive integer, got {v!r}")
+            raise SpaceError(f"{where}: deploy.{k} must be a positive integer, got {preview(v)}")
 
     choices = d.get("choices", {}) or {}
     if not isinstance(choices, dict):
-        raise SpaceError(f"{where}: choices must be a mapping of axes ({', '.join(AXES)}), got {choices!r}")
+        raise SpaceError(f"{where}: choices must be a mapping of axes ({', '.join(AXES)}), got {preview(choices)}")
     _check_keys(choices, AXES, f"{where}: choices")
     base = {a: _values(choices[a], f"{where}: choices", a, ALLOWED[a]) if a in choices else DEFAULT_CHOICES[a]
             for a in AXES}
@@ -313,11 +315,11 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
     for key in stage_keys:
         ov = overrides.get(key, {}) or {}
         if not isinstance(ov, dict):
-            raise SpaceError(f"{where}: stages.{key} must be a mapping of axes ({', '.join(AXES)}), got {ov!r}")
+            raise SpaceError(f"{where}: stages.{key} must be a mapping of axes ({', '.join(AXES)}), got {preview(ov)}")
         _check_keys(ov, AXES, f"{where}: stages.{key}")
         if flags["shared"] and set(ov) - {"enabled"}:
             bad = sorted(set(ov) - {"enabled"})[0]
-            raise SpaceError(f"{where}: stages.{key}: key {bad!r} is not allowed with shared: true "
+            raise SpaceError(f"{where}: stages.{key}: key {preview(bad)} is not allowed with shared: true "
                              f"(one SE design for all stages); allowed: enabled")
         stages.append({a: _values(ov[a], f"{where}: stages.{key}", a, ALLOWED[a]) if a in ov else base[a]
                        for a in AXES})
@@ -325,7 +327,7 @@ def _parse(d: Any, where: str, name: str) -> SearchSpace:
     for key, st in zip(stage_keys, stages):
         bad = [p for p in st["position"] if p not in allowed_positions]
         if bad:
-            raise SpaceError(f"{where}: position {bad[0]!r} (stage {key}) is not available on {backbone}"
+            raise SpaceError(f"{where}: position {preview(bad[0])} (stage {key}) is not available on {backbone}"
                              f"{NO_SLOT.get(BACKBONES[backbone].unit, '')}; allowed: {', '.join(allowed_positions)}")
     try:  # a design the builder rejects should fail here, not in the middle of a search
         Arch.uniform(backbone, StageSE(), stride_on=stride_on, se_bias=flags["se_bias"])

@@ -11,7 +11,8 @@ tensor ``3 x S x S`` and an int label, the number of classes, a name). Sources:
   ``test_batch``, or ``train`` and ``test`` for CIFAR-100). Validation is a stratified 10% hold-out of
   the training set (seed 0); the test set is never read, so a search cannot overfit it. Images stay
   32x32 uint8 in memory and are resized per batch. Training images get random-crop (pad 4 at 32x32)
-  and horizontal-flip augmentation.
+  and horizontal-flip augmentation. The batches are pickles, which can run code when loaded: they
+  are read with an unpickler that allows numpy arrays, dicts, lists, numbers and bytes only.
 - ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` (ImageNet layout) if both exist, else one
   folder of class subfolders with a stratified 10% hold-out (seed 0). Resize and centre crop to
   ``image_size`` (random-resized crop and flip for training).
@@ -201,10 +202,39 @@ def _cifar_root(name: str, data_dir: Path) -> Path:
                     f"{', '.join(spec['train'])} (in it or in {spec['folder']}/), found: {found or 'nothing'}")
 
 
+# What a CIFAR python-format batch may ask the unpickler to load: numpy's array reconstruction, under
+# numpy 1's module names (the files were pickled by Python 2) and numpy 2's, and ``_codecs.encode``,
+# which Python 3 uses for bytes at protocol 2. Dicts, lists, ints and bytes need no global.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that loads numpy arrays, dicts, lists, numbers and bytes, and refuses every other
+    global: a pickle can call any function it names (a crafted ``data_batch_1`` ran code), and CIFAR's
+    batches need none but numpy's array reconstruction."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks to load {module[:60]}.{name[:60]}; a CIFAR batch holds only "
+                                         "numpy arrays, lists, dicts and bytes, and nothing else is unpickled "
+                                         "(it could run code)")
+        if module.startswith("numpy.core."):  # numpy 2 moved numpy.core to numpy._core (the old name warns)
+            try:
+                return super().find_class("numpy._core." + module[len("numpy.core."):], name)
+            except (ImportError, AttributeError):
+                pass
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path, label_key: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[label_key], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -38,6 +39,7 @@ from typing import Any, Callable, Iterable
 from ..errors import SeNasError
 from ..design.arch import Arch, plain_arch
 from ..design.geometry import Unit, resolve, unit_input_sizes
+from ..design.untrusted import check_size, preview
 
 TABLE_FORMAT = "se-nas/latency@1"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -48,6 +50,7 @@ MODEL = "model"  # the whole plain model, end to end
 # p10 can exceed its median by noise. On a shared machine interference only ever adds time, and the
 # p10 is the estimate it disturbs least.
 STATS = ("median", "p10", "p90")
+MAX_TABLE_BYTES = 32 << 20  # 32 MiB: the default space's full table is about 2 MB (a 100 MB one took 762 MB)
 
 
 class LatencyError(SeNasError):
@@ -265,11 +268,38 @@ class LatencyTable:
         os.replace(tmp, p)
 
 
+def _check_entries(entries: Any, where: str) -> None:
+    """Every entry of a table read from a file: a mapping of ``STATS`` to finite latencies >= 0 ms and
+    ``n``, its number of repeats; one line naming the file and the first entry that is not."""
+    if not isinstance(entries, dict):
+        raise LatencyError(f"latency table {where}: entries must be a mapping of entry to statistics, got "
+                           f"{preview(entries)}")
+    for key, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise LatencyError(f"latency table {where}: entry {preview(key)} must be a mapping of "
+                               f"{', '.join(STATS)} and n, got {preview(entry)}")
+        missing = [q for q in (*STATS, "n") if q not in entry]
+        if missing:
+            raise LatencyError(f"latency table {where}: entry {preview(key)} has no {', '.join(missing)}; each "
+                               f"entry holds {', '.join(STATS)} (ms) and n")
+        for q in STATS:
+            v = entry[q]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise LatencyError(f"latency table {where}: entry {preview(key)}: {q} must be a finite number of "
+                                   f"milliseconds >= 0, got {preview(v)}")
+        n = entry["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LatencyError(f"latency table {where}: entry {preview(key)}: n (the number of repeats) must be a "
+                               f"positive integer, got {preview(n)}")
+
+
 def load_table(path: str | Path, on_mismatch: Callable[[str], None] | None = None) -> LatencyTable:
     """Read a table file. One measured on another machine, thread count or torch version than this one
-    is accepted with a warning naming the difference (``on_mismatch(text)``, default ``warnings.warn``)."""
+    is accepted with a warning naming the difference (``on_mismatch(text)``, default ``warnings.warn``).
+    A file above ``MAX_TABLE_BYTES`` is refused before it is read, and every entry is checked."""
     from ..design.arch import read_text
 
+    check_size(path, "latency table", LatencyError, MAX_TABLE_BYTES)
     text = read_text(path, "latency table", LatencyError)
     try:
         d = json.loads(text)
@@ -277,6 +307,7 @@ def load_table(path: str | Path, on_mismatch: Callable[[str], None] | None = Non
         if header.get("format") != TABLE_FORMAT:
             raise LatencyError(f"latency table {str(path)!r}: format must be {TABLE_FORMAT!r}, "
                                f"got {header.get('format')!r}")
+        _check_entries(entries, repr(str(path)))
         table = LatencyTable(header, entries, str(path))
         table.form  # noqa: B018 - validates the form
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
@@ -414,7 +445,10 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
                     if k in table.entries:
                         continue
                     st = _stats(samples[k])
-                    table.entries[k] = {**{q: st[q] - here[ref][q] + table.ms(ref, q) for q in STATS}, "n": st["n"]}
+                    # a difference of noisy times can come out below zero for a tiny unit on a loaded
+                    # machine; no unit takes negative time, and the table's reader refuses one
+                    table.entries[k] = {**{q: max(0.0, st[q] - here[ref][q] + table.ms(ref, q)) for q in STATS},
+                                        "n": st["n"]}
             del carriers, measured
             table.save()
             if progress:
@@ -479,7 +513,8 @@ def _space_ref(space) -> str:
 
 def _set_rest(table: LatencyTable, plain_keys: list[str]) -> None:
     whole = table.entries[MODEL]
-    table.entries[REST] = {**{q: whole[q] - sum(table.ms(k, q) for k in plain_keys) for q in STATS}, "n": whole["n"]}
+    table.entries[REST] = {**{q: max(0.0, whole[q] - sum(table.ms(k, q) for k in plain_keys)) for q in STATS},
+                           "n": whole["n"]}
 
 
 # --- prediction ------------------------------------------------------------------------------------------

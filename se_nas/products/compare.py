@@ -95,7 +95,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
 
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise ValueError(f"--seeds must be a positive integer, got seeds={seeds!r}")
-    name = study or latest_study(root, storage)
+    name = study if study is not None else latest_study(root, storage)  # "" is a bad name, not the latest
     st = open_study(name, storage=storage, root=root)
     settings = StudySettings.of(st)
     source = "given with --arch"

@@ -21,6 +21,10 @@ What the file guards against, and what not:
   the builder's range or an input above ``MAX_IMAGE_SIZE``, and the model it describes may not have
   more parameters than the file stores values (counted analytically by ``se_nas.design.cost`` before any
   model is built), so ``load_model`` never builds a model larger than the weights in the file.
+  Nothing is read beyond the header until the header is checked: its length is bounded, every
+  tensor's dtype, shape and offsets must agree, the tensors must fill the rest of the file exactly,
+  and they may not declare many more values than the architecture holds. Only then are the declared
+  bytes read (a 2 GB file holding a 700 KB model is refused unread).
 
 This module is the file format only; training and exporting a study's designs are ``se_nas.products.export``.
 """
@@ -54,6 +58,7 @@ ROLES = {
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_IMAGE_SIZE = 4096
 MAX_ARCH_CHARS = 100_000  # an architecture's JSON is about 1 KB; this also bounds its nesting
+MAX_HEADER_BYTES = 16 << 20  # a header (metadata and the tensor table) is tens of KB
 MIN_KEY_BYTES = 16
 _SIGNATURE = "hmac_sha256"
 _UNSIGNED = ("sha256", _SIGNATURE)  # header fields the checksum does not cover
@@ -331,18 +336,61 @@ def save_model(
 
 
 # --- reading -------------------------------------------------------------------------------------------
-def _read_header(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors byte string (8-byte little-endian length, then JSON)."""
-    if len(data) < 8:
-        raise ValueError(f"file is {len(data)} bytes long, shorter than a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError(f"header claims {n} bytes but only {len(data) - 8} follow")
-    head = json.loads(data[8 : 8 + n].decode("utf-8"))
-    meta = (head.get("__metadata__") if isinstance(head, dict) else None) or {}
+# Bytes per element of the safetensors dtypes (the names in a file's header).
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _read_declared(f, size: int) -> tuple[dict[str, str], int, bytes, int]:
+    """Read a safetensors file from the open binary file ``f`` of ``size`` bytes, checking before each
+    read that it is what the header declares: the header's length against ``MAX_HEADER_BYTES`` and the
+    file, each tensor's dtype, shape and offsets against each other, and the tensors' total against
+    what follows the header, which must be exactly that (a 2 GB file holding a 700 KB model is refused
+    unread, not read whole). Returns (``__metadata__``, the number of values the tensors declare, the
+    bytes read so far, the number of tensor bytes after them); raises ValueError saying what does not
+    add up. The tensor bytes are read only once the header has been checked (``_read_tensors``)."""
+    if size < 8:
+        raise ValueError(f"file is {size} bytes long, shorter than a safetensors header")
+    first = f.read(8)
+    n = int.from_bytes(first, "little")
+    if n > size - 8:
+        raise ValueError(f"header claims {n} bytes but only {size - 8} follow")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"header claims {n:,} bytes; at most {MAX_HEADER_BYTES:,} are allowed")
+    raw = f.read(n)
+    head = json.loads(raw.decode("utf-8"))
+    if not isinstance(head, dict):
+        raise ValueError(f"header must be a JSON object, got {type(head).__name__}")
+    meta = head.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ValueError("its __metadata__ must map names to strings")
-    return meta
+    end = values = 0
+    for name, t in head.items():
+        if name == "__metadata__":
+            continue
+        shape, offsets = (t.get("shape"), t.get("data_offsets")) if isinstance(t, dict) else (None, None)
+        itemsize = _DTYPE_BYTES.get(t.get("dtype")) if isinstance(t, dict) and isinstance(t.get("dtype"), str) else None
+        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                       for x in xs)
+        if itemsize is None or not ints(shape) or not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+            raise ValueError(f"tensor {name[:80]!r} is not described by a known dtype, a shape and two offsets")
+        count = math.prod(shape)
+        if offsets[1] - offsets[0] != count * itemsize:
+            raise ValueError(f"tensor {name[:80]!r} declares {offsets[1] - offsets[0]:,} bytes for shape {shape[:8]}")
+        end, values = max(end, offsets[1]), values + count
+    if end != size - 8 - n:
+        raise ValueError(f"its tensors declare {end:,} bytes but {size - 8 - n:,} follow the header")
+    return meta, values, first + raw, end
+
+
+def _read_tensors(path: Path, head: bytes, end: int) -> bytes:
+    """The whole file: its header bytes ``head`` (already read) and the ``end`` tensor bytes after it."""
+    with open(path, "rb") as f:
+        f.seek(len(head))
+        body = f.read(end)
+    if len(body) != end:
+        raise ValueError(f"its tensors declare {end:,} bytes but only {len(body):,} follow the header")
+    return head + body
 
 
 def _bounded_build(build: Any, where: str) -> tuple[int, str, float]:
@@ -369,14 +417,14 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
     p = Path(path)
     where = repr(str(p))
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            try:
+                header, declared, head, end = _read_declared(f, os.fstat(f.fileno()).st_size)
+            except (ValueError, RecursionError) as e:
+                raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: "
+                                     f"{str(e)[:200]})") from None
     except OSError as e:
         raise FileNotFoundError(f"cannot read model file {where}: {e.strerror}") from None
-    try:
-        header = _read_header(data)
-    except (ValueError, RecursionError) as e:
-        raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: "
-                             f"{str(e)[:200]})") from None
     if header.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{where} is not an se-nas model: format is {str(header.get('format'))[:80]!r}, "
                              f"expected {MODEL_FORMAT!r}")
@@ -402,6 +450,18 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
         if isinstance(e, ModelFileError):
             raise
         raise ModelFileError(f"{where}: malformed header ({str(e)[:300]})") from None
+    # A model stores its parameters and about as many BatchNorm statistics at most: a file declaring
+    # far more values than its architecture holds is refused before its tensors are copied.
+    if declared > 2 * asked + 100_000:
+        raise ModelFileError(f"{where}: the file declares {declared:,} tensor values but its architecture "
+                             f"{arch.id} holds {asked:,} parameters (at most {2 * asked + 100_000:,} values with "
+                             f"BatchNorm statistics); refusing to read them")
+    try:
+        data = _read_tensors(p, head, end)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read model file {where}: {e.strerror}") from None
+    except ValueError as e:
+        raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: {e})") from None
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, OverflowError) as e:

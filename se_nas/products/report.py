@@ -224,6 +224,6 @@ def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
 def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
                 storage: str | None = None):
     """``se-nas report``: build and write the report of ``study`` (default: the latest) to out/<study>/."""
-    name = check_study_name(study or latest_study(root, storage))
+    name = check_study_name(study if study is not None else latest_study(root, storage))  # "" is refused
     rep = build_report(name, root, out, storage)
     return rep, write_report(rep, Path(out) / name)

@@ -37,12 +37,34 @@ class StorageError(SeNasError):
     """A storage URL or study name that can't be used; the message says what is allowed."""
 
 
+MAX_STUDY_NAME = 100  # characters; a folder name may be 255 bytes, and a 300-character name failed
+# Characters that change how a name displays without showing themselves: the bidirectional overrides,
+# embeddings and isolates (U+202E shows a folder name reversed) are format characters (Cf), like the
+# zero-width ones; control characters (Cc) include newlines and escape sequences; line and paragraph
+# separators (Zl, Zp) break a line; surrogates (Cs) are bytes of a path that is not UTF-8.
+_HIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+
+
 def check_study_name(name: str) -> str:
-    """A study name becomes a folder name: a plain name, no path separators, not starting with '.'."""
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
-            or any(ord(c) < 32 for c in name):
-        raise StorageError(f"study name {name!r} is not allowed: it names the folders trials/<study>/ and "
-                           "reports/<study>/, so it must not be empty, contain '/' or '\\', or start with '.'")
+    """A study name becomes a folder name and is printed in every line about the study: a plain
+    name of at most ``MAX_STUDY_NAME`` characters, no path separators, not starting with '.', and no
+    control or format characters (bidi overrides such as U+202E display a name reversed)."""
+    import unicodedata
+
+    rule = ("it names the folders trials/<study>/ and reports/<study>/, so it must not be empty, contain '/' "
+            "or '\\', start with '.', or hold control or invisible formatting characters, and has at most "
+            f"{MAX_STUDY_NAME} characters")
+    if not isinstance(name, str):
+        raise StorageError(f"study name {name!r} is not allowed: {rule}")
+    hidden = next((c for c in name if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+    shown = ascii(name[:60] + ("..." if len(name) > 60 else ""))  # escapes what would display wrongly
+    if hidden is not None:
+        raise StorageError(f"study name {shown} is not allowed: it holds U+{ord(hidden):04X} "
+                           f"({unicodedata.name(hidden, 'a control or undecodable character')}); {rule}")
+    if len(name) > MAX_STUDY_NAME:
+        raise StorageError(f"study name {shown} is {len(name)} characters, not allowed: {rule}")
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise StorageError(f"study name {name!r} is not allowed: {rule}")
     return name
 
 
@@ -93,17 +115,39 @@ def _rdb_url(url: str) -> str:
                        f"installed: pip install {package}")
 
 
-def _shown(url: str) -> str:
-    """A storage URL as it may be printed: without its password."""
+def printable_url(url: str) -> str:
+    """A storage URL as it may be printed (errors, ``next:`` hints, reports): its password as ``***``.
+    Every place a storage URL reaches output goes through this."""
     if "://" not in url:
-        return repr(url)
+        return url
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return repr(make_url(url).render_as_string(hide_password=True))
+        return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):  # unparsable: show only its scheme, in case a password is in it
-        return repr(url.split("://", 1)[0] + "://...")
+        return url.split("://", 1)[0] + "://..."
+
+
+def without_password(text: str, url: str | None) -> str:
+    """``text`` with the password of storage ``url`` masked wherever it appears: the last guard for
+    messages we did not word ourselves (a driver's error that quotes its connection string)."""
+    if not url or "://" not in url:
+        return text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return text.replace(url, printable_url(url))
+    text = text.replace(url, printable_url(url))
+    return text.replace(str(password), "***") if password else text
+
+
+def _shown(url: str) -> str:
+    """A storage URL as it may be printed, quoted: without its password."""
+    return repr(printable_url(url))
 
 
 def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_ROOT, *, create: bool = True,
@@ -223,7 +267,7 @@ def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT
     try:
         return optuna.load_study(study_name=name, storage=st, sampler=sampler)
     except KeyError:
-        raise StudyError(f"no study named {name!r} in storage {storage or default_storage(name, root)!r}") from None
+        raise StudyError(f"no study named {name!r} in storage {_shown(storage or default_storage(name, root))}") from None
 
 
 def _known_studies(root: str | Path) -> str:
@@ -239,7 +283,7 @@ def latest_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) ->
 
         names = optuna.get_all_study_names(make_storage("_", storage, root, create=False))
         if not names:
-            raise StorageError(f"no study in storage {storage!r}; run `se-nas search` first")
+            raise StorageError(f"no study in storage {_shown(storage)}; run `se-nas search` first")
         return names[-1]
     def changed(db: Path) -> float:  # in WAL mode the writes land in study.db-wal first
         return max(p.stat().st_mtime for p in (db, db.with_name("study.db-wal")) if p.exists())

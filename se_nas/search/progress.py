@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..design.arch import Arch, baseline_name
-from ..record.storage import DEFAULT_ROOT
+from ..record.storage import DEFAULT_ROOT, printable_url
 from ..record.study import OBJECTIVE_TABLE, STATUSES, Status, StudySettings, counted, records, retried
 
 
@@ -215,7 +215,8 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     if root is not None and Path(root) != DEFAULT_ROOT:
         opts += f" --root {root}"
     if storage is not None:
-        opts += f" --storage {storage}"
+        # never the password: the user puts it back (or sets SE_NAS_STORAGE) when running the hint
+        opts += f" --storage {printable_url(storage)}"
     lines += ["next:", f"  se-nas compare {name}{opts}", f"  se-nas report {name}{opts}",
               f"  se-nas export {name} --best -o best.senas{opts}"]
     return "\n".join(lines)

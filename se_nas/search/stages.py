@@ -20,6 +20,7 @@ Rerunning the same command continues every stage.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -103,6 +104,8 @@ class SearchConfig:
         if self.early_stop == "asha" and self.backend != "ray":
             raise SearchError("early_stop 'asha' needs backend 'ray' (Ray's ASHA scheduler); "
                               "the Optuna backend allows: rungs, none")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**32 - 1:
+            raise SearchError(f"seed must be an integer in 0..{2**32 - 1} (the sampler's seed), got seed={self.seed!r}")
         for name in ("n_trials", "workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -146,14 +149,28 @@ def _check_settings(study, config: SearchConfig) -> None:
     if "space" in have and "objectives" not in have:  # a study from before --objectives: the default
         have = {**have, "objectives": list(OBJECTIVES)}
     for key, value in want.items():  # compare everything before writing anything
-        if key in have and have[key] != value:
-            diff = _first_difference(have[key], value)
+        old = _same_table_path(have[key], value) if key == "budget" and key in have else have.get(key)
+        if key in have and old != value:
+            diff = _first_difference(old, value)
             raise SearchError(
                 f"study {config.study!r} was created with a different {key} ({diff}); continue it with the "
                 f"same settings, or start a new study with --study NEW_NAME")
     for key, value in want.items():
         if key not in have:
             study.set_user_attr(key, value)
+
+
+def _same_table_path(old: Any, new: dict) -> Any:
+    """The stored budget ``old`` with its latency table path taken as ``new``'s when both name the same
+    profile: the same header hash (``--latency ./t.json`` against ``t.json`` or an absolute path, or the
+    table moved), or, in a budget stored without a hash, the same file. A path is not a budget."""
+    if not (isinstance(old, dict) and old.get("latency") and new.get("latency")):
+        return old
+    if old.get("latency_hash") is not None:
+        same = old["latency_hash"] == new.get("latency_hash")
+        return {**old, "latency": new["latency"]} if same else old
+    same = os.path.realpath(str(old["latency"])) == os.path.realpath(str(new["latency"]))
+    return {**old, "latency": new["latency"], "latency_hash": new.get("latency_hash")} if same else old
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
