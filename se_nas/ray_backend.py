@@ -374,6 +374,12 @@ def connect(ray_address: str | None) -> None:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         finally:
             ray_log.setLevel(level)
+        if address == "local":  # none of its processes may outlive this one, even by a SIGKILL
+            from pathlib import Path
+
+            from .ray_watchdog import start
+
+            start(Path(ray.__file__).parent)
 
 
 def run(study, config, progress, data=None) -> None:

@@ -179,3 +179,53 @@ def test_a_trial_that_raises_is_not_retried_and_names_its_error():
     assert [r for _, r in reasons] == [True] * MAX_RETRIES + [False]
     assert reasons[0][0] == "its Ray worker died before its first report (see Ray's log)"
     assert "not retried again" in reasons[-1][0]
+
+
+def _session(sid: int) -> dict[int, str]:
+    """pid -> name of the processes in session ``sid`` (Linux /proc)."""
+    from pathlib import Path
+
+    found = {}
+    for p in Path("/proc").iterdir():
+        try:
+            name, rest = (p / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if int(rest.split()[3]) == sid:
+            found[int(p.name)] = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80]
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_no_ray_process_outlives_a_sigkilled_search(tmp_path):
+    """A search on a local Ray it started, SIGKILLed mid-trial: within 15 s nothing it started is
+    left (Ray's own fate sharing leaves ray::DashboardAgent and ray::RuntimeEnvAgent for a minute)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "se_nas", "search", "--study", "k", "--space", "tiny", "--recipe", "tiny",
+           "--budget-gflops", "1.9", "--n-trials", "6", "--backend", "ray", "--early-stop", "none",
+           "--calibration-seeds", "0", "--confirm-top", "0", "--root", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err", "w"),
+                            start_new_session=True)  # its session holds every process it starts
+    try:
+        end = time.time() + 120
+        while time.time() < end and proc.poll() is None:
+            if any("ray::ImplicitFunc" in c for c in _session(proc.pid).values()):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
+        started = _session(proc.pid)
+        assert any("DashboardAgent" in c for c in started.values()), started
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        end = time.time() + 15
+        while _session(proc.pid) and time.time() < end:
+            time.sleep(0.5)
+        assert _session(proc.pid) == {}
+    finally:
+        for pid in _session(proc.pid):  # what a failed run left: ours, by pid
+            os.kill(pid, signal.SIGKILL)
