@@ -3,9 +3,9 @@
 Ray schedules the trials (one per candidate, with ``cpus_per_trial``/``gpus_per_trial`` each, on the
 local machine or an existing cluster); Optuna still proposes them: our ``StudySearch``, a Ray
 ``Searcher``, asks and tells *our* study through Optuna's public ask/tell API. The searcher runs on
-the driver, so only the driver touches the study: workers need the data and se-nas, not the database. Every finished Ray trial becomes one study
-trial with the same user attributes the Optuna backend writes, so report, export and compare do not
-care which backend ran.
+the driver, so only the driver touches the study: workers need the data and se-nas, not the
+database. Every finished Ray trial becomes one study trial with the same user attributes the Optuna
+backend writes, so report, export and compare do not care which backend ran.
 
 Early stopping on Ray: ``rungs`` applies se-nas's cost-aware rung rule (``se_nas.earlystop``) as a
 ``tune.Stopper`` on the driver; ``asha`` uses Ray's ASHA on validation accuracy alone (Ray's schedulers
@@ -24,8 +24,8 @@ IP, worker process, how many times that process loaded the data). A trial whose 
 preempted or crashed machine) or whose worker process died on a live node (killed, out of memory)
 is failed with a reason naming the node or process and enqueued again (``retry_of``, at most
 ``MAX_RETRIES`` times); Ray runs it on the nodes left. A trial that raised an exception is failed
-with it and not retried. Ray asks the searcher
-for trials until the study has ``n_trials`` counted ones, so a retry takes the lost trial's place.
+with it and not retried. Ray asks the searcher for trials until the study has ``n_trials`` counted
+ones, so a retry takes the lost trial's place.
 
 Resuming: the study is the source of truth. Rerunning the same command counts the study's finished
 trials and runs only the rest; trials the dead driver left running are failed and retried, exactly as
