@@ -1,6 +1,7 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
 format as the Optuna backend, answers repeated designs from the record, calibrates and confirms by Ray
 tasks stored by the driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
+import os
 import re
 
 import pytest
@@ -196,7 +197,7 @@ def _session(sid: int) -> dict[int, str]:
     return found
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/stat"), reason="Linux /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
 def test_no_ray_process_outlives_a_sigkilled_search(tmp_path):
     """A search on a local Ray it started, SIGKILLed mid-trial: within 15 s nothing it started is
     left (Ray's own fate sharing leaves ray::DashboardAgent and ray::RuntimeEnvAgent for a minute)."""
@@ -229,3 +230,36 @@ def test_no_ray_process_outlives_a_sigkilled_search(tmp_path):
     finally:
         for pid in _session(proc.pid):  # what a failed run left: ours, by pid
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_the_watchdog_takes_only_processes_run_from_rays_folder_and_their_descendants(tmp_path):
+    """The watchdog's list: this process's children running from Ray's folder and all their
+    descendants; any other child of the search (here a plain ``sleep``) is never its to end."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from se_nas.ray_watchdog import ray_processes
+
+    fake_ray = tmp_path / "ray"
+    fake_ray.mkdir()
+    script = fake_ray / "daemon.py"  # a "Ray daemon" that starts a child of its own
+    script.write_text("import subprocess, sys, time\n"
+                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)\n")
+    other = subprocess.Popen([shutil.which("sleep"), "60"])
+    daemon = subprocess.Popen([sys.executable, str(script)])
+    try:
+        end = time.time() + 20
+        while len(found := ray_processes(os.getpid(), str(fake_ray))) < 2 and time.time() < end:
+            time.sleep(0.1)
+        assert daemon.pid in found and other.pid not in found and len(found) == 2, found
+    finally:
+        for p in (other, daemon):
+            p.kill()
+        for pid in found:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
