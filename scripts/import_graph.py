@@ -21,7 +21,7 @@ LAYERS = {
     "domain": ["builtin", "choices", "arch", "inception", "geometry", "se", "fused", "build", "cost", "space", "budget",
                "recipe", "data", "train", "pareto", "earlystop", "latency", "supernet"],
     "study": ["study", "results", "storage", "samplers"],
-    "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "ray_runs", "search", "oneshot"],
+    "runs": ["trial", "confirm", "progress", "optuna_backend", "ray_backend", "ray_watchdog", "ray_runs", "search", "oneshot"],
     "products": ["modelfile", "export", "compare", "comparison", "report_value", "report_plots", "report_text",
                  "report_html", "report"],
     "cli": ["commands", "cli", "__main__", "__init__"],
