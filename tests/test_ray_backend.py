@@ -1,6 +1,7 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
 format as the Optuna backend, answers repeated designs from the record, calibrates and confirms by Ray
 tasks stored by the driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
+import os
 import re
 
 import pytest
@@ -111,3 +112,154 @@ def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(local_r
     for r in repeats:  # told the design's mean over both seeds, not one seed's figure
         assert r.accuracy == pytest.approx(d.mean) and study.trials[r.number].values[0] == pytest.approx(d.mean)
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
+
+
+def test_a_trial_whose_worker_process_is_killed_is_retried_and_completes(local_ray, tmp_path):
+    """A Ray worker killed on a live node (as the OOM killer does) fails its trial with a reason
+    naming the process, and the trial runs again (``retry_of``), as the Optuna backend retries a
+    killed process; the study ends with the trials asked for."""
+    import dataclasses
+    import os
+    import signal
+    import threading
+    import time
+
+    import optuna
+
+    from se_nas.record.storage import open_study
+
+    S = optuna.trial.TrialState
+    cfg = config(tmp_path, study="kill", n_trials=2, recipe=dataclasses.replace(load_recipe("tiny"), epochs=6))
+    killed: dict = {}
+
+    def kill_first_worker():  # a trial has reported where it runs: kill its worker process, once
+        study = open_study("kill", root=tmp_path, create=True)
+        end = time.time() + 120
+        while not killed and time.time() < end:
+            running = [t for t in study.get_trials(states=(S.RUNNING,)) if "node" in t.user_attrs]
+            if running:
+                os.kill(running[0].user_attrs["node"]["pid"], signal.SIGKILL)
+                killed.update(number=running[0].number, params=running[0].params)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_worker, daemon=True)
+    killer.start()
+    study = run_search(cfg)
+    killer.join()
+    assert killed, "no trial was seen running"
+    trials = {t.number: t for t in study.trials}
+    dead = trials[killed["number"]]
+    assert dead.state == S.FAIL and "worker process" in dead.user_attrs["reason"], dead.user_attrs
+    assert "died" in dead.user_attrs["reason"]
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == dead.number]
+    assert retry.state == S.COMPLETE and retry.params == killed["params"], retry.user_attrs
+    assert counted(study)[0] == 2 and remaining(study, 2) == 0
+
+
+def test_a_trial_that_raises_is_not_retried_and_names_its_error():
+    """An exception in a Ray trial (its last report names it) is a failure of the design or a bug:
+    recorded with the exception, not retried; a dead worker is retried, at most MAX_RETRIES times."""
+    import optuna
+
+    from se_nas.search.ray_backend import MAX_RETRIES, _failure
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1})
+    node = '{"id": "n", "ip": "1.2.3.4", "pid": 7, "data_loads": 1}'
+    trial = study.ask()
+    assert _failure(study, trial.number, {"error": "TypeError: bad", "node": node}, 0) == \
+        ("TypeError: bad (see Ray's log)", False)
+    reasons = []
+    for _ in range(MAX_RETRIES + 1):
+        reason, retry = _failure(study, trial.number, {}, 0)  # no report, so no node to ask Ray about
+        reasons.append((reason, retry))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if retry:
+            study.enqueue_trial({"x": 1}, user_attrs={"retry_of": trial.number})
+        trial = study.ask()
+    assert [r for _, r in reasons] == [True] * MAX_RETRIES + [False]
+    assert reasons[0][0] == "its Ray worker died before its first report (see Ray's log)"
+    assert "not retried again" in reasons[-1][0]
+
+
+def _session(sid: int) -> dict[int, str]:
+    """pid -> name of the processes in session ``sid`` (Linux /proc)."""
+    from pathlib import Path
+
+    found = {}
+    for p in Path("/proc").iterdir():
+        try:
+            name, rest = (p / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if int(rest.split()[3]) == sid:
+            found[int(p.name)] = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80]
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_no_ray_process_outlives_a_sigkilled_search(tmp_path):
+    """A search on a local Ray it started, SIGKILLed mid-trial: within 15 s nothing it started is
+    left (Ray's own fate sharing leaves ray::DashboardAgent and ray::RuntimeEnvAgent for a minute)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "se_nas", "search", "--study", "k", "--space", "tiny", "--recipe", "tiny",
+           "--budget-gflops", "1.9", "--n-trials", "6", "--backend", "ray", "--early-stop", "none",
+           "--calibration-seeds", "0", "--confirm-top", "0", "--root", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err", "w"),
+                            start_new_session=True)  # its session holds every process it starts
+    try:
+        end = time.time() + 120
+        while time.time() < end and proc.poll() is None:
+            if any("ray::ImplicitFunc" in c for c in _session(proc.pid).values()):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "err").read_text()[-2000:]
+        started = _session(proc.pid)
+        assert any("DashboardAgent" in c for c in started.values()), started
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        end = time.time() + 15
+        while _session(proc.pid) and time.time() < end:
+            time.sleep(0.5)
+        assert _session(proc.pid) == {}
+    finally:
+        for pid in _session(proc.pid):  # what a failed run left: ours, by pid
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_the_watchdog_takes_only_processes_run_from_rays_folder_and_their_descendants(tmp_path):
+    """The watchdog's list: this process's children running from Ray's folder and all their
+    descendants; any other child of the search (here a plain ``sleep``) is never its to end."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from se_nas.search.ray_watchdog import ray_processes
+
+    fake_ray = tmp_path / "ray"
+    fake_ray.mkdir()
+    script = fake_ray / "daemon.py"  # a "Ray daemon" that starts a child of its own
+    script.write_text("import subprocess, sys, time\n"
+                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)\n")
+    other = subprocess.Popen([shutil.which("sleep"), "60"])
+    daemon = subprocess.Popen([sys.executable, str(script)])
+    try:
+        end = time.time() + 20
+        while len(found := ray_processes(os.getpid(), str(fake_ray))) < 2 and time.time() < end:
+            time.sleep(0.1)
+        assert daemon.pid in found and other.pid not in found and len(found) == 2, found
+    finally:
+        for p in (other, daemon):
+            p.kill()
+        for pid in found:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass

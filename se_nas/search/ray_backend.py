@@ -1,11 +1,11 @@
 """Ray Tune backend: the same trials on a Ray cluster, written into the same study.
 
 Ray schedules the trials (one per candidate, with ``cpus_per_trial``/``gpus_per_trial`` each, on the
-local machine or an existing cluster); Optuna still proposes them, through Ray's ``OptunaSearch``
-pointed at *our* study storage. The searcher runs on the driver, so only the driver touches the
-study: workers need the data and se-nas, not the database. Every finished Ray trial becomes one study
-trial with the same user attributes the Optuna backend writes, so report, export and compare do not
-care which backend ran.
+local machine or an existing cluster); Optuna still proposes them: our ``StudySearch``, a Ray
+``Searcher``, asks and tells *our* study through Optuna's public ask/tell API. The searcher runs on
+the driver, so only the driver touches the study: workers need the data and se-nas, not the
+database. Every finished Ray trial becomes one study trial with the same user attributes the Optuna
+backend writes, so report, export and compare do not care which backend ran.
 
 Early stopping on Ray: ``rungs`` applies se-nas's cost-aware rung rule (``se_nas.search.earlystop``) as a
 ``tune.Stopper`` on the driver; ``asha`` uses Ray's ASHA on validation accuracy alone (Ray's schedulers
@@ -21,9 +21,11 @@ well (``se_nas.search.ray_runs``), stored by the driver, so they land in the sam
 
 Clusters (docs/cluster.md): each trial records where it ran (user attribute ``node``: Ray node id,
 IP, worker process, how many times that process loaded the data). A trial whose node is lost (a
-preempted or crashed machine) is failed with a reason naming the node and enqueued again
-(``retry_of``, at most ``MAX_RETRIES`` times); Ray runs it on the nodes left. Ray asks the searcher
-for trials until the study has ``n_trials`` counted ones, so a retry takes the lost trial's place.
+preempted or crashed machine) or whose worker process died on a live node (killed, out of memory)
+is failed with a reason naming the node or process and enqueued again (``retry_of``, at most
+``MAX_RETRIES`` times); Ray runs it on the nodes left. A trial that raised an exception is failed
+with it and not retried. Ray asks the searcher for trials until the study has ``n_trials`` counted
+ones, so a retry takes the lost trial's place.
 
 Resuming: the study is the source of truth. Rerunning the same command counts the study's finished
 trials and runs only the rest; trials the dead driver left running are failed and retried, exactly as
@@ -37,13 +39,30 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from ray.tune.search import Searcher
+
 from ..design.arch import Arch
+from ..record.storage import MAX_RETRIES  # a trial lost with its node or its worker runs again at most this often
 from ..record.study import Status, TrialOutcome, directions, objective_values, records, remaining
 
 
-def _trainable(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int,
-               objectives: tuple[str, ...]) -> None:
-    """One Ray trial: run the backend-agnostic trial function and report its outcome.
+def _trainable(config: dict[str, Any], **kwargs) -> None:
+    """One Ray trial (see ``_train``). An exception in it is reported first, as the trial's last
+    result, then raised: the driver tells it from a worker process that died (killed, out of
+    memory), which reports nothing and is retried."""
+    try:
+        _train(config, **kwargs)
+    except Exception as e:
+        from ray import tune
+
+        tune.report({**dict.fromkeys(kwargs["objectives"], 0.0), "epoch": 0, "status": Status.FAILED.value,
+                     "error": f"{type(e).__name__}: {e}"[:500], "node": json.dumps(_node())})
+        raise
+
+
+def _train(config: dict[str, Any], *, recipe: dict, budget: dict, deploy: dict, threads: int,
+           objectives: tuple[str, ...]) -> None:
+    """Run the backend-agnostic trial function and report its outcome.
 
     A first report at epoch 0 says where the trial runs (before the data loads, which can be long:
     a node lost then is named too). Each epoch before the last is reported as it ends (provisionally
@@ -119,9 +138,6 @@ def _result(outcome: TrialOutcome, epoch: int, objectives) -> dict[str, Any]:
             "outcome": json.dumps(outcome.to_attrs()), "node": json.dumps(_node())}  # Ray flattens dicts
 
 
-MAX_RETRIES = 3  # a trial lost with its node is run again at most this often (as the Optuna path's heartbeat)
-
-
 def _alive_nodes() -> set[str]:
     import ray
 
@@ -157,127 +173,161 @@ def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
     return TrialOutcome(**{**attrs, "arch": Arch.from_json(attrs["arch"]), "history": tuple(attrs["history"])})
 
 
-def _make_searcher(config, study, progress):
-    """Ray's OptunaSearch on our study: it asks our sampler and we record each outcome ourselves."""
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
-
-    from .confirm import study_noise
-    from .trial import REPEAT_STREAK, propose_fresh
-    from ..record.samplers import make_sampler, process_seed
+def _sample(config, trial) -> dict[str, Any]:
+    """Ray trial config of the Optuna ``trial`` (define-by-run): its design and training seed. The
+    driver owns the trial (recorded for recovery on a rerun)."""
     from ..record.storage import owner_attrs
-    from ..record.study import counted
-    from .trial import record_outcome, repeat_outcome
 
-    space, base_seed = config.space, config.seed
+    arch = config.space.sample(trial)
+    for k, v in owner_attrs().items():
+        trial.set_user_attr(k, v)
+    trial.set_user_attr("arch", arch.to_json())
+    return {"arch": arch.to_json(), "seed": config.seed + trial.number}
 
-    def define_by_run(trial) -> dict[str, Any]:
-        arch = space.sample(trial)
-        for k, v in owner_attrs().items():  # the driver owns the trial (for recovery on rerun)
-            trial.set_user_attr(k, v)
-        trial.set_user_attr("arch", arch.to_json())
-        return {"arch": arch.to_json(), "seed": base_seed + trial.number}
 
-    class StudySearch(OptunaSearch):
-        parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
-        on_done = None  # the progress display's trial_done
+def retry_trial(study, number: int) -> bool:
+    """Whether the failed trial ``number`` (a lost node, a killed worker) may run again: its chain of
+    retries holds fewer than ``MAX_RETRIES``. The one retry rule of this backend, kept in one place."""
+    return _retry_depth(study, number) < MAX_RETRIES
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.last = {}  # Ray trial id -> its last result (its node is recorded with the first)
 
-        def __getstate__(self):
-            # Ray pickles the searcher with the Tuner (for Tuner.restore; our checkpoint is the study):
-            # the progress display stays here, it holds the terminal (a pytest or Jupyter stream
-            # can't be pickled).
-            return {k: v for k, v in self.__dict__.items() if k != "on_done"}
+class StudySearch(Searcher):
+    """Ray Tune's searcher on our study, through Ray's public ``Searcher`` API and Optuna's ask/tell:
+    ``suggest`` asks the study's sampler for a design, answers repeats from the record on the driver
+    (see the module docstring) and hands only designs that need training to Ray;
+    ``on_trial_complete`` records each outcome and retries a trial lost with its node or its worker
+    process. Everything lives in the study: Ray's checkpoint of the searcher is not needed."""
 
-        def suggest(self, trial_id: str):
-            # Ray asks for trials until the searcher says it is finished: that is when the study
-            # has n_trials counted ones and nothing is in flight (a lost trial may still be retried).
-            if self.parked is None and remaining(self._ot_study, config.n_trials) <= 0:
-                return None if self._in_flight() else Searcher.FINISHED
-            # A repeat of a known design is answered here, from the record, and Optuna is asked again:
-            # only designs that need training reach Ray. A design with seeds in flight gets another one
-            # only if it could use it; otherwise it waits for them and is answered from the full record.
-            # A streak of repeats ends with a fresh design, as on the Optuna backend.
-            streak = 0
-            while True:
-                if self.parked is not None:
-                    if self.parked[1] == self._in_flight():
-                        return None  # nothing has ended yet: Ray asks again later
-                    self._ot_trials[trial_id], self.parked = self.parked[0], None
-                config_ = super().suggest(trial_id)
-                if not isinstance(config_, dict) or "arch" not in config_:
-                    return config_
-                arch, number = Arch.from_json(config_["arch"]), self._ot_trials[trial_id].number
-                recs = records(self._ot_study)
-                flying = sum(1 for r in recs if r.status is Status.RUNNING and r.number != number
-                             and r.arch is not None and r.arch.id == arch.id)
-                outcome = repeat_outcome(arch, recs, study_noise(self._ot_study, config.recipe, recs),
-                                         seed=config_["seed"], backend="ray",
-                                         max_seeds=max(1, config.max_seeds_per_design - flying),
-                                         objectives=config.objectives)
-                if outcome is None and flying < config.max_seeds_per_design:
-                    return config_
-                if flying:
-                    self.parked = (self._ot_trials.pop(trial_id), self._in_flight())
-                    return None
-                self.on_done(record_outcome(self._ot_study, self._ot_trials.pop(trial_id), outcome,
-                                            budget=config.budget))
-                streak += 1
-                if streak >= REPEAT_STREAK:
-                    if not propose_fresh(self._ot_study, space, base_seed + number):
-                        return Searcher.FINISHED  # every design of the space is known
-                    streak = 0
+    def __init__(self, config, study, on_done):
+        from ..record.samplers import make_sampler, process_seed
+        from ..record.study import counted
 
-        def _in_flight(self) -> frozenset:
-            return frozenset(t for t in self._ot_trials if t not in self._completed_trials)
+        modes = ["max" if d == "maximize" else "min" for d in directions(config.objectives)]
+        super().__init__(metric=list(config.objectives), mode=modes)
+        # This process's sampler, as the Optuna backend's first process (a public attribute of the study).
+        study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],
+                                                                  config.storage is not None))
+        self.config, self.study, self.on_done = config, study, on_done
+        self.trials: dict[str, Any] = {}  # Ray trial id -> its Optuna trial, while Ray runs it
+        self.last: dict[str, dict] = {}  # Ray trial id -> its last result (its node is recorded with the first)
+        self.parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # The node is known from the first report on, so a trial lost with its node names it
-            # (Ray gives no result with the error of a trial whose node died).
-            if trial_id in self._ot_trials and trial_id not in self._completed_trials:
-                self._place(trial_id, result)
+    def __getstate__(self):
+        # Ray pickles the searcher with the Tuner; the progress display stays here, it holds the
+        # terminal (a pytest or Jupyter stream can't be pickled).
+        return {k: v for k, v in self.__dict__.items() if k != "on_done"}
 
-        def _place(self, trial_id: str, result: dict, final: bool = False) -> None:
-            if "node" in result and (final or trial_id not in self.last):  # the final one has data_loads
-                self._ot_trials[trial_id].set_user_attr("node", json.loads(result["node"]))
-            self.last[trial_id] = result
+    def suggest(self, trial_id: str):
+        # Ray asks for trials until the searcher says it is finished: that is when the study has
+        # n_trials counted ones and nothing is in flight (a lost trial may still be retried).
+        if self.parked is None and remaining(self.study, self.config.n_trials) <= 0:
+            return None if self.trials else Searcher.FINISHED
+        # A repeat of a known design is answered here, from the record, and the sampler is asked
+        # again: only designs that need training reach Ray. A streak of repeats ends with a fresh
+        # design, as on the Optuna backend.
+        from .trial import REPEAT_STREAK, propose_fresh
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            result = result or self.last.get(trial_id) or {}
-            self._place(trial_id, result, final=True)
-            self.last.pop(trial_id)
-            ot_trial, outcome = self._ot_trials[trial_id], _outcome(result)
-            lost = _lost_reason(json.loads(result.get("node", "null")), outcome.epochs if outcome else 0) \
-                if error else None
-            if error and outcome is not None:  # its last report was a provisional per-epoch one
-                outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=lost or
-                                  f"the Ray trial raised an error after epoch {outcome.epochs} (see Ray's log)")
-            frozen = record_outcome(self._ot_study, ot_trial, outcome,
-                                    reason=lost or "the Ray trial raised an error before its first epoch (see Ray's log)",
-                                    budget=config.budget)
-            if lost and _retry_depth(self._ot_study, frozen.number) < MAX_RETRIES:
-                self._ot_study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
-            self._completed_trials.add(trial_id)
-            self.on_done(frozen)
+        streak = 0
+        while True:
+            if self.parked is not None:
+                if self.parked[1] == frozenset(self.trials):
+                    return None  # nothing has ended yet: Ray asks again later
+                trial, self.parked = self.parked[0], None
+            else:
+                trial = self.study.ask()
+            answer = self.train_or_answer(trial_id, trial)
+            if answer is not True:
+                return answer
+            streak += 1
+            if streak >= REPEAT_STREAK:
+                if not propose_fresh(self.study, self.config.space, self.config.seed + trial.number):
+                    return Searcher.FINISHED  # every design of the space is known
+                streak = 0
 
-        # The study is the checkpoint: a rerun continues from it, so Ray need not pickle the searcher.
-        def save_to_dir(self, *args, **kwargs) -> None:
-            pass
+    def train_or_answer(self, trial_id: str, trial):
+        """The Ray config of ``trial`` if its design needs training; None if it waits for seeds of
+        its design still in flight (parked); True once it is answered from the record. A design
+        with seeds in flight gets another one only if it could use it; otherwise it waits for them
+        and is answered from the full record."""
+        from .confirm import study_noise
+        from .trial import record_outcome, repeat_outcome
 
-        def save(self, checkpoint_path: str) -> None:
-            pass
+        config, cfg = self.config, _sample(self.config, trial)
+        arch, recs = Arch.from_json(cfg["arch"]), records(self.study)
+        flying = sum(1 for r in recs if r.status is Status.RUNNING and r.number != trial.number
+                     and r.arch is not None and r.arch.id == arch.id)
+        outcome = repeat_outcome(arch, recs, study_noise(self.study, config.recipe, recs), seed=cfg["seed"],
+                                 backend="ray", max_seeds=max(1, config.max_seeds_per_design - flying),
+                                 objectives=config.objectives)
+        if outcome is None and flying < config.max_seeds_per_design:
+            self.trials[trial_id] = trial
+            return cfg
+        if flying:
+            self.parked = (trial, frozenset(self.trials))
+            return None
+        self.on_done(record_outcome(self.study, trial, outcome, budget=config.budget))
+        return True
 
-    sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0], config.storage is not None))
-    modes = ["max" if d == "maximize" else "min" for d in directions(config.objectives)]
-    searcher = StudySearch(space=define_by_run, metric=list(config.objectives), mode=modes, sampler=sampler,
-                           storage=study._storage, study_name=study.study_name)
-    searcher.on_done = progress.trial_done
-    return searcher
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # The node is known from the first report on, so a trial lost with its node names it
+        # (Ray gives no result with the error of a trial whose node died).
+        if trial_id in self.trials:
+            self.record_node(trial_id, result)
+
+    def record_node(self, trial_id: str, result: dict, final: bool = False) -> None:
+        if "node" in result and (final or trial_id not in self.last):  # the final one has data_loads
+            self.trials[trial_id].set_user_attr("node", json.loads(result["node"]))
+        self.last[trial_id] = result
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from .trial import record_outcome
+
+        if trial_id not in self.trials:
+            return
+        result = result or self.last.get(trial_id) or {}
+        self.record_node(trial_id, result, final=True)
+        self.last.pop(trial_id)
+        trial, outcome = self.trials.pop(trial_id), _outcome(result)
+        reason, retry = "the Ray trial raised an error before its first epoch (see Ray's log)", False
+        if error or "error" in result:
+            reason, retry = _failure(self.study, trial.number, result, outcome.epochs if outcome else 0)
+            if outcome is not None:  # its last report was a provisional per-epoch one
+                outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=reason)
+        frozen = record_outcome(self.study, trial, outcome, reason=reason, budget=self.config.budget)
+        if retry:
+            self.study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+        self.on_done(frozen)
+
+    # The study is the checkpoint: a rerun continues from it, so Ray need not save the searcher.
+    def save_to_dir(self, *args, **kwargs) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+def _failure(study, number: int, result: dict[str, Any], epochs: int) -> tuple[str, bool]:
+    """Why the Ray trial of study trial ``number`` failed, and whether it is retried. An exception in
+    the trial (its last report names it) is not retried, as on the Optuna backend; a trial whose
+    node was lost, or whose worker process died on a live node (killed, out of memory), runs again
+    under ``retry_trial``'s cap."""
+    if "error" in result:
+        return f"{result['error']} (see Ray's log)", False
+    node = json.loads(result.get("node", "null"))
+    reason = _lost_reason(node, epochs) or (
+        f"its Ray worker process {node['pid']} on {node['ip']} died after epoch {epochs} (killed, or out of memory)"
+        if node else "its Ray worker died before its first report (see Ray's log)")
+    if retry_trial(study, number):
+        return reason, True
+    return f"{reason}; not retried again: this design was tried {_retry_depth(study, number) + 1} times", False
+
+
+def _make_searcher(config, study, progress):
+    """Our searcher on ``study``: it asks the study's sampler, and records each outcome itself."""
+    return StudySearch(config, study, progress.trial_done)
 
 
 def _rung_stopper(config, study):
@@ -305,29 +355,31 @@ def _rung_stopper(config, study):
     return RungStopper()
 
 
-class _TokenNotice(logging.Filter):
-    """Ray's notices that it turned on token authentication for the cluster (and saved a new token
-    for it): a stray line in our progress display on every run, with nothing for the user to do."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(("Token authentication is enabled for this Ray cluster",
-                                                   "Generated new authentication token"))
-
-
-_TOKEN_NOTICE = _TokenNotice()
-
-
 def connect(ray_address: str | None) -> None:
     """Join the Ray cluster at ``ray_address`` (``auto`` or HOST:PORT), or start a local Ray (None or
     ``local``); nothing if this process is connected already."""
     import ray
 
     if not ray.is_initialized():
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TOKEN_NOTICE)
         # No address: a new local Ray of our own ("local"), never a cluster some other program started
         # on this machine, which a bare ray.init() would join.
         address = "local" if ray_address in (None, "", "local") else ray_address
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # While Ray starts, only its errors show: its notices that it turned on token authentication
+        # (and saved a token) are stray lines in our progress display on every run, with nothing for
+        # the user to do. (Ray's logger, not its private module's: a public name.)
+        ray_log = logging.getLogger("ray")
+        level = ray_log.level
+        ray_log.setLevel(logging.ERROR)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        finally:
+            ray_log.setLevel(level)
+        if address == "local":  # none of its processes may outlive this one, even by a SIGKILL
+            from pathlib import Path
+
+            from .ray_watchdog import start
+
+            start(Path(ray.__file__).parent)
 
 
 def run(study, config, progress, data=None) -> None:
