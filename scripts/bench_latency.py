@@ -1,7 +1,7 @@
 """Validate the latency predictor against the real thing (issue 11, item 3), and time the profile and
 the predictor.
 
-For each thread count: profile (``se_nas.nn.latency.profile``) what N random designs of the default space
+For each thread count: profile (``se_nas.nn.profile.profile``) what N random designs of the default space
 and the presets of its form need, then measure the end-to-end eval forward pass (batch 1, 224x224,
 ``torch.inference_mode``) of every one of those designs, interleaved (each round times every model
 once, in turn), and compare each design's median with its prediction: median and worst absolute
@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from scipy.stats import kendalltau
 
-from se_nas.nn import latency as L
+from se_nas.design import latency as L
+from se_nas.nn import profile as P
 from se_nas.design.arch import PRESETS, Arch
 from se_nas.nn.build import build_model
 from se_nas.design.space import load_space
@@ -51,7 +52,7 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     path = table_dir / f"{space.name}-{device.replace(':', '')}-{threads}t-{clock}.json"
     before = load()
     t0 = time.perf_counter()
-    table = L.profile(space, path, device=device, threads=threads, archs=designs, rounds=rounds, clock=clock)
+    table = P.profile(space, path, device=device, threads=threads, archs=designs, rounds=rounds, clock=clock)
     profile_s = time.perf_counter() - t0
     n_sub = len(table.entries) - 2
     n_full = len(L.space_entries(space)[1])
@@ -64,9 +65,9 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     x = torch.randn(1, 3, 224, 224, device=dev)
     after_profile = load()
     models = {a.id: build_model(a).to(dev).eval() for a in designs}
-    timer = L.TIMERS[kind](dev, clock)
+    timer = P.TIMERS[kind](dev, clock)
     with torch.inference_mode():
-        times = L.measure_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, timer, rounds, 2)
+        times = P.measure_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, timer, rounds, 2)
     del models
     plain = space.plain().id
     out = {"threads": threads, "device": device, "clock": clock, "device_name": table.header["device_name"],
@@ -80,7 +81,7 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     out["halves_abs_diff_pct"] = {"median": statistics.median(halves), "max": max(halves)}
     for stat in ("median", "p10"):  # the p10: what a shared machine's interference disturbs least
         p = L.LatencyPredictor(table, stat)
-        measured = {k: L._stats(v)[stat] for k, v in times.items()}
+        measured = {k: P._stats(v)[stat] for k, v in times.items()}
         rows, errs, ratio_errs = [], [], []
         for a in designs:
             pred, meas = p.ms(a), measured[a.id]

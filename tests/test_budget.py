@@ -151,7 +151,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def tiny_latency(tmp_path_factory):
-    from se_nas.nn.latency import profile
+    from se_nas.nn.profile import profile
 
     path = tmp_path_factory.mktemp("lat") / "tiny.json"
     profile(load_space("tiny"), path, image_size=SIZE, rounds=3, warmup=1)
@@ -167,7 +167,7 @@ def test_latency_budget_needs_its_table_and_a_positive_limit(tiny_latency):
 
 
 def test_latency_constraint_values_and_excess(tiny_latency):
-    from se_nas.nn.latency import predict_latency
+    from se_nas.design.latency import predict_latency
 
     arch = Arch("resnet18", (StageSE(4), None, StageSE(4, gate="hardsigmoid"), StageSE(16)))
     ms = predict_latency(arch, tiny_latency).ms
@@ -191,7 +191,7 @@ def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
     import itertools
 
     from se_nas.design.budget import fastest
-    from se_nas.nn.latency import predictor
+    from se_nas.design.latency import predictor
 
     space = load_space("tiny")
     p = predictor(tiny_latency)
@@ -211,7 +211,7 @@ def test_latency_budget_no_design_meets_is_refused_up_front(tiny_latency):
 
 def test_latency_table_must_price_the_deployment_model(tmp_path):
     """A table of the trained proxy (small stem, a width multiplier) would price the wrong model."""
-    from se_nas.nn.latency import profile
+    from se_nas.nn.profile import profile
 
     space, path = load_space("tiny"), tmp_path / "proxy.json"
     profile(space, path, stem="small", width=0.125, image_size=SIZE, rounds=1, warmup=0)
@@ -222,7 +222,7 @@ def test_latency_table_must_price_the_deployment_model(tmp_path):
 
 
 def test_a_table_without_a_limit_is_recorded_but_constrains_nothing(tiny_latency):
-    from se_nas.nn.latency import predictor
+    from se_nas.design.latency import predictor
 
     b = Budget(latency=tiny_latency)
     arch = load_space("tiny").baseline()
@@ -256,7 +256,7 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     get the latency constraint, and the study refuses to continue with another table."""
     import json
 
-    from se_nas.nn.latency import predictor
+    from se_nas.design.latency import predictor
     from se_nas.record.study import SearchError
 
     space, path = load_space("tiny"), tmp_path / "cpu.json"

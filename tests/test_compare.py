@@ -162,7 +162,8 @@ def test_paired_test_edge_cases():
 
 
 def test_compare_shows_predicted_beside_measured_latency(world, recipe, tmp_path):
-    from se_nas.nn.latency import LatencyError, predict_latency, profile
+    from se_nas.design.latency import LatencyError, predict_latency
+    from se_nas.nn.profile import profile
     from se_nas.design.space import load_space
 
     plain = plain_arch(ARCHS[0])

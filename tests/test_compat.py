@@ -41,7 +41,7 @@ def test_model_files_of_0_1_0_load_and_give_the_same_outputs(copy, name, key):
 
 
 def test_a_latency_table_of_0_1_0_predicts_what_it_did(copy):
-    from se_nas.nn.latency import predict_latency
+    from se_nas.design.latency import predict_latency
 
     arch = se_nas.Arch.from_json(EXPECTED["latency_arch"])
     assert predict_latency(arch, copy / "latency.json").ms == pytest.approx(EXPECTED["latency_ms"], rel=1e-9)

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from se_nas.nn import latency as L
+from se_nas.design import latency as L
+from se_nas.nn import profile as P
 from se_nas.design.arch import Arch, StageSE
 from se_nas.cli.parser import main
 from se_nas.design.geometry import resolve, unit_input_sizes
@@ -21,7 +22,7 @@ KW = dict(stem="small", width=0.125, image_size=16, rounds=3, warmup=1)
 @pytest.fixture(scope="module")
 def tiny_table(tmp_path_factory):
     path = tmp_path_factory.mktemp("lat") / "tiny.json"
-    return L.profile(load_space("tiny"), path, **KW)
+    return P.profile(load_space("tiny"), path, **KW)
 
 
 def _designs(space):
@@ -116,19 +117,19 @@ def test_rerun_resumes_and_adds_a_design(tmp_path, tiny_table):
     kept = {k: v for k, v in d["entries"].items() if k in plain}
     path.write_text(json.dumps({"header": d["header"], "entries": kept}))
     done = []
-    table = L.profile(space, path, progress=lambda n, total: done.append((n, total)), **KW)
+    table = P.profile(space, path, progress=lambda n, total: done.append((n, total)), **KW)
     assert set(table.entries) == set(tiny_table.entries)
     assert all(table.entries[k] == v for k, v in kept.items())  # nothing measured twice
     assert done[0] == (12 - 2 + 1, 32) and done[-1] == (32, 32)
     # a design outside the space: --arch profiles just its missing units
     r8 = Arch.uniform("resnet18", None).with_stage(3, StageSE(8))
-    table = L.profile(space, path, archs=[r8], **KW)
+    table = P.profile(space, path, archs=[r8], **KW)
     assert len(table.entries) == len(tiny_table.entries) + 2
     # covered now (an uncovered unit raises); not its sign: at the test's 3 rounds on a loaded machine a
     # unit's difference to the plain carrier can come out negative (seen at load 6)
     assert math.isfinite(L.predict_latency(r8, L.load_table(path)).ms)
     with pytest.raises(L.LatencyError, match=r"other settings \(batch 1, now 2\).*another file"):
-        L.profile(space, path, **{**KW, "batch": 2})
+        P.profile(space, path, **{**KW, "batch": 2})
 
 
 def test_table_from_another_machine_warns(tmp_path, tiny_table):
@@ -146,17 +147,17 @@ def test_table_from_another_machine_warns(tmp_path, tiny_table):
 
 def test_cuda_path(tmp_path):
     assert L.parse_device("cuda") == ("cuda", 0) and L.parse_device("cuda:1") == ("cuda", 1)
-    assert L.parse_device("cpu") == ("cpu", None) and set(L.TIMERS) == {"cpu", "cuda"}
+    assert L.parse_device("cpu") == ("cpu", None) and set(P.TIMERS) == {"cpu", "cuda"}
     for bad in ("gpu", "cpu:0", "cuda:x"):
         with pytest.raises(L.LatencyError, match="--device must be cpu or cuda"):
             L.parse_device(bad)
     path = tmp_path / "gpu.json"
     if not torch.cuda.is_available():
         with pytest.raises(L.LatencyError, match="--device cuda:0 is not available here.*sees no CUDA"):
-            L.profile(load_space("tiny"), path, device="cuda:0", **KW)
+            P.profile(load_space("tiny"), path, device="cuda:0", **KW)
         assert not path.exists()
         return
-    table = L.profile(load_space("tiny"), path, device="cuda", **KW)  # CUDA events
+    table = P.profile(load_space("tiny"), path, device="cuda", **KW)  # CUDA events
     assert table.header["device"] == "cuda:0" and table.header["threads"] is None
     assert table.header["device_name"] == torch.cuda.get_device_name(0)
     assert L.predict_latency(Arch.uniform("resnet18", StageSE(4)), table).ms > 0
@@ -185,10 +186,10 @@ def test_cli_profile_and_cost(tmp_path, capsys):
 def test_process_clock_is_one_thread_only(tmp_path):
     space = load_space("tiny")
     with pytest.raises(L.LatencyError, match="--clock process measures one thread's latency.*--threads 2"):
-        L.profile(space, tmp_path / "p.json", threads=2, clock="process", **KW)
+        P.profile(space, tmp_path / "p.json", threads=2, clock="process", **KW)
     with pytest.raises(L.LatencyError, match="--clock must be one of wall, process on cpu, got 'cpu'"):
-        L.profile(space, tmp_path / "p.json", clock="cpu", **KW)
-    table = L.profile(space, tmp_path / "p.json", clock="process", **KW)
+        P.profile(space, tmp_path / "p.json", clock="cpu", **KW)
+    table = P.profile(space, tmp_path / "p.json", clock="process", **KW)
     assert table.header["clock"] == "process" and "process CPU time" in table.describe()
     assert "--clock process" in table.profile_command()
 
@@ -225,3 +226,8 @@ def test_a_table_above_the_size_bound_is_refused_unread(tmp_path):
     with pytest.raises(L.LatencyError, match=f"latency table '{path}' is 33,554,433 bytes; at most 33,554,432 "
                                              r"are allowed \(refused before reading it\)"):
         L.load_table(path)
+
+
+def test_every_device_kind_a_table_may_name_has_a_timer():
+    """The table (design floor, no torch) names the device kinds; the profiler (nn floor) times each."""
+    assert tuple(P.TIMERS) == L.DEVICE_KINDS

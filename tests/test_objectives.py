@@ -50,7 +50,7 @@ def _dominated(d, others):
 def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
     from se_nas.search.confirm import confirm
     from se_nas.nn.data import load_data
-    from se_nas.nn.latency import predictor
+    from se_nas.design.latency import predictor
     from se_nas.search.optuna_backend import run_one
     from se_nas.search.progress import summarize
     from se_nas.products.report import build_report, summary_md
@@ -133,7 +133,7 @@ def test_cli_latency_objective_needs_the_table_in_one_line(tmp_path, capsys):
 def test_ray_backend_tells_accuracy_and_latency(tmp_path, tiny_latency):
     """Ray's searcher gets the study's metrics and modes, and its trials report the predicted latency."""
     pytest.importorskip("ray")
-    from se_nas.nn.latency import predictor
+    from se_nas.design.latency import predictor
     from se_nas.search.stages import run_search
 
     p = predictor(tiny_latency)

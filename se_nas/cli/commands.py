@@ -327,7 +327,7 @@ def cmd_cost(args):
 def _latency(arch, path, image_size):
     import sys
 
-    from ..nn.latency import load_table, predict_latency
+    from ..design.latency import load_table, predict_latency
 
     table = load_table(path, on_mismatch=lambda m: print(f"se-nas cost: warning: {m}", file=sys.stderr))
     return table, predict_latency(arch, table, image_size)
@@ -343,14 +343,15 @@ def _cost_arguments(p):
                    help="also the latency predicted from a table of `se-nas latency profile`")
 
 
-# --- latency (se_nas.nn.latency) ---------------------------------------------------------------------
+# --- latency (se_nas.design.latency) ---------------------------------------------------------------------
 def cmd_latency(args):
     import time
 
     from tqdm import tqdm
 
     from ..design.arch import resolve_arch
-    from ..nn.latency import MODEL, profile
+    from ..design.latency import MODEL
+    from ..nn.profile import profile
     from ..design.space import load_space
 
     space = load_space(args.space)
@@ -379,7 +380,7 @@ def cmd_latency(args):
 
 def _latency_arguments(p):
     from ..design.backbones import STEMS
-    from ..nn.latency import DTYPES
+    from ..design.latency import DTYPES
     from ..design.space import DEFAULT_SPACE
 
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -3,7 +3,7 @@
 A candidate is costed analytically (``se_nas.design.cost.count_cost``, microseconds, no model built) on the
 *deployment* model a space declares (by default the paper's 224x224 input and 1000 classes), not on
 the cheap proxy that is trained; its latency is predicted from a table measured on the target device
-(``se_nas.nn.latency``, ``se-nas latency profile``). Over budget means never trained. ``Budget.check``
+(``se_nas.design.latency``, ``se-nas latency profile``). Over budget means never trained. ``Budget.check``
 gives Optuna's constraint values (``<= 0`` is feasible) so the samplers learn the feasible region, and
 ``check_feasible`` refuses a budget that no architecture of the space can meet.
 """
@@ -74,7 +74,7 @@ class Budget:
 
     def latency_ms(self, arch) -> float | None:
         """``arch``'s latency predicted from the budget's table (None without a table)."""
-        from ..nn.latency import predictor
+        from .latency import predictor
 
         return predictor(self.latency).ms(arch) if self.latency else None
 
@@ -131,7 +131,7 @@ class Budget:
         if self.max_latency_ms is not None:
             d["max_latency_ms"] = self.max_latency_ms
         if self.latency:
-            from ..nn.latency import predictor
+            from .latency import predictor
 
             d.update(latency=self.latency, latency_hash=predictor(self.latency).table.hash)
         return d
@@ -187,7 +187,7 @@ def fastest(space, table) -> tuple[float, Any]:
     (a shared space: per shared design, each stage's faster of off and on)."""
     from dataclasses import replace as _replace
 
-    from ..nn.latency import predictor
+    from .latency import predictor
 
     p = predictor(table)
     plain = space.plain()
@@ -211,7 +211,7 @@ def fastest(space, table) -> tuple[float, Any]:
 def _check_latency_feasible(space, budget: Budget, deploy: Deploy) -> None:
     """The table prices the deployment model (its input, classes, the ImageNet stem at full width) and
     covers every option of every stage (``fastest`` reads them all); the limit, if any, can be met."""
-    from ..nn.latency import predictor
+    from .latency import predictor
 
     form = predictor(budget.latency).form
     have = (form.image_size, form.num_classes, form.stem, form.width)
@@ -237,7 +237,7 @@ def predicted_latencies(stored: dict[str, Any], records, archs=()) -> dict[str, 
     profile the study used (its header hash). Empty for a study without a latency table."""
     import warnings
 
-    from ..nn.latency import LatencyError, predictor
+    from .latency import LatencyError, predictor
 
     if not stored.get("latency"):
         return {}

@@ -33,7 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import DataBundle, TensorData
+from .data import DataBundle, DataError, TensorData
+from ..errors import UsageError
 from ..design.recipe import OPTIMIZERS, SCHEDULES, Recipe
 
 NAN_CHECK_EVERY = 32  # steps between loss checks: one host sync per check instead of one per step
@@ -97,11 +98,11 @@ def pick_device(name: str = "auto") -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device: auto or cpu")
+            raise UsageError(f"device {name!r} was asked for but CUDA is not available here; use device: auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {name!r} was asked for but MPS is not available here; use device: auto or cpu")
+        raise UsageError(f"device {name!r} was asked for but MPS is not available here; use device: auto or cpu")
     return dev
 
 
@@ -277,7 +278,7 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
 
     n_train = len(data.train)
     if n_train == 0:
-        raise ValueError(f"dataset {data.name}: the training split is empty")
+        raise DataError(f"dataset {data.name}: the training split is empty")
     steps, drop_last = _steps_per_epoch(n_train, recipe.batch_size)
 
     model.to(dev)

@@ -28,6 +28,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..design.arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_arch
 from ..search.confirm import (role_name, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
                       recipe_key)
@@ -51,7 +52,7 @@ def measure_latency(models: dict[str, Any], image_size: int, device="cpu", repea
     medians."""
     import torch
 
-    from ..nn.latency import TIMERS, measure_interleaved
+    from ..nn.profile import TIMERS, measure_interleaved
 
     dev = torch.device(device)
     x = torch.randn(1, 3, image_size, image_size, device=dev)
@@ -94,7 +95,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     from ..design.recipe import load_recipe
 
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
-        raise ValueError(f"--seeds must be a positive integer, got seeds={seeds!r}")
+        raise UsageError(f"--seeds must be a positive integer, got seeds={seeds!r}")
     name = study if study is not None else latest_study(root, storage)  # "" is a bad name, not the latest
     st = open_study(name, storage=storage, root=root)
     settings = StudySettings.of(st)
@@ -129,7 +130,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
 
 
 def _predicted_latency(path: str, arms: dict[str, Arch], recipe, num_classes: int) -> dict[str, float]:
-    from ..nn.latency import LatencyError, load_table, predict_latency
+    from ..design.latency import LatencyError, load_table, predict_latency
 
     table = load_table(path)
     f = table.form

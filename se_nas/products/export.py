@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..design.arch import Arch
 from ..design.cost import count_cost
 from ..design.budget import Deploy, predicted_latencies
@@ -60,7 +61,7 @@ PREPROCESS = {"digits": _digits_preprocess, "cifar10": _cifar_preprocess, "cifar
 def preprocess_for(recipe) -> Preprocess:
     """How raw images of ``recipe``'s dataset become the input its models were trained on."""
     if recipe.dataset not in PREPROCESS:
-        raise ValueError(f"no input preprocessing known for dataset {recipe.dataset!r}; known: {', '.join(PREPROCESS)}")
+        raise UsageError(f"no input preprocessing known for dataset {recipe.dataset!r}; known: {', '.join(PREPROCESS)}")
     return PREPROCESS[recipe.dataset](recipe.image_size)
 
 
@@ -121,13 +122,13 @@ def write_formats(model_file: str | Path, fmt: str, out: str | Path, image_size:
     """Write the model stored in ``model_file`` as ``fmt`` ("senas" copies nothing) to ``out``, for
     inputs of ``image_size`` (default: the file's preprocessing)."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "senas":
         return Path(model_file)
     model = load_model(model_file)
     if image_size is None:
         if model.se_nas.preprocess is None:
-            raise ValueError(f"model file {str(model_file)!r} stores no input size; give image_size")
+            raise UsageError(f"model file {str(model_file)!r} stores no input size; give image_size")
         image_size = model.se_nas.preprocess.image_size
     return (export_onnx if fmt == "onnx" else export_torchscript)(model, out, image_size)
 
@@ -175,9 +176,9 @@ def pick_trial(recs, trial: int):
     is a design, not a trial: see ``se_nas.search.confirm.chosen_design``."""
     hit = [r for r in recs if r.number == trial]
     if not hit:
-        raise ValueError(f"no trial {trial} in this study; trials are 0..{len(recs) - 1}")
+        raise UsageError(f"no trial {trial} in this study; trials are 0..{len(recs) - 1}")
     if hit[0].arch is None or not hit[0].trained:
-        raise ValueError(f"trial {trial} was not trained (status {hit[0].status}"
+        raise UsageError(f"trial {trial} was not trained (status {hit[0].status}"
                          f"{': ' + hit[0].reason if hit[0].reason else ''}); pick a trained trial")
     return hit[0]
 
@@ -193,7 +194,7 @@ def resolve_ref(ref: str, root: str | Path = DEFAULT_ROOT, storage: str | None =
 
         name, _, num = ref.rpartition(":")
         if not num.isdigit():
-            raise ValueError(f"trial reference must be STUDY:N with N a trial number, got {ref!r}")
+            raise UsageError(f"trial reference must be STUDY:N with N a trial number, got {ref!r}")
         rec = pick_trial(records(open_study(name, storage=storage, root=root)), trial=int(num))
         return rec.arch, {"study": name, "trial": rec.number, "trial_accuracy": rec.accuracy}
     return resolve_arch(ref), {"source": ref}
@@ -206,7 +207,7 @@ def model_file_path(out: str | Path, fmt: str) -> Path:
         return out
     path = out.with_suffix(SUFFIXES["senas"])
     if path == out:
-        raise ValueError(f"-o {out}: with --format {fmt} it names the {fmt} file (e.g. {out.stem}{SUFFIXES[fmt]}); "
+        raise UsageError(f"-o {out}: with --format {fmt} it names the {fmt} file (e.g. {out.stem}{SUFFIXES[fmt]}); "
                          f"the model file is written beside it as {path.name}")
     return path
 
@@ -226,7 +227,7 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
     from ..design.recipe import Recipe
 
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     from ..search.confirm import export_choice
     from ..record.storage import open_study
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SeNasError
+from ..errors import SeNasError, UsageError
 from ..design.arch import Arch, ArchError
 from ..nn.build import build_model
 from ..design.cost import count_cost
@@ -136,7 +136,7 @@ class Preprocess:
             x = x[None]
         if x.ndim != 4 or x.shape[1] != c:
             allowed = f"(N, {c}, H, W) or ({c}, H, W)" + (", (N, H, W) or (H, W)" if c == 1 else "")
-            raise ValueError(f"images must be {allowed} (channels first), got shape {tuple(x.shape)}")
+            raise UsageError(f"images must be {allowed} (channels first), got shape {tuple(x.shape)}")
         x = x.float() / self.pixel_max
         x = (x - torch.tensor(self.mean).view(1, c, 1, 1)) / torch.tensor(self.std).view(1, c, 1, 1)
         s = self.image_size
@@ -237,7 +237,7 @@ def _key_bytes(key: bytes | str) -> bytes:
     k = key.encode() if isinstance(key, str) else key
     if not isinstance(k, bytes) or len(k) < MIN_KEY_BYTES:
         shown = f"{len(k)} bytes" if isinstance(k, bytes) else type(key).__name__
-        raise ValueError(f"a signing key must be bytes or str of at least {MIN_KEY_BYTES} bytes, got {shown}")
+        raise ModelFileError(f"a signing key must be bytes or str of at least {MIN_KEY_BYTES} bytes, got {shown}")
     return k
 
 
@@ -255,7 +255,7 @@ def read_key(path: str | Path) -> bytes:
     except OSError as e:
         raise FileNotFoundError(f"cannot read key file {str(p)!r}: {e.strerror}") from None
     if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"key file {str(p)!r} holds {len(key)} bytes; a signing key needs at least {MIN_KEY_BYTES}")
+        raise ModelFileError(f"key file {str(p)!r} holds {len(key)} bytes; a signing key needs at least {MIN_KEY_BYTES}")
     return key
 
 
@@ -304,11 +304,11 @@ def save_model(
     if not isinstance(arch, Arch):
         raise TypeError(f"arch must be an se_nas.Arch, got {type(arch).__name__}")
     if role is not None and role not in ROLES:
-        raise ValueError(f"unknown model role {role!r}; allowed: {', '.join(ROLES)}")
+        raise ModelFileError(f"unknown model role {role!r}; allowed: {', '.join(ROLES)}")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     wrong = _mismatch(_shapes(arch, num_classes, stem, width), tensors)
     if wrong:
-        raise ValueError(f"model does not match architecture {arch.id} built with num_classes={num_classes}, "
+        raise ModelFileError(f"model does not match architecture {arch.id} built with num_classes={num_classes}, "
                          f"stem={stem!r}, width={width}: {wrong}")
     info = {**(meta or {}), "se_nas": __version__, "torch": torch.__version__}
     header = {
@@ -350,20 +350,20 @@ def _read_declared(f, size: int) -> tuple[dict[str, str], int, bytes, int]:
     bytes read so far, the number of tensor bytes after them); raises ValueError saying what does not
     add up. The tensor bytes are read only once the header has been checked (``_read_tensors``)."""
     if size < 8:
-        raise ValueError(f"file is {size} bytes long, shorter than a safetensors header")
+        raise ModelFileError(f"file is {size} bytes long, shorter than a safetensors header")
     first = f.read(8)
     n = int.from_bytes(first, "little")
     if n > size - 8:
-        raise ValueError(f"header claims {n} bytes but only {size - 8} follow")
+        raise ModelFileError(f"header claims {n} bytes but only {size - 8} follow")
     if n > MAX_HEADER_BYTES:
-        raise ValueError(f"header claims {n:,} bytes; at most {MAX_HEADER_BYTES:,} are allowed")
+        raise ModelFileError(f"header claims {n:,} bytes; at most {MAX_HEADER_BYTES:,} are allowed")
     raw = f.read(n)
     head = json.loads(raw.decode("utf-8"))
     if not isinstance(head, dict):
-        raise ValueError(f"header must be a JSON object, got {type(head).__name__}")
+        raise ModelFileError(f"header must be a JSON object, got {type(head).__name__}")
     meta = head.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise ValueError("its __metadata__ must map names to strings")
+        raise ModelFileError("its __metadata__ must map names to strings")
     end = values = 0
     for name, t in head.items():
         if name == "__metadata__":
@@ -373,13 +373,13 @@ def _read_declared(f, size: int) -> tuple[dict[str, str], int, bytes, int]:
         ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
                                                        for x in xs)
         if itemsize is None or not ints(shape) or not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-            raise ValueError(f"tensor {name[:80]!r} is not described by a known dtype, a shape and two offsets")
+            raise ModelFileError(f"tensor {name[:80]!r} is not described by a known dtype, a shape and two offsets")
         count = math.prod(shape)
         if offsets[1] - offsets[0] != count * itemsize:
-            raise ValueError(f"tensor {name[:80]!r} declares {offsets[1] - offsets[0]:,} bytes for shape {shape[:8]}")
+            raise ModelFileError(f"tensor {name[:80]!r} declares {offsets[1] - offsets[0]:,} bytes for shape {shape[:8]}")
         end, values = max(end, offsets[1]), values + count
     if end != size - 8 - n:
-        raise ValueError(f"its tensors declare {end:,} bytes but {size - 8 - n:,} follow the header")
+        raise ModelFileError(f"its tensors declare {end:,} bytes but {size - 8 - n:,} follow the header")
     return meta, values, first + raw, end
 
 
@@ -389,7 +389,7 @@ def _read_tensors(path: Path, head: bytes, end: int) -> bytes:
         f.seek(len(head))
         body = f.read(end)
     if len(body) != end:
-        raise ValueError(f"its tensors declare {end:,} bytes but only {len(body):,} follow the header")
+        raise ModelFileError(f"its tensors declare {end:,} bytes but only {len(body):,} follow the header")
     return head + body
 
 
@@ -459,7 +459,7 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
     try:
         data = _read_tensors(p, head, end)
     except OSError as e:
-        raise FileNotFoundError(f"cannot read model file {where}: {e.strerror}") from None
+        raise ModelFileError(f"cannot read model file {where}: {e.strerror}") from None
     except ValueError as e:
         raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: {e})") from None
     try:

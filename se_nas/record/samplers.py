@@ -9,6 +9,8 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+from ..errors import UsageError
+
 
 def _tpe(seed):
     import optuna
@@ -44,7 +46,7 @@ def make_sampler(name: str, seed: int | None):
     import optuna
 
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+        raise UsageError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return SAMPLERS[name](seed)
