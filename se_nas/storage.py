@@ -132,6 +132,15 @@ def _folder_problem(path: str) -> int:
         else errno.EIO
 
 
+def _nearly_full(path: str) -> bool:
+    """Whether the file system of ``path`` has less room than SQLite needs for its WAL index (64 KiB)."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 65536
+
+
 def _sqlite_error(context) -> None:
     """SQLAlchemy's ``handle_error`` hook: a SQLite error that is a filesystem problem (a full disk,
     a read-only folder) becomes an ``OSError`` naming the database file, which the CLI says in one
@@ -150,8 +159,8 @@ def _sqlite_error(context) -> None:
     elif "unable to open database file" in text or ("readonly database" in text
                                                     and engine.url.query.get("mode") != "ro"):
         code = _folder_problem(path)
-    elif "disk I/O error" in text:
-        code = errno.EIO
+    elif "disk I/O error" in text:  # what SQLite says when even its -shm file cannot be made on a full disk
+        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
     else:
         return
     raise OSError(code, os.strerror(code), path) from e

@@ -2,39 +2,12 @@
 behind on failure, keep the usual file mode; a filesystem error is one line naming the path. The full
 disk and the read-only file system are real tmpfs mounts where this process may mount (root in a
 container); elsewhere those tests are skipped."""
-import contextlib
 import errno
 import os
-import subprocess
 
 import pytest
 
 from se_nas.files import UnsafePathError, atomic_write, os_error_line
-
-
-@contextlib.contextmanager
-def tmpfs(path, size="64k", read_only=False, fill=None):
-    """A real tmpfs at ``path`` (``fill``: a function that puts files there before it turns read-only)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs a tmpfs mount (root, with mount allowed)")
-    try:
-        if fill is not None:
-            fill(path)
-        if read_only:
-            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_up(path):
-    """Fill the file system at ``path`` to the last byte."""
-    with open(path / "filler", "wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
 
 
 def test_a_link_at_the_old_temporary_name_is_not_followed(tmp_path):
@@ -83,15 +56,13 @@ def test_the_file_gets_the_mode_open_would_give(tmp_path):
     assert oct((tmp_path / "a").stat().st_mode & 0o777) == oct(0o640)
 
 
-def test_a_full_disk_names_the_target_and_leaves_nothing(tmp_path):
-    with tmpfs(tmp_path / "small") as d:
-        (d / "out.bin").write_bytes(b"old")
-        fill_up(d)
-        with pytest.raises(OSError) as e:
-            atomic_write(d / "out.bin", b"x" * 200_000)
-        assert e.value.errno == errno.ENOSPC and e.value.filename == str(d / "out.bin")
-        assert os_error_line(e.value) == f"{str(d / 'out.bin')!r}: disk full: free some space and rerun"
-        assert sorted(p.name for p in d.iterdir()) == ["filler", "out.bin"] and (d / "out.bin").read_bytes() == b"old"
+def test_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, tmpfs):
+    d = tmpfs(tmp_path / "small", fill=lambda d: (d / "out.bin").write_bytes(b"old"), full=True)
+    with pytest.raises(OSError) as e:
+        atomic_write(d / "out.bin", b"x" * 200_000)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(d / "out.bin")
+    assert os_error_line(e.value) == f"{str(d / 'out.bin')!r}: disk full: free some space and rerun"
+    assert sorted(p.name for p in d.iterdir()) == ["filler", "out.bin"] and (d / "out.bin").read_bytes() == b"old"
 
 
 def test_os_error_lines():
