@@ -262,6 +262,12 @@ def _check_has_study(url: str, name: str) -> None:
     Optuna would write its schema into it."""
     import sqlalchemy
 
+    from .study import StudyError
+
+    path = _sqlite_path(sqlalchemy.engine.make_url(url))
+    study = "study" if name == "_" else f"study {name!r}"  # "_": latest_study looking for any study
+    if path is not None and not os.path.exists(path):  # opening it would create it
+        raise StudyError(f"no {study}: {path!r} does not exist; run `se-nas search` first")
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.connect() as c:
@@ -273,12 +279,9 @@ def _check_has_study(url: str, name: str) -> None:
     finally:
         engine.dispose()
     if not ok:
-        from .study import StudyError
-
-        path = _sqlite_path(sqlalchemy.engine.make_url(url))
         if not why:
-            why = " (it is empty)" if os.path.getsize(path) == 0 else " (it has no Optuna tables)"
-        raise StudyError(f"no study {name!r} in {path!r}: the file holds no Optuna study{why}; run `se-nas search` first")
+            why = " (it is empty)" if path and os.path.getsize(path) == 0 else " (it has no Optuna tables)"
+        raise StudyError(f"no {study} in {path!r}: the file holds no Optuna study{why}; run `se-nas search` first")
 
 
 def heartbeat_interval() -> int:

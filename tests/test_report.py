@@ -416,6 +416,9 @@ def test_an_empty_study_file_is_no_study_and_stays_empty(tmp_path, capsys):
     assert "no study 'e'" in capsys.readouterr().err
     assert db.stat().st_size == 0 and [p.name for p in db.parent.iterdir()] == ["study.db"]
     assert not (tmp_path / "reports").exists() and not (tmp_path / "m.senas").exists()
+    # a --storage file that does not exist is not created by reading it
+    rc, io = _report_cli(capsys, "--storage", f"sqlite:///{tmp_path}/none.db", "--out", tmp_path / "reports")
+    assert rc == 2 and "does not exist" in io.err and not (tmp_path / "none.db").exists()
 
 
 def test_a_study_on_a_read_only_file_system_is_reported_and_nothing_is_written_there(tmp_path, tmpfs, capsys):
