@@ -126,3 +126,13 @@ def test_bad_input_is_one_line_naming_the_value(capsys, argv, words):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"se-nas {argv[0]}: error: ")
     assert all(w in err for w in words), err
+
+
+def test_a_file_where_a_folder_should_be_is_one_line_and_nothing_is_made(tmp_path, capsys):
+    """``--root FILE`` gave a NotADirectoryError traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.815", "--n-trials", "1",
+                     "--study", "s", "--root", str(afile)]) == 2
+    assert capsys.readouterr().err == f"se-nas search: error: {str(afile / 's')!r}: a part of it is a file, not a folder\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"] and afile.read_text() == ""
