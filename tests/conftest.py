@@ -59,3 +59,20 @@ def tmpfs():
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def closed_study_copy():
+    """``closed_study_copy(src_db, dst_db)``: a copy of a SQLite study as a finished search leaves it, in
+    WAL mode without its ``-wal`` and ``-shm`` files (a study still open here has them)."""
+    import sqlite3
+
+    def copy(src, dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(dst)) as b:
+            a.backup(b)
+            b.execute("PRAGMA journal_mode=WAL")
+        assert sorted(p.name for p in dst.parent.iterdir()) == [dst.name]
+        return dst
+
+    return copy

@@ -160,3 +160,13 @@ def test_an_output_that_is_a_folder_or_a_link_is_one_line_before_any_training(ro
     assert _export(root, "--deploy", "-o", tmp_path / "m.senas") == 2
     assert "m.senas' is a symbolic link" in capsys.readouterr().err and victim.read_text() == "keep me"
     assert sorted((root / "st").rglob("*")) == before  # nothing trained, no checkpoint
+
+
+def test_a_study_on_a_read_only_file_system_can_be_exported(root, tmp_path, tmpfs, closed_study_copy, capsys):
+    """Reading needs no write: export failed there with "unable to open database file"."""
+    ro = tmpfs(tmp_path / "ro", size="8m", read_only=True,
+               fill=lambda d: closed_study_copy(root / "st" / "study.db", d / "trials" / "st" / "study.db"))
+    before = (ro / "trials" / "st" / "study.db").read_bytes()
+    assert _export(ro / "trials", "--deploy", "-o", tmp_path / "d.senas") == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "d.senas").se_nas.arch == ARCH
+    assert (ro / "trials" / "st" / "study.db").read_bytes() == before

@@ -421,12 +421,13 @@ def test_an_empty_study_file_is_no_study_and_stays_empty(tmp_path, capsys):
     assert rc == 2 and "does not exist" in io.err and not (tmp_path / "none.db").exists()
 
 
-def test_a_study_on_a_read_only_file_system_is_reported_and_nothing_is_written_there(tmp_path, tmpfs, capsys):
+def test_a_study_on_a_read_only_file_system_is_reported_and_nothing_is_written_there(tmp_path, tmpfs, capsys,
+                                                                                       closed_study_copy):
     """Reading a study needs no write: report worked nowhere read-only ("unable to open database file")."""
     make_study(tmp_path, n=6)
-    before = (tmp_path / "trials" / "s1" / "study.db").read_bytes()
-    ro = tmpfs(tmp_path / "ro", size="4m", fill=lambda d: shutil.copytree(tmp_path / "trials", d / "trials"),
-               read_only=True)
+    ro = tmpfs(tmp_path / "ro", size="4m", read_only=True,
+               fill=lambda d: closed_study_copy(tmp_path / "trials" / "s1" / "study.db", d / "trials" / "s1" / "study.db"))
+    before = (ro / "trials" / "s1" / "study.db").read_bytes()
     rc, io = _report_cli(capsys, "s1", "--root", ro / "trials", "--out", tmp_path / "reports")
     assert rc == 0 and (tmp_path / "reports" / "s1" / "report.html").exists(), io.err
     assert (ro / "trials" / "s1" / "study.db").read_bytes() == before
