@@ -1,4 +1,7 @@
+import contextlib
+import os
 import random
+import subprocess
 
 import pytest
 
@@ -29,3 +32,48 @@ def random_arch(rng: random.Random, backbone: str | None = None, gates: tuple[st
 @pytest.fixture
 def rng():
     return random.Random(0)
+
+
+@pytest.fixture
+def tmpfs():
+    """``tmpfs(path, size, fill=..., read_only=..., full=...)`` mounts a real tmpfs at ``path`` for this
+    test: ``fill(path)`` puts files there first, then it is remounted read-only or filled to the last
+    byte (a file ``filler``). Skips the test where this process may not mount (not root in a container)."""
+    mounted = []
+
+    def mount(path, size="64k", fill=None, read_only=False, full=False):
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("needs a tmpfs mount (root, with mount allowed)")
+        mounted.append(path)
+        if fill is not None:
+            fill(path)
+        if full:
+            with open(path / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def closed_study_copy():
+    """``closed_study_copy(src_db, dst_db)``: a copy of a SQLite study as a finished search leaves it, in
+    WAL mode without its ``-wal`` and ``-shm`` files (a study still open here has them)."""
+    import sqlite3
+
+    def copy(src, dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(dst)) as b:
+            a.backup(b)
+            b.execute("PRAGMA journal_mode=WAL")
+        assert sorted(p.name for p in dst.parent.iterdir()) == [dst.name]
+        return dst
+
+    return copy

@@ -216,3 +216,13 @@ def test_cost_bounds_the_image_size_and_keeps_its_columns_apart(capsys):
     stages = [r for r in rows if r.split()[0].isdigit() and len(r.split()[0]) == 1]
     assert stages and all(len(r.split()) == 6 for r in stages), rows
     assert len(rows[-1].split()) == 5 and len(rows[-2].split()) == 3, rows
+
+
+def test_a_file_where_a_folder_should_be_is_one_line_and_nothing_is_made(tmp_path, capsys):
+    """``--root FILE`` gave a NotADirectoryError traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.815", "--n-trials", "1",
+                     "--study", "s", "--root", str(afile)]) == 2
+    assert capsys.readouterr().err == f"se-nas search: error: {str(afile / 's')!r}: a part of it is a file, not a folder\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"] and afile.read_text() == ""

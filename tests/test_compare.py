@@ -144,6 +144,28 @@ def test_compare_two_seeds_stored_and_reported(world, recipe):
     assert saved["seeds"] == [CONFIRM_SEED, CONFIRM_SEED + 1]
 
 
+def test_compare_never_writes_through_a_planted_link(world, tmp_path):
+    """Links at the old, predictable compare.json.tmp / compare.md.tmp made compare overwrite the files
+    they pointed to; a link at reports/STUDY sent the results outside the reports folder."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    out = tmp_path / "reports"
+    (out / "st").mkdir(parents=True)
+    for name in ("compare.json.tmp", "compare.md.tmp"):
+        (out / "st" / name).symlink_to(victim)
+    compare("st", root=world / "trials", out=out, seeds=2, log=lambda *_: None, latency_repeats=3)
+    assert victim.read_text() == "keep me"
+    for name in ("compare.json", "compare.md"):
+        assert not (out / "st" / name).is_symlink() and (out / "st" / name).stat().st_size > 100
+    elsewhere, out2 = tmp_path / "elsewhere", tmp_path / "r2"
+    elsewhere.mkdir()
+    out2.mkdir()
+    (out2 / "st").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match=r"r2/st' is a symbolic link .*elsewhere"):
+        compare("st", root=world / "trials", out=out2, seeds=2, log=lambda *_: None, latency_repeats=3)
+    assert not any(elsewhere.iterdir())
+
+
 def test_compare_says_when_the_chosen_design_is_the_plain_backbone(world):
     plain = plain_arch(ARCHS[0])
     res = compare("st", root=world / "trials", out=world / "reports", seeds=2, arch=plain, latency_repeats=3,

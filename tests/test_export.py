@@ -140,3 +140,33 @@ def test_imagefolder_preprocessing_matches_the_validation_transform(tmp_path):
     raw = np.asarray(Image.open(val.samples[0][0]).convert("RGB")).transpose(2, 0, 1)
     # PIL rounds its resized image to 8 bits, the tensor path does not: at most 1/255 before normalising
     torch.testing.assert_close(preprocess_for(recipe)(raw)[0], val[0][0], atol=1.01 / 255 / 0.224, rtol=0)
+
+
+def test_an_output_that_is_a_folder_or_a_link_is_one_line_before_any_training(root, tmp_path, capsys):
+    """``export -o DIR`` trained, then raised IsADirectoryError and left DIR.tmp behind."""
+    before = sorted((root / "st").rglob("*"))
+    out = tmp_path / "models"
+    out.mkdir()
+    assert _export(root, "-o", out) == 2
+    assert capsys.readouterr().err.strip() == f"se-nas export: error: {str(out)!r}: it is a folder, not a file"
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    (tmp_path / "afile").write_text("")
+    assert _export(root, "-o", tmp_path / "afile" / "m.senas") == 2
+    assert capsys.readouterr().err.strip() == \
+        f"se-nas export: error: {str(tmp_path / 'afile')!r}: a part of it is a file, not a folder"
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "m.senas").symlink_to(victim)
+    assert _export(root, "--deploy", "-o", tmp_path / "m.senas") == 2
+    assert "m.senas' is a symbolic link" in capsys.readouterr().err and victim.read_text() == "keep me"
+    assert sorted((root / "st").rglob("*")) == before  # nothing trained, no checkpoint
+
+
+def test_a_study_on_a_read_only_file_system_can_be_exported(root, tmp_path, tmpfs, closed_study_copy, capsys):
+    """Reading needs no write: export failed there with "unable to open database file"."""
+    ro = tmpfs(tmp_path / "ro", size="8m", read_only=True,
+               fill=lambda d: closed_study_copy(root / "st" / "study.db", d / "trials" / "st" / "study.db"))
+    before = (ro / "trials" / "st" / "study.db").read_bytes()
+    assert _export(ro / "trials", "--deploy", "-o", tmp_path / "d.senas") == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "d.senas").se_nas.arch == ARCH
+    assert (ro / "trials" / "st" / "study.db").read_bytes() == before

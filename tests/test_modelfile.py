@@ -329,6 +329,21 @@ def test_model_files_get_the_usual_file_mode(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
 
 
+def test_save_never_follows_a_link_planted_at_the_temporary_name_or_the_target(tmp_path):
+    """A link at the old, predictable ``<out>.tmp`` made save_model overwrite the file it pointed to."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "m.senas.tmp").symlink_to(victim)
+    path = save_model(tmp_path / "m.senas", _trained_looking(ARCHS[1]), ARCHS[1], num_classes=7, stem="small", width=W)
+    assert victim.read_text() == "keep me" and not path.is_symlink()
+    assert load_model(path).se_nas.arch == ARCHS[1]
+    (tmp_path / "linked.senas").symlink_to(victim)
+    with pytest.raises(ValueError, match="linked.senas' is a symbolic link"):
+        save_model(tmp_path / "linked.senas", _trained_looking(ARCHS[1]), ARCHS[1], num_classes=7, stem="small", width=W)
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linked.senas", "m.senas", "m.senas.tmp", "victim"]
+
+
 def test_preprocess_is_stored_and_applied(tmp_path):
     pre = Preprocess(8, (0.5,), (0.25,), pixel_max=16.0, channels=1)
     path = save_model(tmp_path / "m.senas", _trained_looking(ARCHS[1]), ARCHS[1], num_classes=7, stem="small",

@@ -524,3 +524,86 @@ def test_pareto_plots_zoom_on_the_front_when_broken_designs_stretch_the_axis(tmp
     assert lo > 0.5 and all(lo < d.mean < hi for d in rep.front if d.mean > 0.5) and hi - lo < 0.2
     assert fig.axes[0].get_ylim()[0] < 0.11  # the full view still shows the broken designs
     plt.close(fig)
+
+
+def _report_cli(capsys, *args):
+    from se_nas import cli
+
+    rc = cli.main(["report", *map(str, args)])
+    return rc, capsys.readouterr()
+
+
+def test_a_symlinked_study_folder_in_reports_is_refused(tmp_path, capsys):
+    """A link at reports/STUDY sent the report outside the reports folder while se-nas printed
+    "wrote reports/STUDY/": refused in one line, the place it points to untouched."""
+    make_study(tmp_path, n=6)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "s1").symlink_to(elsewhere)
+    rc, io = _report_cli(capsys, "s1", "--root", tmp_path / "trials", "--out", tmp_path / "reports")
+    assert rc == 2 and io.out == "" and len(io.err.splitlines()) == 1
+    assert "reports/s1' is a symbolic link" in io.err and "elsewhere" in io.err
+    assert not any(elsewhere.iterdir())
+
+
+def test_a_link_at_a_report_file_is_not_written_through(tmp_path, capsys):
+    make_study(tmp_path, n=6)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "reports" / "s1").mkdir(parents=True)
+    (tmp_path / "reports" / "s1" / "summary.md").symlink_to(victim)
+    rc, io = _report_cli(capsys, "s1", "--root", tmp_path / "trials", "--out", tmp_path / "reports")
+    assert rc == 2 and "summary.md' is a symbolic link" in io.err and victim.read_text() == "keep me"
+    assert [p.name for p in (tmp_path / "reports" / "s1").iterdir()] == ["summary.md"]
+
+
+def test_an_empty_study_file_is_no_study_and_stays_empty(tmp_path, capsys):
+    """report and export on an empty study.db wrote Optuna's schema into it."""
+    from se_nas import cli
+
+    db = tmp_path / "trials" / "e" / "study.db"
+    db.parent.mkdir(parents=True)
+    db.touch()
+    rc, io = _report_cli(capsys, "e", "--root", tmp_path / "trials", "--out", tmp_path / "reports")
+    assert rc == 2 and len(io.err.splitlines()) == 1 and "no study 'e'" in io.err and "it is empty" in io.err
+    assert cli.main(["export", "e", "--root", str(tmp_path / "trials"), "-o", str(tmp_path / "m.senas")]) == 2
+    assert "no study 'e'" in capsys.readouterr().err
+    assert db.stat().st_size == 0 and [p.name for p in db.parent.iterdir()] == ["study.db"]
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "m.senas").exists()
+    # a --storage file that does not exist is not created by reading it
+    rc, io = _report_cli(capsys, "--storage", f"sqlite:///{tmp_path}/none.db", "--out", tmp_path / "reports")
+    assert rc == 2 and "does not exist" in io.err and not (tmp_path / "none.db").exists()
+
+
+def test_a_study_on_a_read_only_file_system_is_reported_and_nothing_is_written_there(tmp_path, tmpfs, capsys,
+                                                                                       closed_study_copy):
+    """Reading a study needs no write: report worked nowhere read-only ("unable to open database file")."""
+    make_study(tmp_path, n=6)
+    ro = tmpfs(tmp_path / "ro", size="4m", read_only=True,
+               fill=lambda d: closed_study_copy(tmp_path / "trials" / "s1" / "study.db", d / "trials" / "s1" / "study.db"))
+    before = (ro / "trials" / "s1" / "study.db").read_bytes()
+    rc, io = _report_cli(capsys, "s1", "--root", ro / "trials", "--out", tmp_path / "reports")
+    assert rc == 0 and (tmp_path / "reports" / "s1" / "report.html").exists(), io.err
+    assert (ro / "trials" / "s1" / "study.db").read_bytes() == before
+    # writing there is one line naming the path: a report, a new study
+    rc, io = _report_cli(capsys, "s1", "--root", ro / "trials", "--out", ro / "reports")
+    assert rc == 2 and io.err.strip() == f"se-nas report: error: {str(ro / 'reports')!r}: read-only file system"
+    from se_nas import cli
+
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "1.815", "--n-trials", "1",
+                     "--study", "new", "--root", str(ro / "trials")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"se-nas search: error: {str(ro / 'trials' / 'new')!r}: read-only file system"
+
+
+def test_a_full_disk_or_a_file_as_the_reports_folder_is_one_line(tmp_path, tmpfs, capsys):
+    make_study(tmp_path, n=6)
+    (tmp_path / "afile").write_text("")
+    rc, io = _report_cli(capsys, "s1", "--root", tmp_path / "trials", "--out", tmp_path / "afile")
+    assert rc == 2 and io.err.strip() == \
+        f"se-nas report: error: {str(tmp_path / 'afile' / 's1')!r}: a part of it is a file, not a folder"
+    full = tmpfs(tmp_path / "full", size="256k", fill=lambda d: (d / "s1").mkdir(), full=True)
+    rc, io = _report_cli(capsys, "s1", "--root", tmp_path / "trials", "--out", full)
+    assert rc == 2 and len(io.err.splitlines()) == 1 and "disk full" in io.err and str(full / "s1") in io.err
+    assert [p.name for p in (full / "s1").iterdir()] == []  # no .writing-* folder, no half a report

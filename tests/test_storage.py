@@ -148,6 +148,31 @@ def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):
     assert counted(study) == (3, 0)
 
 
+def test_a_disk_filling_mid_search_is_one_line_and_the_study_resumes(tmp_path, tmpfs):
+    """A full disk gave Optuna's "exceeding max length" (or SQLite's "disk I/O error") with a traceback,
+    and left the trial RUNNING. Now: one line saying "disk full" and naming study.db; once there is
+    room again, the rerun fails the trial the full disk cut short (its process is gone), retries it,
+    and ends with the trials asked for."""
+    disk = tmpfs(tmp_path / "disk", size="1m")
+    search = [sys.executable, "-m", "se_nas.cli", "search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops",
+              "1.815", "--calibration-seeds", "0", "--confirm-top", "0", "--study", "d", "--root", str(disk)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run(search + ["--n-trials", "1"], env=env, capture_output=True).returncode == 0
+    room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * (room - 48 * 1024))  # room for a trial to start, not to end
+    run = subprocess.run(search + ["--n-trials", "3"], env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.splitlines()[-1] == \
+        f"se-nas search: error: {str(disk / 'd' / 'study.db')!r}: disk full: free some space and rerun"
+    (disk / "filler").unlink()
+    run = subprocess.run(search + ["--n-trials", "3"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    study = open_study("d", root=disk)
+    assert counted(study) == (3, 0) and not study.get_trials(states=(S.RUNNING,))
+    cut = [t for t in study.get_trials() if t.state == S.FAIL]
+    assert len(cut) == 1 and "died" in cut[0].user_attrs["reason"]
+
+
 # --- PostgreSQL, on a real throwaway server -------------------------------------------------------------
 def _pg_bin(name: str) -> str | None:
     """A PostgreSQL server program: on PATH, or where Debian's packages put it (not on PATH)."""

@@ -215,6 +215,9 @@ def cmd_train(args):
     recipe = load_recipe(args.recipe)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     out = args.output or f"models/{arch.id}-{Path(str(args.recipe)).stem}.safetensors"
+    from ..design.files import check_output_file
+
+    check_output_file(out)  # a folder or a link at -o: refused before any training
     ckpt = Path(args.checkpoint_dir) / f"{Path(out).stem}.ckpt" if args.checkpoint_dir else Path(out).with_suffix(".ckpt")
     print(f"training {arch.id} {arch.label} under recipe {args.recipe}; checkpoint {ckpt} (rerun to resume)")
     model, result, data = train_arch(arch, recipe, seed=args.seed, checkpoint=ckpt, progress=not args.quiet,

@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
+        # A filesystem problem (a full disk, a read-only folder, a file where a folder should be): the
+        # path and what is wrong with it. Files are written atomically, so nothing half-written is left.
         if os.environ.get("SE_NAS_DEBUG"):
             raise
-        # The machine, not the input or se-nas: a file that can't be read or written, a full disk.
-        where = f": {e.filename}" if e.filename else ""
-        print(f"se-nas {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        from ..design.files import os_error_line
+
+        print(f"se-nas {args.command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nse-nas {args.command}: interrupted; everything finished so far is saved", file=sys.stderr)

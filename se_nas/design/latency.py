@@ -202,10 +202,10 @@ class LatencyTable:
     def save(self, path: str | Path | None = None) -> None:
         """Write atomically (a temporary file, then ``os.replace``): a killed profile leaves the last
         complete file."""
-        p = Path(path or self.path)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"header": self.header, "entries": self.entries}, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, p)
+        from .files import atomic_write
+
+        atomic_write(Path(path or self.path),
+                     json.dumps({"header": self.header, "entries": self.entries}, indent=1, sort_keys=True) + "\n")
 
 
 def _check_entries(entries: Any, where: str) -> None:

@@ -13,9 +13,12 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import yaml
+
+if TYPE_CHECKING:  # annotations only: this floor imports no torch
+    import torch
 
 from ..errors import SeNasError
 from .arch import read_text

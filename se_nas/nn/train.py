@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import random
 import time
 import warnings
@@ -193,10 +192,10 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _save_atomic(state: dict, path: Path) -> None:
+    from ..design.files import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # readers see the old or the new checkpoint, never half of one
+    atomic_write(path, lambda f: torch.save(state, f))  # readers see the old or the new checkpoint, never half of one
 
 
 # Recipe keys that do not change what is computed: a run may resume on another device or thread count.

@@ -32,6 +32,7 @@ from ..errors import UsageError
 from ..design.arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_arch
 from ..search.confirm import (role_name, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
                       recipe_key)
+from ..design.files import atomic_write, output_folder, refuse_link
 from ..record.results import Difference, finding
 from ..record.storage import DEFAULT_ROOT, latest_study, open_study
 from ..record.study import StudySettings
@@ -97,6 +98,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise UsageError(f"--seeds must be a positive integer, got seeds={seeds!r}")
     name = study if study is not None else latest_study(root, storage)  # "" is a bad name, not the latest
+    refuse_link(compare_path(name, out).parent, "report")  # before any training, not after
     st = open_study(name, storage=storage, root=root)
     settings = StudySettings.of(st)
     source = "given with --arch"
@@ -199,13 +201,9 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
         result["vs_r16"]["plain"] = {"accuracy": _diff_dict(paired(plain, r16)),
                                      "latency_ms": paired_test(lat["plain"], lat["r16"])}
     path = compare_path(name, out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-    md = path.with_suffix(".md")
-    md.with_name(md.name + ".tmp").write_text(compare_md(result))
-    md.with_name(md.name + ".tmp").replace(md)
+    output_folder(path.parent)
+    atomic_write(path, json.dumps(result, indent=1))
+    atomic_write(path.with_suffix(".md"), compare_md(result))
     return result
 
 

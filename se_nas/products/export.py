@@ -85,21 +85,26 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
     Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs the
     ``onnxscript`` package, which se-nas does not require.
     """
+    import io
     import warnings
+
+    from ..design.files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         # the legacy exporter announces its own deprecation, and tracing warns about shape-dependent
         # Python branches (the builder's, which are fixed once the model is built)
         for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
             warnings.filterwarnings("ignore", category=category)
         torch.onnx.export(
-            model, (_example(model, image_size),), str(path), dynamo=False, opset_version=opset,
+            model, (_example(model, image_size),), buffer, dynamo=False, opset_version=opset,
             input_names=["images"], output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         )
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -114,7 +119,9 @@ def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> P
         for category in (FutureWarning, torch.jit.TracerWarning):  # torch.jit's deprecation; see export_onnx
             warnings.filterwarnings("ignore", category=category)
         traced = torch.jit.trace(model, _example(model, image_size))
-    traced.save(str(path))
+    from ..design.files import atomic_write
+
+    atomic_write(path, lambda f: torch.jit.save(traced, f))
     return path
 
 
@@ -195,7 +202,7 @@ def resolve_ref(ref: str, root: str | Path = DEFAULT_ROOT, storage: str | None =
         name, _, num = ref.rpartition(":")
         if not num.isdigit():
             raise UsageError(f"trial reference must be STUDY:N with N a trial number, got {ref!r}")
-        rec = pick_trial(records(open_study(name, storage=storage, root=root)), trial=int(num))
+        rec = pick_trial(records(open_study(name, storage=storage, root=root, read_only=True)), trial=int(num))
         return rec.arch, {"study": name, "trial": rec.number, "trial_accuracy": rec.accuracy}
     return resolve_arch(ref), {"source": ref}
 
@@ -229,10 +236,13 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
     from ..search.confirm import export_choice
+    from ..design.files import check_output_file
     from ..record.storage import open_study
 
     model_path = model_file_path(out, fmt)
-    study = open_study(study_name, storage=storage, root=root)
+    for path in {Path(out), model_path}:  # a folder or a link at -o: refused before any training
+        check_output_file(path)
+    study = open_study(study_name, storage=storage, root=root, read_only=True)
     if trial is not None:
         from ..record.study import records
 

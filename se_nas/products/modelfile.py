@@ -48,6 +48,7 @@ from ..errors import SeNasError, UsageError
 from ..design.arch import Arch, ArchError
 from ..nn.build import build_model
 from ..design.cost import count_cost
+from ..design.files import atomic_write, check_output_file
 
 MODEL_FORMAT = "se-nas/model@1"
 ROLES = {
@@ -326,12 +327,11 @@ def save_model(
     header["sha256"] = checksum(header, tensors)
     if key is not None:
         header[_SIGNATURE] = signature(header["sha256"], key)
-    path = Path(path)
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:  # open() honours the umask (safetensors' save_file writes 0600)
-        f.write(save(tensors, metadata=header))
-    os.replace(tmp, path)  # never leave a half-written model file under the real name
+    # Never a half-written model file under the real name, nor one written through a planted link;
+    # the mode honours the umask (safetensors' save_file writes 0600).
+    atomic_write(path, save(tensors, metadata=header))
     return path
 
 

@@ -44,7 +44,7 @@ __all__ = ["Report", "Marker", "build_report", "write_report", "make_report", "s
 def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
                  storage: str | None = None) -> Report:
     """Read ``study_name`` and compute the report. Raises ``StudyError`` if no trial has completed."""
-    study = open_study(study_name, storage=storage, root=root)
+    study = open_study(study_name, storage=storage, root=root, read_only=True)
     skipped: list[str] = []
     recs = records(study, skipped)  # a corrupted trial record is left out, named, not fatal
     for line in skipped:
@@ -203,17 +203,25 @@ def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
 
     Every file is rendered and written under a temporary folder in ``out_dir`` first, then renamed
     into place, report.html last: a run killed half-way leaves a hidden ``.writing-*`` folder and the
-    previous report, never a new report.html beside missing figures.
+    previous report, never a new report.html beside missing figures. The temporary folder is private
+    (``mkdtemp``), and a symbolic link at ``out_dir`` or at one of the files is refused, not followed.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..design.files import output_folder, refuse_link
+
+    out = output_folder(out_dir)
     figs = figures(rep)
     files = {**figs, "trials.csv": trials_csv(rep).encode(), "summary.md": summary_md(rep).encode(),
              "report.html": report_html(rep, figs).encode()}
+    for name in files:
+        refuse_link(out / name)
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
     try:
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            try:
+                (tmp / name).write_bytes(data)
+            except OSError as e:  # a full disk: name the file the user will look for
+                e.filename = str(out / name)
+                raise
         for name in files:  # report.html is the last key
             os.replace(tmp / name, out / name)
     finally:

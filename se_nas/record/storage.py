@@ -16,6 +16,7 @@ missed beats.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -150,14 +151,114 @@ def _shown(url: str) -> str:
     return repr(printable_url(url))
 
 
+def _sqlite_path(url) -> str | None:
+    """The database file of a SQLite URL (``sqlite:///PATH`` or the URI form ``file:PATH?...``)."""
+    db = url.database
+    if not db or db == ":memory:":
+        return None
+    if db.startswith("file:"):
+        from urllib.parse import unquote
+
+        db = unquote(db[len("file:"):].split("?", 1)[0])
+    return db
+
+
+def _folder_problem(path: str) -> int:
+    """Why a SQLite file could not be opened or written, as an errno: its folder missing, on a
+    read-only file system, or not writable by this user."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return errno.ENOTDIR if os.path.exists(folder) else errno.ENOENT
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return errno.EROFS
+    except OSError:
+        pass
+    return errno.EACCES if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)) \
+        else errno.EIO
+
+
+def _nearly_full(path: str) -> bool:
+    """Whether the file system of ``path`` has less room than SQLite needs for its WAL index (64 KiB)."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 65536
+
+
+def _sqlite_error(context) -> None:
+    """SQLAlchemy's ``handle_error`` hook: a SQLite error that is a filesystem problem (a full disk,
+    a read-only folder) becomes an ``OSError`` naming the database file, which the CLI says in one
+    line. Otherwise Optuna reports it as "invalid data in the commit, e.g. exceeding max length"."""
+    import sqlite3
+
+    e, engine = context.original_exception, context.engine
+    if not isinstance(e, sqlite3.Error) or engine is None or not engine.url.drivername.startswith("sqlite"):
+        return
+    path = _sqlite_path(engine.url)
+    text = str(e)
+    if path is None:
+        return
+    if "database or disk is full" in text:
+        code = errno.ENOSPC
+    elif "unable to open database file" in text or ("readonly database" in text
+                                                    and engine.url.query.get("mode") != "ro"):
+        code = _folder_problem(path)
+    elif "disk I/O error" in text:  # what SQLite says when even its -shm file cannot be made on a full disk
+        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
+    else:
+        return
+    raise OSError(code, os.strerror(code), path) from e
+
+
+def _listen_sqlite_errors() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "handle_error", _sqlite_error):
+        event.listen(Engine, "handle_error", _sqlite_error)
+
+
+def _read_only_sqlite(url: str) -> str:
+    """The URL a command that only reads a study opens a SQLite file with. Where the file and its
+    folder are writable: the same URL (a read-write connection cleans up the WAL's ``-shm`` and
+    ``-wal`` files when it closes; a read-only one would leave them behind), Optuna being kept from
+    writing its schema by ``skip_table_creation``. Elsewhere (a read-only file system or folder):
+    ``mode=ro``, which needs no write at all; on a read-only file system a WAL database whose
+    ``-shm`` file is gone can then only be opened as immutable, which is safe because nothing can
+    write it there."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    path = _sqlite_path(u)
+    if path is None or u.query.get("uri"):
+        return url  # in memory, or already a URI the user wrote: theirs
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return url  # no folder: opening says so
+    if not read_only_fs and os.access(folder, os.W_OK) and (not os.path.exists(path) or os.access(path, os.W_OK)):
+        return url
+    query = "mode=ro"
+    if read_only_fs and not os.path.exists(path + "-wal"):
+        query += "&immutable=1"
+    return f"sqlite:///file:{quote(os.path.abspath(path))}?{query}&uri=true"
+
+
 def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_ROOT, *, create: bool = True,
-                 heartbeat: bool = False):
+                 heartbeat: bool = False, read_only: bool = False):
     """The Optuna storage for study ``name``: the default SQLite file, an RDB URL, or a journal file
     (``journal:PATH``; nothing else is a journal, whatever its file is called). With ``heartbeat``
     (the processes that run trials), RDB storages get a heartbeat so trials of a dead process on
-    another machine are failed and retried."""
+    another machine are failed and retried. ``read_only`` (commands that only read a study) opens a
+    SQLite file read-only and creates no schema: a file without a study is a ``StudyError``."""
     import optuna
 
+    _listen_sqlite_errors()
     if url is None:
         d = study_dir(name, root)
         if create:
@@ -173,6 +274,10 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
         raise StorageError(f"--storage must be an Optuna storage URL (sqlite:///..., postgresql://..., "
                            f"mysql://...) or journal:PATH, got {_shown(url)}")
     url = _rdb_url(url)
+    read_only = read_only and url.startswith("sqlite")
+    if read_only:
+        url = _read_only_sqlite(url)
+        _check_has_study(url, name)
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
@@ -182,17 +287,47 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
                     every = heartbeat_interval()
                     beat = dict(heartbeat_interval=every, grace_period=HEARTBEAT_MISSES * every)
                 storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None, **beat)
+                    url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                    skip_table_creation=read_only, **beat)
             break
+        except OSError:
+            raise  # a filesystem problem (see _sqlite_error): retrying cannot help
         except Exception as e:
             # Two processes opening a new database at once can race on creating Optuna's schema: the
             # loser sees "table already exists" or a duplicate version row. Once it exists, retry works.
             if attempt == 2:
                 raise StorageError(f"cannot open storage {_shown(url)}: {' '.join(str(e).split())[:300]}") from None
             time.sleep(0.5 * (attempt + 1))
-    if url.startswith("sqlite"):
+    if url.startswith("sqlite") and not read_only:
         _fast_sqlite(storage.engine)
     return storage
+
+
+def _check_has_study(url: str, name: str) -> None:
+    """Refuse a SQLite file that holds no Optuna study (empty, or another program's database) before
+    Optuna would write its schema into it."""
+    import sqlalchemy
+
+    from .study import StudyError
+
+    path = _sqlite_path(sqlalchemy.engine.make_url(url))
+    study = "study" if name == "_" else f"study {name!r}"  # "_": latest_study looking for any study
+    if path is not None and not os.path.exists(path):  # opening it would create it
+        raise StudyError(f"no {study}: {path!r} does not exist; run `se-nas search` first")
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as c:
+            ok = sqlalchemy.inspect(c).has_table("studies")
+    except sqlalchemy.exc.DatabaseError as e:  # not a database at all
+        ok, why = False, f" ({' '.join(str(e.orig).split())[:100]})"
+    else:
+        why = ""
+    finally:
+        engine.dispose()
+    if not ok:
+        if not why:
+            why = " (it is empty)" if path and os.path.getsize(path) == 0 else " (it has no Optuna tables)"
+        raise StudyError(f"no {study} in {path!r}: the file holds no Optuna study{why}; run `se-nas search` first")
 
 
 def heartbeat_interval() -> int:
@@ -241,10 +376,11 @@ def _fast_sqlite(engine) -> None:
 
 
 def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT_ROOT, sampler=None,
-               create: bool = False, heartbeat: bool = False, objectives=None):
+               create: bool = False, heartbeat: bool = False, objectives=None, read_only: bool = False):
     """Open (or with ``create=True``, create) the study ``name`` in ``storage`` (default: its SQLite
     file under ``root``), a new one with the directions of ``objectives`` (default ``OBJECTIVES``);
-    ``heartbeat`` for processes that run trials (see ``make_storage``)."""
+    ``heartbeat`` for processes that run trials, ``read_only`` for commands that only read it (see
+    ``make_storage``)."""
     import optuna
 
     from .study import OBJECTIVES, StudyError, directions
@@ -255,7 +391,7 @@ def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT
     if storage is None and not create and not (study_dir(name, root) / "study.db").exists():
         raise StudyError(f"no study {name!r} at {str(study_dir(name, root) / 'study.db')!r}; run `se-nas search` "
                          "first" + _known_studies(root))
-    st = make_storage(name, storage, root, create=create, heartbeat=heartbeat)
+    st = make_storage(name, storage, root, create=create, heartbeat=heartbeat, read_only=read_only and not create)
     if create:
         study = optuna.create_study(study_name=name, storage=st, sampler=sampler,
                                     directions=list(directions(objectives)), load_if_exists=True)
@@ -281,7 +417,7 @@ def latest_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) ->
     if storage is not None:
         import optuna
 
-        names = optuna.get_all_study_names(make_storage("_", storage, root, create=False))
+        names = optuna.get_all_study_names(make_storage("_", storage, root, create=False, read_only=True))
         if not names:
             raise StorageError(f"no study in storage {_shown(storage)}; run `se-nas search` first")
         return names[-1]
