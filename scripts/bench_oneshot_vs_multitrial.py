@@ -4,7 +4,7 @@ seeds (issue 13, Measure).
 For each search seed (``--seeds``) two studies under ``--root`` are run **side by side**, one torch
 thread each, so both see the same machine load:
 
-- ``ovm-oneshot-s<seed>``: ``se_nas.search.oneshot.run_oneshot`` on the default space and proxy (digits),
+- ``ovm-oneshot-s<seed>``: ``run_search`` with ``strategy="oneshot"`` on the default space and proxy (digits),
   ``--budget-gflops``, ``--designs`` ranked designs, supernet epochs default;
 - ``ovm-mt-s<seed>``: ``se_nas.search.stages.run_search`` (the default multi-trial search) with the same
   seed, budget, calibration and confirmation settings. Its search stage is the Optuna backend
@@ -82,53 +82,49 @@ def config_of(args, strategy: str, seed: int):
     from se_nas.design.budget import Budget
     from se_nas.search.stages import SearchConfig
 
-    from se_nas.search import oneshot, stages as search
-
-    sampler = (oneshot if strategy == "oneshot" else search).DEFAULT_SAMPLER  # each strategy's own, as the CLI
+    # each strategy under its own default sampler, as the CLI runs them (the sampler left to the strategy)
     return SearchConfig(study=STUDY.format(strategy=strategy, seed=seed), recipe=args.recipe,
-                        budget=Budget(max_gflops=args.budget_gflops), sampler=sampler,
+                        budget=Budget(max_gflops=args.budget_gflops),
+                        strategy="oneshot" if strategy == "oneshot" else "multi-trial",
                         n_trials=args.designs if strategy == "oneshot" else 1, seed=seed, root=args.root,
                         calibration_seeds=args.confirm_seeds, confirm_top=args.confirm_top,
-                        confirm_min_seeds=args.confirm_seeds, confirm_max_seeds=args.confirm_seeds)
+                        confirm_min_seeds=args.confirm_seeds, confirm_max_seeds=args.confirm_seeds,
+                        supernet_epochs=args.supernet_epochs if strategy == "oneshot" else None)
 
 
 def run_oneshot_timed(args, seed: int) -> None:
-    """The one-shot search; its search stage (the ``search`` callable ``run_oneshot`` hands to
-    ``run_search``) is timed by wrapping ``se_nas.search.stages.run_search``, the public entry point."""
-    import se_nas.search.stages
-    from se_nas.search.oneshot import run_oneshot
+    """The one-shot search, its search stage (the strategy's ``stage``) timed by running the search with
+    that strategy's entry of ``se_nas.search.strategies.STRATEGIES`` wrapped."""
+    import dataclasses
+
+    from se_nas.search import strategies
+    from se_nas.search.stages import run_search
 
     config, root = config_of(args, "oneshot", seed), Path(args.root)
     stored = read_timing(root, config.study)
-    original, seen = se_nas.search.stages.run_search, []
+    original = strategies.STRATEGIES["oneshot"]
 
-    def run_search(config, search=None, candidates=None, strategy="multi-trial"):
-        def timed(study, config, progress, data):
-            seen.append(True)
-            if stored.get("done"):  # measured already: the rerun only reads the supernet back
-                return search(study, config, progress, data)
-            clock = Clock(stored)
-            write_timing(root, config.study, {**stored, "calls": stored.get("calls", 0) + 1})
-            search(study, config, progress, data)
-            write_timing(root, config.study, {**clock.now(), "calls": stored.get("calls", 0) + 1, "done": True})
+    def timed(study, config, progress, data):
+        if stored.get("done"):  # measured already: the rerun only reads the supernet back
+            return original.stage(study, config, progress, data)
+        clock = Clock(stored)
+        write_timing(root, config.study, {**stored, "calls": stored.get("calls", 0) + 1})
+        original.stage(study, config, progress, data)
+        write_timing(root, config.study, {**clock.now(), "calls": stored.get("calls", 0) + 1, "done": True})
 
-        return original(config, timed, candidates, strategy)
-
-    se_nas.search.stages.run_search = run_search
+    strategies.STRATEGIES["oneshot"] = dataclasses.replace(original, stage=timed)
     try:
-        run_oneshot(config, supernet_epochs=args.supernet_epochs)
+        run_search(config)
     finally:
-        se_nas.search.stages.run_search = original
-    if not seen:
-        raise SystemExit("run_oneshot no longer calls se_nas.search.stages.run_search with a search stage: "
-                         "its search time cannot be measured this way; update run_oneshot_timed")
+        strategies.STRATEGIES["oneshot"] = original
 
 
 def run_multitrial_timed(args, seed: int) -> None:
     """The multi-trial search, its search stage grown one counted trial at a time until it has used
     the one-shot's search wall time of the same seed (read from its timing file; while the one-shot
     is still searching, the multi-trial goes on)."""
-    from se_nas.search.stages import BACKENDS, run_search
+    from se_nas.search.stages import run_search
+    from se_nas.search.strategies import BACKENDS
     from se_nas.record.study import counted
 
     config, root = config_of(args, "mt", seed), Path(args.root)
@@ -241,10 +237,8 @@ def study_row(root: Path, strategy: str, seed: int, ref) -> dict | None:
     conf = read_confirmation(study, settings)
     t = read_timing(root, name)
     recs = records(study)
-    from se_nas.search.oneshot import ranked
-
     row = {"strategy": strategy, "seed": seed, "timing": t, "counted": counted(study)[0],
-           "evaluated": sum(1 for r in recs if ranked(r)),
+           "evaluated": sum(1 for r in recs if r.is_ranked),
            "trained": sum(1 for r in recs if r.trained and r.fidelity != "supernet"),
            "complete": bool(conf and conf.complete)}
     if strategy == "oneshot":  # ranking's wall time: first path asked to last recorded

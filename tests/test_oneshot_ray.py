@@ -12,7 +12,7 @@ from se_nas.design.arch import Arch, StageSE  # noqa: E402
 from se_nas.design.budget import Budget  # noqa: E402
 from se_nas.design.cost import count_cost  # noqa: E402
 from se_nas.design.recipe import load_recipe  # noqa: E402
-from se_nas.search.stages import SearchConfig  # noqa: E402
+from se_nas.search.stages import SearchConfig, run_search  # noqa: E402
 from se_nas.design.space import load_space  # noqa: E402
 from se_nas.record.study import SearchError, Status, counted, records  # noqa: E402
 
@@ -70,8 +70,9 @@ def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_contin
 
     monkeypatch.setattr(confirm, "train_run", not_here)
     config = SearchConfig(study="os", space=TINY, recipe="tiny", budget=BUDGET, n_trials=8, sampler="nsga2",
-                          backend="ray", root=tmp_path, progress=False, calibration_seeds=2, confirm_top=0)
-    oneshot.run_oneshot(config, supernet_epochs=1)
+                          backend="ray", root=tmp_path, progress=False, calibration_seeds=2, confirm_top=0,
+                          strategy="oneshot", supernet_epochs=1)
+    run_search(config)
     monkeypatch.undo()
     [pool] = pools
     assert pool.started == 2 and not pool.actors  # as many actors as the 2 CPUs hold, closed at the end

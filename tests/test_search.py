@@ -394,3 +394,41 @@ def test_runs_another_process_stored_meanwhile_are_not_trained_again(tmp_path):
     runs = ensure_runs(study, arms, [1000], recipe, log=other_process_stores_the_rest)
     assert set(runs) == {(a.id, 1000) for a in arms.values()}
     assert "stored by another process" in lines[1] and "stored by another process" not in lines[0]
+
+
+@pytest.mark.parametrize("strategy", ["multi-trial", "oneshot"])
+def test_python_and_the_command_line_search_with_the_same_defaults(tmp_path, monkeypatch, strategy):
+    """A Strategy owns its sampler, count and study name: SearchConfig(strategy=...) from Python gets
+    what `se-nas search --strategy ...` runs (the one-shot once ranked 30 designs with TPE from Python)."""
+    import dataclasses
+
+    from se_nas import cli
+    from se_nas.search import stages
+    from se_nas.search.strategies import STRATEGIES
+
+    seen = []
+    monkeypatch.setattr(stages, "run_search", seen.append)
+    assert cli.main(["search", "--space", "tiny", "--recipe", "tiny", "--budget-gflops", "2",
+                     "--strategy", strategy, "--root", str(tmp_path)]) == 0
+    from se_nas.design.budget import Budget
+
+    python = stages.SearchConfig(space="tiny", recipe="tiny", budget=Budget(2.0), strategy=strategy, root=str(tmp_path))
+    [cli_config] = seen
+    assert dataclasses.asdict(cli_config) == dataclasses.asdict(python)
+    s = STRATEGIES[strategy]
+    assert (python.n_trials, python.sampler) == (s.default_count, s.default_sampler)
+    assert python.study == "tiny-2gflops" + s.study_suffix
+    assert (python.n_trials, python.sampler) == ((2000, "nsga2") if strategy == "oneshot" else (30, "tpe"))
+
+
+def test_a_study_says_which_strategy_searched_it(tmp_path):
+    from se_nas.record.storage import open_study
+    from se_nas.search.strategies import strategy_of
+
+    study = open_study("s", root=tmp_path, create=True)
+    assert strategy_of(study).name == "multi-trial"  # a study from before strategies were stored
+    study.set_user_attr("strategy", "oneshot")
+    assert strategy_of(study).name == "oneshot" and not strategy_of(study).trains_each_design
+    study.set_user_attr("strategy", "evolution")
+    with pytest.raises(SearchError, match="searched with strategy 'evolution', which this se-nas does not know"):
+        strategy_of(study)

@@ -307,7 +307,7 @@ def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted
 
 def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monkeypatch):
     from se_nas.search import oneshot
-    from se_nas.search.stages import SearchConfig
+    from se_nas.search.stages import SearchConfig, run_search
     from se_nas.record.study import Status, records
 
     deploy = TINY.deploy
@@ -329,8 +329,8 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     monkeypatch.setattr(oneshot.PathEvaluator, "__call__", spy)
     config = SearchConfig(study="os", space=TINY, recipe="tiny", budget=budget, n_trials=14, sampler="nsga2",
                           root=tmp_path, progress=False, calibration_seeds=0, confirm_top=1, confirm_min_seeds=2,
-                          confirm_max_seeds=2)
-    study = oneshot.run_oneshot(config, supernet_epochs=1)
+                          confirm_max_seeds=2, strategy="oneshot", supernet_epochs=1)
+    study = run_search(config)
     recs = records(study)
     over = [r for r in recs if r.status is Status.OVER_BUDGET]
     assert over and evaluated

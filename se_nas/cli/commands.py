@@ -51,33 +51,23 @@ def _storage_argument(p) -> None:
 # --- search (se_nas.search.stages) ----------------------------------------------------------------------
 def cmd_search(args):
     from ..design.budget import Budget
-    from ..search.stages import SearchConfig, default_study_name, run_search
-    from ..design.space import load_space
+    from ..search.stages import SearchConfig, run_search
 
-    budget = Budget(args.budget_gflops, args.budget_mparams, args.budget_latency_ms, args.latency)
-    space = load_space(args.space)
-    oneshot = args.strategy == "oneshot"
-    if oneshot:
-        from ..search.oneshot import DEFAULT_N_DESIGNS as default_n, DEFAULT_SAMPLER as default_sampler
-    else:
-        from ..search.stages import DEFAULT_N_TRIALS as default_n, DEFAULT_SAMPLER as default_sampler
+    # None (a flag not given) takes the library's default: SearchConfig and the strategy own them all,
+    # so this command and SearchConfig(...) from Python search alike. `--study ""` is a bad name
+    # (refused by SearchConfig), not the default.
     config = SearchConfig(
-        # `--study ""` is a bad name (refused by SearchConfig), not the default
-        study=args.study if args.study is not None
-        else default_study_name(space, budget) + ("-oneshot" if oneshot else ""), space=space,
-        recipe=args.recipe, budget=budget, n_trials=args.n_trials or default_n,
-        sampler=args.sampler or default_sampler, workers=args.workers, storage=args.storage, backend=args.backend, ray_address=args.ray_address,
+        study=args.study, space=args.space, recipe=args.recipe,
+        budget=Budget(args.budget_gflops, args.budget_mparams, args.budget_latency_ms, args.latency),
+        strategy=args.strategy, n_trials=args.n_trials, sampler=args.sampler, workers=args.workers,
+        storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
         confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
         max_seeds_per_design=args.max_seeds_per_design, objectives=args.objectives,
+        supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling,
     )
-    if oneshot:
-        from ..search.oneshot import run_oneshot
-
-        run_oneshot(config, supernet_epochs=args.supernet_epochs, sampling=args.supernet_sampling)
-    else:
-        run_search(config)
+    run_search(config)
     return 0
 
 
@@ -99,7 +89,9 @@ def _number(kind, positive: bool):
 
 def _search_arguments(p):
     from ..record.samplers import SAMPLERS
-    from ..search.stages import BACKENDS, DEFAULT_N_TRIALS, EARLY_STOPS
+    from ..search.stages import EARLY_STOPS
+    from ..search.strategies import BACKENDS
+    from ..search.strategies import STRATEGIES
     from ..design.space import DEFAULT_SPACE
     from ..record.study import OBJECTIVE_TABLE, OBJECTIVES
 
@@ -122,13 +114,15 @@ def _search_arguments(p):
     p.add_argument("--study", default=None,
                    help="study name (default: space and budget, e.g. resnet50-per-stage-4gflops); "
                    "an existing study is continued")
-    p.add_argument("--strategy", choices=("multi-trial", "oneshot"), default="multi-trial",
+    multi, oneshot = STRATEGIES["multi-trial"], STRATEGIES["oneshot"]
+    p.add_argument("--strategy", choices=tuple(STRATEGIES), default="multi-trial",
                    help="multi-trial: train every proposed design; oneshot: train one SE supernet, rank designs as "
                    "its paths, confirm the best standalone (docs/oneshot.md; study name gets -oneshot)")
     p.add_argument("--n-trials", type=_positive_int, default=None,
                    help=f"trials the study should have in total (a rerun continues towards it): trained, failed or "
                    f"over budget (nearly free); repeats of a known design answered from its record don't count "
-                   f"(default {DEFAULT_N_TRIALS}; with --strategy oneshot, the designs to rank: 2000)")
+                   f"(default {multi.default_count}; with --strategy oneshot, the {oneshot.counts}: "
+                   f"{oneshot.default_count})")
     p.add_argument("--supernet-epochs", type=_positive_int, default=None, metavar="E",
                    help="--strategy oneshot: epochs of supernet training (default twice the recipe's)")
     p.add_argument("--supernet-sampling", choices=("uniform", "sandwich"), default="sandwich",
@@ -136,7 +130,8 @@ def _search_arguments(p):
                    "the budget), or uniform: one path per step, each choice equally likely (compared in docs/oneshot.md)")
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget "
-                   "(default tpe; with --strategy oneshot nsga2: TPE re-proposes ranked designs thousands of times)")
+                   f"(default {multi.default_sampler}; with --strategy oneshot {oneshot.default_sampler}: TPE "
+                   "re-proposes ranked designs thousands of times)")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes running trials at once on this machine, sharing the study storage")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",

@@ -27,6 +27,7 @@ from ..design.arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_ar
 from ..design.budget import predicted_latencies
 from .compare import DEFAULT_OUT, compare_path
 from .comparison import Comparison, read_comparison
+from ..search.strategies import strategy_of
 from ..search.confirm import Confirmation, read_confirmation, role_name, study_noise
 from ..design.pareto import hypervolume_history
 from .report_html import report_html
@@ -50,13 +51,10 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
     for line in skipped:
         print(f"warning: {line}; left out of the report", file=sys.stderr)
     frame = to_frame(recs)
-    done = [r for r in recs if r.is_result]
-    designs = designs_of(recs)
-    supernet = not done  # a one-shot search: its supernet ranking is the search (the confirmation stays standalone)
-    if supernet:
-        from ..search.oneshot import ranked, supernet_designs
-
-        done, designs = [r for r in recs if ranked(r)], supernet_designs(recs)
+    strategy = strategy_of(study)  # a one-shot search's values are supernet scores (its confirmation stays standalone)
+    done = [r for r in recs if strategy.values(r)]
+    designs = designs_of(recs, strategy.values)
+    supernet = not strategy.trains_each_design
     if not done:
         counts = ", ".join(f"{(frame.status == s).sum()} {STATUS_TEXT[s]}" for s in STATUS_TEXT
                            if (frame.status == s).any()) if len(frame) else "no trials"

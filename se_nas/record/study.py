@@ -28,6 +28,9 @@ from ..errors import SeNasError
 from ..design.arch import Arch
 
 
+SUPERNET = "supernet"  # the fidelity of a one-shot search's trials: a path's score in the weight-sharing supernet
+
+
 class Status(str, Enum):
     """What became of a trial. A ``str`` so that it is stored, compared and printed as its value."""
 
@@ -204,6 +207,12 @@ class TrialRecord:
         path's accuracy is a ranking, never averaged with standalone trainings of the design."""
         return (self.status is Status.COMPLETE and self.arch is not None and self.accuracy is not None
                 and self.fidelity == "standalone")
+
+    @property
+    def is_ranked(self) -> bool:
+        """A design evaluated as a path of a one-shot search's supernet, within budget: a score that ranks
+        designs, never a trained accuracy."""
+        return self.fidelity == SUPERNET and self.status is Status.COMPLETE and self.arch is not None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """One-shot search: train one SE supernet, rank thousands of designs through it, confirm the best
 standalone.
 
-``run_oneshot`` runs the stages of ``se-nas search --strategy oneshot``:
+The one-shot strategy (``se_nas.search.strategies``; ``se-nas search --strategy oneshot``, or
+``run_search(SearchConfig(strategy="oneshot"))``) runs these stages:
 
 1. **calibrate**: as the multi-trial search (``se_nas.search.confirm.calibrate``): plain and r=16 under a few
    seeds, the proxy's seed noise;
@@ -38,6 +39,7 @@ import random
 import statistics
 import time
 from dataclasses import replace
+from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,11 +48,10 @@ import torch
 from ..design.arch import Arch
 from ..design.budget import Budget, Deploy
 from ..design.cost import count_cost
-from ..record.study import SearchError, Status, TrialOutcome, counted, records
+from ..record.study import SUPERNET, SearchError, Status, TrialOutcome, counted, records
 from ..nn.supernet import (DEFAULT_GATE_WEIGHTS, Supernet, check_supernet_space, narrowest_path, recalibrate_bn,
                        sample_path, widest_path)
 
-FIDELITY = "supernet"
 SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
 # A path's cost: 1 calibration batch and a quarter of the validation split ranked the 23 designs of
 # docs/oneshot.md as 4 batches and the whole split did (tau 0.33 and 0.35, calibration draws apart by
@@ -66,10 +67,6 @@ VAL_FRACTION = 0.25  # of the validation split (its first images) a path is eval
 # --seed + trial number, confirmation CONFIRM_SEED + k), or the check would pick designs for the very
 # initialisations the confirmation then trains; docs/oneshot.md, "The initialisation check".
 INIT_SEEDS = (2**40, 2**40 + 1, 2**40 + 2)
-DEFAULT_N_DESIGNS = 2000  # designs ranked by default
-# TPE re-proposes ranked designs: 1,300-1,900 times per 300 designs, most of the ranking's time
-# (docs/oneshot_vs_multitrial.md); NSGA-II proposed none again in 2,000 (docs/oneshot.md)
-DEFAULT_SAMPLER = "nsga2"
 RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
 # a step whose gradients are not finite is skipped, never written into the shared weights (unclipped
 # otherwise: every figure of docs/oneshot.md was measured so); one such step ended a 10-epoch training
@@ -441,14 +438,14 @@ def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int,
 
     pool = evaluate if hasattr(evaluate, "submit") else InProcess(evaluate)
     mirror = _mirror(study)
-    known = {r.arch.id: r.accuracy for r in records(study) if ranked(r)}
+    known = {r.arch.id: r.accuracy for r in records(study) if r.is_ranked}
     waiting: dict[str, list] = {}  # design id -> its trials (a repeat proposed while it is evaluated)
     evaluated, repeats, streak, done, exhausted = 0, 0, 0, counted(study)[0], False
 
     def tell(trial, arch: Arch, status: Status, **fields) -> None:
         cost = count_cost(arch, deploy.image_size, deploy.num_classes)
         outcome = TrialOutcome(arch=arch, status=status, gflops=cost.gflops, mparams=cost.mparams, seed=seed,
-                               backend="oneshot", fidelity=FIDELITY, **fields)
+                               backend="oneshot", fidelity=SUPERNET, **fields)
         frozen = record_outcome(mirror, trial, outcome, budget=budget)
         if status is not Status.REPEAT:
             study.add_trial(frozen)
@@ -516,17 +513,12 @@ def check_score(study, name: str) -> None:
     """A study's ranking continues under the score that started it: one made before the initialisation
     check holds accuracies alone, which a continued ranking would mix with discounted ones."""
     have = study.user_attrs.get("supernet_score")
-    if have is None and any(ranked(r) for r in records(study)):
+    if have is None and any(r.is_ranked for r in records(study)):
         have = "supernet accuracy"
     if have not in (None, SCORE):
         raise SearchError(f"study {name!r} ranked its designs by {have}; this se-nas ranks by {SCORE} "
                           f"(docs/oneshot.md): continuing would mix the two, start a new study with --study NAME")
     study.set_user_attr("supernet_score", SCORE)
-
-
-def ranked(r) -> bool:
-    """Whether a study record is a design's supernet accuracy (evaluated as a path, within budget)."""
-    return r.fidelity == FIDELITY and r.status is Status.COMPLETE and r.arch is not None
 
 
 def supernet_designs(recs):
@@ -535,7 +527,7 @@ def supernet_designs(recs):
     standalone results."""
     from ..record.results import designs_of
 
-    return designs_of(recs, ranked)
+    return designs_of(recs, attrgetter("is_ranked"))
 
 
 # --- the stages -----------------------------------------------------------------------------------
@@ -562,45 +554,44 @@ def path_pool(config, net, recipe, data, todo: int):
     return InProcess(PathEvaluator(net, recipe, data))
 
 
-def run_oneshot(config, *, supernet_epochs: int | None = None, sampling: str = "sandwich"):
-    """Run (or continue) a one-shot search for ``config`` (a ``se_nas.search.stages.SearchConfig``; its
-    ``n_trials`` is the number of designs to rank): the stages of ``se_nas.search.stages.run_search`` with
-    the supernet's training and ranking as the search stage. Prints the summary; returns the study."""
-    from .stages import run_search
-
+def check_config(config) -> None:
+    """Refuse a one-shot search's bad settings before anything runs: a space the supernet can't hold,
+    a bad epoch count, an unknown sampling rule."""
     check_supernet_space(config.space)
-    supernet_recipe(config.recipe, supernet_epochs, config.seed)  # a bad epoch count fails before anything runs
-    if sampling not in SAMPLING:
-        raise SearchError(f"unknown supernet sampling {sampling!r}; allowed: {', '.join(SAMPLING)}")
+    supernet_recipe(config.recipe, config.supernet_epochs, config.seed)
+    if config.supernet_sampling not in SAMPLING:
+        raise SearchError(f"unknown supernet sampling {config.supernet_sampling!r}; allowed: {', '.join(SAMPLING)}")
 
-    def search(study, config, progress, data):
-        ckpt = checkpoint_path(config, supernet_epochs, sampling)
-        r = supernet_recipe(config.recipe, supernet_epochs, config.seed)
-        progress.log(f"supernet: {r.epochs} epochs, {sampling} sampling, checkpoint {ckpt}")
-        t0 = time.perf_counter()
-        net, result, _ = train_supernet(config.space, config.recipe, data, budget=config.budget,
-                                        deploy=config.deploy, epochs=supernet_epochs, sampling=sampling,
-                                        seed=config.seed, checkpoint=ckpt,
-                                        on_progress=lambda p: progress.live(f"supernet {p}"))
-        progress.log(f"supernet trained: {result.epochs} epochs, {result.seconds:.1f}s of training "
-                     f"(this run: {time.perf_counter() - t0:.1f}s)")
-        check_score(study, config.study)
-        todo = max(0, config.n_trials - counted(study)[0])
-        progress.stage("rank", todo)
-        t0, n = time.perf_counter(), 0
-        if todo:
-            pool = path_pool(config, net, r, data, todo)
-            try:
-                n = rank(study, config.space, config.budget, config.deploy, pool, config.n_trials, seed=config.seed,
-                         log=progress.log, advance=progress.advance)
-            finally:
-                getattr(pool, "close", lambda: None)()
-        progress.close()
-        if n:
-            progress.log(f"ranked {n} designs through the supernet in {time.perf_counter() - t0:.1f}s")
-        best = sorted(supernet_designs(records(study)), key=lambda d: -d.mean)[:5]
-        progress.log(f"supernet ranking ({SCORE} of each path; the summary below counts these as "
-                     f"trials, never as standalone results), best {len(best)}:\n" + "\n".join(
-                         f"  {d.id}  {d.mean:.4f}  {d.gflops:.3f} GFLOPs  {d.arch.label}" for d in best))
 
-    return run_search(config, search, lambda study: supernet_designs(records(study)), strategy="oneshot")
+def search_stage(study, config, progress, data) -> None:
+    """The one-shot strategy's search stage (``se_nas.search.strategies``): train the supernet (or
+    resume its checkpoint), then rank ``config.n_trials`` designs as its paths."""
+    epochs, sampling = config.supernet_epochs, config.supernet_sampling
+    ckpt = checkpoint_path(config, epochs, sampling)
+    r = supernet_recipe(config.recipe, epochs, config.seed)
+    progress.log(f"supernet: {r.epochs} epochs, {sampling} sampling, checkpoint {ckpt}")
+    t0 = time.perf_counter()
+    net, result, _ = train_supernet(config.space, config.recipe, data, budget=config.budget,
+                                    deploy=config.deploy, epochs=epochs, sampling=sampling,
+                                    seed=config.seed, checkpoint=ckpt,
+                                    on_progress=lambda p: progress.live(f"supernet {p}"))
+    progress.log(f"supernet trained: {result.epochs} epochs, {result.seconds:.1f}s of training "
+                 f"(this run: {time.perf_counter() - t0:.1f}s)")
+    check_score(study, config.study)
+    todo = max(0, config.n_trials - counted(study)[0])
+    progress.stage("rank", todo)
+    t0, n = time.perf_counter(), 0
+    if todo:
+        pool = path_pool(config, net, r, data, todo)
+        try:
+            n = rank(study, config.space, config.budget, config.deploy, pool, config.n_trials, seed=config.seed,
+                     log=progress.log, advance=progress.advance)
+        finally:
+            getattr(pool, "close", lambda: None)()
+    progress.close()
+    if n:
+        progress.log(f"ranked {n} designs through the supernet in {time.perf_counter() - t0:.1f}s")
+    best = sorted(supernet_designs(records(study)), key=lambda d: -d.mean)[:5]
+    progress.log(f"supernet ranking ({SCORE} of each path; the summary below counts these as "
+                 f"trials, never as standalone results), best {len(best)}:\n" + "\n".join(
+                     f"  {d.id}  {d.mean:.4f}  {d.gflops:.3f} GFLOPs  {d.arch.label}" for d in best))

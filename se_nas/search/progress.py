@@ -127,12 +127,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _ranking_lines(recs, objectives, ms) -> list[str]:
+def _ranking_lines(scored, objectives, ms) -> list[str]:
     """A one-shot study's front over its supernet scores (a ranking, not trainings)."""
-    from ..record.results import design_front, designs_of
+    from ..record.results import design_front
 
-    scored = designs_of(recs, lambda r: r.fidelity != "standalone" and r.status is Status.COMPLETE
-                        and r.arch is not None)
     ranking = design_front(scored, objectives)
     lines = [f"supernet ranking front (supernet scores: a ranking, not trainings), "
              f"{_plural(len(ranking), 'design')}:"]
@@ -147,6 +145,7 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     after a search."""
     from ..design.budget import predicted_latencies
     from .confirm import read_confirmation, study_noise
+    from .strategies import strategy_of
     from ..record.results import design_front, designs_of
 
     recs = records(study)
@@ -155,7 +154,8 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     trained = [r for r in recs if r.is_result]
     ds = designs_of(recs)
     # a one-shot study's supernet rows are path evaluations, not trainings
-    paths = sum(1 for r in recs if r.fidelity != "standalone" and r.status is Status.COMPLETE)
+    strategy = strategy_of(study)
+    paths = 0 if strategy.trains_each_design else sum(1 for r in recs if strategy.values(r))
     evaluated = f"{paths} supernet paths evaluated (not trained), " if paths else ""
     lines = [
         f"\nstudy {name!r}: {_plural(len(recs), 'trial')}: {evaluated}{c['complete'] - paths} trained to the end "
@@ -186,7 +186,7 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
             lines.append(f"  {d.id:<10}  {d.describe(noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M{ms(d)}  "
                          f"{d.arch.label}")
     elif paths:  # a one-shot study: its search is the supernet ranking, its trained answer the confirmation
-        lines += _ranking_lines(recs, settings.objectives, ms)
+        lines += _ranking_lines(designs_of(recs, strategy.values), settings.objectives, ms)
     else:
         lines.append("no trial has been trained to the end yet: no front")
     if conf is not None:

@@ -30,37 +30,28 @@ from ..record.samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
 from ..design.space import DEFAULT_SPACE, SearchSpace, load_space
 from ..record.storage import DEFAULT_ROOT, StorageError, check_study_name, open_study, recover_dead_trials
 from ..record.study import OBJECTIVES, SearchError, StudySettings, check_objectives, counted
+from .strategies import BACKENDS, MULTI_TRIAL, get_strategy
 
 
-def _optuna_backend(study, config, progress, data) -> None:
-    from .optuna_backend import run
-
-    run(study, config, progress, data)
-
-
-def _ray_backend(study, config, progress, data) -> None:
-    from .ray_backend import run
-
-    run(study, config, progress, data)
-
-
-BACKENDS: dict[str, Callable] = {"optuna": _optuna_backend, "ray": _ray_backend}
 EARLY_STOPS = ("rungs", "asha", "none")
-DEFAULT_N_TRIALS = 30  # with calibration and confirmation, about 10 minutes on 2 idle cores: docs/search.md
-DEFAULT_SAMPLER = "tpe"
 
 
 @dataclass
 class SearchConfig:
-    """Everything a search needs; ``space`` and ``recipe`` may be given as names or paths."""
+    """Everything a search needs; ``space`` and ``recipe`` may be given as names or paths.
 
-    study: str
+    ``strategy`` names an entry of ``se_nas.search.strategies.STRATEGIES``; ``n_trials`` and ``sampler``
+    left as None take that strategy's defaults, and ``study`` left as None is named after the space, the
+    budget and the strategy, exactly as the command line does."""
+
+    study: str | None = None
     space: SearchSpace | str = DEFAULT_SPACE
     recipe: Any = "digits"  # se_nas.design.recipe.Recipe or a name/path for load_recipe
     budget: Budget = field(default_factory=Budget)
     deploy: Deploy | None = None  # None: the space's deployment model
-    n_trials: int = DEFAULT_N_TRIALS
-    sampler: str = DEFAULT_SAMPLER
+    strategy: str = MULTI_TRIAL
+    n_trials: int | None = None  # trials (multi-trial) or designs to rank (oneshot); None: the strategy's default
+    sampler: str | None = None  # None: the strategy's default
     workers: int = 1
     storage: str | None = None
     backend: str = "optuna"
@@ -78,6 +69,8 @@ class SearchConfig:
     max_seeds_per_design: int = 2  # a repeated design gets another seed while it decides the front
     recipe_name: str = ""
     objectives: tuple[str, ...] = OBJECTIVES  # names of study.OBJECTIVE_TABLE, accuracy among them
+    supernet_epochs: int | None = None  # oneshot: epochs of supernet training (None: twice the recipe's)
+    supernet_sampling: str = "sandwich"  # oneshot: the path-sampling rule of supernet training
 
     def __post_init__(self) -> None:
         from ..design.recipe import Recipe, load_recipe
@@ -90,6 +83,11 @@ class SearchConfig:
         self.recipe_name = self.recipe_name or "custom"
         if self.deploy is None:
             self.deploy = self.space.deploy
+        strategy = get_strategy(self.strategy)
+        self.n_trials = strategy.default_count if self.n_trials is None else self.n_trials
+        self.sampler = strategy.default_sampler if self.sampler is None else self.sampler
+        if self.study is None:
+            self.study = default_study_name(self.space, self.budget) + strategy.study_suffix
         for name, allowed in (("sampler", SAMPLERS), ("backend", BACKENDS), ("early_stop", EARLY_STOPS)):
             if getattr(self, name) not in allowed:
                 raise SearchError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -122,6 +120,8 @@ class SearchConfig:
             check_study_name(self.study)
         except StorageError as e:
             raise SearchError(str(e)) from None
+        if strategy.check is not None:
+            strategy.check(self)
 
     @property
     def settings(self) -> StudySettings:
@@ -195,15 +195,13 @@ def prepare_study(config: SearchConfig):
     return study
 
 
-def run_search(config: SearchConfig, search: Callable | None = None, candidates: Callable | None = None,
-               strategy: str = "multi-trial"):
-    """Run (or continue) the search: calibrate, search until the study has ``config.n_trials``
-    counted trials, confirm. Prints the summary; returns the ``optuna.Study``.
-
-    ``search(study, config, progress, data)`` replaces the multi-trial search stage and
-    ``candidates(study)`` gives the designs the confirmation picks from (default: the study's
-    per-design means): the one-shot search (``se_nas.search.oneshot``) passes both, and its ``strategy``
-    name, stored with the study: a study continues only under the strategy that started it."""
+def run_search(config: SearchConfig):
+    """Run (or continue) the search: calibrate, run the strategy's search stage until the study has
+    ``config.n_trials`` counted trials (or ranked designs), confirm. Prints the summary; returns the
+    ``optuna.Study``. The strategy is stored with the study: a study continues only under the strategy
+    that started it."""
+    from ..record.results import designs_of
+    from ..record.study import records
     from .confirm import calibrate, confirm
     from ..nn.data import load_data
     from .progress import Progress, summarize
@@ -212,12 +210,13 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
     quiet_optuna()
     data = load_data(config.recipe)  # a missing or malformed dataset fails here, before any study exists
     study = prepare_study(config)
-    have = study.user_attrs.get("strategy") or ("multi-trial" if counted(study)[0] else strategy)
-    if have != strategy:
+    strategy = get_strategy(config.strategy)
+    have = study.user_attrs.get("strategy") or (MULTI_TRIAL if counted(study)[0] else strategy.name)
+    if have != strategy.name:
         raise SearchError(f"study {config.study!r} holds a {have} search; continue it with --strategy {have}, "
                           f"or start a new study with --study NEW_NAME")
-    if strategy != "multi-trial":
-        study.set_user_attr("strategy", strategy)
+    if "strategy" not in study.user_attrs:
+        study.set_user_attr("strategy", strategy.name)
     progress = Progress(study, config)
     import torch
 
@@ -233,16 +232,12 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
     try:
         if config.calibration_seeds:
             calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress, runner=runner)
-        if search is None:
-            progress.stage("search", config.n_trials)
-            BACKENDS[config.backend](study, config, progress, data)
-        else:
-            search(study, config, progress, data)
+        strategy.stage(study, config, progress, data)
         progress.close()
         if config.confirm_top:
             confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
                     max_seeds=config.confirm_max_seeds, data=data, progress=progress, runner=runner,
-                    designs=None if candidates is None else candidates(study))
+                    designs=designs_of(records(study), strategy.values))
     finally:
         progress.close()
         torch.set_num_threads(threads)
