@@ -27,7 +27,7 @@ from typing import Any, Callable
 from .budget import Budget, Deploy, check_feasible
 from .samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
 from .space import DEFAULT_SPACE, SearchSpace, load_space
-from .storage import DEFAULT_ROOT, StorageError, check_study_name, open_study, recover_dead_trials
+from .storage import DEFAULT_ROOT, StorageError, check_study_name, join_search, open_study, recover_dead_trials
 from .study import OBJECTIVES, SearchError, StudySettings, check_objectives, counted
 
 
@@ -174,7 +174,8 @@ def prepare_study(config: SearchConfig):
     _check_settings(study, config)
     recover_dead_trials(study)
     study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],
-                                                                    shared=config.storage is not None))
+                                                              shared=config.storage is not None,
+                                                              others=join_search(study)))
     return study
 
 
@@ -206,6 +207,14 @@ def run_search(config: SearchConfig, search: Callable | None = None, candidates:
 
     threads = torch.get_num_threads()
     configure_threads(1)  # calibration and confirmation run here; worker processes set their own
+    if config.backend == "optuna" and config.workers > 1 and search is None:
+        from .optuna_backend import worker_count
+        from .study import remaining
+        from .trial import cores
+
+        config.workers, line = worker_count(config.workers, remaining(study, config.n_trials), cores())
+        if line:
+            progress.log(line)
     if config.progress and (warning := machine_load_warning(config.workers)):
         progress.log(warning)
     runner = None
