@@ -104,7 +104,7 @@ def run_one(study, config, data=None, device=None, live=None, trial=None):
                 return taken
     except KeyboardInterrupt:
         try:
-            trial.set_user_attr("status", Status.FAILED.value)
+            trial.set_user_attr("status", Status.INTERRUPTED.value)
             trial.set_user_attr("reason", "interrupted")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):

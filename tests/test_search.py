@@ -173,7 +173,7 @@ def test_ctrl_c_marks_the_trial_interrupted_and_resumable(tmp_path):
     assert not [t for t in trials if t.state == S.RUNNING]
     # reports show the retry as queued, not as a trial that is running now
     status = {r.number: r.status for r in records(study)}
-    assert status[waiting[0].number] == "queued" and status[stopped[0].number] == "failed"
+    assert status[waiting[0].number] == "queued" and status[stopped[0].number] == "interrupted"
     assert "running" not in status.values()
 
 
@@ -457,3 +457,31 @@ def test_a_dead_worker_is_replaced_while_trials_remain(tmp_path):
     trials = study.get_trials()
     assert trials[victim.number].state == S.FAIL and "died" in trials[victim.number].user_attrs["reason"]
     assert remaining(study, 6) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
+
+
+def test_a_trial_at_chance_failed_to_learn_and_is_never_a_result(tmp_path, capsys):
+    """A learning rate that trains to chance (lr 1.5: 0.100 on 10 classes) is flagged failed-to-learn
+    with its reason: the sampler is told its accuracy as before (the trial stays COMPLETE with the same
+    values), but it is not a result: no front, no confirmation, not the chosen design."""
+    import dataclasses
+
+    from se_nas.progress import summarize
+    from se_nas.recipe import load_recipe
+    from se_nas.results import designs_of
+    from se_nas.trial import at_chance
+
+    assert at_chance(0.100, 10, 360) and at_chance(0.140, 10, 360) and not at_chance(0.160, 10, 360)
+    assert at_chance(0.30, 10, 360) is None  # the lowest trial of the tiny search learned something
+    recipe = dataclasses.replace(load_recipe("tiny"), lr=1.5)
+    study = run_search(config(tmp_path, study="lr", recipe=recipe, n_trials=2, early_stop="none",
+                              budget=Budget(), progress=True))
+    out = capsys.readouterr().out
+    trials = study.get_trials()
+    flagged = [t for t in trials if t.user_attrs.get("status") == Status.FAILED_TO_LEARN.value]
+    assert flagged, [(t.user_attrs.get("status"), t.user_attrs.get("accuracy")) for t in trials]
+    t = flagged[0]
+    assert t.state == S.COMPLETE and t.values[0] == t.user_attrs["accuracy"]  # what the sampler sees: as before
+    assert t.user_attrs["reason"].startswith("trained to chance: accuracy 0.")
+    recs = records(study)
+    assert t.number not in {n for d in designs_of(recs) for n in d.trials}
+    assert "failed to learn (chance accuracy)" in summarize(study) and "failed to learn: trained to chance" in out
