@@ -427,6 +427,8 @@ def _why_dead(study_name: str, t, host: str, now, grace_s: float) -> str | None:
         if not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
             return None
         return f"process {pid} on {host} died"
+    if "beat" not in t.user_attrs:  # never beat (a Ray trial, or an older se-nas): no evidence either way
+        return None
     silent = HEARTBEAT_MISSES * heartbeat_interval()
     if _silent_for(study_name, t) <= silent:
         return None
