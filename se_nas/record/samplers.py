@@ -52,20 +52,21 @@ def make_sampler(name: str, seed: int | None):
         return SAMPLERS[name](seed)
 
 
-def process_seed(base: int, index: int = 0, started_with: int = 0, shared: bool = False) -> int:
+def process_seed(base: int, index: int = 0, started_with: int = 0, shared: bool = False, others: int = 0) -> int:
     """The sampler seed of one search process. A fresh single-process search on its own study file
     uses ``base`` itself; every other process (worker ``index`` > 0, a resumed run that found
     ``started_with`` trials, any process on a ``shared`` storage such as one PostgreSQL study that
-    several machines or commands search at once) mixes in those, its host and its pid, so separate
-    processes, machines and resumed runs do not propose the same sequence. Trial *training* seeds stay
+    several machines or commands search at once, a search that found ``others`` live search
+    processes on its study: several commands on one default study file) mixes in those, its host and
+    its pid, so separate processes, machines and resumed runs do not propose the same sequence. Trial *training* seeds stay
     ``base + trial number`` whatever process runs a trial, so every trial is reproducible."""
     import os
     import socket
     import zlib
 
-    if index == 0 and started_with == 0 and not shared:
+    if index == 0 and started_with == 0 and not shared and not others:
         return base
-    mix = f"{base}/{index}/{started_with}/{socket.gethostname()}/{os.getpid()}"
+    mix = f"{base}/{index}/{started_with}/{socket.gethostname()}/{os.getpid()}" + (f"/{others}" if others else "")
     return zlib.crc32(mix.encode()) & 0x7FFFFFFF
 
 

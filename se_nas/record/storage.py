@@ -8,26 +8,31 @@ file (NFS); only that prefix makes a journal. A URL's database driver is checked
 line naming the package. Every command that reads a study takes the same ``storage`` argument, so a
 study run anywhere can be reported, exported and compared.
 
-A trial of a dead process (its pid gone on this host, no owner recorded after a grace period, or a
-stale heartbeat on an RDB storage: its process on another machine stopped beating) is failed with a
-reason naming the process and host, and retried, at most ``MAX_RETRIES`` times per design. The
-heartbeat beats every ``SE_NAS_HEARTBEAT_S`` seconds (default 60); a trial is stale after four
-missed beats.
+A trial of a dead process is failed only on evidence: its pid gone on this host (a live pid here is
+never declared dead), no owner recorded after a grace period, or, for a process on another machine,
+a heartbeat unchanged for four beats. It is failed with a reason naming the process and host, and
+retried, at most ``MAX_RETRIES`` times per design (``se_nas.record.retries``). The heartbeat is the trial's
+``beat`` user attribute, written every ``SE_NAS_HEARTBEAT_S`` seconds (default 60) on any storage.
+Processes sharing a study recover, count and ask under one claim lock (``claim``), so a re-queued
+trial is taken once and the study ends with exactly the trials asked for. Only Optuna's public API
+is used (the storage object is the one ``open_study`` made).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
 from ..errors import SeNasError
 
 DEFAULT_ROOT = Path("trials")
-MAX_RETRIES = 3  # retries of a trial whose process died, by pid (ours) or heartbeat (Optuna's)
+from .retries import LOST, MAX_RETRIES, requeue, why_not_retried  # noqa: F401 (MAX_RETRIES: the cap)
 OWNERLESS_GRACE_S = 120.0  # a RUNNING trial with no host/pid this long after its start is dead
 HEARTBEAT_ENV = "SE_NAS_HEARTBEAT_S"
 HEARTBEAT_S = 60  # default beat; a trial is stale after HEARTBEAT_MISSES beats without one
@@ -253,9 +258,9 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
                  heartbeat: bool = False, read_only: bool = False):
     """The Optuna storage for study ``name``: the default SQLite file, an RDB URL, or a journal file
     (``journal:PATH``; nothing else is a journal, whatever its file is called). With ``heartbeat``
-    (the processes that run trials), RDB storages get a heartbeat so trials of a dead process on
-    another machine are failed and retried. ``read_only`` (commands that only read a study) opens a
-    SQLite file read-only and creates no schema: a file without a study is a ``StudyError``."""
+    (the processes that run trials) the heartbeat setting is checked (``Heartbeat`` beats). ``read_only``
+    (commands that only read a study) opens a SQLite file read-only and creates no schema: a file without
+    a study is a ``StudyError``."""
     import optuna
 
     _listen_sqlite_errors()
@@ -269,11 +274,17 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
 
         if not url[len("journal:"):]:
             raise StorageError("--storage 'journal:' names no file; allowed: journal:PATH")
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        if heartbeat:
+            heartbeat_interval()
+        journal = optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        _register_lock(journal, url)
+        return journal
     if "://" not in url:
         raise StorageError(f"--storage must be an Optuna storage URL (sqlite:///..., postgresql://..., "
                            f"mysql://...) or journal:PATH, got {_shown(url)}")
     url = _rdb_url(url)
+    if heartbeat:
+        heartbeat_interval()  # a bad SE_NAS_HEARTBEAT_S is one line before anything runs
     read_only = read_only and url.startswith("sqlite")
     if read_only:
         url = _read_only_sqlite(url)
@@ -282,13 +293,9 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                beat = {}
-                if heartbeat:  # stale trials are failed and retried by recover_dead_trials, not a callback
-                    every = heartbeat_interval()
-                    beat = dict(heartbeat_interval=every, grace_period=HEARTBEAT_MISSES * every)
                 storage = optuna.storages.RDBStorage(
                     url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-                    skip_table_creation=read_only, **beat)
+                    skip_table_creation=read_only)
             break
         except OSError:
             raise  # a filesystem problem (see _sqlite_error): retrying cannot help
@@ -300,6 +307,7 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
             time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite") and not read_only:
         _fast_sqlite(storage.engine)
+    _register_lock(storage, url)
     return storage
 
 
@@ -340,22 +348,6 @@ def heartbeat_interval() -> int:
     if every < 1:
         raise StorageError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {raw!r}")
     return every
-
-
-def heartbeat_on(study) -> bool:
-    """Whether ``study``'s storage notices a dead process on another machine (an RDB storage opened
-    with ``heartbeat``; Optuna's stale-trial query is private, so its presence is checked too)."""
-    storage = study._storage
-    try:
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-    except ImportError:  # a future Optuna without it: the pid check still covers one machine
-        return False
-    return is_heartbeat_enabled(storage) and hasattr(storage, "_get_stale_trial_ids")
-
-
-def _stale_trial_ids(study) -> set[int]:
-    """Trials whose heartbeat stopped, by trial id."""
-    return set(study._storage._get_stale_trial_ids(study._study_id)) if heartbeat_on(study) else set()
 
 
 def _fast_sqlite(engine) -> None:
@@ -399,11 +391,32 @@ def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(list(objectives))
-        return study
+    else:
+        try:
+            study = optuna.load_study(study_name=name, storage=st, sampler=sampler)
+        except KeyError:
+            raise StudyError(f"no study named {name!r} in storage {_shown(storage or default_storage(name, root))}") from None
+    _OPENED[study] = st
+    return study
+
+
+# The storage object each study was opened on (a study keeps its own only in a private attribute):
+# what recover_dead_trials, claim and Heartbeat write through, with Optuna's public storage API.
+_OPENED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def storage_of(study):
+    """The storage ``study`` was opened on by ``open_study``."""
     try:
-        return optuna.load_study(study_name=name, storage=st, sampler=sampler)
+        return _OPENED[study]
     except KeyError:
-        raise StudyError(f"no study named {name!r} in storage {_shown(storage or default_storage(name, root))}") from None
+        raise StorageError(f"study {study.study_name!r} was not opened with se_nas.record.storage.open_study: "
+                           "open it with open_study to run or recover its trials") from None
+
+
+def _trial_id(study, number: int) -> int:
+    st = storage_of(study)
+    return st.get_trial_id_from_study_id_trial_number(st.get_study_id_from_name(study.study_name), number)
 
 
 def _known_studies(root: str | Path) -> str:
@@ -438,6 +451,8 @@ def owner_attrs() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -448,67 +463,211 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _attempts(trial, by_number: dict) -> int:
-    """How many times this design has been tried in this chain: 1 + the retries through ``retry_of``."""
-    n, seen = 1, {trial.number}
-    prev = trial.user_attrs.get("retry_of")
-    while isinstance(prev, int) and prev in by_number and prev not in seen:
-        n, seen = n + 1, seen | {prev}
-        prev = by_number[prev].user_attrs.get("retry_of")
-    return n
+# --- claims: one process at a time recovers, counts and asks ------------------------------------------
+# SQLite ignores the row lock Optuna's ask relies on to pop a WAITING trial (SELECT ... FOR UPDATE), so
+# two processes could both take one re-queued trial; and counting the trials left, then asking, is two
+# steps another process can interleave (one trial too many). Both happen under one lock per study: a
+# file lock next to a SQLite or journal file (released by the kernel if its process dies), an advisory
+# lock on PostgreSQL and MySQL (released with the connection).
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # storage -> ("file", path) | (dialect, None)
+_HELD: set = set()  # claims this process holds (a claim inside a claim is the same claim)
 
 
-def _why_dead(t, host: str, now, grace_s: float, stale: set[int]) -> str | None:
-    """Why the RUNNING trial ``t`` is dead, or None while its owner may still be working on it."""
+def _register_lock(storage, url: str) -> None:
+    if url.startswith("journal:"):
+        _LOCKS[storage] = ("file", url[len("journal:"):] + ".claims")
+        return
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            _LOCKS[storage] = ("file", u.database + ".claims")
+    elif u.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+        _LOCKS[storage] = (u.get_backend_name(), None)
+
+
+@contextlib.contextmanager
+def claim(study):
+    """Hold ``study``'s claim lock (see above) for the block; re-entrant within a process."""
+    st = storage_of(study)
+    kind, path = _LOCKS.get(st, (None, None))
+    key = (kind, path or study.study_name)
+    if kind is None or key in _HELD:
+        yield
+        return
+    _HELD.add(key)
+    try:
+        if kind == "file":
+            with _file_lock(path):
+                yield
+        else:
+            with _db_lock(st, kind, study.study_name):
+                yield
+    finally:
+        _HELD.discard(key)
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def _db_lock(storage, kind: str, name: str):
+    import zlib
+
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"se-nas claim {name}".encode())
+    take, give = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if kind == "postgresql" else
+                  ("SELECT GET_LOCK(:n, 600)", "SELECT RELEASE_LOCK(:n)"))
+    args = {"k": key, "n": f"se-nas-{key}"}
+    with storage.engine.connect() as conn:
+        conn.execute(text(take), args)
+        try:
+            yield
+        finally:
+            conn.execute(text(give), args)
+            conn.rollback()
+
+
+# --- heartbeat: a running trial says it is alive --------------------------------------------------------
+class Heartbeat:
+    """While the block runs, write the trial's ``beat`` user attribute (the writer's clock) every
+    ``SE_NAS_HEARTBEAT_S`` seconds, from a thread. A failed write (a busy database) is tried again at
+    the next beat; the thread never dies of it. Other processes judge a beat by their own clock: a
+    trial whose beat has not changed for ``HEARTBEAT_MISSES`` beats, as they saw it, is stale (so
+    clocks of different machines need not agree). Public storage API only."""
+
+    def __init__(self, study, number: int):
+        self._st, self._id = storage_of(study), _trial_id(study, number)
+        self._every = heartbeat_interval()
+        self._stop = None
+
+    def beat(self) -> bool:
+        import optuna
+
+        try:
+            self._st.set_trial_user_attr(self._id, "beat", round(time.time(), 3))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # finished (here, or failed by another process): nothing left to beat for
+        except Exception:  # e.g. "database is locked" under load: the next beat tries again
+            pass
+        return True
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+
+        def loop():
+            while not self._stop.wait(self._every) and self.beat():
+                pass
+
+        self.beat()
+        self._thread = threading.Thread(target=loop, name="se-nas-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=1)  # a beat stuck in a busy database must not hold up the trial
+        return False
+
+
+_BEATS_SEEN: dict[tuple[str, int], tuple[Any, float]] = {}  # (study, trial) -> (last beat, when seen here)
+
+
+def _silent_for(study_name: str, t) -> float:
+    """Seconds (this process's monotonic clock) since this process first saw ``t``'s current beat."""
+    key, beat, now = (study_name, t.number), t.user_attrs.get("beat"), time.monotonic()
+    seen = _BEATS_SEEN.get(key)
+    if seen is None or seen[0] != beat:
+        _BEATS_SEEN[key] = (beat, now)
+        return 0.0
+    return now - seen[1]
+
+
+def _why_dead(study_name: str, t, host: str, now, grace_s: float) -> str | None:
+    """Why the RUNNING trial ``t`` is dead, or None while its owner may still be working on it. Only
+    evidence counts: its pid gone on this host (a live pid here is alive, whatever its heartbeat),
+    its beat unchanged for ``HEARTBEAT_MISSES`` beats (another host), or no owner after ``grace_s``."""
     owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-    if t._trial_id in stale:
-        silent = HEARTBEAT_MISSES * heartbeat_interval()
-        return f"process {pid} on {owner_host} stopped its heartbeat (none for {silent} s): its machine or process is gone"
     if owner_host is None and pid is None:
         # Its process died between ask and recording its owner; a live one records it within moments.
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
         return f"its process died before recording its host and pid (no owner after {age:.0f} s)" \
             if age > grace_s else None
-    if owner_host != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
+    if owner_host == host:
+        if not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
+            return None
+        return f"process {pid} on {host} died"
+    if "beat" not in t.user_attrs:  # never beat (a Ray trial, or an older se-nas): no evidence either way
         return None
-    return f"process {pid} on {host} died"
+    silent = HEARTBEAT_MISSES * heartbeat_interval()
+    if _silent_for(study_name, t) <= silent:
+        return None
+    return f"process {pid} on {owner_host} stopped its heartbeat (none for {silent} s): its machine or process is gone"
 
 
 def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
-    """Fail the RUNNING trials whose owner process on this host is gone, those whose heartbeat
-    stopped (a process on another machine), and those that have had no owner for ``grace_s`` seconds; enqueue their parameters again so the next ask retries them, at
-    most ``MAX_RETRIES`` times per design (a design whose process is killed every time, e.g. by the
-    OOM killer, must not block the study). Cheap when nothing died: one query of the RUNNING
-    trials. Returns the numbers of the trials failed."""
+    """Fail the RUNNING trials whose owner process on this host is gone, those on another host whose
+    heartbeat stopped, and those that have had no owner for ``grace_s`` seconds; enqueue their
+    parameters again so the next ask retries them, at most ``MAX_RETRIES`` times per design
+    (``se_nas.record.retries``: a design whose process is killed every time, e.g. by the OOM killer, must
+    not block the study). Runs under the study's claim, so two processes never fail (and retry) one
+    trial twice. Cheap when nothing died: one query of the RUNNING trials. Returns the numbers of the
+    trials failed."""
     import datetime
 
     import optuna
 
     from .study import Status
 
-    host, now, failed, by_number = socket.gethostname(), datetime.datetime.now(), [], None
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    stale = _stale_trial_ids(study) if running else set()
-    for t in running:
-        reason = _why_dead(t, host, now, grace_s, stale)
-        if reason is None:
-            continue
-        if by_number is None:
-            by_number = {x.number: x for x in study.get_trials(deepcopy=False)}
-        attempts = _attempts(t, by_number)
-        retry = attempts <= MAX_RETRIES
-        if not retry:
-            reason += f"; not retried again: this design was tried {attempts} times and died each time"
-        storage = study._storage  # no public API fails another process's trial; Optuna's own
-        try:
-            storage.set_trial_user_attr(t._trial_id, "reason", reason)
-            storage.set_trial_user_attr(t._trial_id, "status", Status.FAILED.value)
-            if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+    host, now, failed = socket.gethostname(), datetime.datetime.now(), []
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        return failed
+    storage = storage_of(study)
+    with claim(study):
+        trials = None
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            reason = _why_dead(study.study_name, t, host, now, grace_s)
+            if reason is None:
                 continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process failed it first and enqueued the retry
-        if retry:
-            # A trial that died right after ask has no params yet: its enqueued ones, if it had any.
-            study.enqueue_trial(t.params or t.system_attrs.get("fixed_params", {}), user_attrs={"retry_of": t.number})
-        failed.append(t.number)
+            trials = study.get_trials(deepcopy=False) if trials is None else trials
+            why_not = why_not_retried(t, trials)
+            trial_id = _trial_id(study, t.number)
+            try:
+                storage.set_trial_user_attr(trial_id, LOST, True)
+                storage.set_trial_user_attr(trial_id, "status", Status.FAILED.value)
+                storage.set_trial_user_attr(trial_id, "reason", f"{reason}; {why_not}" if why_not else reason)
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                continue  # it finished meanwhile (its process was alive after all)
+            if not why_not:
+                # A trial that died right after ask has no params yet: its enqueued ones, if it had any.
+                requeue(study, t.params or t.system_attrs.get("fixed_params", {}), t.number)
+            failed.append(t.number)
     return failed
+
+
+# --- search processes sharing a study -----------------------------------------------------------------
+def join_search(study) -> int:
+    """Register this search process with ``study`` and return how many other live ones share it
+    (processes on other hosts count as live). 0 for a search alone on its study, whatever ran on it
+    before: its sampler seed stays the one it was given (``se_nas.record.samplers.process_seed``)."""
+    host = socket.gethostname()
+    with claim(study):
+        entries = [e for e in study.user_attrs.get("search_processes", [])
+                   if isinstance(e, list) and len(e) == 2 and (e[0] != host or (isinstance(e[1], int) and _alive(e[1])))]
+        others = sum(1 for e in entries if e != [host, os.getpid()])
+        study.set_user_attr("search_processes", (entries + [[host, os.getpid()]])[-64:])
+    return others

@@ -39,6 +39,8 @@ class Status(str, Enum):
     OVER_BUDGET = "over_budget"      # costed over the budget: never trained
     REPEAT = "repeat"                # a design already trained, answered from its record: not trained again
     FAILED = "failed"                # training failed (NaN, divergence, OOM, a killed process)
+    FAILED_TO_LEARN = "failed_to_learn"  # trained to the end, but its accuracy is chance: not a result
+    INTERRUPTED = "interrupted"      # stopped by Ctrl-C or SIGTERM, queued again: not a failure
     RUNNING = "running"
     QUEUED = "queued"                # waiting to be retried
 
@@ -54,14 +56,16 @@ class Status(str, Enum):
 
     @property
     def trained(self) -> bool:
-        return self in (Status.COMPLETE, Status.STOPPED_EARLY)
+        return self in (Status.COMPLETE, Status.STOPPED_EARLY, Status.FAILED_TO_LEARN)
 
 
 _STATUS_TEXT = {Status.COMPLETE: "complete", Status.STOPPED_EARLY: "stopped early",
                 Status.OVER_BUDGET: "over budget", Status.REPEAT: "repeated design",
-                Status.FAILED: "failed", Status.RUNNING: "running", Status.QUEUED: "queued for retry"}
+                Status.FAILED: "failed", Status.FAILED_TO_LEARN: "failed to learn (chance accuracy)",
+                Status.INTERRUPTED: "interrupted", Status.RUNNING: "running", Status.QUEUED: "queued for retry"}
 STATUSES = tuple(s.value for s in Status)
-OUTCOMES = (Status.COMPLETE, Status.STOPPED_EARLY, Status.OVER_BUDGET, Status.REPEAT, Status.FAILED)
+OUTCOMES = (Status.COMPLETE, Status.STOPPED_EARLY, Status.OVER_BUDGET, Status.REPEAT, Status.FAILED,
+            Status.FAILED_TO_LEARN)
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,7 @@ def _status_of(t) -> Status:
     if t.state == S.WAITING:  # enqueued: a retry of a trial whose worker died
         return Status.QUEUED
     if t.state == S.FAIL:
-        return Status.FAILED
+        return Status.INTERRUPTED if t.user_attrs.get("status") == Status.INTERRUPTED.value else Status.FAILED
     try:
         return Status(t.user_attrs.get("status", "failed"))
     except ValueError:

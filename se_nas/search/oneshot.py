@@ -1,7 +1,7 @@
 """One-shot search: train one SE supernet, rank thousands of designs through it, confirm the best
 standalone.
 
-The one-shot strategy (``se_nas.search.strategies``; ``se-nas search --strategy oneshot``, or
+The one-shot strategy (``se_nas.search.stages.strategies``; ``se-nas search --strategy oneshot``, or
 ``run_search(SearchConfig(strategy="oneshot"))``) runs these stages:
 
 1. **calibrate**: as the multi-trial search (``se_nas.search.confirm.calibrate``): plain and r=16 under a few
@@ -564,7 +564,7 @@ def check_config(config) -> None:
 
 
 def search_stage(study, config, progress, data) -> None:
-    """The one-shot strategy's search stage (``se_nas.search.strategies``): train the supernet (or
+    """The one-shot strategy's search stage (``se_nas.search.stages.strategies``): train the supernet (or
     resume its checkpoint), then rank ``config.n_trials`` designs as its paths."""
     epochs, sampling = config.supernet_epochs, config.supernet_sampling
     ckpt = checkpoint_path(config, epochs, sampling)

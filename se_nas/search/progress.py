@@ -27,7 +27,9 @@ def trial_line(t) -> str:
         and a.get("accuracy") is not None else "acc   -  "
     what = {Status.COMPLETE: "complete", Status.STOPPED_EARLY: a.get("reason") or "stopped early",
             Status.OVER_BUDGET: a.get("reason") or "over budget, not trained",
-            Status.REPEAT: a.get("reason") or "repeat, not trained"}.get(
+            Status.REPEAT: a.get("reason") or "repeat, not trained",
+            Status.FAILED_TO_LEARN: f"failed to learn: {a.get('reason', '')}",
+            Status.INTERRUPTED: "interrupted (queued again)"}.get(
         status, f"failed: {a.get('reason') or t.system_attrs.get('fail_reason', '')}")
     secs = f" {a['seconds']:.1f}s" if a.get("seconds") and status is not Status.REPEAT else ""
     return f"#{t.number} {arch_id} {acc} {cost} {what}{secs}".replace("  ", " ")
@@ -160,7 +162,9 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     lines = [
         f"\nstudy {name!r}: {_plural(len(recs), 'trial')}: {evaluated}{c['complete'] - paths} trained to the end "
         f"({_plural(len(ds), 'distinct design')}), {c['stopped_early']} stopped early, {c['failed']} failed, "
-        f"{c['over_budget']} over budget (never trained), {c['repeat']} repeats of a known design "
+        + (f"{c['failed_to_learn']} failed to learn (chance accuracy), " if c['failed_to_learn'] else "")
+        + (f"{c['interrupted']} interrupted (queued again), " if c['interrupted'] else "")
+        + f"{c['over_budget']} over budget (never trained), {c['repeat']} repeats of a known design "
         "(answered from its record, not trained)"
     ]
     if trained:

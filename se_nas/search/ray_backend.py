@@ -23,7 +23,7 @@ Clusters (docs/cluster.md): each trial records where it ran (user attribute ``no
 IP, worker process, how many times that process loaded the data). A trial whose node is lost (a
 preempted or crashed machine) or whose worker process died on a live node (killed, out of memory)
 is failed with a reason naming the node or process and enqueued again (``retry_of``, at most
-``MAX_RETRIES`` times); Ray runs it on the nodes left. A trial that raised an exception is failed
+``MAX_RETRIES`` deaths per design, ``se_nas.record.retries``); Ray runs it on the nodes left. A trial that raised an exception is failed
 with it and not retried. Ray asks the searcher for trials until the study has ``n_trials`` counted
 ones, so a retry takes the lost trial's place.
 
@@ -42,7 +42,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from ..design.arch import Arch
-from ..record.storage import MAX_RETRIES  # a trial lost with its node or its worker runs again at most this often
+from ..record.retries import LOST, requeue, why_not_retried  # the one retry rule, per design
 from ..record.study import Status, TrialOutcome, directions, objective_values, records, remaining
 
 
@@ -158,14 +158,6 @@ def _lost_reason(node: dict[str, Any] | None, epochs: int) -> str | None:
     return None
 
 
-def _retry_depth(study, number: int) -> int:
-    """How many retries lead to trial ``number`` (0 for a first attempt)."""
-    trials, depth = study.get_trials(deepcopy=False), 0
-    while isinstance(number := trials[number].user_attrs.get("retry_of"), int):
-        depth += 1
-    return depth
-
-
 def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
     if not result or "outcome" not in result:
         return None
@@ -183,12 +175,6 @@ def _sample(config, trial) -> dict[str, Any]:
         trial.set_user_attr(k, v)
     trial.set_user_attr("arch", arch.to_json())
     return {"arch": arch.to_json(), "seed": config.seed + trial.number}
-
-
-def retry_trial(study, number: int) -> bool:
-    """Whether the failed trial ``number`` (a lost node, a killed worker) may run again: its chain of
-    retries holds fewer than ``MAX_RETRIES``. The one retry rule of this backend, kept in one place."""
-    return _retry_depth(study, number) < MAX_RETRIES
 
 
 class StudySearch(Searcher):
@@ -290,12 +276,14 @@ class StudySearch(Searcher):
         trial, outcome = self.trials.pop(trial_id), _outcome(result)
         reason, retry = "the Ray trial raised an error before its first epoch (see Ray's log)", False
         if error or "error" in result:
-            reason, retry = _failure(self.study, trial.number, result, outcome.epochs if outcome else 0)
+            reason, retry = _failure(self.study, trial, result, outcome.epochs if outcome else 0)
             if outcome is not None:  # its last report was a provisional per-epoch one
                 outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=reason)
+            if "error" not in result:  # its node or worker process died: a death of the design
+                trial.set_user_attr(LOST, True)
         frozen = record_outcome(self.study, trial, outcome, reason=reason, budget=self.config.budget)
         if retry:
-            self.study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
+            requeue(self.study, frozen.params, frozen.number)
         self.on_done(frozen)
 
     # The study is the checkpoint: a rerun continues from it, so Ray need not save the searcher.
@@ -309,20 +297,19 @@ class StudySearch(Searcher):
         pass
 
 
-def _failure(study, number: int, result: dict[str, Any], epochs: int) -> tuple[str, bool]:
-    """Why the Ray trial of study trial ``number`` failed, and whether it is retried. An exception in
+def _failure(study, trial, result: dict[str, Any], epochs: int) -> tuple[str, bool]:
+    """Why the Ray trial of study trial ``trial`` failed, and whether it is retried. An exception in
     the trial (its last report names it) is not retried, as on the Optuna backend; a trial whose
     node was lost, or whose worker process died on a live node (killed, out of memory), runs again
-    under ``retry_trial``'s cap."""
+    under the one retry rule (``se_nas.record.retries``: at most ``MAX_RETRIES`` deaths per design)."""
     if "error" in result:
         return f"{result['error']} (see Ray's log)", False
     node = json.loads(result.get("node", "null"))
     reason = _lost_reason(node, epochs) or (
         f"its Ray worker process {node['pid']} on {node['ip']} died after epoch {epochs} (killed, or out of memory)"
         if node else "its Ray worker died before its first report (see Ray's log)")
-    if retry_trial(study, number):
-        return reason, True
-    return f"{reason}; not retried again: this design was tried {_retry_depth(study, number) + 1} times", False
+    why_not = why_not_retried(trial, study.get_trials(deepcopy=False))
+    return (f"{reason}; {why_not}", False) if why_not else (reason, True)
 
 
 def _make_searcher(config, study, progress):

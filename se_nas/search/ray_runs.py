@@ -9,7 +9,7 @@ finished runs stored and a rerun trains only the rest. A task lost with its node
 """
 from __future__ import annotations
 
-from ..record.storage import MAX_RETRIES  # a run lost with its node or its worker is retried this often, as trials
+from ..record.retries import MAX_RETRIES  # a run lost with its node or its worker is retried this often, as trials
 
 
 def _train(arch: str, recipe: dict, seed: int, threads: int):

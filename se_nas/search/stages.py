@@ -28,7 +28,7 @@ from typing import Any, Callable
 from ..design.budget import Budget, Deploy, check_feasible
 from ..record.samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
 from ..design.space import DEFAULT_SPACE, SearchSpace, load_space
-from ..record.storage import DEFAULT_ROOT, StorageError, check_study_name, open_study, recover_dead_trials
+from ..record.storage import DEFAULT_ROOT, StorageError, check_study_name, join_search, open_study, recover_dead_trials
 from ..record.study import OBJECTIVES, SearchError, StudySettings, check_objectives, counted
 from .strategies import BACKENDS, MULTI_TRIAL, get_strategy
 
@@ -40,7 +40,7 @@ EARLY_STOPS = ("rungs", "asha", "none")
 class SearchConfig:
     """Everything a search needs; ``space`` and ``recipe`` may be given as names or paths.
 
-    ``strategy`` names an entry of ``se_nas.search.strategies.STRATEGIES``; ``n_trials`` and ``sampler``
+    ``strategy`` names an entry of ``se_nas.search.stages.strategies.STRATEGIES``; ``n_trials`` and ``sampler``
     left as None take that strategy's defaults, and ``study`` left as None is named after the space, the
     budget and the strategy, exactly as the command line does."""
 
@@ -191,7 +191,8 @@ def prepare_study(config: SearchConfig):
     _check_settings(study, config)
     recover_dead_trials(study)
     study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],
-                                                                    shared=config.storage is not None))
+                                                              shared=config.storage is not None,
+                                                              others=join_search(study)))
     return study
 
 
@@ -222,6 +223,14 @@ def run_search(config: SearchConfig):
 
     threads = torch.get_num_threads()
     configure_threads(1)  # calibration and confirmation run here; worker processes set their own
+    if config.backend == "optuna" and config.workers > 1 and strategy.name == MULTI_TRIAL:
+        from .optuna_backend import worker_count
+        from ..record.study import remaining
+        from .trial import cores
+
+        config.workers, line = worker_count(config.workers, remaining(study, config.n_trials), cores())
+        if line:
+            progress.log(line)
     if config.progress and (warning := machine_load_warning(config.workers)):
         progress.log(warning)
     runner = None

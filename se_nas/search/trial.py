@@ -121,12 +121,30 @@ def run_trial(arch: Arch, recipe, budget: Budget, deploy: Deploy, *, seed: int, 
         return TrialOutcome(status=Status.FAILED, reason=str(getattr(e, "reason", "") or e),
                             seconds=time.perf_counter() - start, **common)
     stopped = bool(result.stopped_early)
+    status, reason = (Status.STOPPED_EARLY, f"stopped early at epoch {result.epochs}") if stopped else (Status.COMPLETE, "")
+    if not stopped and (why := at_chance(float(result.accuracy), data.num_classes, len(data.val))):
+        status, reason = Status.FAILED_TO_LEARN, why
     return TrialOutcome(
-        status=Status.STOPPED_EARLY if stopped else Status.COMPLETE,
-        accuracy=float(result.accuracy), epochs=int(result.epochs), history=tuple(result.history),
-        seconds=time.perf_counter() - start,
-        reason=f"stopped early at epoch {result.epochs}" if stopped else "", **common,
+        status=status, accuracy=float(result.accuracy), epochs=int(result.epochs), history=tuple(result.history),
+        seconds=time.perf_counter() - start, reason=reason, **common,
     )
+
+
+def at_chance(accuracy: float, num_classes: int, n_val: int) -> str | None:
+    """Why ``accuracy`` is chance (the reason a trial failed to learn), or None.
+
+    Guessing one class (or at random) scores 1/num_classes in expectation, and the validation set's
+    sampling spreads that by sqrt(p (1 - p) / n_val); three such standard errors above chance is
+    what a model that learned nothing reaches by luck once in about 700 trials. A model that learned
+    anything at all scores well above it (the lowest trial of the tiny and default searches: 0.30,
+    chance 0.10 +- 0.05 there). The sampler is still told the accuracy, as before (nothing changes
+    for the search); only fronts, confirmation and the chosen design leave the trial out."""
+    p = 1.0 / max(1, num_classes)
+    line = p + 3.0 * (p * (1.0 - p) / max(1, n_val)) ** 0.5
+    if accuracy > line:
+        return None
+    return (f"trained to chance: accuracy {accuracy:.3f} on {num_classes} classes (chance {p:.3f}; at most "
+            f"{line:.3f}, 3 standard errors above it on {n_val} validation images, counts as chance)")
 
 
 def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
@@ -152,9 +170,9 @@ def repeat_outcome(arch: Arch, records, noise, *, seed: int, max_seeds: int = 3,
     done = next((d for d in designs_of(same)), None)
     common = dict(arch=arch, gflops=same[0].gflops, mparams=same[0].mparams, seed=seed, backend=backend,
                   status=Status.REPEAT, epochs=0)
-    if done is None:  # only stopped early: the rung's verdict stands
+    if done is None:  # only stopped early (the rung's verdict stands) or trained to chance
         r = same[-1]
-        return TrialOutcome(accuracy=r.accuracy, reason=f"repeat of trial {r.number} (stopped early): "
+        return TrialOutcome(accuracy=r.accuracy, reason=f"repeat of trial {r.number} ({r.status.text}): "
                             "answered from its record, not trained", **common)
     in_flight = sum(1 for r in records if r.status is Status.RUNNING and r.number != exclude
                     and r.arch is not None and r.arch.id == arch.id)
