@@ -22,7 +22,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -269,8 +269,41 @@ def _torch_settings(threads: int | None, cudnn_benchmark: bool):
         torch.backends.cudnn.benchmark = old[1]
 
 
-def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss,
-           max_grad_norm=None) -> TrainResult:
+@dataclass
+class _Run:
+    """One training's moving parts: what every epoch reads and writes, and its checkpoint holds."""
+
+    model: nn.Module
+    recipe: Recipe
+    data: DataBundle
+    dev: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    steps: int  # optimizer steps per epoch
+    drop_last: bool
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    fingerprint: str
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: bool = False
+    start_epoch: int = 1
+
+    @property
+    def result(self) -> TrainResult:
+        return TrainResult(self.history[-1], tuple(self.history), len(self.history), self.seconds, self.stopped)
+
+    def state(self, epoch: int) -> dict:
+        """What the checkpoint after ``epoch`` holds."""
+        return {"fingerprint": self.fingerprint, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "history": self.history, "seconds": self.seconds, "stopped_early": self.stopped}
+
+
+def _start(model, recipe: Recipe, data: DataBundle, dev: torch.device, ckpt: Path | None) -> _Run:
+    """Seed, place the model, build optimizer, schedule, scaler and loss, and resume from ``ckpt``."""
     amp_dtype = _amp_dtype(recipe, dev)
     channels_last = recipe.channels_last and dev.type == "cuda"
     seed_everything(recipe.seed)
@@ -284,85 +317,92 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = OPTIMIZERS[recipe.optimizer](model.parameters(), recipe)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe, steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-
-    history: list[float] = []
-    seconds = 0.0
-    stopped = False
-    start_epoch = 1
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(model, recipe)
-    state = _load_checkpoint(ckpt, fingerprint, dev) if ckpt is not None and ckpt.is_file() else None
+    run = _Run(model, recipe, data, dev, amp_dtype, channels_last, steps, drop_last, opt,
+               sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, recipe, steps)),
+               scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+               loss_fn=nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+               fingerprint=_fingerprint(model, recipe))
+    state = _load_checkpoint(ckpt, run.fingerprint, dev) if ckpt is not None and ckpt.is_file() else None
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        seconds = float(state["seconds"])
-        stopped = bool(state["stopped_early"])
-        start_epoch = int(state["epoch"]) + 1
-    if stopped or start_epoch > recipe.epochs:
-        return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.history = list(state["history"])
+        run.seconds = float(state["seconds"])
+        run.stopped = bool(state["stopped_early"])
+        run.start_epoch = int(state["epoch"]) + 1
+    return run
 
-    pin = dev.type == "cuda"
-    eval_bs = recipe.batch_size * 2
-    failure: str | None = None
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, recipe.epochs + 1):
-            t0 = time.perf_counter()
-            eseed = _epoch_seed(recipe.seed, epoch)
-            torch.manual_seed(eseed)  # augmentation draws from the global RNG
-            model.train()
-            batches = _batches(data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=drop_last,
-                               num_workers=recipe.num_workers, pin=pin)
-            with tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="step", leave=False,
-                      disable=not progress) as bar:
-                losses: list[torch.Tensor] = []
-                loss_now: float | None = None
-                for step, (x, y) in enumerate(batches):
-                    x = x.to(dev, non_blocking=True)
-                    y = y.to(dev, non_blocking=True)
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss = loss_fn(model(x), y) if step_loss is None else step_loss(model, x, y, loss_fn)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if max_grad_norm is not None:
-                        scaler.unscale_(opt)
-                        norm = nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                        if not math.isfinite(float(norm)):  # skipped, as AMP's scaler skips an overflow
-                            opt.zero_grad(set_to_none=True)
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    losses.append(loss.detach())
-                    if len(losses) == NAN_CHECK_EVERY or step + 1 == steps:
-                        loss_now = _check_losses(losses, epoch, step, data.num_classes)
-                        losses.clear()
-                    bar.update(1)
-                    if on_progress is not None:
-                        on_progress(Progress(epoch, recipe.epochs, step + 1, steps, loss_now))
-                val_batches = _batches(data.val, eval_bs, shuffle=False, seed=0, drop_last=False,
-                                       num_workers=recipe.num_workers, pin=pin)
-                acc = evaluate(model, val_batches, dev, amp_dtype=amp_dtype, channels_last=channels_last)
-                bar.set_postfix(val_acc=f"{acc:.3f}")
-            history.append(acc)
+
+def _step(run: _Run, x: torch.Tensor, y: torch.Tensor, step_loss, max_grad_norm) -> torch.Tensor:
+    """One optimizer step on the batch (x, y); its loss."""
+    x = x.to(run.dev, non_blocking=True)
+    y = y.to(run.dev, non_blocking=True)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(run.dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        loss = run.loss_fn(run.model(x), y) if step_loss is None else step_loss(run.model, x, y, run.loss_fn)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if max_grad_norm is not None:
+        run.scaler.unscale_(run.opt)
+        norm = nn.utils.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+        if not math.isfinite(float(norm)):  # skipped, as AMP's scaler skips an overflow
+            run.opt.zero_grad(set_to_none=True)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    return loss
+
+
+def _epoch(run: _Run, epoch: int, progress: bool, on_progress, step_loss, max_grad_norm) -> tuple[float, float | None]:
+    """Train one epoch, then validate: (validation accuracy, the last window's mean loss)."""
+    recipe, steps, pin = run.recipe, run.steps, run.dev.type == "cuda"
+    eseed = _epoch_seed(recipe.seed, epoch)
+    torch.manual_seed(eseed)  # augmentation draws from the global RNG
+    run.model.train()
+    batches = _batches(run.data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=run.drop_last,
+                       num_workers=recipe.num_workers, pin=pin)
+    with tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="step", leave=False,
+              disable=not progress) as bar:
+        losses: list[torch.Tensor] = []
+        loss_now: float | None = None
+        for step, (x, y) in enumerate(batches):
+            losses.append(_step(run, x, y, step_loss, max_grad_norm).detach())
+            if len(losses) == NAN_CHECK_EVERY or step + 1 == steps:
+                loss_now = _check_losses(losses, epoch, step, run.data.num_classes)
+                losses.clear()
+            bar.update(1)
             if on_progress is not None:
-                on_progress(Progress(epoch, recipe.epochs, steps, steps, loss_now, acc))
-            stopped = bool(on_epoch(epoch, acc)) if on_epoch is not None else False
-            seconds += time.perf_counter() - t0
+                on_progress(Progress(epoch, recipe.epochs, step + 1, steps, loss_now))
+        val_batches = _batches(run.data.val, recipe.batch_size * 2, shuffle=False, seed=0, drop_last=False,
+                               num_workers=recipe.num_workers, pin=pin)
+        acc = evaluate(run.model, val_batches, run.dev, amp_dtype=run.amp_dtype, channels_last=run.channels_last)
+        bar.set_postfix(val_acc=f"{acc:.3f}")
+    return acc, loss_now
+
+
+def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss,
+           max_grad_norm=None) -> TrainResult:
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    run = _start(model, recipe, data, dev, ckpt)
+    if run.stopped or run.start_epoch > recipe.epochs:
+        return run.result
+    failure: str | None = None
+    epoch = run.start_epoch
+    try:
+        for epoch in range(run.start_epoch, recipe.epochs + 1):
+            t0 = time.perf_counter()
+            acc, loss_now = _epoch(run, epoch, progress, on_progress, step_loss, max_grad_norm)
+            run.history.append(acc)
+            if on_progress is not None:
+                on_progress(Progress(epoch, recipe.epochs, run.steps, run.steps, loss_now, acc))
+            run.stopped = bool(on_epoch(epoch, acc)) if on_epoch is not None else False
+            run.seconds += time.perf_counter() - t0
             if ckpt is not None:
-                _save_atomic({
-                    "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                    "history": history, "seconds": seconds, "stopped_early": stopped,
-                }, ckpt)
-            if stopped:
+                _save_atomic(run.state(epoch), ckpt)
+            if run.stopped:
                 break
     except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
         if not _is_oom(e):
@@ -371,14 +411,14 @@ def _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress
                    f"{str(e).splitlines()[0][:200]}")
     if failure is not None:
         # Outside the except block, so the traceback (and the tensors its frames hold) is gone.
-        opt.zero_grad(set_to_none=True)
-        opt.state.clear()
-        del model, opt, sched, scaler
+        run.opt.zero_grad(set_to_none=True)
+        run.opt.state.clear()
+        del model, run
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         raise TrainingFailed(failure)
-    return TrainResult(history[-1], tuple(history), len(history), seconds, stopped)
+    return run.result
 
 
 def _check_losses(losses: list[torch.Tensor], epoch: int, last_step: int, classes: int) -> float:
