@@ -114,9 +114,27 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
     chunk plus that plain unit's time in the first chunk (load drift between chunks cancels)."""
     import torch
 
-    from .build import build_model
-
     kind, index = parse_device(device)
+    _check_settings(kind, threads, batch, dtype, rounds, chunk, clock)
+    if kind == "cpu":
+        torch.set_num_threads(threads)
+    form, options = space_options(space, stem, width, image_size, archs, num_classes)
+    header = {"format": TABLE_FORMAT, "device": kind if kind == "cpu" else f"cuda:{index}",
+              "device_name": device_name(device), "threads": torch.get_num_threads() if kind == "cpu" else None,
+              "torch": torch.__version__.split("+")[0], "dtype": dtype, "batch": batch,
+              "channels_last": bool(channels_last), "clock": clock, "form": asdict(form), "space": _space_ref(space)}
+    table = _table_to_resume(Path(path), header)
+    dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, form.image_size, form.image_size, device=dev,
+                    dtype=getattr(torch, dtype)).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        _measure(table, form, options, x, fmt, TIMERS[kind](dev, clock), rounds, warmup, chunk, progress)
+    return table
+
+
+def _check_settings(kind: str, threads, batch, dtype: str, rounds, chunk, clock: str) -> None:
+    """The profile's flags, each refused in one line naming it."""
     if clock not in CLOCKS or (kind == "cuda" and clock != "wall"):
         raise LatencyError(f"--clock must be one of {', '.join(CLOCKS) if kind == 'cpu' else 'wall'} on {kind}, "
                            f"got {clock!r}")
@@ -128,35 +146,34 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
     for name, v in (("--batch", batch), ("--rounds", rounds), ("--chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise LatencyError(f"{name} must be a positive integer, got {v!r}")
-    if kind == "cpu":
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise LatencyError(f"--threads must be a positive integer, got {threads!r}")
-        torch.set_num_threads(threads)
-    form, options = space_options(space, stem, width, image_size, archs, num_classes)
-    header = {"format": TABLE_FORMAT, "device": kind if kind == "cpu" else f"cuda:{index}",
-              "device_name": device_name(device), "threads": torch.get_num_threads() if kind == "cpu" else None,
-              "torch": torch.__version__.split("+")[0], "dtype": dtype, "batch": batch,
-              "channels_last": bool(channels_last), "clock": clock, "form": asdict(form), "space": _space_ref(space)}
-    path = Path(path)
-    if path.exists():
-        table = load_table(path, on_mismatch=lambda m: None)
-        diff = {k: (table.header.get(k), v) for k, v in header.items() if table.header.get(k) != v}
-        if diff:
-            raise LatencyError(f"latency table {str(path)!r} was profiled with other settings ("
-                               + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in diff.items())
-                               + "); write this profile to another file with -o")
-    else:
-        table = LatencyTable(header, {}, str(path))
-    dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
-    tdtype = getattr(torch, dtype)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    clock_ = TIMERS[kind](dev, clock)
-    x = torch.randn(batch, 3, form.image_size, form.image_size, device=dev, dtype=tdtype).contiguous(memory_format=fmt)
+    if kind == "cpu" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise LatencyError(f"--threads must be a positive integer, got {threads!r}")
+
+
+def _table_to_resume(path: Path, header: dict) -> LatencyTable:
+    """The table at ``path`` to resume (refused if profiled with other settings), or a new one."""
+    if not path.exists():
+        return LatencyTable(header, {}, str(path))
+    table = load_table(path, on_mismatch=lambda m: None)
+    diff = {k: (table.header.get(k), v) for k, v in header.items() if table.header.get(k) != v}
+    if diff:
+        raise LatencyError(f"latency table {str(path)!r} was profiled with other settings ("
+                           + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                           + "); write this profile to another file with -o")
+    return table
+
+
+def _measure(table: LatencyTable, form: Form, options, x, fmt, clock, rounds: int, warmup: int, chunk: int,
+             progress: Callable[[int, int], None] | None) -> None:
+    """Fill ``table`` with the entries ``options`` still miss: the plain model first, then chunks of
+    carriers interleaved with it; the table is saved after each."""
+    from .build import build_model
+
     plain = form.plain()
 
     def carrier(arch: Arch) -> "_Carrier":
-        model = build_model(arch, form.num_classes, form.stem, form.width).to(dev, tdtype, memory_format=fmt).eval()
-        return _Carrier(model, arch, form, clock_)
+        model = build_model(arch, form.num_classes, form.stem, form.width).to(x.device, x.dtype, memory_format=fmt)
+        return _Carrier(model.eval(), arch, form, clock)
 
     def missing(i, c):
         return any(k not in table.entries for k, _, _ in stage_units(form, i, c))
@@ -164,37 +181,35 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
     todo = [[c for c in opts[1:] if missing(i, c)] for i, opts in enumerate(options)]
     keys = {k for i, opts in enumerate(options) for c in opts for k, _, _ in stage_units(form, i, c)}
     total = len(keys) + 1
-    with torch.inference_mode():
-        base = carrier(plain)
-        if any(missing(i, None) for i in range(len(options))) or MODEL not in table.entries:
-            samples = base.measure([base], x, 2 * rounds, warmup)[0]
-            table.entries[MODEL] = _stats(samples.pop(MODEL))
-            for k, times in samples.items():
-                table.entries[k] = _stats(times)
-            _set_rest(table, [k for k, _, _ in base.units])
-            table.save()
-        n_carriers = max(map(len, todo))
-        archs_ = [replace(plain, stages=tuple(t[j] if j < len(t) else None for t in todo)) for j in range(n_carriers)]
+    base = carrier(plain)
+    if any(missing(i, None) for i in range(len(options))) or MODEL not in table.entries:
+        samples = base.measure([base], x, 2 * rounds, warmup)[0]
+        table.entries[MODEL] = _stats(samples.pop(MODEL))
+        for k, times in samples.items():
+            table.entries[k] = _stats(times)
+        _set_rest(table, [k for k, _, _ in base.units])
+        table.save()
+    n_carriers = max(map(len, todo))
+    archs_ = [replace(plain, stages=tuple(t[j] if j < len(t) else None for t in todo)) for j in range(n_carriers)]
+    if progress:
+        progress(total - sum(k not in table.entries for k in keys), total)
+    for start in range(0, n_carriers, chunk):
+        carriers = [base] + [carrier(a) for a in archs_[start:start + chunk]]
+        measured = base.measure(carriers, x, rounds, warmup)
+        here = {k: _stats(v) for k, v in measured[0].items() if k != MODEL}
+        for c, samples in zip(carriers[1:], measured[1:]):
+            for (k, u, s), (ref, _, _) in zip(c.units, base.units):
+                if k in table.entries:
+                    continue
+                st = _stats(samples[k])
+                # a difference of noisy times can come out below zero for a tiny unit on a loaded
+                # machine; no unit takes negative time, and the table's reader refuses one
+                table.entries[k] = {**{q: max(0.0, st[q] - here[ref][q] + table.ms(ref, q)) for q in STATS},
+                                    "n": st["n"]}
+        del carriers, measured
+        table.save()
         if progress:
             progress(total - sum(k not in table.entries for k in keys), total)
-        for start in range(0, n_carriers, chunk):
-            carriers = [base] + [carrier(a) for a in archs_[start:start + chunk]]
-            measured = base.measure(carriers, x, rounds, warmup)
-            here = {k: _stats(v) for k, v in measured[0].items() if k != MODEL}
-            for c, samples in zip(carriers[1:], measured[1:]):
-                for (k, u, s), (ref, _, _) in zip(c.units, base.units):
-                    if k in table.entries:
-                        continue
-                    st = _stats(samples[k])
-                    # a difference of noisy times can come out below zero for a tiny unit on a loaded
-                    # machine; no unit takes negative time, and the table's reader refuses one
-                    table.entries[k] = {**{q: max(0.0, st[q] - here[ref][q] + table.ms(ref, q)) for q in STATS},
-                                        "n": st["n"]}
-            del carriers, measured
-            table.save()
-            if progress:
-                progress(total - sum(k not in table.entries for k in keys), total)
-    return table
 
 
 class _Carrier:
