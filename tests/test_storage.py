@@ -18,8 +18,9 @@ from se_nas.design.budget import Budget
 from se_nas.products.compare import compare
 from se_nas.search.optuna_backend import _worker
 from se_nas.search.stages import SearchConfig, prepare_study
-from se_nas.record.storage import (HEARTBEAT_MISSES, MAX_RETRIES, StorageError, heartbeat_interval, make_storage, open_study,
-                            recover_dead_trials)
+from se_nas.record.retries import MAX_RETRIES
+from se_nas.record.storage import HEARTBEAT_MISSES, StorageError, heartbeat_interval, make_storage, open_study
+from se_nas.record.claims import recover_dead_trials
 from se_nas.record.study import counted
 
 S = optuna.trial.TrialState
@@ -391,7 +392,7 @@ def test_a_requeued_trial_is_taken_by_one_process_only(tmp_path):
     """SQLite ignores the row lock Optuna's ask relies on: asks go through the study's claim. While
     this process holds it, another process's ask waits; six processes asking at once for three
     re-queued trials each get a trial of their own."""
-    from se_nas.record.storage import claim
+    from se_nas.record.claims import claim
 
     study = open_study("race", root=tmp_path, create=True)
     for x in range(3):
@@ -462,10 +463,10 @@ def test_a_shared_study_file_gives_each_search_its_own_seed(tmp_path):
     first is alive) mixes the number of live searches into its sampler seed; a search alone on its
     study, whatever ran before, keeps its seed."""
     from se_nas.record.samplers import process_seed
-    from se_nas.record.storage import join_search
+    from se_nas.record.claims import join_search
 
     study = open_study("seeds", root=tmp_path, create=True)
-    code = ("import sys, time; from se_nas.record.storage import open_study, join_search; "
+    code = ("import sys, time; from se_nas.record.storage import open_study; from se_nas.record.claims import join_search; "
             "print(join_search(open_study('seeds', root=sys.argv[1])), flush=True); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True)

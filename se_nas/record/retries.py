@@ -6,7 +6,7 @@ the same design. The cap is per design, not per chain of retries: a design whose
 ``MAX_RETRIES + 1`` times (e.g. one the OOM killer takes every time) is not retried again, and a
 later proposal of it is answered from that record (``poison_outcome``) instead of being trained.
 
-API (used by ``se_nas.record.storage.recover_dead_trials``, the Optuna backend, and meant for the Ray backend):
+API (used by ``se_nas.record.claims.recover_dead_trials`` and both backends):
 
 - ``retry_lost(study, trial) -> str``: after ``trial`` (a FrozenTrial, already failed; mark it
   ``LOST: True`` in its user attributes) died: enqueue it again, or return the text saying why not

@@ -1,5 +1,6 @@
-"""Where studies live: storage URLs, opening a study, finding the latest one, recovering trials of
-dead processes.
+"""Where studies live: storage URLs, opening a study, finding the latest one. Which process owns a
+running trial (claims, heartbeats, recovering the trials of dead processes) is ``se_nas.record.claims``;
+SQLite's filesystem errors are ``se_nas.record.sqlite``.
 
 The default is one SQLite file per study, ``<root>/<study>/study.db`` (WAL mode). ``--storage``
 takes any Optuna RDB URL (PostgreSQL or MySQL for many machines) or ``journal:PATH`` for a journal
@@ -8,32 +9,20 @@ file (NFS); only that prefix makes a journal. A URL's database driver is checked
 line naming the package. Every command that reads a study takes the same ``storage`` argument, so a
 study run anywhere can be reported, exported and compared.
 
-A trial of a dead process is failed only on evidence: its pid gone on this host (a live pid here is
-never declared dead), no owner recorded after a grace period, or, for a process on another machine,
-a heartbeat unchanged for four beats. It is failed with a reason naming the process and host, and
-retried, at most ``MAX_RETRIES`` times per design (``se_nas.record.retries``). The heartbeat is the trial's
-``beat`` user attribute, written every ``SE_NAS_HEARTBEAT_S`` seconds (default 60) on any storage.
-Processes sharing a study recover, count and ask under one claim lock (``claim``), so a re-queued
-trial is taken once and the study ends with exactly the trials asked for. Only Optuna's public API
-is used (the storage object is the one ``open_study`` made).
+Only Optuna's public API is used (the storage object is the one ``open_study`` made).
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import socket
 import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any
 
 from ..errors import SeNasError
+from .sqlite import listen_sqlite_errors, read_only_sqlite, sqlite_path
 
 DEFAULT_ROOT = Path("trials")
-from .retries import LOST, MAX_RETRIES, requeue, why_not_retried  # noqa: F401 (MAX_RETRIES: the cap)
-OWNERLESS_GRACE_S = 120.0  # a RUNNING trial with no host/pid this long after its start is dead
 HEARTBEAT_ENV = "SE_NAS_HEARTBEAT_S"
 HEARTBEAT_S = 60  # default beat; a trial is stale after HEARTBEAT_MISSES beats without one
 HEARTBEAT_MISSES = 4
@@ -156,104 +145,6 @@ def _shown(url: str) -> str:
     return repr(printable_url(url))
 
 
-def _sqlite_path(url) -> str | None:
-    """The database file of a SQLite URL (``sqlite:///PATH`` or the URI form ``file:PATH?...``)."""
-    db = url.database
-    if not db or db == ":memory:":
-        return None
-    if db.startswith("file:"):
-        from urllib.parse import unquote
-
-        db = unquote(db[len("file:"):].split("?", 1)[0])
-    return db
-
-
-def _folder_problem(path: str) -> int:
-    """Why a SQLite file could not be opened or written, as an errno: its folder missing, on a
-    read-only file system, or not writable by this user."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return errno.ENOTDIR if os.path.exists(folder) else errno.ENOENT
-    try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return errno.EROFS
-    except OSError:
-        pass
-    return errno.EACCES if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)) \
-        else errno.EIO
-
-
-def _nearly_full(path: str) -> bool:
-    """Whether the file system of ``path`` has less room than SQLite needs for its WAL index (64 KiB)."""
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < 65536
-
-
-def _sqlite_error(context) -> None:
-    """SQLAlchemy's ``handle_error`` hook: a SQLite error that is a filesystem problem (a full disk,
-    a read-only folder) becomes an ``OSError`` naming the database file, which the CLI says in one
-    line. Otherwise Optuna reports it as "invalid data in the commit, e.g. exceeding max length"."""
-    import sqlite3
-
-    e, engine = context.original_exception, context.engine
-    if not isinstance(e, sqlite3.Error) or engine is None or not engine.url.drivername.startswith("sqlite"):
-        return
-    path = _sqlite_path(engine.url)
-    text = str(e)
-    if path is None:
-        return
-    if "database or disk is full" in text:
-        code = errno.ENOSPC
-    elif "unable to open database file" in text or ("readonly database" in text
-                                                    and engine.url.query.get("mode") != "ro"):
-        code = _folder_problem(path)
-    elif "disk I/O error" in text:  # what SQLite says when even its -shm file cannot be made on a full disk
-        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
-    else:
-        return
-    raise OSError(code, os.strerror(code), path) from e
-
-
-def _listen_sqlite_errors() -> None:
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    if not event.contains(Engine, "handle_error", _sqlite_error):
-        event.listen(Engine, "handle_error", _sqlite_error)
-
-
-def _read_only_sqlite(url: str) -> str:
-    """The URL a command that only reads a study opens a SQLite file with. Where the file and its
-    folder are writable: the same URL (a read-write connection cleans up the WAL's ``-shm`` and
-    ``-wal`` files when it closes; a read-only one would leave them behind), Optuna being kept from
-    writing its schema by ``skip_table_creation``. Elsewhere (a read-only file system or folder):
-    ``mode=ro``, which needs no write at all; on a read-only file system a WAL database whose
-    ``-shm`` file is gone can then only be opened as immutable, which is safe because nothing can
-    write it there."""
-    from urllib.parse import quote
-
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    path = _sqlite_path(u)
-    if path is None or u.query.get("uri"):
-        return url  # in memory, or already a URI the user wrote: theirs
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return url  # no folder: opening says so
-    if not read_only_fs and os.access(folder, os.W_OK) and (not os.path.exists(path) or os.access(path, os.W_OK)):
-        return url
-    query = "mode=ro"
-    if read_only_fs and not os.path.exists(path + "-wal"):
-        query += "&immutable=1"
-    return f"sqlite:///file:{quote(os.path.abspath(path))}?{query}&uri=true"
-
-
 def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_ROOT, *, create: bool = True,
                  heartbeat: bool = False, read_only: bool = False):
     """The Optuna storage for study ``name``: the default SQLite file, an RDB URL, or a journal file
@@ -263,7 +154,7 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
     a study is a ``StudyError``."""
     import optuna
 
-    _listen_sqlite_errors()
+    listen_sqlite_errors()
     if url is None:
         d = study_dir(name, root)
         if create:
@@ -277,7 +168,7 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
         if heartbeat:
             heartbeat_interval()
         journal = optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
-        _register_lock(journal, url)
+        _URLS[journal] = url
         return journal
     if "://" not in url:
         raise StorageError(f"--storage must be an Optuna storage URL (sqlite:///..., postgresql://..., "
@@ -287,7 +178,7 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
         heartbeat_interval()  # a bad SE_NAS_HEARTBEAT_S is one line before anything runs
     read_only = read_only and url.startswith("sqlite")
     if read_only:
-        url = _read_only_sqlite(url)
+        url = read_only_sqlite(url)
         _check_has_study(url, name)
     for attempt in range(3):
         try:
@@ -307,7 +198,7 @@ def make_storage(name: str, url: str | None = None, root: str | Path = DEFAULT_R
             time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite") and not read_only:
         _fast_sqlite(storage.engine)
-    _register_lock(storage, url)
+    _URLS[storage] = url
     return storage
 
 
@@ -318,7 +209,7 @@ def _check_has_study(url: str, name: str) -> None:
 
     from .study import StudyError
 
-    path = _sqlite_path(sqlalchemy.engine.make_url(url))
+    path = sqlite_path(sqlalchemy.engine.make_url(url))
     study = "study" if name == "_" else f"study {name!r}"  # "_": latest_study looking for any study
     if path is not None and not os.path.exists(path):  # opening it would create it
         raise StudyError(f"no {study}: {path!r} does not exist; run `se-nas search` first")
@@ -405,6 +296,14 @@ def open_study(name: str, storage: str | None = None, root: str | Path = DEFAULT
 _OPENED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+# The URL each storage was made from: what a claim's lock is derived from (se_nas.record.claims).
+_URLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def url_of(storage) -> str | None:
+    return _URLS.get(storage)
+
+
 def storage_of(study):
     """The storage ``study`` was opened on by ``open_study``."""
     try:
@@ -414,7 +313,7 @@ def storage_of(study):
                            "open it with open_study to run or recover its trials") from None
 
 
-def _trial_id(study, number: int) -> int:
+def trial_id(study, number: int) -> int:
     st = storage_of(study)
     return st.get_trial_id_from_study_id_trial_number(st.get_study_id_from_name(study.study_name), number)
 
@@ -443,231 +342,3 @@ def latest_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) ->
 
         raise StudyError(f"no study under {str(root)!r}; run `se-nas search` first")
     return dbs[-1].parent.name
-
-
-# --- who runs a trial, and recovering the trials of dead processes -----------------------------------
-def owner_attrs() -> dict[str, Any]:
-    """Who runs a trial: lets a rerun on the same host tell a dead owner from a live one."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# --- claims: one process at a time recovers, counts and asks ------------------------------------------
-# SQLite ignores the row lock Optuna's ask relies on to pop a WAITING trial (SELECT ... FOR UPDATE), so
-# two processes could both take one re-queued trial; and counting the trials left, then asking, is two
-# steps another process can interleave (one trial too many). Both happen under one lock per study: a
-# file lock next to a SQLite or journal file (released by the kernel if its process dies), an advisory
-# lock on PostgreSQL and MySQL (released with the connection).
-_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # storage -> ("file", path) | (dialect, None)
-_HELD: set = set()  # claims this process holds (a claim inside a claim is the same claim)
-
-
-def _register_lock(storage, url: str) -> None:
-    if url.startswith("journal:"):
-        _LOCKS[storage] = ("file", url[len("journal:"):] + ".claims")
-        return
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            _LOCKS[storage] = ("file", u.database + ".claims")
-    elif u.get_backend_name() in ("postgresql", "mysql", "mariadb"):
-        _LOCKS[storage] = (u.get_backend_name(), None)
-
-
-@contextlib.contextmanager
-def claim(study):
-    """Hold ``study``'s claim lock (see above) for the block; re-entrant within a process."""
-    st = storage_of(study)
-    kind, path = _LOCKS.get(st, (None, None))
-    key = (kind, path or study.study_name)
-    if kind is None or key in _HELD:
-        yield
-        return
-    _HELD.add(key)
-    try:
-        if kind == "file":
-            with _file_lock(path):
-                yield
-        else:
-            with _db_lock(st, kind, study.study_name):
-                yield
-    finally:
-        _HELD.discard(key)
-
-
-@contextlib.contextmanager
-def _file_lock(path: str):
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-@contextlib.contextmanager
-def _db_lock(storage, kind: str, name: str):
-    import zlib
-
-    from sqlalchemy import text
-
-    key = zlib.crc32(f"se-nas claim {name}".encode())
-    take, give = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if kind == "postgresql" else
-                  ("SELECT GET_LOCK(:n, 600)", "SELECT RELEASE_LOCK(:n)"))
-    args = {"k": key, "n": f"se-nas-{key}"}
-    with storage.engine.connect() as conn:
-        conn.execute(text(take), args)
-        try:
-            yield
-        finally:
-            conn.execute(text(give), args)
-            conn.rollback()
-
-
-# --- heartbeat: a running trial says it is alive --------------------------------------------------------
-class Heartbeat:
-    """While the block runs, write the trial's ``beat`` user attribute (the writer's clock) every
-    ``SE_NAS_HEARTBEAT_S`` seconds, from a thread. A failed write (a busy database) is tried again at
-    the next beat; the thread never dies of it. Other processes judge a beat by their own clock: a
-    trial whose beat has not changed for ``HEARTBEAT_MISSES`` beats, as they saw it, is stale (so
-    clocks of different machines need not agree). Public storage API only."""
-
-    def __init__(self, study, number: int):
-        self._st, self._id = storage_of(study), _trial_id(study, number)
-        self._every = heartbeat_interval()
-        self._stop = None
-
-    def beat(self) -> bool:
-        import optuna
-
-        try:
-            self._st.set_trial_user_attr(self._id, "beat", round(time.time(), 3))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False  # finished (here, or failed by another process): nothing left to beat for
-        except Exception:  # e.g. "database is locked" under load: the next beat tries again
-            pass
-        return True
-
-    def __enter__(self):
-        import threading
-
-        self._stop = threading.Event()
-
-        def loop():
-            while not self._stop.wait(self._every) and self.beat():
-                pass
-
-        self.beat()
-        self._thread = threading.Thread(target=loop, name="se-nas-heartbeat", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=1)  # a beat stuck in a busy database must not hold up the trial
-        return False
-
-
-_BEATS_SEEN: dict[tuple[str, int], tuple[Any, float]] = {}  # (study, trial) -> (last beat, when seen here)
-
-
-def _silent_for(study_name: str, t) -> float:
-    """Seconds (this process's monotonic clock) since this process first saw ``t``'s current beat."""
-    key, beat, now = (study_name, t.number), t.user_attrs.get("beat"), time.monotonic()
-    seen = _BEATS_SEEN.get(key)
-    if seen is None or seen[0] != beat:
-        _BEATS_SEEN[key] = (beat, now)
-        return 0.0
-    return now - seen[1]
-
-
-def _why_dead(study_name: str, t, host: str, now, grace_s: float) -> str | None:
-    """Why the RUNNING trial ``t`` is dead, or None while its owner may still be working on it. Only
-    evidence counts: its pid gone on this host (a live pid here is alive, whatever its heartbeat),
-    its beat unchanged for ``HEARTBEAT_MISSES`` beats (another host), or no owner after ``grace_s``."""
-    owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-    if owner_host is None and pid is None:
-        # Its process died between ask and recording its owner; a live one records it within moments.
-        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
-        return f"its process died before recording its host and pid (no owner after {age:.0f} s)" \
-            if age > grace_s else None
-    if owner_host == host:
-        if not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
-            return None
-        return f"process {pid} on {host} died"
-    if "beat" not in t.user_attrs:  # never beat (a Ray trial, or an older se-nas): no evidence either way
-        return None
-    silent = HEARTBEAT_MISSES * heartbeat_interval()
-    if _silent_for(study_name, t) <= silent:
-        return None
-    return f"process {pid} on {owner_host} stopped its heartbeat (none for {silent} s): its machine or process is gone"
-
-
-def recover_dead_trials(study, grace_s: float = OWNERLESS_GRACE_S) -> list[int]:
-    """Fail the RUNNING trials whose owner process on this host is gone, those on another host whose
-    heartbeat stopped, and those that have had no owner for ``grace_s`` seconds; enqueue their
-    parameters again so the next ask retries them, at most ``MAX_RETRIES`` times per design
-    (``se_nas.record.retries``: a design whose process is killed every time, e.g. by the OOM killer, must
-    not block the study). Runs under the study's claim, so two processes never fail (and retry) one
-    trial twice. Cheap when nothing died: one query of the RUNNING trials. Returns the numbers of the
-    trials failed."""
-    import datetime
-
-    import optuna
-
-    from .study import Status
-
-    host, now, failed = socket.gethostname(), datetime.datetime.now(), []
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        return failed
-    storage = storage_of(study)
-    with claim(study):
-        trials = None
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            reason = _why_dead(study.study_name, t, host, now, grace_s)
-            if reason is None:
-                continue
-            trials = study.get_trials(deepcopy=False) if trials is None else trials
-            why_not = why_not_retried(t, trials)
-            trial_id = _trial_id(study, t.number)
-            try:
-                storage.set_trial_user_attr(trial_id, LOST, True)
-                storage.set_trial_user_attr(trial_id, "status", Status.FAILED.value)
-                storage.set_trial_user_attr(trial_id, "reason", f"{reason}; {why_not}" if why_not else reason)
-                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                continue  # it finished meanwhile (its process was alive after all)
-            if not why_not:
-                # A trial that died right after ask has no params yet: its enqueued ones, if it had any.
-                requeue(study, t.params or t.system_attrs.get("fixed_params", {}), t.number)
-            failed.append(t.number)
-    return failed
-
-
-# --- search processes sharing a study -----------------------------------------------------------------
-def join_search(study) -> int:
-    """Register this search process with ``study`` and return how many other live ones share it
-    (processes on other hosts count as live). 0 for a search alone on its study, whatever ran on it
-    before: its sampler seed stays the one it was given (``se_nas.record.samplers.process_seed``)."""
-    host = socket.gethostname()
-    with claim(study):
-        entries = [e for e in study.user_attrs.get("search_processes", [])
-                   if isinstance(e, list) and len(e) == 2 and (e[0] != host or (isinstance(e[1], int) and _alive(e[1])))]
-        others = sum(1 for e in entries if e != [host, os.getpid()])
-        study.set_user_attr("search_processes", (entries + [[host, os.getpid()]])[-64:])
-    return others

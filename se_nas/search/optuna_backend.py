@@ -5,7 +5,7 @@ it needs training (``se_nas.search.trial.repeat_outcome``: a design already trai
 record unless another seed is worth it), trains it with the one trial function and records the
 outcome. Ctrl-C or SIGTERM fails the trial in flight as "interrupted" and enqueues it for the next
 run; before each trial, every process fails and enqueues again the trials of dead processes
-(``se_nas.record.storage.recover_dead_trials``).
+(``se_nas.record.claims.recover_dead_trials``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ..design.cost import count_cost
 from .earlystop import RungStopper, peers_of
 from ..record.samplers import make_sampler, process_seed, quiet_optuna
 from ..record.retries import poison_outcome, requeue
-from ..record.storage import Heartbeat, claim, join_search, open_study, owner_attrs, recover_dead_trials
+from ..record.storage import open_study
+from ..record.claims import Heartbeat, claim, join_search, owner_attrs, recover_dead_trials
 from ..record.study import SearchError, Status, counted, records, remaining
 from .trial import REPEAT_STREAK, configure_threads, propose_fresh, record_outcome, repeat_outcome, run_trial
 

@@ -168,7 +168,7 @@ def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
 def _sample(config, trial) -> dict[str, Any]:
     """Ray trial config of the Optuna ``trial`` (define-by-run): its design and training seed. The
     driver owns the trial (recorded for recovery on a rerun)."""
-    from ..record.storage import owner_attrs
+    from ..record.claims import owner_attrs
 
     arch = config.space.sample(trial)
     for k, v in owner_attrs().items():

@@ -28,7 +28,8 @@ from typing import Any, Callable
 from ..design.budget import Budget, Deploy, check_feasible
 from ..record.samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
 from ..design.space import DEFAULT_SPACE, SearchSpace, load_space
-from ..record.storage import DEFAULT_ROOT, StorageError, check_study_name, join_search, open_study, recover_dead_trials
+from ..record.storage import DEFAULT_ROOT, StorageError, check_study_name, open_study
+from ..record.claims import join_search, recover_dead_trials
 from ..record.study import OBJECTIVES, SearchError, StudySettings, check_objectives, counted
 from .strategies import BACKENDS, MULTI_TRIAL, get_strategy
 
