@@ -94,7 +94,7 @@ def config_of(args, strategy: str, seed: int):
 
 def run_oneshot_timed(args, seed: int) -> None:
     """The one-shot search, its search stage (the strategy's ``stage``) timed by running the search with
-    that strategy's entry of ``se_nas.search.stages.strategies.STRATEGIES`` wrapped."""
+    that strategy's entry of ``se_nas.search.strategies.STRATEGIES`` wrapped."""
     import dataclasses
 
     from se_nas.search.stages import strategies
@@ -124,7 +124,7 @@ def run_multitrial_timed(args, seed: int) -> None:
     the one-shot's search wall time of the same seed (read from its timing file; while the one-shot
     is still searching, the multi-trial goes on)."""
     from se_nas.search.stages import run_search
-    from se_nas.search.stages.strategies import BACKENDS
+    from se_nas.search.strategies import BACKENDS
     from se_nas.record.study import counted
 
     config, root = config_of(args, "mt", seed), Path(args.root)

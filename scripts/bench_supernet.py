@@ -188,7 +188,7 @@ def main() -> None:
     p.add_argument("--broken", type=float, default=None, metavar="X", help="the broken-path limit for training "
                    "(multiples of ln C; default se_nas.search.oneshot.BROKEN)")
     p.add_argument("--init-seeds", type=int, nargs="*", default=None, metavar="SEED",
-                   help="the initialisation check's seeds (default se_nas.search.oneshot.INIT_SEEDS; none: no check, the "
+                   help="the initialisation check's seeds (default se_nas.nn.pathscore.INIT_SEEDS; none: no check, the "
                    "score is the supernet accuracy)")
     p.add_argument("--analyze", action="store_true", help="print the tables from what is stored")
     p.add_argument("--all-sets", action="store_true", help="with --analyze: the design sets (default, held-out "
@@ -202,7 +202,8 @@ def main() -> None:
     from se_nas.design.budget import Budget
     from se_nas.search.confirm import ensure_runs, recipe_key, stored_runs, train_run
     from se_nas.nn.data import load_data
-    from se_nas.search.oneshot import INIT_SEEDS, PathEvaluator, rank, supernet_recipe, train_supernet
+    from se_nas.nn.pathscore import INIT_SEEDS, PathEvaluator
+    from se_nas.search.oneshot import rank, supernet_recipe, train_supernet
     from se_nas.record.samplers import make_sampler
     from se_nas.design.space import load_space
     from se_nas.record.storage import open_study

@@ -6,7 +6,7 @@ design sets.
 For every design and each initialisation seed (``--seeds``; not the standalone runs' 0-2, so the
 models measured are not the ones trained), the model is built as a standalone training of that seed
 starts it and one training batch (64 images, training mode) gives: the standard deviation of the
-logits (``lstd``, what ``se_nas.search.oneshot.init_signal`` uses), of the pooled features the classifier
+logits (``lstd``, what ``se_nas.nn.pathscore.InitCheck`` uses), of the pooled features the classifier
 reads (``fstd``), and the norm of the loss gradient (``gnorm``), each divided by the plain backbone's
 under the same seed and reduced over the seeds by mean, median or min. Printed: Kendall tau against
 the standalone mean (3 seeds) for the signal alone and for supernet accuracy x min(1, signal), under

@@ -16,3 +16,7 @@ class SeNasError(ValueError):
 
 class UsageError(SeNasError):
     """A bad value of a command-line flag or an argument of the Python API that no domain module owns."""
+
+
+class SearchError(SeNasError):
+    """A search that can't start as asked (bad option, or a study created with other settings)."""

@@ -15,8 +15,9 @@ from se_nas import Arch, StageSE, build_model, count_cost
 from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
 from se_nas.products.export import export_onnx, export_torchscript
 from se_nas.products.modelfile import (
-    MAX_CLASSES, ModelFileError, Preprocess, checksum, load_model, read_key, read_model, save_model,
+    MAX_CLASSES, ModelFileError, checksum, load_model, read_key, read_model, save_model,
 )
+from se_nas.products.preprocess import Preprocess
 
 
 def _archs():

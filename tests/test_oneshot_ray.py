@@ -7,7 +7,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from se_nas.search import confirm, oneshot  # noqa: E402
+from se_nas.search import confirm, oneshot, pathpools  # noqa: E402
+from se_nas.nn.pathscore import PathEvaluator  # noqa: E402
 from se_nas.design.arch import Arch, StageSE  # noqa: E402
 from se_nas.design.budget import Budget  # noqa: E402
 from se_nas.design.cost import count_cost  # noqa: E402
@@ -47,7 +48,7 @@ def tiny_data():
 
 def in_process(net, data):
     """The search process's own evaluator of ``net``'s paths (the reference for the actors)."""
-    return oneshot.PathEvaluator(net, oneshot.supernet_recipe(load_recipe("tiny"), 1, 0), data)
+    return PathEvaluator(net, oneshot.supernet_recipe(load_recipe("tiny"), 1, 0), data)
 
 
 def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_continues(local_ray, tmp_path,
@@ -58,12 +59,12 @@ def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_contin
 
     pools = []
 
-    class Spy(oneshot.RayPaths):
+    class Spy(pathpools.RayPaths):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             pools.append(self)
 
-    monkeypatch.setattr(oneshot, "RayPaths", Spy)
+    monkeypatch.setattr(pathpools, "RayPaths", Spy)
 
     def not_here(*args, **kwargs):
         raise AssertionError("a calibration run trained in the search process, not as a Ray task")
@@ -117,7 +118,7 @@ def test_a_lost_actors_design_is_evaluated_by_another(local_ray, tiny_data):
     net, _, _ = oneshot.train_supernet(TINY, load_recipe("tiny"), tiny_data, budget=BUDGET, epochs=1)
     recipe = oneshot.supernet_recipe(load_recipe("tiny"), 1, 0)
     designs = [TINY.plain(), TINY.baseline()]
-    pool = oneshot.RayPaths(net, recipe, actors=2)
+    pool = pathpools.RayPaths(net, recipe, actors=2)
     try:
         for a in designs:
             pool.submit(a)

@@ -406,7 +406,7 @@ def test_python_and_the_command_line_search_with_the_same_defaults(tmp_path, mon
 
     from se_nas import cli
     from se_nas.search import stages
-    from se_nas.search.stages.strategies import STRATEGIES
+    from se_nas.search.strategies import STRATEGIES
 
     seen = []
     monkeypatch.setattr(stages, "run_search", seen.append)
@@ -425,7 +425,7 @@ def test_python_and_the_command_line_search_with_the_same_defaults(tmp_path, mon
 
 def test_a_study_says_which_strategy_searched_it(tmp_path):
     from se_nas.record.storage import open_study
-    from se_nas.search.stages.strategies import strategy_of
+    from se_nas.search.strategies import strategy_of
 
     study = open_study("s", root=tmp_path, create=True)
     assert strategy_of(study).name == "multi-trial"  # a study from before strategies were stored

@@ -306,6 +306,7 @@ def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted
 
 
 def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monkeypatch):
+    from se_nas.nn import pathscore
     from se_nas.search import oneshot
     from se_nas.search.stages import SearchConfig, run_search
     from se_nas.record.study import Status, records
@@ -320,13 +321,13 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     assert TINY.plain() in draw.drawn  # the sandwich's narrowest path
 
     evaluated = []
-    real = oneshot.PathEvaluator.__call__
+    real = pathscore.PathEvaluator.__call__
 
     def spy(self, arch):
         evaluated.append(arch)
         return real(self, arch)
 
-    monkeypatch.setattr(oneshot.PathEvaluator, "__call__", spy)
+    monkeypatch.setattr(pathscore.PathEvaluator, "__call__", spy)
     config = SearchConfig(study="os", space=TINY, recipe="tiny", budget=budget, n_trials=14, sampler="nsga2",
                           root=tmp_path, progress=False, calibration_seeds=0, confirm_top=1, confirm_min_seeds=2,
                           confirm_max_seeds=2, strategy="oneshot", supernet_epochs=1)
@@ -426,7 +427,7 @@ def test_a_path_is_evaluated_on_the_first_validation_images_after_recalibrating_
         tiny_data):
     """PathEvaluator's accuracy is the extracted model's, recalibrated on the same batches, on the
     first ``val_fraction`` of the validation images (the cheaper settings of docs/oneshot.md)."""
-    from se_nas.search.oneshot import PathEvaluator
+    from se_nas.nn.pathscore import PathEvaluator
     from se_nas.record.study import SearchError
     from se_nas.nn.train import evaluate
 
@@ -455,7 +456,7 @@ def test_the_initialisation_check_discounts_only_designs_that_shrink_the_plain_b
     the plain backbone with the design's SE added, over the plain backbone's, under the same seeds:
     exactly 1 for the plain backbone and for SE on the residual branch (its last BatchNorm starts at
     zero), far less for a tanh or ReLU gate that scales the stream in every unit."""
-    from se_nas.search.oneshot import INIT_SEEDS, PathEvaluator, discounted, logit_scale
+    from se_nas.nn.pathscore import INIT_SEEDS, PathEvaluator, discounted, logit_scale
 
     recipe = load_recipe("tiny")
     net = Supernet(TINY, tiny_data.num_classes, recipe.stem, recipe.width)

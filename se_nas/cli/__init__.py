@@ -1,6 +1,6 @@
-"""The ``se-nas`` command line: a parser over one table of subcommands, each a thin function over
-the library (``commands``), and the one place that turns an ``SeNasError`` into one line
-(``parser``).
+"""The ``se-nas`` command line: a parser over one table of subcommands and their arguments
+(``commands``), each running a thin function over the library (``handlers``), and the one place
+that turns an ``SeNasError`` into one line (``parser``).
 
 May import: everything; nothing imports it.
 """

@@ -18,13 +18,14 @@ What the file guards against, and what not:
   change to the header or weights. Without a key a signed file loads like any other (its checksum is
   checked, its signature is not): only the key holder can tell whether it is authentic.
 - Resource exhaustion: a header may not ask for more than ``MAX_CLASSES`` classes, a width outside
-  the builder's range or an input above ``MAX_IMAGE_SIZE``, and the model it describes may not have
-  more parameters than the file stores values (counted analytically by ``se_nas.design.cost`` before any
-  model is built), so ``load_model`` never builds a model larger than the weights in the file.
-  Nothing is read beyond the header until the header is checked: its length is bounded, every
-  tensor's dtype, shape and offsets must agree, the tensors must fill the rest of the file exactly,
-  and they may not declare many more values than the architecture holds. Only then are the declared
-  bytes read (a 2 GB file holding a 700 KB model is refused unread).
+  the builder's range or an input above ``MAX_IMAGE_SIZE`` (``se_nas.products.preprocess``), and the
+  model it describes may not have more parameters than the file stores values (counted analytically
+  by ``se_nas.design.cost`` before any model is built), so ``load_model`` never builds a model larger
+  than the weights in the file. Nothing is read beyond the header until the header is checked
+  (``se_nas.products.safetensors_read``): its length is bounded, every tensor's dtype, shape and
+  offsets must agree, the tensors must fill the rest of the file exactly, and they may not declare
+  many more values than the architecture holds. Only then are the declared bytes read (a 2 GB file
+  holding a 700 KB model is refused unread).
 
 This module is the file format only; training and exporting a study's designs are ``se_nas.products.export``.
 """
@@ -33,22 +34,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SeNasError, UsageError
+from ..errors import SeNasError
 from ..design.arch import Arch, ArchError
 from ..nn.build import build_model
 from ..design.cost import count_cost
 from ..design.files import atomic_write, check_output_file
+from .preprocess import Preprocess
+from .safetensors_read import read_declared, read_tensors
 
 MODEL_FORMAT = "se-nas/model@1"
 ROLES = {
@@ -57,9 +57,7 @@ ROLES = {
     "deployment": "the deployment-size model the budget was checked on",
 }
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
-MAX_IMAGE_SIZE = 4096
 MAX_ARCH_CHARS = 100_000  # an architecture's JSON is about 1 KB; this also bounds its nesting
-MAX_HEADER_BYTES = 16 << 20  # a header (metadata and the tensor table) is tens of KB
 MIN_KEY_BYTES = 16
 _SIGNATURE = "hmac_sha256"
 _UNSIGNED = ("sha256", _SIGNATURE)  # header fields the checksum does not cover
@@ -67,92 +65,6 @@ _UNSIGNED = ("sha256", _SIGNATURE)  # header fields the checksum does not cover
 
 class ModelFileError(SeNasError):
     """A model file that is not one, is damaged, or does not match its own description."""
-
-
-# --- input preprocessing ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Preprocess:
-    """How a raw image becomes this model's input (what the training data went through, without
-    augmentation). Calling it does exactly that: ``model(model.se_nas.preprocess(images))``.
-
-    image_size: side of the square input.   pixel_max: the raw value that maps to 1.0 (255 for 8-bit
-    images, 16 for scikit-learn's digits).  mean, std: per-channel normalisation after that scaling.
-    channels: of the raw image (1: grayscale, repeated to the 3 channels the model takes).
-    resize_to: None resizes the whole image to ``image_size`` (bilinear); N resizes its shorter side
-    to N (bilinear, antialiased) and takes the centre ``image_size`` square, as ImageNet evaluation does.
-    """
-
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pixel_max: float = 255.0
-    channels: int = 3
-    resize_to: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        for name, lo, hi in (("image_size", 1, MAX_IMAGE_SIZE), ("resize_to", self.image_size, MAX_IMAGE_SIZE)):
-            v = getattr(self, name)
-            if v is None and name == "resize_to":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"preprocess {name} must be an integer in [{lo}, {hi}], got {name}={v!r}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"preprocess channels must be 1 or 3, got channels={self.channels!r}")
-        for name in ("mean", "std"):
-            v = getattr(self, name)
-            if len(v) != self.channels or not all(math.isfinite(x) for x in v):
-                raise ValueError(f"preprocess {name} must be {self.channels} finite number(s), got {name}={v!r}")
-        if min(self.std) <= 0 or not (math.isfinite(self.pixel_max) and self.pixel_max > 0):
-            raise ValueError(f"preprocess std and pixel_max must be positive, got std={self.std}, "
-                             f"pixel_max={self.pixel_max!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        names = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or set(d) - names:
-            raise ValueError(f"preprocess must be an object with keys {', '.join(sorted(names))}, got {d!r:.200}")
-        return cls(**d)
-
-    def describe(self) -> str:
-        kind = "grayscale" if self.channels == 1 else "RGB"
-        resize = (f"resized to {self.image_size}x{self.image_size}" if self.resize_to is None else
-                  f"shorter side resized to {self.resize_to}, centre {self.image_size}x{self.image_size} crop")
-        stats = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(self.mean, self.std))
-        return (f"{kind} images, values 0..{self.pixel_max:g}, divided by {self.pixel_max:g}, "
-                f"normalised (mean/std {stats}), {resize}")
-
-    def __call__(self, images) -> torch.Tensor:
-        """Model input (N, 3, S, S) float32 from raw images: an array or tensor (N, C, H, W),
-        (C, H, W), or for grayscale also (N, H, W) and (H, W), with values in 0..pixel_max."""
-        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))  # a writable copy
-        c = self.channels
-        if c == 1 and x.ndim in (2, 3):
-            x = x.reshape(-1, 1, *x.shape[-2:])
-        elif x.ndim == 3 and x.shape[0] == c:
-            x = x[None]
-        if x.ndim != 4 or x.shape[1] != c:
-            allowed = f"(N, {c}, H, W) or ({c}, H, W)" + (", (N, H, W) or (H, W)" if c == 1 else "")
-            raise UsageError(f"images must be {allowed} (channels first), got shape {tuple(x.shape)}")
-        x = x.float() / self.pixel_max
-        x = (x - torch.tensor(self.mean).view(1, c, 1, 1)) / torch.tensor(self.std).view(1, c, 1, 1)
-        s = self.image_size
-        if self.resize_to is None:
-            if x.shape[-2:] != (s, s):
-                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        else:  # torchvision's Resize(resize_to) then CenterCrop(s)
-            h, w = x.shape[-2:]
-            short, long = (h, w) if h <= w else (w, h)
-            new = (self.resize_to, int(self.resize_to * long / short))
-            x = F.interpolate(x, size=new if h <= w else new[::-1], mode="bilinear", align_corners=False,
-                              antialias=True)
-            top, left = (int(round((n - s) / 2.0)) for n in x.shape[-2:])
-            x = x[..., top:top + s, left:left + s]
-        return x.expand(-1, 3, -1, -1).contiguous() if c == 1 else x.contiguous()
 
 
 # --- the file's contents ---------------------------------------------------------------------------------
@@ -336,63 +248,6 @@ def save_model(
 
 
 # --- reading -------------------------------------------------------------------------------------------
-# Bytes per element of the safetensors dtypes (the names in a file's header).
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-
-
-def _read_declared(f, size: int) -> tuple[dict[str, str], int, bytes, int]:
-    """Read a safetensors file from the open binary file ``f`` of ``size`` bytes, checking before each
-    read that it is what the header declares: the header's length against ``MAX_HEADER_BYTES`` and the
-    file, each tensor's dtype, shape and offsets against each other, and the tensors' total against
-    what follows the header, which must be exactly that (a 2 GB file holding a 700 KB model is refused
-    unread, not read whole). Returns (``__metadata__``, the number of values the tensors declare, the
-    bytes read so far, the number of tensor bytes after them); raises ValueError saying what does not
-    add up. The tensor bytes are read only once the header has been checked (``_read_tensors``)."""
-    if size < 8:
-        raise ModelFileError(f"file is {size} bytes long, shorter than a safetensors header")
-    first = f.read(8)
-    n = int.from_bytes(first, "little")
-    if n > size - 8:
-        raise ModelFileError(f"header claims {n} bytes but only {size - 8} follow")
-    if n > MAX_HEADER_BYTES:
-        raise ModelFileError(f"header claims {n:,} bytes; at most {MAX_HEADER_BYTES:,} are allowed")
-    raw = f.read(n)
-    head = json.loads(raw.decode("utf-8"))
-    if not isinstance(head, dict):
-        raise ModelFileError(f"header must be a JSON object, got {type(head).__name__}")
-    meta = head.get("__metadata__") or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise ModelFileError("its __metadata__ must map names to strings")
-    end = values = 0
-    for name, t in head.items():
-        if name == "__metadata__":
-            continue
-        shape, offsets = (t.get("shape"), t.get("data_offsets")) if isinstance(t, dict) else (None, None)
-        itemsize = _DTYPE_BYTES.get(t.get("dtype")) if isinstance(t, dict) and isinstance(t.get("dtype"), str) else None
-        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                                                       for x in xs)
-        if itemsize is None or not ints(shape) or not ints(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
-            raise ModelFileError(f"tensor {name[:80]!r} is not described by a known dtype, a shape and two offsets")
-        count = math.prod(shape)
-        if offsets[1] - offsets[0] != count * itemsize:
-            raise ModelFileError(f"tensor {name[:80]!r} declares {offsets[1] - offsets[0]:,} bytes for shape {shape[:8]}")
-        end, values = max(end, offsets[1]), values + count
-    if end != size - 8 - n:
-        raise ModelFileError(f"its tensors declare {end:,} bytes but {size - 8 - n:,} follow the header")
-    return meta, values, first + raw, end
-
-
-def _read_tensors(path: Path, head: bytes, end: int) -> bytes:
-    """The whole file: its header bytes ``head`` (already read) and the ``end`` tensor bytes after it."""
-    with open(path, "rb") as f:
-        f.seek(len(head))
-        body = f.read(end)
-    if len(body) != end:
-        raise ModelFileError(f"its tensors declare {end:,} bytes but only {len(body):,} follow the header")
-    return head + body
-
-
 def _bounded_build(build: Any, where: str) -> tuple[int, str, float]:
     """(num_classes, stem, width) from a header's ``build``, within the limits a file may ask for."""
     if not isinstance(build, dict) or {"num_classes", "stem", "width"} - set(build):
@@ -419,7 +274,7 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
     try:
         with open(p, "rb") as f:
             try:
-                header, declared, head, end = _read_declared(f, os.fstat(f.fileno()).st_size)
+                header, declared, head, end = read_declared(f, os.fstat(f.fileno()).st_size)
             except (ValueError, RecursionError) as e:
                 raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: "
                                      f"{str(e)[:200]})") from None
@@ -457,7 +312,7 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
                              f"{arch.id} holds {asked:,} parameters (at most {2 * asked + 100_000:,} values with "
                              f"BatchNorm statistics); refusing to read them")
     try:
-        data = _read_tensors(p, head, end)
+        data = read_tensors(p, head, end)
     except OSError as e:
         raise ModelFileError(f"cannot read model file {where}: {e.strerror}") from None
     except ValueError as e:

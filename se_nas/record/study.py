@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from ..errors import SeNasError
+from ..errors import SearchError, SeNasError  # SearchError lives in se_nas.errors: the nn floor raises it too
 from ..design.arch import Arch
 
 
@@ -120,10 +120,6 @@ def objective_values(item, objectives=OBJECTIVES) -> list:
 
 class StudyError(SeNasError):
     """A study that doesn't exist, can't be opened, or has nothing to show."""
-
-
-class SearchError(SeNasError):
-    """A search that can't start as asked (bad option, or a study created with other settings)."""
 
 
 @dataclass(frozen=True)

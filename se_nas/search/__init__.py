@@ -2,8 +2,8 @@
 
 The stages of a search (``stages``), the trial function (``trial``), calibration and confirmation
 runs (``confirm``), early stopping (``earlystop``), progress lines (``progress``), the one-shot
-strategy (``oneshot``) and the executors: Optuna processes (``optuna_backend``) and Ray Tune
-(``ray_backend``, ``ray_runs``).
+strategy (``oneshot``, its path evaluators in this process or on Ray in ``pathpools``) and the
+executors: Optuna processes (``optuna_backend``) and Ray Tune (``ray_backend``, ``ray_runs``).
 
 May import: ``se_nas.design``, ``se_nas.nn``, ``se_nas.record``.
 """

@@ -1,7 +1,7 @@
 """One-shot search: train one SE supernet, rank thousands of designs through it, confirm the best
 standalone.
 
-The one-shot strategy (``se_nas.search.stages.strategies``; ``se-nas search --strategy oneshot``, or
+The one-shot strategy (``se_nas.search.strategies``; ``se-nas search --strategy oneshot``, or
 ``run_search(SearchConfig(strategy="oneshot"))``) runs these stages:
 
 1. **calibrate**: as the multi-trial search (``se_nas.search.confirm.calibrate``): plain and r=16 under a few
@@ -17,9 +17,8 @@ The one-shot strategy (``se_nas.search.stages.strategies``; ``se-nas search --st
 3. **rank**: the study's Optuna sampler proposes designs; each is costed first (over budget: recorded,
    never evaluated); a design within budget is a path: its BatchNorm statistics are recalibrated on a
    few training batches, then its accuracy on the proxy's validation split, discounted by the
-   design's initialisation check (``PathScore``: weight sharing cannot see whether a design trains
-   from scratch), is the objective. Every
-   path lands in the study as a trial of today's format with ``fidelity: "supernet"``: reports and
+   design's initialisation check (``se_nas.nn.pathscore``: weight sharing cannot see whether a design
+   trains from scratch), is the objective. Every path lands in the study as a trial of today's format with ``fidelity: "supernet"``: reports and
    the trial table show it, and ``se_nas.record.results`` never averages it with standalone trainings;
 4. **confirm**: the supernet's best design within budget and the next designs of its front, r=16 and
    the plain backbone are trained standalone under the same K seeds (``se_nas.search.confirm``); the final
@@ -28,7 +27,7 @@ The one-shot strategy (``se_nas.search.stages.strategies``; ``se-nas search --st
 Rerunning the same command continues every stage: the supernet resumes from its checkpoint (or is
 read back from it when finished), ranking continues towards ``n_trials`` designs, and confirmation
 runs already stored are reused. Path evaluations run in this process, or with ``--backend ray`` on a
-pool of Ray actors (``RayPaths``); either way only this process writes the study.
+pool of Ray actors (``se_nas.search.pathpools``); either way only this process writes the study.
 """
 from __future__ import annotations
 
@@ -36,12 +35,10 @@ import hashlib
 import json
 import math
 import random
-import statistics
 import time
 from dataclasses import replace
 from operator import attrgetter
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -49,24 +46,11 @@ from ..design.arch import Arch
 from ..design.budget import Budget, Deploy
 from ..design.cost import count_cost
 from ..record.study import SUPERNET, SearchError, Status, TrialOutcome, counted, records
-from ..nn.supernet import (DEFAULT_GATE_WEIGHTS, Supernet, check_supernet_space, narrowest_path, recalibrate_bn,
-                       sample_path, widest_path)
+from ..nn.supernet import (DEFAULT_GATE_WEIGHTS, Supernet, check_supernet_space, narrowest_path, sample_path,
+                           widest_path)
+from .pathpools import InProcess, path_pool
 
 SUPERNET_EPOCHS = 2  # supernet epochs per epoch of the recipe, by default
-# A path's cost: 1 calibration batch and a quarter of the validation split ranked the 23 designs of
-# docs/oneshot.md as 4 batches and the whole split did (tau 0.33 and 0.35, calibration draws apart by
-# 0.02-0.05) at a quarter of the CPU time.
-CALIBRATION_BATCHES = 1  # training batches per path for its BatchNorm statistics
-VAL_FRACTION = 0.25  # of the validation split (its first images) a path is evaluated on
-# Weight sharing scores a design with weights every path trained together, so it cannot see whether the
-# design trains from scratch; on the digits proxy that decides most of the standalone ranking: a gate
-# that scales the residual stream (PRE, POST, identity; tanh and ReLU most) shrinks the signal reaching
-# the classifier at initialisation, and such designs train slower or not at all. A path's accuracy is
-# discounted by the share of the plain backbone's signal its own freshly built model passes
-# (``InitCheck``), the median over these initialisations: far from every training seed (trials
-# --seed + trial number, confirmation CONFIRM_SEED + k), or the check would pick designs for the very
-# initialisations the confirmation then trains; docs/oneshot.md, "The initialisation check".
-INIT_SEEDS = (2**40, 2**40 + 1, 2**40 + 2)
 RETRIES = 8  # draws of a training step whose loss is not finite before the training fails
 # a step whose gradients are not finite is skipped, never written into the shared weights (unclipped
 # otherwise: every figure of docs/oneshot.md was measured so); one such step ended a 10-epoch training
@@ -165,261 +149,6 @@ def supernet_recipe(recipe, epochs: int | None, seed: int):
 
 
 # --- ranking --------------------------------------------------------------------------------------
-class PathScore(NamedTuple):
-    """What ranking a design through the supernet gives: ``score``, the objective the sampler and the
-    confirmation read, is the path's supernet ``accuracy`` discounted by ``signal``, the share of the
-    plain backbone's signal the design's own model passes at initialisation (``InitCheck``; None:
-    not checked, the score is the accuracy)."""
-
-    score: float
-    accuracy: float
-    signal: float | None = None
-
-    @property
-    def reason(self) -> str:
-        acc = f"supernet path accuracy {self.accuracy:.4f} (BatchNorm recalibrated)"
-        if self.signal is None:
-            return f"{acc}, not a standalone training"
-        return (f"{acc} x {min(1.0, self.signal):.3f}: its model at initialisation passes {self.signal:.3f} of the "
-                f"plain backbone's signal; not a standalone training")
-
-
-def as_score(got) -> PathScore:
-    """An evaluator's result as a ``PathScore`` (a bare number is an accuracy, not discounted)."""
-    return got if isinstance(got, PathScore) else PathScore(float(got), float(got))
-
-
-def discounted(accuracy: float, signal: float | None) -> PathScore:
-    """The one-shot objective: the supernet accuracy, discounted by the initialisation signal below the
-    plain backbone's (a design passing at least as much is ranked by its accuracy alone)."""
-    return PathScore(accuracy if signal is None else accuracy * min(1.0, signal), accuracy, signal)
-
-
-def logit_scale(model, x: torch.Tensor) -> float:
-    """The standard deviation of ``model``'s logits on batch ``x`` in training mode (batch statistics,
-    as a training's first step sees them), without gradients; the model is left as it was (mode,
-    BatchNorm running statistics)."""
-    was, buffers = model.training, [(b, b.clone()) for b in model.buffers()]
-    try:
-        model.train()
-        with torch.no_grad():
-            return float(model(x).float().std())
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        model.train(was)
-
-
-class InitCheck:
-    """A design's initialisation signal: how much of the plain backbone's signal its freshly built
-    proxy passes to the classifier. Under each of ``seeds`` the design's model is the plain backbone
-    of that seed with the design's SE added (its excitations drawn under the same seed; every other
-    tensor the plain backbone's, so the two differ by the SE alone), and its logit scale on batch
-    ``x`` (``logit_scale``) is divided by the plain backbone's; the signal is the median over the
-    seeds. SE on a residual branch leaves it at exactly 1 (the branch's last BatchNorm starts at
-    zero); a gate that scales the stream moves it. Torch's global random state is left as it was."""
-
-    def __init__(self, plain: Arch, recipe, num_classes: int, x: torch.Tensor, seeds: tuple[int, ...], device):
-        self.recipe, self.num_classes, self.x, self.device = recipe, num_classes, x, device
-        self.plain = {s: self._build(plain, s).state_dict() for s in seeds}
-        self.reference = {s: logit_scale(self.model(plain, s), x) for s in seeds}
-
-    def _build(self, arch: Arch, seed: int):
-        from ..nn.build import build_model
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_model(arch, self.num_classes, stem=self.recipe.stem, width=self.recipe.width)
-
-    def model(self, arch: Arch, seed: int):
-        """The model the check measures for ``arch`` under ``seed``."""
-        model = self._build(arch, seed)
-        missing, unexpected = model.load_state_dict(self.plain[seed], strict=False)
-        if unexpected or any(".se_" not in f".{k}" for k in missing):  # only the design's SE is its own
-            raise SearchError(f"design {arch.id} is not the plain backbone plus SE: {unexpected or missing}")
-        return model.to(self.device)
-
-    def __call__(self, arch: Arch) -> float:
-        return statistics.median(logit_scale(self.model(arch, s), self.x) / ref for s, ref in self.reference.items())
-
-
-class PathEvaluator:
-    """A design's ``PathScore`` through the supernet: the path's accuracy on the first ``val_fraction``
-    of the proxy's validation split, BatchNorm statistics recalibrated on the same ``batches`` training
-    batches for every path (drawn under ``calibration_seed``, default the recipe's seed), discounted by
-    its initialisation signal (``init_seeds``, the seeds of the models it is measured on; empty: no
-    discount) on the first calibration batch."""
-
-    def __init__(self, supernet, recipe, data, device=None, batches: int = CALIBRATION_BATCHES,
-                 val_fraction: float = VAL_FRACTION, calibration_seed: int | None = None,
-                 init_seeds: tuple[int, ...] = INIT_SEEDS):
-        from ..nn.train import _batches, pick_device
-
-        self.net = supernet
-        self.device = pick_device(recipe.device if device is None else str(device))
-        self.net.to(self.device)
-        bs = recipe.batch_size
-        seed = recipe.seed if calibration_seed is None else calibration_seed
-        train = _batches(data.train, bs, shuffle=True, seed=seed, drop_last=len(data.train) >= bs,
-                         num_workers=recipe.num_workers, pin=False)
-        self.calibration = [x.to(self.device) for x, _ in _first(train, batches)]
-        val = _batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False, num_workers=recipe.num_workers,
-                       pin=False)
-        if not 0 < val_fraction <= 1:
-            raise SearchError(f"a path's validation fraction must be in (0, 1], got val_fraction={val_fraction!r}")
-        self.val, left = [], max(1, round(val_fraction * len(data.val)))
-        for x, y in val:
-            if left <= 0:
-                break
-            self.val.append((x[:left].to(self.device), y[:left].to(self.device)))
-            left -= len(y)
-        self.check = (InitCheck(supernet.space.plain(), recipe, data.num_classes, self.calibration[0], tuple(init_seeds),
-                                self.device) if init_seeds else None)
-
-    def __call__(self, arch: Arch) -> PathScore:
-        from ..nn.train import evaluate
-
-        self.net.set_path(arch)
-        recalibrate_bn(self.net, self.calibration)
-        accuracy = evaluate(self.net, self.val, self.device)
-        signal = self.check(arch) if self.check is not None else None
-        return discounted(accuracy, signal)
-
-
-def _first(it, n: int) -> list:
-    out = []
-    for item in it:
-        if len(out) == n:
-            break
-        out.append(item)
-    return out
-
-
-class InProcess:
-    """Path evaluations in this process, one at a time: the pool ``rank`` reads (``capacity``,
-    ``submit``, ``next``) around an ``evaluate(arch) -> PathScore`` callable (or a bare accuracy). The Ray pool
-    (``RayPaths``) has the same three members."""
-
-    capacity = 1
-
-    def __init__(self, evaluate):
-        self.evaluate, self.queue = evaluate, []
-
-    def submit(self, arch: Arch) -> None:
-        self.queue.append(arch)
-
-    def next(self) -> tuple[Arch, PathScore, float]:
-        arch, start = self.queue.pop(0), time.perf_counter()
-        return arch, as_score(self.evaluate(arch)), time.perf_counter() - start
-
-
-class PathActor:
-    """One Ray actor's path evaluator (``ray.remote`` is applied in ``RayPaths``, so this module
-    imports without Ray): the supernet from the object store, the recipe's data loaded on the worker,
-    the same calibration batches as in the driver; deterministic, so it gives the accuracy this process
-    would (at the same torch thread count: ``cpus_per_trial`` threads, one by default, as the driver's)."""
-
-    def __init__(self, supernet, recipe: dict, threads: int):
-        import torch
-
-        from .ray_backend import _data
-        from ..design.recipe import Recipe
-
-        torch.set_num_threads(max(1, threads))
-        rec = Recipe.from_dict(recipe)
-        self.evaluator = PathEvaluator(supernet, rec, _data(rec))
-
-    def evaluate(self, arch: str) -> tuple[tuple, float]:
-        start = time.perf_counter()
-        return tuple(self.evaluator(Arch.from_json(arch))), time.perf_counter() - start
-
-
-def pool_size(cpus_per_trial: float, gpus_per_trial: float) -> int:
-    """How many evaluators the Ray cluster's resources hold at the given reservation each."""
-    import ray
-
-    have = ray.cluster_resources()
-    n = int(have.get("CPU", 0) // cpus_per_trial)
-    if gpus_per_trial:
-        n = min(n, int(have.get("GPU", 0) // gpus_per_trial))
-    if n < 1:
-        raise SearchError(f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: no room "
-                          f"for one path evaluator at --cpus-per-trial {cpus_per_trial:g} --gpus-per-trial "
-                          f"{gpus_per_trial:g}")
-    return n
-
-
-class RayPaths:
-    """Path evaluations on Ray (``--backend ray``): the supernet goes once into Ray's object store, and
-    a pool of ``PathActor``s, as many as the cluster's resources allow at ``cpus_per_trial`` and
-    ``gpus_per_trial`` each, evaluates the designs ``rank`` sends (``capacity`` in flight, ``submit``,
-    ``next``); only this process touches the study. ``evaluated`` lists the designs the actors
-    evaluated, in the order their results came back.
-
-    A lost actor (its node died, its process was killed) takes no result with it: its design goes to
-    the next free actor and the pool shrinks by one; when none is left, the search stops with one
-    line, and a rerun continues from the study."""
-
-    def __init__(self, supernet, recipe, *, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
-                 actors: int | None = None, most: int | None = None):
-        import ray
-
-        n = actors or min(pool_size(cpus_per_trial, gpus_per_trial), most or 1 << 30)
-        weights = ray.put(supernet.cpu())  # once; every actor reads it from the object store
-        actor = ray.remote(PathActor).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial)
-        self.actors = [actor.remote(weights, recipe.to_dict(), int(cpus_per_trial)) for _ in range(n)]
-        self.started = n
-        self.idle = list(self.actors)
-        self.running: dict = {}  # ObjectRef of an evaluation -> (actor, design)
-        self.queue: list[Arch] = []  # designs waiting for an actor (a lost actor's first)
-        self.evaluated: list[Arch] = []
-        self.lost: list[str] = []  # why each lost actor was lost
-
-    @property
-    def capacity(self) -> int:
-        return len(self.actors)
-
-    def submit(self, arch: Arch) -> None:
-        self.queue.append(arch)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        while self.queue and self.idle:
-            actor, arch = self.idle.pop(), self.queue.pop(0)
-            self.running[actor.evaluate.remote(arch.to_json())] = (actor, arch)
-
-    def next(self) -> tuple[Arch, PathScore, float]:
-        """The next design whose evaluation ends, its score and the seconds it took on its actor."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        while self.running:
-            [ref], _ = ray.wait(list(self.running), num_returns=1)
-            actor, arch = self.running.pop(ref)
-            try:
-                got, seconds = ray.get(ref)
-            except RayActorError as e:  # the actor is gone: its design goes to another one
-                self.actors.remove(actor)
-                self.lost.append(str(e).strip().splitlines()[0])
-                self.queue.insert(0, arch)
-                self._dispatch()
-                continue
-            self.idle.append(actor)
-            self._dispatch()
-            self.evaluated.append(arch)
-            return arch, PathScore(*got), seconds
-        raise SearchError(f"every Ray actor evaluating supernet paths was lost ({len(self.lost)}, the last: "
-                          f"{self.lost[-1] if self.lost else 'none started'}); rerun the same command to continue")
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.idle, self.running = [], [], {}
-
-
 def rank(study, space, budget: Budget, deploy: Deploy, evaluate, n_designs: int, *, seed: int = 0,
          log=None, advance=None) -> int:
     """Propose designs with the study's sampler until it holds ``n_designs`` counted trials; each is
@@ -542,18 +271,6 @@ def checkpoint_path(config, epochs: int | None, sampling: str) -> Path:
     return study_dir(config.study, config.root) / f"supernet-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
 
 
-def path_pool(config, net, recipe, data, todo: int):
-    """Where paths are evaluated: in this process (``--backend optuna``), or on a pool of Ray actors
-    (``--backend ray``, ``RayPaths``), at most one per design ``todo``."""
-    if config.backend == "ray":
-        from .ray_backend import connect
-
-        connect(config.ray_address)
-        return RayPaths(net, recipe, cpus_per_trial=config.cpus_per_trial, gpus_per_trial=config.gpus_per_trial,
-                        most=todo)
-    return InProcess(PathEvaluator(net, recipe, data))
-
-
 def check_config(config) -> None:
     """Refuse a one-shot search's bad settings before anything runs: a space the supernet can't hold,
     a bad epoch count, an unknown sampling rule."""
@@ -564,7 +281,7 @@ def check_config(config) -> None:
 
 
 def search_stage(study, config, progress, data) -> None:
-    """The one-shot strategy's search stage (``se_nas.search.stages.strategies``): train the supernet (or
+    """The one-shot strategy's search stage (``se_nas.search.strategies``): train the supernet (or
     resume its checkpoint), then rank ``config.n_trials`` designs as its paths."""
     epochs, sampling = config.supernet_epochs, config.supernet_sampling
     ckpt = checkpoint_path(config, epochs, sampling)

@@ -41,7 +41,7 @@ EARLY_STOPS = ("rungs", "asha", "none")
 class SearchConfig:
     """Everything a search needs; ``space`` and ``recipe`` may be given as names or paths.
 
-    ``strategy`` names an entry of ``se_nas.search.stages.strategies.STRATEGIES``; ``n_trials`` and ``sampler``
+    ``strategy`` names an entry of ``se_nas.search.strategies.STRATEGIES``; ``n_trials`` and ``sampler``
     left as None take that strategy's defaults, and ``study`` left as None is named after the space, the
     budget and the strategy, exactly as the command line does."""
 
