@@ -211,15 +211,23 @@ def cmd_train(args):
     from ..products.export import read_key, resolve_ref, save_trained, train_arch
     from ..design.recipe import load_recipe
 
+    from dataclasses import replace
+
+    from ..search.trial import pinned
+
     arch, source = resolve_ref(args.arch, args.root, args.storage)
+    # torch's default (a thread per core, spin-waiting) is several times slower on a shared machine:
+    # pinned as the search pins its trials, unless --threads or the recipe's threads: says otherwise
     recipe = load_recipe(args.recipe)
+    recipe = pinned(recipe) if args.threads is None else replace(recipe, threads=args.threads)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     out = args.output or f"models/{arch.id}-{Path(str(args.recipe)).stem}.safetensors"
     from ..design.files import check_output_file
 
     check_output_file(out)  # a folder or a link at -o: refused before any training
     ckpt = Path(args.checkpoint_dir) / f"{Path(out).stem}.ckpt" if args.checkpoint_dir else Path(out).with_suffix(".ckpt")
-    print(f"training {arch.id} {arch.label} under recipe {args.recipe}; checkpoint {ckpt} (rerun to resume)")
+    print(f"training {arch.id} {arch.label} under recipe {args.recipe} ({recipe.threads} torch "
+          f"thread{'s' if recipe.threads != 1 else ''}); checkpoint {ckpt} (rerun to resume)")
     model, result, data = train_arch(arch, recipe, seed=args.seed, checkpoint=ckpt, progress=not args.quiet,
                                      device=args.device)
     save_trained(out, model, arch, recipe, data, result, key=key, **source)
@@ -280,6 +288,8 @@ def _train_arguments(p):
     p.add_argument("--sign-key-file", default=None, metavar="FILE",
                    help="sign the model file (HMAC-SHA256) with the key in FILE; load_model(path, key=...) checks it")
     p.add_argument("--seed", type=int, default=None, help="initialisation seed (default: the recipe's)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads on the CPU (default: the recipe's threads:, else 1, as the search's trials)")
     _storage_argument(p)
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
