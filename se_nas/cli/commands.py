@@ -192,9 +192,9 @@ def _print_model_file(path, key):
 
 def cmd_export(args):
     from ..products.export import export_study, model_file_path, read_key
-    from ..record.storage import latest_study
+    from ..record.storage import default_study
 
-    name = args.study if args.study is not None else latest_study(args.root, args.storage)
+    name = args.study if args.study is not None else default_study(args.root, args.storage)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,
                         fmt=args.format, progress=not args.quiet, device=args.device, deploy=args.deploy, key=key,
@@ -249,7 +249,7 @@ def cmd_compare(args):
 
 
 def _report_arguments(p):
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("study", nargs="?", help="study name (default: the only study under --root; with several, name one)")
     _storage_argument(p)
     p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
 
@@ -258,7 +258,7 @@ def _report_arguments(p):
 def _export_arguments(p):
     from ..products.export import FORMATS
 
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("study", nargs="?", help="study name (default: the only study under --root; with several, name one)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export trial N")
     which.add_argument("--best", action="store_true",
@@ -296,7 +296,7 @@ def _train_arguments(p):
 
 
 def _compare_arguments(p):
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("study", nargs="?", help="study name (default: the only study under --root; with several, name one)")
     p.add_argument("--seeds", type=_positive_int, default=None,
                    help="seeds per design (default: the search's confirmation seeds, so nothing is trained again; else 3)")
     p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")

@@ -34,7 +34,7 @@ from ..search.confirm import (role_name, chosen_design, confirm_seeds, design_of
                       recipe_key)
 from ..design.files import atomic_write, output_folder, refuse_link
 from ..record.results import Difference, finding
-from ..record.storage import DEFAULT_ROOT, latest_study, open_study
+from ..record.storage import DEFAULT_ROOT, default_study, open_study
 from ..record.study import StudySettings
 
 DEFAULT_OUT = Path("reports")
@@ -97,7 +97,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
 
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise UsageError(f"--seeds must be a positive integer, got seeds={seeds!r}")
-    name = study if study is not None else latest_study(root, storage)  # "" is a bad name, not the latest
+    name = study if study is not None else default_study(root, storage)  # "" is a bad name, not the latest
     refuse_link(compare_path(name, out).parent, "report")  # before any training, not after
     st = open_study(name, storage=storage, root=root)
     settings = StudySettings.of(st)
