@@ -267,6 +267,13 @@ def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_fro
     arch, seed, tag, info = export_choice(study)
     assert arch == PLAIN and seed == 1000 and tag == f"design-{PLAIN.id}-s1000"
     assert info["design_accuracy"] == pytest.approx(statistics.fmean([0.945, 0.95, 0.948]))
+    # compare measures the search's choice against the baselines (the stored runs: nothing trained), and its
+    # finding, which the report leads with, says the same
+    from se_nas.products.compare import compare
+
+    res = compare("dom", root=tmp_path, out=tmp_path / "reports", latency_repeats=1, log=lambda *_: None)
+    assert res["arms"][0]["arch_id"] == X.id and res["finding"].startswith(f"The search's choice, design {X.id}")
+    assert "the answer is the plain backbone" in res["finding"]
 
 
 def test_a_study_whose_choice_is_on_the_confirmed_front_exports_the_choice(tmp_path):
