@@ -261,3 +261,24 @@ def test_the_help_and_the_readme_suggest_the_same_compare():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "se-nas compare --seeds 3" not in DESCRIPTION and "\n  se-nas compare    " in DESCRIPTION
     assert "\nse-nas compare          " in readme
+
+
+def test_search_quiet_prints_the_summary_only(tmp_path, capsys):
+    # `search` had no --quiet: with it, no bars, header or per-trial lines; the summary is still printed.
+    import dataclasses
+
+    import yaml
+
+    from se_nas.design.recipe import load_recipe
+    from se_nas.record.storage import open_study
+    from se_nas.search.progress import summarize
+
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text(yaml.safe_dump(dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(),
+                                                        max_train_samples=32).to_dict()))
+    assert cli.main(["search", "--space", "tiny", "--recipe", str(rfile), "--n-trials", "2", "--calibration-seeds", "0",
+                     "--confirm-top", "0", "--study", "q", "--root", str(tmp_path / "trials"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "[trial" not in out and "search 'q':" not in out
+    want = summarize(open_study("q", root=tmp_path / "trials", read_only=True), str(tmp_path / "trials"), None)
+    assert out == want + "\n" and "2 trials" in out, out

@@ -70,14 +70,18 @@ def cmd_search(args):
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
         confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
-        max_seeds_per_design=args.max_seeds_per_design, objectives=args.objectives,
+        max_seeds_per_design=args.max_seeds_per_design, objectives=args.objectives, progress=not args.quiet,
     )
     if oneshot:
         from ..search.oneshot import run_oneshot
 
-        run_oneshot(config, supernet_epochs=args.supernet_epochs, sampling=args.supernet_sampling)
+        study = run_oneshot(config, supernet_epochs=args.supernet_epochs, sampling=args.supernet_sampling)
     else:
-        run_search(config)
+        study = run_search(config)
+    if args.quiet:  # no bars or per-trial lines; the summary still
+        from ..search.progress import summarize
+
+        print(summarize(study, config.root, config.storage))
     return 0
 
 
@@ -165,6 +169,8 @@ def _search_arguments(p):
     p.add_argument("--seed", type=_bounded_int(0, MAX_SAMPLER_SEED), default=0,
                    help="seeds the sampler; trial N trains with seed SEED+N")
     _storage_argument(p)
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or per-trial lines; the summary and errors are still printed")
 
 
 # --- report / export / train / compare (se_nas.products.report, se_nas.products.export, se_nas.products.compare) -------------
