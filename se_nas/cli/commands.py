@@ -268,7 +268,8 @@ def _export_arguments(p):
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export trial N")
     which.add_argument("--best", action="store_true",
-                       help="the study's chosen design (the default): its confirmed choice, else the best "
+                       help="the study's chosen design (the default): its confirmed choice (or, where another "
+                       "confirmed design dominates it, the most accurate design of the confirmed front), else the best "
                        "per-design mean accuracy within --max-gflops")
     p.add_argument("--max-gflops", type=float, default=None, help="GFLOPs limit for --best (default: the study's budget)")
     p.add_argument("-o", "--output", required=True,
