@@ -226,3 +226,59 @@ def test_a_file_where_a_folder_should_be_is_one_line_and_nothing_is_made(tmp_pat
                      "--study", "s", "--root", str(afile)]) == 2
     assert capsys.readouterr().err == f"se-nas search: error: {str(afile / 's')!r}: a part of it is a file, not a folder\n"
     assert [p.name for p in tmp_path.iterdir()] == ["afile"] and afile.read_text() == ""
+
+
+def test_a_command_without_a_study_name_says_which_study_or_refuses_to_guess(tmp_path, capsys):
+    # The most recently modified study was picked silently: after a second search, `compare` compared it. One
+    # study: used, and said so on stderr. Several: none is more plausible, so refused, listing them; nothing written.
+    import os
+
+    from se_nas.record.storage import open_study
+
+    open_study("main", root=tmp_path, create=True)
+    capsys.readouterr()
+    assert cli.main(["report", "--root", str(tmp_path), "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"using study main (the only one under {str(tmp_path)!r})\n") and "no completed trial" in err
+    open_study("mobilenet", root=tmp_path, create=True)
+    for f in (tmp_path / "main").glob("study.db*"):
+        os.utime(f, (1e9, 1e9))  # 2001: the older one
+    capsys.readouterr()
+    for command in (["report", "--out", str(tmp_path / "reports")], ["compare"],
+                    ["export", "--best", "-o", str(tmp_path / "m.senas")]):
+        assert cli.main([*command, "--root", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"2 studies under {str(tmp_path)!r}: mobilenet (modified " in err, err
+        assert ", main (modified 2001-09-" in err and "give the study's name (e.g. `mobilenet`)" in err
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "m.senas").exists()
+
+
+def test_the_help_and_the_readme_suggest_the_same_compare():
+    from pathlib import Path
+
+    from se_nas.cli.parser import DESCRIPTION
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "se-nas compare --seeds 3" not in DESCRIPTION and "\n  se-nas compare    " in DESCRIPTION
+    assert "\nse-nas compare          " in readme
+
+
+def test_search_quiet_prints_the_summary_only(tmp_path, capsys):
+    # `search` had no --quiet: with it, no bars, header or per-trial lines; the summary is still printed.
+    import dataclasses
+
+    import yaml
+
+    from se_nas.design.recipe import load_recipe
+    from se_nas.record.storage import open_study
+    from se_nas.search.progress import summarize
+
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text(yaml.safe_dump(dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(),
+                                                        max_train_samples=32).to_dict()))
+    assert cli.main(["search", "--space", "tiny", "--recipe", str(rfile), "--n-trials", "2", "--calibration-seeds", "0",
+                     "--confirm-top", "0", "--study", "q", "--root", str(tmp_path / "trials"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "[trial" not in out and "search 'q':" not in out
+    want = summarize(open_study("q", root=tmp_path / "trials", read_only=True), str(tmp_path / "trials"), None)
+    assert out == want + "\n" and "2 trials" in out, out

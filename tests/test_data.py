@@ -291,3 +291,50 @@ def test_imagefolder_bad_paths(tmp_path):
 def test_tensor_data_rejects_mismatched_labels():
     with pytest.raises(ValueError, match="N labels"):
         TensorData(torch.zeros(3, 3, 4, 4), torch.zeros(2))
+
+
+def _broken_torchvision(monkeypatch, tmp_path):
+    """A torchvision whose import fails as a torchvision built for another torch does (a real mismatched
+    pair is not installable here): the first on sys.path, any imported torchvision forgotten."""
+    import sys
+
+    fake = tmp_path / "site"
+    (fake / "torchvision").mkdir(parents=True)
+    (fake / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(fake))
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_torch_torchvision_pair_that_does_not_fit_is_one_line_naming_both(monkeypatch, tmp_path, capsys):
+    # `import torchvision` raising `operator torchvision::nms does not exist` ended every ImageFolder search in a
+    # 20-line traceback; now one line names both versions and a matching pair to install.
+    import torch
+    import yaml
+
+    from se_nas import cli
+    from se_nas.nn.data import matching_torchvision
+
+    _write_pngs(tmp_path / "imgs")
+    _broken_torchvision(monkeypatch, tmp_path)
+    want = matching_torchvision(torch.__version__)
+    with pytest.raises(DataError) as e:
+        load_data(Recipe(dataset="imagefolder", data_dir=str(tmp_path / "imgs"), image_size=12))
+    msg = str(e.value)
+    assert msg.startswith(f"torch {torch.__version__} and torchvision ") and "do not work together" in msg
+    assert "operator torchvision::nms does not exist" in msg and "\n" not in msg
+    assert f"`pip install torch=={torch.__version__.split('+')[0]} torchvision=={want}`" in msg
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text(yaml.safe_dump({"dataset": "imagefolder", "data_dir": str(tmp_path / "imgs"), "image_size": 12,
+                                     "epochs": 1, "stem": "small", "width": 0.125}))
+    assert cli.main(["train", "se_resnet50", "--recipe", str(rfile), "-o", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torchvision::nms" in err and "Traceback" not in err, err
+
+
+def test_the_matching_torchvision_follows_torchvisions_table():
+    from se_nas.nn.data import matching_torchvision
+
+    assert matching_torchvision("2.4.1") == "0.19.1" and matching_torchvision("2.6.0+cu124") == "0.21.0"
+    assert matching_torchvision("2.14.1+cu130") == "0.29.1" and matching_torchvision("1.13.1") is None

@@ -84,6 +84,8 @@ def test_export_deploy_writes_the_untrained_deployment_model(root, tmp_path, cap
                  "shorter side resized to 256, centre 224x224 crop"):
         assert text in said, (text, said)
     assert "se-nas train st:0 --recipe imagenet" in mf.meta["note"]
+    # it said UNTRAINED, then "this file is its run with seed 1000": an untrained file is no run
+    assert "is its run with seed" not in said and "initial weights only (seed " in said and "never trained" in said
 
 
 def test_export_onnx_names_both_files_and_refuses_to_overwrite_the_model_file(root, tmp_path, capsys):

@@ -136,7 +136,7 @@ def test_written_report_is_complete_and_offline(tmp_path):
     make_study(tmp_path, "older", n=6, seed=5)
     make_study(tmp_path, "s1")
     assert latest_study(tmp_path / "trials") == "s1"
-    rep, paths = make_report(None, root=tmp_path / "trials", out=tmp_path / "reports")
+    rep, paths = make_report("s1", root=tmp_path / "trials", out=tmp_path / "reports")  # two studies: named
     out = tmp_path / "reports" / "s1"
     for name in ("report.html", "summary.md", "trials.csv", "pareto_gflops.png", "pareto_mparams.png",
                  "hypervolume.png", "choices.png", "importance.png"):

@@ -175,3 +175,115 @@ def test_a_mobilenet_v3_search_compare_and_report_name_its_own_se(tmp_path, caps
     page = html.unescape(re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page))  # figures: via rep.markers
     for text in (res["finding"], summary_out, md, page, summary):
         assert "MobileNetV3's own SE" in text and "r=16" not in text and "r16" not in text.replace("vs_r16", "")
+
+
+# --- the confirmed front: a choice another confirmed design dominates is not the answer ------------------------
+def test_the_default_searchs_confirmed_choice_is_not_dominated_and_its_finding_is_unchanged():
+    # The default search's confirmation (reports/example/compare.json, 5 seeds each): ebefee2350 beats r=16 by
+    # +0.037 and the plain backbone by +0.006, and the next front designs cost more: nothing dominates it.
+    from se_nas.record.results import dominators
+
+    chosen = Arch("resnet50", (None, StageSE(2, "avgmax", "sigmoid", "after_3x3"),
+                               StageSE(2, "avgmax", "tanh", "after_3x3"), None))
+    assert chosen.id == "ebefee2350"
+    seeds = (1000, 1001, 1002, 1003, 1004)
+    c = Design(chosen, 3.860639744, 26.015784, (0.9498607242339833, 0.9637883008356546, 0.9665738161559888,
+                                                0.9665738161559888, 0.9554317548746518), seeds)
+    r16 = Design(R16, 3.871627264, 28.071976, (0.9052924791086351, 0.9192200557103064, 0.9275766016713092,
+                                              0.9275766016713092, 0.9387186629526463), seeds)
+    plain = Design(PLAIN, 3.8580736, 25.557032, (0.9498607242339833, 0.9498607242339833, 0.9526462395543176,
+                                                0.958217270194986, 0.9637883008356546), seeds)
+    f2 = Design(Arch("resnet50", (StageSE(4, "avgmax", "hardsigmoid", "pre"), None, None, None)), 3.8636, 25.625,
+                (0.9582,) * 5, seeds)
+    f3 = Design(Arch("resnet50", (None, StageSE(32, "none", "tanh", "identity"), None, None)), 3.9111, 25.623,
+                (0.9554,) * 5, seeds)
+    designs = [c, f2, f3, r16, plain]
+    assert dominators(c, design_front(designs)) == [] and c in design_front(designs)
+    noise = Noise(0.008794548065911591, 22, 7)
+    vs_r16, vs_plain = paired_difference(c.accuracies, r16.accuracies), paired_difference(c.accuracies, plain.accuracies)
+    assert finding(c, r16, plain, vs_r16, vs_plain, noise) == (
+        "Design ebefee2350 (resnet50 - | r2/amx/sig/3x3 | r2/amx/tanh/3x3 | -) beats r=16 SE by +0.037 ± 0.005 "
+        "(p = 0.0021, 5 seeds) with 2.06M fewer parameters and 0.011 fewer GFLOPs; it is not distinguishable from "
+        "the plain backbone (+0.006 ± 0.004 (p = 0.27, 5 seeds), with 0.46M more parameters and 0.003 more GFLOPs). "
+        "Seed noise of the proxy: ± 0.009.")
+
+
+def test_a_choice_the_plain_backbone_dominates_is_said_so_and_never_called_the_best():
+    from se_nas.record.results import dominators
+
+    chosen = _design(X, [0.93, 0.94, 0.935], 3.865, 25.7)
+    r16 = _design(R16, [0.95, 0.955, 0.95], 3.872, 28.07)  # more accurate, but costs more: on the front too
+    plain = _design(PLAIN, [0.945, 0.95, 0.948], 3.858, 25.56)  # more accurate AND cheaper: dominates X
+    front = design_front([chosen, r16, plain])
+    assert chosen not in front and dominators(chosen, front) == [plain]
+    vs_r16, vs_plain = paired_difference(chosen.accuracies, r16.accuracies), paired_difference(chosen.accuracies, plain.accuracies)
+    s = finding(chosen, r16, plain, vs_r16, vs_plain, Noise(0.006, 20, 5), plain,
+                paired_difference(plain.accuracies, chosen.accuracies), best_design(front))
+    assert s.startswith(f"The search's choice, design {X.id} ({X.label}), is dominated on the confirmed front: the "
+                        "plain backbone is more accurate by +0.013") and "0.14M fewer parameters" in s, s
+    assert "the answer, is the fixed r=16 SE, 0.952" in s and "the best" not in s.lower()
+
+
+def _confirmed_study(tmp_path, accs: dict):
+    """A real study (Optuna's public API): X, then r=16 and the plain backbone as search trials, X the most
+    accurate in the search; then a stored confirmation of the three over 3 seeds with accuracies ``accs``."""
+    import optuna
+
+    from se_nas.design.cost import count_cost
+    from se_nas.design.recipe import load_recipe
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import TrialOutcome, counted
+    from se_nas.search.confirm import RUN_PREFIX, Run, confirm_seeds, recipe_key
+
+    study = open_study("dom", root=tmp_path, create=True)
+    recipe = load_recipe("tiny")
+    for k, v in {"recipe": recipe.to_dict(), "budget": {"max_gflops": 4.0},
+                 "deploy": {"image_size": 224, "num_classes": 1000}}.items():
+        study.set_user_attr(k, v)
+    for i, (arch, acc) in enumerate(((X, 0.97), (R16, 0.95), (PLAIN, 0.96))):
+        c = count_cost(arch)
+        o = TrialOutcome(arch=arch, status="complete", gflops=c.gflops, mparams=c.mparams, accuracy=acc, epochs=2, seed=i)
+        study.add_trial(optuna.trial.create_trial(values=o.values, user_attrs=o.to_attrs()))
+    seeds = confirm_seeds(3)
+    study.set_user_attr("confirmation", {"after_trials": counted(study)[0], "seeds": seeds, "chosen": X.to_json(),
+                                         "designs": [], "r16": R16.to_json(), "plain": PLAIN.to_json()})
+    for arch, a in ((X, accs["chosen"]), (R16, accs["r16"]), (PLAIN, accs["plain"])):
+        for s, v in zip(seeds, a):
+            study.set_user_attr(f"{RUN_PREFIX}{recipe_key(recipe)}:{arch.id}:{s}", Run(arch, s, v).to_attr())
+    return study
+
+
+def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_front(tmp_path):
+    # The search chose X (0.97 on one seed); under the confirmation's fresh seeds the plain backbone, cheaper in
+    # GFLOPs and parameters, is more accurate: the finding says the choice lost, and --best takes the plain backbone.
+    from se_nas.search.confirm import chosen_design, export_choice, read_confirmation
+
+    study = _confirmed_study(tmp_path, {"chosen": [0.93, 0.94, 0.935], "r16": [0.90, 0.905, 0.91],
+                                        "plain": [0.945, 0.95, 0.948]})
+    conf = read_confirmation(study)
+    assert conf.chosen.arch == X and conf.dominated_by.arch == PLAIN and X.id not in {d.id for d in conf.front}
+    assert conf.sentence.startswith(f"The search's choice, design {X.id}") and "dominated" in conf.sentence
+    assert "the answer is the plain backbone" in conf.sentence and "the best" not in conf.sentence.lower()
+    assert chosen_design(study)[0].arch == X  # compare still measures the search's choice against the baselines
+    design, why = chosen_design(study, front=True)
+    assert design.arch == PLAIN and "confirmed front" in why and f"{X.id} is dominated by {PLAIN.id}" in why
+    arch, seed, tag, info = export_choice(study)
+    assert arch == PLAIN and seed == 1000 and tag == f"design-{PLAIN.id}-s1000"
+    assert info["design_accuracy"] == pytest.approx(statistics.fmean([0.945, 0.95, 0.948]))
+    # compare measures the search's choice against the baselines (the stored runs: nothing trained), and its
+    # finding, which the report leads with, says the same
+    from se_nas.products.compare import compare
+
+    res = compare("dom", root=tmp_path, out=tmp_path / "reports", latency_repeats=1, log=lambda *_: None)
+    assert res["arms"][0]["arch_id"] == X.id and res["finding"].startswith(f"The search's choice, design {X.id}")
+    assert "the answer is the plain backbone" in res["finding"]
+
+
+def test_a_study_whose_choice_is_on_the_confirmed_front_exports_the_choice(tmp_path):
+    from se_nas.search.confirm import chosen_design, export_choice, read_confirmation
+
+    study = _confirmed_study(tmp_path, {"chosen": [0.96, 0.965, 0.97], "r16": [0.90, 0.905, 0.91],
+                                        "plain": [0.945, 0.95, 0.948]})
+    conf = read_confirmation(study)
+    assert conf.dominated_by is None and "dominated" not in conf.sentence
+    assert chosen_design(study)[0].arch == X and export_choice(study)[0] == X

@@ -138,11 +138,13 @@ def _search_arguments(p):
     p.add_argument("--seed", type=_bounded_int(0, MAX_SAMPLER_SEED), default=0,
                    help="seeds the sampler; trial N trains with seed SEED+N")
     _storage_argument(p)
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or per-trial lines; the summary and errors are still printed")
 
 
 # --- report / export / train / compare (se_nas.products.report, se_nas.products.export, se_nas.products.compare) -------------
 def _report_arguments(p):
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("study", nargs="?", help="study name (default: the only study under --root; with several, name one)")
     _storage_argument(p)
     p.add_argument("--out", default="reports", help="reports go to OUT/STUDY/ (default reports)")
 
@@ -150,11 +152,12 @@ def _report_arguments(p):
 def _export_arguments(p):
     from ..products.export import FORMATS
 
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("study", nargs="?", help="study name (default: the only study under --root; with several, name one)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="export trial N")
     which.add_argument("--best", action="store_true",
-                       help="the study's chosen design (the default): its confirmed choice, else the best "
+                       help="the study's chosen design (the default): its confirmed choice (or, where another "
+                       "confirmed design dominates it, the most accurate design of the confirmed front), else the best "
                        "per-design mean accuracy within --max-gflops")
     p.add_argument("--max-gflops", type=float, default=None, help="GFLOPs limit for --best (default: the study's budget)")
     p.add_argument("-o", "--output", required=True,
@@ -180,13 +183,15 @@ def _train_arguments(p):
     p.add_argument("--sign-key-file", default=None, metavar="FILE",
                    help="sign the model file (HMAC-SHA256) with the key in FILE; load_model(path, key=...) checks it")
     p.add_argument("--seed", type=int, default=None, help="initialisation seed (default: the recipe's)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads on the CPU (default: the recipe's threads:, else 1, as the search's trials)")
     _storage_argument(p)
     p.add_argument("--device", default=None, help="training device (default: the recipe's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _compare_arguments(p):
-    p.add_argument("study", nargs="?", help="study name (default: the most recently modified under --root)")
+    p.add_argument("study", nargs="?", help="study name (default: the only study under --root; with several, name one)")
     p.add_argument("--seeds", type=_positive_int, default=None,
                    help="seeds per design (default: the search's confirmation seeds, so nothing is trained again; else 3)")
     p.add_argument("--recipe", default=None, help="recipe for all three (default: the study's)")

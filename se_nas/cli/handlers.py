@@ -23,9 +23,13 @@ def cmd_search(args):
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
         confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
         max_seeds_per_design=args.max_seeds_per_design, objectives=args.objectives,
-        supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling,
+        supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling, progress=not args.quiet,
     )
-    run_search(config)
+    study = run_search(config)
+    if args.quiet:  # no bars or per-trial lines; the summary still
+        from ..search.progress import summarize
+
+        print(summarize(study, config.root, config.storage))
     return 0
 
 
@@ -54,9 +58,9 @@ def _print_model_file(path, key):
 
 def cmd_export(args):
     from ..products.export import export_study, model_file_path, read_key
-    from ..record.storage import latest_study
+    from ..record.storage import default_study
 
-    name = args.study if args.study is not None else latest_study(args.root, args.storage)
+    name = args.study if args.study is not None else default_study(args.root, args.storage)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     path = export_study(name, args.output, root=args.root, trial=args.trial, max_gflops=args.max_gflops,
                         fmt=args.format, progress=not args.quiet, device=args.device, deploy=args.deploy, key=key,
@@ -73,15 +77,23 @@ def cmd_train(args):
     from ..products.export import read_key, resolve_ref, save_trained, train_arch
     from ..design.recipe import load_recipe
 
+    from dataclasses import replace
+
+    from ..search.trial import pinned
+
     arch, source = resolve_ref(args.arch, args.root, args.storage)
+    # torch's default (a thread per core, spin-waiting) is several times slower on a shared machine:
+    # pinned as the search pins its trials, unless --threads or the recipe's threads: says otherwise
     recipe = load_recipe(args.recipe)
+    recipe = pinned(recipe) if args.threads is None else replace(recipe, threads=args.threads)
     key = read_key(args.sign_key_file) if args.sign_key_file else None
     out = args.output or f"models/{arch.id}-{Path(str(args.recipe)).stem}.safetensors"
     from ..design.files import check_output_file
 
     check_output_file(out)  # a folder or a link at -o: refused before any training
     ckpt = Path(args.checkpoint_dir) / f"{Path(out).stem}.ckpt" if args.checkpoint_dir else Path(out).with_suffix(".ckpt")
-    print(f"training {arch.id} {arch.label} under recipe {args.recipe}; checkpoint {ckpt} (rerun to resume)")
+    print(f"training {arch.id} {arch.label} under recipe {args.recipe} ({recipe.threads} torch "
+          f"thread{'s' if recipe.threads != 1 else ''}); checkpoint {ckpt} (rerun to resume)")
     model, result, data = train_arch(arch, recipe, seed=args.seed, checkpoint=ckpt, progress=not args.quiet,
                                      device=args.device)
     save_trained(out, model, arch, recipe, data, result, key=key, **source)

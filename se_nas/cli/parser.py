@@ -21,7 +21,7 @@ proxy under a trial recipe.
 
 The flow:
   se-nas search --budget-gflops 4         propose, cost and train designs (resumable)
-  se-nas compare --seeds 3                the best design vs the reference SE (r=16) and the plain backbone
+  se-nas compare                          the chosen design vs the reference SE (r=16) and the plain backbone
   se-nas report                           Pareto fronts and every trial: HTML, PNG, CSV, Markdown
   se-nas export --best -o best.senas      the best design within budget as one model file
 

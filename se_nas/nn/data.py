@@ -267,6 +267,43 @@ def _cifar(recipe: Recipe) -> DataBundle:
 
 
 # --- ImageFolder ------------------------------------------------------------------------------------------
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def matching_torchvision(torch_version: str) -> str | None:
+    """The torchvision release built for ``torch_version`` (torchvision's compatibility table: torch 2.N.x
+    goes with torchvision 0.(N+15).x, e.g. 2.4.1 with 0.19.1), without a local tag such as ``+cu121``."""
+    import re
+
+    m = re.match(r"2\.(\d+)\.(\d+)", torch_version)
+    return f"0.{int(m.group(1)) + 15}.{m.group(2)}" if m else None
+
+
+def check_torchvision() -> None:
+    """Import torchvision, turning a torch/torchvision pair that does not fit together (its import raises
+    ``operator torchvision::nms does not exist``) or a missing torchvision into one line that names both
+    versions and a matching pair to install."""
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError) as e:
+        tv, want = _version("torchvision"), matching_torchvision(torch.__version__)
+        table = "torchvision's compatibility table: https://github.com/pytorch/vision#installation"
+        if tv == "(not installed)":
+            raise DataError(f"dataset imagefolder needs torchvision, which is not installed; install the one built "
+                            f"for torch {torch.__version__}" + (f": `pip install torchvision=={want}`" if want else "")
+                            + f" ({table})") from None
+        pair = f"`pip install torch=={torch.__version__.split('+')[0]} torchvision=={want}`" if want else "a listed pair"
+        raise DataError(f"torch {torch.__version__} and torchvision {tv} do not work together (import torchvision: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); install a matching pair, "
+                        f"e.g. {pair} ({table})") from None
+
+
 def _image_folder(path: Path, transform, what: str):
     from torchvision.datasets import ImageFolder
 
@@ -278,6 +315,7 @@ def _image_folder(path: Path, transform, what: str):
 
 
 def _imagefolder(recipe: Recipe) -> DataBundle:
+    check_torchvision()  # where torchvision is first needed
     from torchvision import transforms as T
 
     root = Path(recipe.data_dir)

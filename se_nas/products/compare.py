@@ -33,8 +33,8 @@ from ..design.arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_ar
 from ..search.confirm import (role_name, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
                       recipe_key)
 from ..design.files import atomic_write, output_folder, refuse_link
-from ..record.results import Difference, finding
-from ..record.storage import DEFAULT_ROOT, latest_study, open_study
+from ..record.results import Difference, dominators, finding
+from ..record.storage import DEFAULT_ROOT, default_study, open_study
 from ..record.study import StudySettings
 
 DEFAULT_OUT = Path("reports")
@@ -97,7 +97,7 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
 
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise UsageError(f"--seeds must be a positive integer, got seeds={seeds!r}")
-    name = study if study is not None else latest_study(root, storage)  # "" is a bad name, not the latest
+    name = study if study is not None else default_study(root, storage)  # "" is a bad name, not the latest
     refuse_link(compare_path(name, out).parent, "report")  # before any training, not after
     st = open_study(name, storage=storage, root=root)
     settings = StudySettings.of(st)
@@ -168,6 +168,8 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
     noise = study_noise(st, recipe)
     chosen, r16, plain = designs["chosen"], designs["r16"], designs["plain"]
     vs = {"r16": paired(chosen, r16), "plain": paired(chosen, plain)}
+    # a baseline as accurate or more at no more cost (these runs' means) dominates the choice: said first
+    dom = next(iter(dominators(chosen, [r16, plain])), None)
     result: dict[str, Any] = {
         "study": name, "recipe_name": recipe_name, "recipe": recipe.to_dict(), "recipe_key": recipe_key(recipe),
         "seeds": list(chosen.seeds) or [], "deploy": deploy.to_dict(), "device": str(dev),
@@ -175,7 +177,8 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, "
                    f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "noise": noise.to_dict(), "arms": [], "vs_r16": {}, "vs_plain": {},
-        "finding": finding(chosen, r16, plain, vs["r16"], vs["plain"], noise) if chosen.n else "",
+        "finding": finding(chosen, r16, plain, vs["r16"], vs["plain"], noise, dom,
+                           None if dom is None else paired(dom, chosen)) if chosen.n else "",
     }
     trial = chosen.trials[0] if chosen.trials else None
     ref = baseline_name(chosen.arch.backbone)

@@ -225,7 +225,8 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
     """``se-nas export``: write the chosen design as a model file and, for ``fmt`` onnx/torchscript,
     also a deployment file at ``out`` (the model file beside it: ``model_file_path``).
 
-    The design is the study's confirmed choice (``--best``, the default; else its best per-design
+    The design is the study's confirmed choice (``--best``, the default; the most accurate design of
+    the confirmed front where another confirmed design dominates the choice; else its best per-design
     mean within the budget), or trial N. By default its proxy is trained with the study's recipe
     and the seed of one of its runs (resuming from ``<root>/<study>/export/``), which reproduces that
     run. ``deploy=True`` writes the deployment-size model of the study instead, untrained (initial

@@ -113,7 +113,9 @@ class ModelFile:
             se = m.get("design_accuracy_sem")
             lines.append(f"the design chosen by study {m.get('study')!r} ({m.get('chosen_from', '')}): accuracy "
                          f"{m['design_accuracy']:.4f}" + (f" ± {se:.4f}" if isinstance(se, float) and se == se else "")
-                         + f" over {m.get('design_seeds')} seeds; this file is its run with seed {m.get('seed')}")
+                         + f" over {m.get('design_seeds')} seeds; this file is "
+                         + (f"its run with seed {m.get('seed')}" if self.trained is not False else
+                            f"not one of those runs: initial weights only (seed {m.get('seed')}), never trained"))
         elif "trial" in m:
             lines.append(f"from trial {m['trial']} of study {m.get('study')!r}"
                          + (f" (its proxy's accuracy in the search {m['search_accuracy']:.4f})" if "search_accuracy" in m else ""))

@@ -35,7 +35,7 @@ from .report_plots import figures
 from .report_text import summary_md, trials_csv
 from .report_value import AXES, STATUS_TEXT, Marker, Report, value_order
 from ..record.results import Design, design_front, designs_of
-from ..record.storage import DEFAULT_ROOT, check_study_name, latest_study, open_study
+from ..record.storage import DEFAULT_ROOT, check_study_name, default_study, open_study
 from ..record.study import OBJECTIVE_TABLE, Status, StudyError, StudySettings, directions, objective_values, records, to_frame
 
 __all__ = ["Report", "Marker", "build_report", "write_report", "make_report", "summary_md", "trials_csv",
@@ -230,6 +230,6 @@ def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
 def make_report(study: str | None = None, root: str | Path = DEFAULT_ROOT, out: str | Path = DEFAULT_OUT,
                 storage: str | None = None):
     """``se-nas report``: build and write the report of ``study`` (default: the latest) to out/<study>/."""
-    name = check_study_name(study if study is not None else latest_study(root, storage))  # "" is refused
+    name = check_study_name(study if study is not None else default_study(root, storage))  # "" is refused
     rep = build_report(name, root, out, storage)
     return rep, write_report(rep, Path(out) / name)

@@ -165,7 +165,9 @@ def design_tables(rep: Report) -> list[DesignTable]:
         for d in conf.designs:
             role = ("chosen" if d.id == conf.chosen.id else rep.baseline if d.id == conf.r16.id
                     else "plain" if d.id == conf.plain.id else "")
-            tags = [t for t in (role, "over budget" if d.id in conf.over_budget else "") if t]
+            dominated = conf.dominated_by is not None and d.id == conf.chosen.id
+            tags = [t for t in (role, "over budget" if d.id in conf.over_budget else "",
+                                f"dominated by {conf.dominated_by.id}" if dominated else "") if t]
             rows.append(_row(d, d.describe(conf.noise), rep.latency, tags, d.id in front))
         out.append(DesignTable(
             "Confirmed front",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ..design.arch import Arch, baseline_name
-from ..design.pareto import pareto_front
+from ..design.pareto import dominates, pareto_front
 from .study import OBJECTIVES, directions, objective_values
 
 ALPHA = 0.05  # a difference is called significant at p < ALPHA (two-sided paired t-test)
@@ -175,6 +175,18 @@ def design_front(designs: Sequence[Design], objectives: Sequence[str] = OBJECTIV
     return sorted((d for d, m in zip(ds, mask) if m), key=lambda d: costs(d, objectives))
 
 
+def dominators(d: Design, designs: Sequence[Design], objectives: Sequence[str] = OBJECTIVES) -> list[Design]:
+    """The designs of ``designs`` that dominate ``d`` on per-design means and the study's ``objectives``
+    (at least as accurate and no more costly in every objective, better in one), most accurate first."""
+    if not d.n or None in objective_values(d, objectives):
+        return []
+    dirs = directions(objectives)
+    mine = objective_values(d, objectives)
+    out = [o for o in designs if o.id != d.id and o.n and None not in objective_values(o, objectives)
+           and dominates(objective_values(o, objectives), mine, dirs)]
+    return sorted(out, key=lambda o: (-o.mean, *costs(o, objectives)))
+
+
 def best_design(designs: Sequence[Design], max_gflops: float | None = None,
                 objectives: Sequence[str] = OBJECTIVES) -> Design | None:
     """The design with the highest mean accuracy within ``max_gflops`` (ties: cheaper first in the
@@ -240,11 +252,50 @@ def _cost_words(a: Design, b: Design) -> str:
 
 
 def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | None, vs_plain: Difference | None,
-            noise: Noise) -> str:
+            noise: Noise, dominated_by: Design | None = None, vs_dominant: Difference | None = None,
+            answer: Design | None = None) -> str:
     """One plain sentence for what the search found: the chosen design against the family's reference SE
     (r=16, or its own: ``baseline_name``) and the plain backbone, each difference with its standard error,
     p-value and seeds. A difference that is not significant is called "no difference", with the proxy's
-    seed noise."""
+    seed noise.
+
+    ``dominated_by``: a confirmed design that dominates the chosen one on the confirmed front (``vs_dominant``
+    its paired difference with the chosen one, ``answer`` the most accurate confirmed front design if that is
+    another one): the sentence then says so first and never calls the choice "the best"."""
+    lead, best = "", "The best design is"
+    if dominated_by is not None:
+        lead, best = _dominated(chosen, r16, plain, dominated_by, vs_dominant, answer, noise), "The search's choice is"
+    return lead + _finding(chosen, r16, plain, vs_r16, vs_plain, noise, best)
+
+
+def _role(d: Design, r16: Design, plain: Design) -> str:
+    if d.id == plain.id:
+        return "the plain backbone"
+    if d.id == r16.id:
+        return f"the fixed {baseline_name(r16.arch.backbone)}"
+    return f"design {d.id} ({d.arch.label})"
+
+
+def _dominated(chosen: Design, r16: Design, plain: Design, dom: Design, vs: Difference | None, answer: Design | None,
+               noise: Noise) -> str:
+    """The sentence that leads a finding whose chosen design another confirmed design dominates."""
+    name = _role(dom, r16, plain)
+    if vs is not None and vs.significant and vs.mean > 0:
+        acc = f"is more accurate by {vs.describe(3)}"
+    elif vs is not None:
+        acc = f"is as accurate within the seed noise ({vs.describe(3)})"
+    else:
+        acc = f"scores {dom.describe(noise, 3)} against {chosen.describe(noise, 3)}"
+    costs_ = _cost_words(dom, chosen)
+    tail = f"; the answer is {name}"
+    if answer is not None and answer.id != dom.id:
+        tail = f"; the most accurate confirmed front design, the answer, is {_role(answer, r16, plain)}, {answer.describe(noise, 3)}"
+    return (f"The search's choice, {_role(chosen, r16, plain)}, is dominated on the confirmed front: {name} {acc} "
+            f"{costs_}{tail}. ")
+
+
+def _finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | None, vs_plain: Difference | None,
+             noise: Noise, best: str) -> str:
     ref16 = baseline_name(r16.arch.backbone)
     sigma = f"± {noise.sigma:.3f}" if noise.sigma is not None else "unmeasured"
     if chosen.id == plain.id:
@@ -257,11 +308,11 @@ def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | Non
         else:
             tail = (f"{ref16} differs by {d.describe(3)}: no SE design is distinguishable from it at this "
                     f"proxy's seed noise ({sigma})")
-        return f"The best design is the plain backbone (no SE), {chosen.describe(noise, 3)}; {tail}."
+        return f"{best} the plain backbone (no SE), {chosen.describe(noise, 3)}; {tail}."
     if chosen.id == r16.id:
         vs = (f"the plain backbone differs by {_neg(vs_plain).describe(3)}" if vs_plain is not None
               else "the plain backbone was not measured")
-        return (f"The best design is the fixed {ref16}, {chosen.describe(noise, 3)}; {vs}"
+        return (f"{best} the fixed {ref16}, {chosen.describe(noise, 3)}; {vs}"
                 + ("." if vs_plain is not None and vs_plain.significant else
                    f": no per-stage design is distinguishable from it at this proxy's seed noise ({sigma})."))
     name = f"design {chosen.id} ({chosen.arch.label})"
@@ -275,8 +326,9 @@ def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | Non
         else:
             claims.append(f"is not distinguishable from {ref_name} ({d.describe(3)}, {_cost_words(chosen, ref)})")
     if all(d is not None and not d.significant for d in (vs_r16, vs_plain)):
+        which = "the best" if best.startswith("The best") else "the search's choice"
         return (f"No SE design is distinguishable from the plain backbone or {ref16} at this proxy's seed noise "
-                f"({sigma}): the best, {name}, {claims[0]} and {claims[1]}.")
+                f"({sigma}): {which}, {name}, {claims[0]} and {claims[1]}.")
     return f"{name[0].upper()}{name[1:]} {claims[0]}; it {claims[1]}. Seed noise of the proxy: {sigma}."
 
 

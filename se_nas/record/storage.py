@@ -324,7 +324,8 @@ def _known_studies(root: str | Path) -> str:
 
 
 def latest_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) -> str:
-    """The most recently modified study under ``root`` (the default STUDY of report/export/compare),
+    """The most recently modified study under ``root`` (commands without a study name use
+    ``default_study``, which never guesses between several),
     or, with a ``storage`` URL, the newest study in that storage."""
     if storage is not None:
         import optuna
@@ -342,3 +343,38 @@ def latest_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) ->
 
         raise StudyError(f"no study under {str(root)!r}; run `se-nas search` first")
     return dbs[-1].parent.name
+
+
+def default_study(root: str | Path = DEFAULT_ROOT, storage: str | None = None) -> str:
+    """The study a command without a study name means: the only study under ``root`` (or in ``storage``),
+    said in one line on stderr. With several, none is more plausible than another (the most recently
+    modified one is whichever study any command wrote last, e.g. a second search), so this refuses,
+    listing them (newest first, with their modification times), and asks for the name."""
+    import sys
+    import time
+
+    from .study import StudyError
+
+    if storage is not None:
+        import optuna
+
+        names = optuna.get_all_study_names(make_storage("_", storage, root, create=False, read_only=True))
+        if not names:
+            raise StorageError(f"no study in storage {_shown(storage)}; run `se-nas search` first")
+        listed, where = names, f"in storage {_shown(storage)}"
+    else:
+        def changed(db: Path) -> float:  # in WAL mode the writes land in study.db-wal first
+            return max(p.stat().st_mtime for p in (db, db.with_name("study.db-wal")) if p.exists())
+
+        dbs = sorted(Path(root).glob("*/study.db"), key=changed, reverse=True)
+        if not dbs:
+            raise StudyError(f"no study under {str(root)!r}; run `se-nas search` first")
+        names = [db.parent.name for db in dbs]
+        listed = [f"{db.parent.name} (modified {time.strftime('%Y-%m-%d %H:%M', time.localtime(changed(db)))})"
+                  for db in dbs]
+        where = f"under {str(root)!r}"
+    if len(names) > 1:
+        raise StudyError(f"{len(names)} studies {where}: {', '.join(listed)}; give the study's name "
+                         f"(e.g. `{names[0]}`)")
+    print(f"using study {names[0]} (the only one {where})", file=sys.stderr)
+    return names[0]

@@ -34,8 +34,8 @@ from typing import Any, Callable
 from ..design.arch import Arch, baseline_name
 from ..design.budget import predicted_latencies
 from ..design.cost import count_cost
-from ..record.results import (Design, Difference, Noise, best_design, design_front, designs_of, finding,
-                      measure_noise, paired_difference)
+from ..record.results import (Design, Difference, Noise, best_design, design_front, designs_of, dominators,
+                      finding, measure_noise, paired_difference)
 from ..record.study import StudyError, StudySettings, counted, records
 
 CONFIRM_SEED = 1000
@@ -259,10 +259,20 @@ class Confirmation:
     sentence: str = ""
     detectable: float | None = None
     over_budget: tuple[str, ...] = field(default_factory=tuple)  # ids of confirmed designs over the budget
+    dominated_by: Design | None = None  # the most accurate front design that dominates the chosen one, if any
 
     @property
     def complete(self) -> bool:
         return all(d.n == len(self.seeds) for d in self.designs)
+
+    def answer(self, max_gflops: float | None = None) -> Design | None:
+        """The confirmed answer within ``max_gflops``: the chosen design unless a confirmed design dominates
+        it, then the most accurate design of the confirmed front (never a dominated one). None: no
+        confirmed design fits."""
+        fits = (lambda d: d.n and (max_gflops is None or d.gflops <= max_gflops))
+        if self.dominated_by is None:
+            return self.chosen if fits(self.chosen) else None
+        return best_design([d for d in self.front if fits(d)], max_gflops)
 
 
 def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: Noise | None = None,
@@ -331,21 +341,30 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     over = tuple(d.id for d in designs
                  if not budget.fits(count_cost(d.arch, deploy.image_size, deploy.num_classes), d.arch))
     within = [d for d in designs if d.id not in over]
-    text = finding(chosen, r16, plain, vs_r16, vs_plain, noise) if chosen.n else ""
     front = tuple(design_front(within, settings.objectives))
+    # the answer is the confirmed front: a choice another confirmed design beats on every objective is not it
+    dom = next(iter(dominators(chosen, front, settings.objectives)), None)
+    answer = best_design(front, None, settings.objectives) if dom is not None else None
+    text = finding(chosen, r16, plain, vs_r16, vs_plain, noise, dom, None if dom is None else paired(dom, chosen),
+                   answer) if chosen.n else ""
     return Confirmation(tuple(seeds), chosen, r16, plain, designs, front, vs_r16, vs_plain,
                         noise, None if searched is None else searched.mean, text,
-                        detectable(noise, len(seeds)), over)
+                        detectable(noise, len(seeds)), over, dom)
 
 
 def chosen_design(study, settings: StudySettings | None = None, max_gflops: float | None = None,
-                  recs=None) -> tuple[Design, str]:
+                  recs=None, front: bool = False) -> tuple[Design, str]:
     """The design a study chose: its confirmed choice (with the confirmation's seeds), else its best
-    per-design mean within ``max_gflops`` (default: the budget). Returns (design, where it came from)."""
+    per-design mean within ``max_gflops`` (default: the budget). Returns (design, where it came from).
+    ``front``: the study's answer instead (``se-nas export --best``): where a confirmed design dominates
+    the choice, the most accurate design of the confirmed front (``Confirmation.answer``)."""
     settings = StudySettings.of(study) if settings is None else settings
     recs = records(study) if recs is None else recs
     conf = read_confirmation(study, settings, recs)
     limit = settings.budget_value.max_gflops if max_gflops is None else max_gflops
+    if conf is not None and front and conf.dominated_by is not None and (answer := conf.answer(limit)) is not None:
+        return answer, (f"the most accurate design of the confirmed front, {answer.n} seeds; the search's choice "
+                        f"{conf.chosen.id} is dominated by {conf.dominated_by.id}")
     if conf is not None and conf.chosen.n and (limit is None or conf.chosen.gflops <= limit):
         return conf.chosen, f"the search's confirmed choice, {conf.chosen.n} seeds"
     ds = designs_of(recs)
@@ -359,12 +378,12 @@ def chosen_design(study, settings: StudySettings | None = None, max_gflops: floa
 
 
 def export_choice(study, max_gflops: float | None = None):
-    """What ``se-nas export --best`` trains: ``(arch, seed, checkpoint tag, metadata)``: the chosen
-    design (``chosen_design``) retrained under its first seed, with the design's mean accuracy,
+    """What ``se-nas export --best`` trains: ``(arch, seed, checkpoint tag, metadata)``: the study's
+    answer (``chosen_design(front=True)``: never a design the confirmed front dominates) retrained under its first seed, with the design's mean accuracy,
     standard error and seed count in the metadata."""
     recs = records(study)
     settings = StudySettings.of(study)
-    design, why = chosen_design(study, settings, max_gflops, recs)
+    design, why = chosen_design(study, settings, max_gflops, recs, front=True)
     noise = study_noise(study, settings.recipe_value(), recs)
     info = {"design_accuracy": design.mean, "design_accuracy_sem": design.sem(noise), "design_seeds": design.n,
             "chosen_from": why, "seed": design.seeds[0],

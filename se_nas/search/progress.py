@@ -205,6 +205,8 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
                     else "plain" if d.id == conf.plain.id else "front")
             tag = " (front)" if any(f.id == d.id for f in conf.front) else ""
             ob = " (over budget)" if d.id in conf.over_budget else ""
+            if conf.dominated_by is not None and d.id == conf.chosen.id:
+                ob += f" (dominated by {conf.dominated_by.id})"
             lines.append(f"  {role:<{w}} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
                          f"{ms(d)}{tag}{ob}  {d.arch.label}")
         if not conf.complete:
