@@ -1,5 +1,6 @@
 """End-to-end searches on the tiny space with the tiny recipe: real training, real SQLite studies,
 real processes (resume after SIGKILL, several workers), and the command's errors."""
+import functools
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from se_nas.search.confirm import CONFIRM_SEED, read_confirmation, recipe_key, s
 from se_nas.search.progress import summarize
 from se_nas.design.recipe import load_recipe
 from se_nas.record.results import design_front, designs_of
-from se_nas.search.stages import SearchConfig, SearchError, run_search
+from se_nas.search.stages import SearchError, run_search
 from se_nas.design.space import load_space
 from se_nas.record.storage import open_study
 from se_nas.record.study import Status, records, remaining
@@ -27,14 +28,14 @@ S = optuna.trial.TrialState
 BUDGET = 1.815
 
 
-def config(tmp_path, **kw):
-    kw = {"study": "t", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=BUDGET),
-          "n_trials": 6, "root": tmp_path, "progress": False, "calibration_seeds": 0, "confirm_top": 0, **kw}
-    return SearchConfig(**kw)
+@pytest.fixture
+def config(tiny_search):
+    """``config(**kw)``: conftest's tiny search, 6 trials under a budget that splits the tiny space."""
+    return functools.partial(tiny_search, budget=Budget(max_gflops=BUDGET), n_trials=6)
 
 
-def test_search_end_to_end_and_continue(tmp_path, capsys):
-    study = run_search(config(tmp_path, progress=True))
+def test_search_end_to_end_and_continue(config, tmp_path, capsys):
+    study = run_search(config(progress=True))
     out = capsys.readouterr()
     recs = records(study)
     counted = [r for r in recs if r.status is not Status.REPEAT]
@@ -62,7 +63,7 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
 
     # the same command with a larger n_trials continues: the first six are kept unchanged
     before = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
-    study = run_search(config(tmp_path, n_trials=8))
+    study = run_search(config(n_trials=8))
     after = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
     assert all(after[n] == v for n, v in before.items())
     assert remaining(study, 8) == 0
@@ -72,14 +73,14 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
     from se_nas.design.recipe import load_recipe
 
     with pytest.raises(SearchError, match="different recipe .*lr.*--study NEW_NAME"):
-        run_search(config(tmp_path, recipe=dataclasses.replace(load_recipe("tiny"), lr=0.2), n_trials=9))
+        run_search(config(recipe=dataclasses.replace(load_recipe("tiny"), lr=0.2), n_trials=9))
     with pytest.raises(SearchError, match="different budget"):
-        run_search(config(tmp_path, budget=Budget(max_gflops=2.0), n_trials=9))
+        run_search(config(budget=Budget(max_gflops=2.0), n_trials=9))
     assert "over budget (never trained)" in summarize(study)
 
 
-def test_two_workers_share_the_study(tmp_path):
-    study = run_search(config(tmp_path, study="w", workers=2, n_trials=3, budget=Budget()))
+def test_two_workers_share_the_study(config, tmp_path):
+    study = run_search(config(study="w", workers=2, n_trials=3, budget=Budget()))
     recs = [r for r in records(study) if r.status is not Status.REPEAT]
     assert 3 <= len(recs) <= 4 and all(r.status == "complete" or r.status == "stopped_early" for r in recs)
     assert len({t.user_attrs["pid"] for t in study.get_trials()}) == 2  # both processes ran trials
@@ -216,24 +217,16 @@ def test_cli_bad_space_file(tmp_path, capsys):
     assert rc == 2 and str(p) in err and "'median'" in err and "avgmax" in err
 
 
-def test_asha_needs_ray(tmp_path):
+def test_asha_needs_ray(config, tmp_path):
     with pytest.raises(SearchError, match="asha.*ray"):
-        config(tmp_path, early_stop="asha")
+        config(early_stop="asha")
 
 
-ONE_DESIGN = """name: one
-backbone: resnet18
-choices: {enabled: [true], reduction: [16], squeeze: [avg], gate: [sigmoid], position: [standard]}
-"""
-
-
-def test_a_repeated_design_is_one_record_and_is_not_trained_again(tmp_path):
+def test_a_repeated_design_is_one_record_and_is_not_trained_again(one_design_space, config, tmp_path):
     """A space of one design: the sampler can only propose it again. The search trains it under two
     seeds (the second because, alone on the front, its uncertainty decides the front), answers every
     later proposal from the record without training, and stops when nothing new can be proposed."""
-    space = tmp_path / "one.yaml"
-    space.write_text(ONE_DESIGN)
-    study = run_search(config(tmp_path, study="one", space=str(space), budget=Budget(), n_trials=5,
+    study = run_search(config(study="one", space=one_design_space, budget=Budget(), n_trials=5,
                               max_seeds_per_design=2, early_stop="none"))
     recs = records(study)
     trained = [r for r in recs if r.trained]
@@ -253,8 +246,8 @@ def test_a_repeated_design_is_one_record_and_is_not_trained_again(tmp_path):
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
 
 
-def test_calibration_and_confirmation_stages(tmp_path, capsys):
-    cfg = config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
+def test_calibration_and_confirmation_stages(config, tmp_path, capsys):
+    cfg = config(study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
                  confirm_max_seeds=2, progress=True)
     study = run_search(cfg)
     captured = capsys.readouterr()
@@ -298,13 +291,13 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     assert mf.meta["accuracy"] == conf.chosen.accuracies[0]  # retrained under seed 1000: that run exactly
     # a rerun trains nothing again: the stored runs are reused as they are
     before = dict(study.user_attrs)
-    study = run_search(config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
+    study = run_search(config(study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert {k: v for k, v in study.user_attrs.items() if k.startswith("run:")} == \
         {k: v for k, v in before.items() if k.startswith("run:")}
     assert study.user_attrs["confirmation"] == before["confirmation"]
     # continuing the search with more trials makes the choice again, after them
-    study = run_search(config(tmp_path, study="c", n_trials=5, calibration_seeds=2, confirm_top=2,
+    study = run_search(config(study="c", n_trials=5, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert study.user_attrs["confirmation"]["after_trials"] == 5
 
@@ -324,7 +317,7 @@ def _gone(pid: int) -> bool:
         return False
 
 
-def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
+def test_sigterm_stops_every_worker_like_ctrl_c(config, tmp_path):
     """`kill PID` (also timeout's and systemd's signal) of a search with two worker processes: the
     parent stops its workers, whose trials in flight are failed as interrupted and enqueued, and
     exits 143 (128 + SIGTERM, the shell's convention); a rerun finishes the study."""
@@ -364,7 +357,7 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
     waiting = {t.user_attrs["retry_of"] for t in trials if t.state == S.WAITING}
     assert waiting == {t.number for t in stopped} and not [t for t in trials if t.state == S.RUNNING]
 
-    study = run_search(config(tmp_path, study="k", n_trials=8, early_stop="none"))  # the rerun, in this process
+    study = run_search(config(study="k", n_trials=8, early_stop="none"))  # the rerun, in this process
     assert remaining(study, 8) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in waiting]
     assert len(retried) == 2 and all(t.state == S.COMPLETE for t in retried)

@@ -16,7 +16,6 @@ from se_nas.nn.data import DataBundle, TensorData, load_data
 from se_nas.design.recipe import OPTIMIZERS, SCHEDULES, load_recipe
 from se_nas.nn.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
                           pick_device, seed_everything, train)
-from tests.conftest import random_arch
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +220,7 @@ def test_diverging_but_finite_training_fails_with_the_reason(tiny, data):
 
 
 @pytest.mark.parametrize("seed", [None, 1])
-def test_healthy_training_stays_far_below_the_divergence_limit(tiny, data, seed):
+def test_healthy_training_stays_far_below_the_divergence_limit(random_arch, tiny, data, seed):
     """The other side of the rule: the tiny recipe at its lr and at 3x it (SE-ResNet-50 and a random
     design with NoSqueeze, max+avg squeeze and hard-sigmoid) keeps every checked loss under a third of the limit."""
     arch = PRESETS["se_resnet50"] if seed is None else random_arch(random.Random(seed), "resnet50")
