@@ -21,6 +21,7 @@ NEW = ["resnext101_32x4d", "resnext101_64x4d", "senet154", "vgg16_bn", "mobilene
 SIZE = {"vgg16_bn": 32}  # five 2x2 max pools need 32 pixels; the others run on 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_every_family_trains_a_step_with_sampled_se(random_arch, backbone):
     rng = random.Random(backbone)
@@ -38,6 +39,7 @@ def test_every_family_trains_a_step_with_sampled_se(random_arch, backbone):
 
 
 # two designs per family (small and ImageNet stems); one for the deepest, whose code is shared
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,seed", [(b, s) for b in NEW for s in range(2)
                                            if s == 0 or b not in ("senet154", "resnext101_64x4d")])
 def test_analytic_cost_equals_fvcore_on_random_designs(n_params, random_arch, backbone, seed):
@@ -52,6 +54,7 @@ def test_analytic_cost_equals_fvcore_on_random_designs(n_params, random_arch, ba
     assert cost.flops == traced_flops(model, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,reference", [
     ("vgg16_bn", "vgg16_bn"), ("mobilenet_v3_large", "mobilenet_v3_large"),
     ("mobilenet_v3_large_plain", None), ("resnext101_64x4d_tv", "resnext101_64x4d")])
@@ -72,6 +75,7 @@ def test_equal_to_torchvision(n_params, preset, reference):
     assert count_cost(arch, 64).flops == traced_flops(ref, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,reference", [("senet154", "senet154"), ("resnext101_32x4d_tv", "resnext101_32x4d")])
 def test_equal_to_timm(n_params, preset, reference):
     """SENet-154 is timm's ``senet154`` (whose SE has biases) exactly; ResNeXt-101 32x4d timm's."""
@@ -84,6 +88,7 @@ def test_equal_to_timm(n_params, preset, reference):
     assert count_cost(arch, 64).flops == traced_flops(ref, 64)
 
 
+@pytest.mark.slow
 def test_senet154_is_the_papers_modified_resnext():
     """Appendix: three 3x3 stem convolutions, the first 1x1 of each bottleneck at half width, 3x3
     stride-2 projection shortcuts, dropout before the classifier; 64 groups."""
@@ -171,6 +176,7 @@ def test_every_family_has_plain_and_se_presets_and_a_space():
         assert name in spaces or name in ("resnet34", "resnet101", "resnet152", "resnext50_32x4d"), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mobilenet_v1"])
 def test_export_of_a_family_without_a_residual_branch(random_arch, backbone, tmp_path):
     """The model file (safetensors), ONNX and TorchScript hold the same function. (ShuffleNet's shuffle
@@ -200,6 +206,7 @@ def test_export_of_a_family_without_a_residual_branch(random_arch, backbone, tmp
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_search_on_mobilenet(tmp_path):
     """A real search (tiny recipe, digits) over a family without a residual branch, through the Optuna
     backend; every record's design is a MobileNet v1 with its allowed insertion points."""
@@ -218,6 +225,7 @@ def test_tiny_search_on_mobilenet(tmp_path):
         assert 0.0 <= r.accuracy <= 1.0 if r.trained else r.status == "failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,index,position", [
     ("shufflenet_v1_g3", 1, "standard"),  # an identity unit: the fused BN-scale-add-ReLU tail
     ("shufflenet_v1_g3", 0, "identity"),  # a strided unit: SE on the pooled shortcut, then concat

@@ -107,6 +107,7 @@ def _run_trials(cfg, n: int, constraint: str):
     return study, recs, trained, over
 
 
+@pytest.mark.slow
 def test_no_trained_candidate_exceeds_budget(short_recipe, tmp_path):
     """100 random proposals through the real search path: over-budget ones are never trained."""
     space = load_space("tiny")
@@ -234,6 +235,7 @@ def _random_draws(space, n: int, seed: int = 0) -> list[Arch]:
     return draws
 
 
+@pytest.mark.slow
 def test_search_under_a_latency_budget(short_recipe, tmp_path, tiny_latency):
     """Real trials through the search path with a latency limit that cuts the space in two: over-budget
     designs are never trained and say why, every trial records its predicted latency, the samplers
@@ -283,6 +285,7 @@ def test_search_under_a_latency_budget(short_recipe, tmp_path, tiny_latency):
         prepare_study(cfg)
 
 
+@pytest.mark.slow
 def test_a_latency_table_is_the_same_budget_by_its_profile_not_by_how_its_path_is_spelt(
         short_recipe, tmp_path, tiny_latency, monkeypatch):
     """Issue 23: `--latency ./t.json` against `t.json` stored in the study was refused as "a different

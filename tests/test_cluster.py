@@ -24,6 +24,7 @@ from se_nas.record.storage import open_study  # noqa: E402
 from se_nas.record.study import Status, counted, records, remaining  # noqa: E402
 
 S = optuna.trial.TrialState
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # each test starts or uses a multi-node Ray cluster
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from se_nas.design.cost import count_cost, traced_flops
 from se_nas.design.geometry import UNITS, Conv
 
 
-@pytest.mark.parametrize("seed", range(24))
+# two seeds in the quick loop (-m "not slow"), all 24 in the full suite
+@pytest.mark.parametrize("seed", [s if s < 2 else pytest.param(s, marks=pytest.mark.slow) for s in range(24)])
 def test_analytic_equals_fvcore_on_random_architectures(n_params, random_arch, seed):
     rng = random.Random(seed)
     arch = random_arch(rng, backbone=rng.choice(["resnet18", "resnet50", "resnext50_32x4d", "resnet34"]))
@@ -28,6 +29,7 @@ def test_analytic_equals_fvcore_on_random_architectures(n_params, random_arch, s
     assert cost.flops == traced_flops(model, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("squeeze", list(SQUEEZES))
 @pytest.mark.parametrize("position", list(POSITIONS))
 def test_every_squeeze_and_position_matches_fvcore(n_params, squeeze, position):
@@ -37,6 +39,7 @@ def test_every_squeeze_and_position_matches_fvcore(n_params, squeeze, position):
     assert count_cost(arch, 32, 10, "small", 0.25).params == n_params(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"])
 def test_torchvision_form_equals_torchvision_models(n_params, name):
     """Our "3x3" stride form is torchvision's architecture: same parameters, same traced FLOPs."""

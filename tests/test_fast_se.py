@@ -135,6 +135,7 @@ def test_inference_excitation_equals_reference(squeeze, gate):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position", ["standard", "pre"])
 def test_traced_flops_unchanged_in_training_mode(position):
     """fvcore traces the reference path, so its count still equals the analytic one."""
@@ -170,6 +171,7 @@ def test_fast_se_saves_about_what_plain_saves():
     assert ref > 1.10 * plain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
 @pytest.mark.parametrize("squeeze", ["avg", "avgmax"])
 def test_float32_as_accurate_as_reference(squeeze, channels_last):

@@ -40,6 +40,7 @@ SETTINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(FAMILIES))
 @pytest.mark.parametrize("seed", range(3))
 def test_analytic_cost_equals_fvcore_on_random_designs(n_params, backbone, seed):
@@ -75,6 +76,7 @@ def test_se_sits_on_every_module_output_or_residual_branch(name, count):
         assert not any(type(m).__name__ == "SqueezeExcite" for u in units if u.entry for m in u.entry.modules())
 
 
+@pytest.mark.slow
 def test_equals_timms_inception_resnet_v2(n_params):
     """Layer for layer timm's model (the TF-slim form): the same parameter tensors in the same order,
     the same count, and fvcore's traced FLOPs of timm's model equal our analytic count at 299x299."""
@@ -172,6 +174,7 @@ def test_search_space_files_sample_designs_the_family_allows(name):
     assert cheapest == PRESETS[space.backbone]  # no SE anywhere costs least
 
 
+@pytest.mark.slow
 def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
     """Inception-ResNet-v2 (Mixed entries, scaled residuals, 1x7/7x1 and valid convolutions, SE in
     every slot it has) through the model file, TorchScript and ONNX."""

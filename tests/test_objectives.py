@@ -46,6 +46,7 @@ def _dominated(d, others):
                for o in others if o.id != d.id)
 
 
+@pytest.mark.slow
 def test_search_with_accuracy_and_latency(latency_deploy, short_recipe, tmp_path, tiny_latency):
     from se_nas.search.confirm import confirm
     from se_nas.nn.data import load_data
@@ -129,6 +130,7 @@ def test_cli_latency_objective_needs_the_table_in_one_line(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before any study was created
 
 
+@pytest.mark.slow
 def test_ray_backend_tells_accuracy_and_latency(latency_deploy, short_recipe, tmp_path, tiny_latency):
     """Ray's searcher gets the study's metrics and modes, and its trials report the predicted latency."""
     pytest.importorskip("ray")

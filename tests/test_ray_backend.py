@@ -33,6 +33,7 @@ BAR = re.compile(r"(?:(?:calibrate|search|confirm): *)?\d+%\|[^|]*\| *\d+/\d+ \[
 STAGE_LINE = re.compile(r"\[(calibrate|confirm) \d+/\d+\] .+")
 
 
+@pytest.mark.slow
 def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(config, tmp_path, capfd):
     """Calibration and confirmation run as Ray tasks, stored by the driver into the same study; the
     terminal shows only se-nas's header, trial and stage lines, bar and summary: no Ray notice, no experiment box."""
@@ -72,6 +73,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_search_runs_concurrent_trials_into_the_study(config, local_ray, tmp_path):
     study = run_search(config())
     recs = records(study)
@@ -92,6 +94,7 @@ def test_ray_search_runs_concurrent_trials_into_the_study(config, local_ray, tmp
     assert counted(study)[0] == 4 and [r.number for r in again][:3] == [r.number for r in recs]
 
 
+@pytest.mark.slow
 def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(one_design_space, config, local_ray, tmp_path):
     """A space of one design on two CPUs: Ray trains it under two seeds at once; every later proposal
     waits for them, is answered from the record (never trained), and the search ends once a streak of
@@ -112,6 +115,7 @@ def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(one_des
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
 
 
+@pytest.mark.slow
 def test_a_trial_whose_worker_process_is_killed_is_retried_and_completes(config, local_ray, tmp_path):
     """A Ray worker killed on a live node (as the OOM killer does) fails its trial with a reason
     naming the process, and the trial runs again (``retry_of``), as the Optuna backend retries a
@@ -195,6 +199,7 @@ def _session(sid: int) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
 def test_no_ray_process_outlives_a_sigkilled_search(tmp_path):
     """A search on a local Ray it started, SIGKILLed mid-trial: within 15 s nothing it started is

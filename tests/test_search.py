@@ -34,6 +34,7 @@ def config(tiny_search):
     return functools.partial(tiny_search, budget=Budget(max_gflops=BUDGET), n_trials=6)
 
 
+@pytest.mark.slow
 def test_search_end_to_end_and_continue(config, tmp_path, capsys):
     study = run_search(config(progress=True))
     out = capsys.readouterr()
@@ -79,6 +80,7 @@ def test_search_end_to_end_and_continue(config, tmp_path, capsys):
     assert "over budget (never trained)" in summarize(study)
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_study(config, tmp_path):
     study = run_search(config(study="w", workers=2, n_trials=3, budget=Budget()))
     recs = [r for r in records(study) if r.status is not Status.REPEAT]
@@ -121,6 +123,7 @@ def _stderr(tmp_path) -> str:
     return p.read_text()[-2000:] if p.exists() else ""
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "search.stderr", "w"))
     try:
@@ -154,6 +157,7 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
     assert len(counted) == 4 and not [t for t in trials if t.state in (S.RUNNING, S.WAITING)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_trial_interrupted_and_resumable(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, 50), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -222,6 +226,7 @@ def test_asha_needs_ray(config, tmp_path):
         config(early_stop="asha")
 
 
+@pytest.mark.slow
 def test_a_repeated_design_is_one_record_and_is_not_trained_again(one_design_space, config, tmp_path):
     """A space of one design: the sampler can only propose it again. The search trains it under two
     seeds (the second because, alone on the front, its uncertainty decides the front), answers every
@@ -246,6 +251,7 @@ def test_a_repeated_design_is_one_record_and_is_not_trained_again(one_design_spa
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
 
 
+@pytest.mark.slow
 def test_calibration_and_confirmation_stages(config, tmp_path, capsys):
     cfg = config(study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
                  confirm_max_seeds=2, progress=True)
@@ -317,6 +323,7 @@ def _gone(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_worker_like_ctrl_c(config, tmp_path):
     """`kill PID` (also timeout's and systemd's signal) of a search with two worker processes: the
     parent stops its workers, whose trials in flight are failed as interrupted and enqueued, and

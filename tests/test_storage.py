@@ -148,6 +148,7 @@ def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):
     assert counted(study) == (3, 0)
 
 
+@pytest.mark.slow
 def test_a_disk_filling_mid_search_is_one_line_and_the_study_resumes(tmp_path, tmpfs):
     """A full disk gave Optuna's "exceeding max length" (or SQLite's "disk I/O error") with a traceback,
     and left the trial RUNNING. Now: one line saying "disk full" and naming study.db; once there is
@@ -251,6 +252,8 @@ def _can_be_another_machine() -> bool:
     return subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp_path, capsys):
     """Two `se-nas search` commands on one study of a real PostgreSQL server: this machine's and one
     on "machine-b" (its own hostname), each with its own sampler seed and a 1 s heartbeat. machine-b
@@ -315,6 +318,8 @@ def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp
     assert "error" not in err, err
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_the_postgresql_password_never_reaches_output(postgres_url, tmp_path, capsys):
     """Issue 24: the password was printed in the `next:` hints after a search and in "no study
     named" errors. The server trusts every connection, so any password connects."""
@@ -358,6 +363,8 @@ def test_the_heartbeat_setting_is_checked(monkeypatch, tmp_path):
     assert (st.heartbeat_interval, st.grace_period) == (2, 8)
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_both_postgresql_url_forms(postgres_url, monkeypatch):
     """``postgresql+psycopg2://`` uses psycopg2 when it is installed, and a plain ``postgresql://``
     falls back to it when psycopg 3 is missing (SQLAlchemy's default for the plain form)."""
