@@ -89,8 +89,8 @@ def test_two_workers_share_the_study(config, tmp_path):
 
 
 def _cmd(tmp_path, n):
-    # the installed entry point's code (`python -m se_nas.cli.parser` would not register the subcommands)
-    return [sys.executable, "-c", "import sys; from se_nas.cli.parser import main; sys.exit(main(sys.argv[1:]))", "search", "--space", "tiny", "--recipe", "tiny",
+    # the `se-nas` command, as `python -m se_nas` runs it (the console script calls the same main)
+    return [sys.executable, "-m", "se_nas", "search", "--space", "tiny", "--recipe", "tiny",
             "--budget-gflops", str(BUDGET), "--n-trials", str(n), "--study", "k", "--root", str(tmp_path),
             "--early-stop", "none", "--calibration-seeds", "0", "--confirm-top", "0"]
 
