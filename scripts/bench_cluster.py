@@ -16,6 +16,8 @@ import shutil
 import threading
 import time
 
+import benchlib
+
 
 def search(cluster, root, name: str, n_trials: int, recipe):
     from se_nas.design.budget import Budget
@@ -79,7 +81,7 @@ def main() -> None:
     from se_nas.design.recipe import load_recipe
 
     shutil.rmtree(args.root, ignore_errors=True)
-    recipe, load = load_recipe("tiny"), [os.getloadavg()[0]]
+    recipe, load = load_recipe("tiny"), [benchlib.load()]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     rows = []
     try:
@@ -88,9 +90,9 @@ def main() -> None:
             cluster.wait_for_nodes()
             per_min, span = rate(search(cluster, args.root, f"nodes{n}", args.trials, recipe))
             rows.append((n, per_min, span))
-            load.append(os.getloadavg()[0])
+            load.append(benchlib.load())
         loss = node_loss(cluster, args.root, recipe)
-        load.append(os.getloadavg()[0])
+        load.append(benchlib.load())
     finally:
         ray.shutdown()
         cluster.shutdown()

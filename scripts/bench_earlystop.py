@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib
+
 ARMS = ("rungs", "none")
 TEMPLATE = "calibration"  # the study holding the shared calibration runs
 RETRAIN_SEED = 2000  # fresh seeds for the chosen design: no search trial or calibration run uses them
@@ -106,9 +108,7 @@ def one_search(args, arm: str, seed: int) -> dict:
         if key.startswith(RUN_PREFIX) and key not in study.user_attrs:
             study.set_user_attr(key, value)
     resumed = bool(study.trials)
-    cpu, wall = time.process_time(), time.perf_counter()
-    run_search(config)
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    _, envelope = benchlib.timed(lambda: run_search(config))
 
     recs = records(study)
     designs = designs_of(recs)
@@ -124,7 +124,7 @@ def one_search(args, arm: str, seed: int) -> dict:
         "arm": arm, "seed": seed, "trials": args.trials, "space": config.space.name, "recipe": args.recipe,
         "budget_gflops": args.budget_gflops, "resumed": resumed,
         "train_seconds": sum(r.seconds for r in recs if r.trained),
-        "process_cpu_seconds": cpu, "wall_seconds": wall,
+        "process_cpu_seconds": envelope["cpu_s"], "wall_seconds": envelope["wall_s"],
         "epochs": sum(r.epochs for r in recs if r.trained),
         "statuses": {k: v for k, v in by_status.items() if v},
         "stopped_early": by_status[Status.STOPPED_EARLY.value],
@@ -136,7 +136,7 @@ def one_search(args, arm: str, seed: int) -> dict:
         "retrained_mean": statistics.fmean(a for a in retrained if a is not None) if any(
             a is not None for a in retrained) else None,
         "noise": noise.to_dict(),
-        "load_average": os.getloadavg(),
+        "load_average": benchlib.load_averages(),
     }
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -35,9 +34,7 @@ from se_nas.design.arch import PRESETS, Arch
 from se_nas.nn.build import build_model
 from se_nas.design.space import load_space
 
-
-def load() -> str:
-    return "%.2f %.2f %.2f" % os.getloadavg()
+import benchlib
 
 
 def random_designs(space, n: int, seed: int) -> list[Arch]:
@@ -50,7 +47,7 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
              clock: str = "wall") -> dict:
     torch.set_num_threads(threads)
     path = table_dir / f"{space.name}-{device.replace(':', '')}-{threads}t-{clock}.json"
-    before = load()
+    before = benchlib.loads()
     t0 = time.perf_counter()
     table = P.profile(space, path, device=device, threads=threads, archs=designs, rounds=rounds, clock=clock)
     profile_s = time.perf_counter() - t0
@@ -63,7 +60,7 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     kind, index = L.parse_device(device)
     dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
     x = torch.randn(1, 3, 224, 224, device=dev)
-    after_profile = load()
+    after_profile = benchlib.loads()
     models = {a.id: build_model(a).to(dev).eval() for a in designs}
     timer = P.TIMERS[kind](dev, clock)
     with torch.inference_mode():
@@ -75,7 +72,7 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
            "profile_s": profile_s,
            "full_space_entries": n_full, "carriers": carriers_sub, "full_space_carriers": carriers_full,
            "full_profile_s_extrapolated": profile_s * carriers_full / carriers_sub,
-           "load_before": before, "load_after_profile": after_profile, "load_after": load()}
+           "load_before": before, "load_after_profile": after_profile, "load_after": benchlib.loads()}
     # the noise floor: how far the same measurement's odd and even rounds disagree, per design
     halves = [100 * abs(statistics.median(v[::2]) / statistics.median(v[1::2]) - 1) for v in times.values()]
     out["halves_abs_diff_pct"] = {"median": statistics.median(halves), "max": max(halves)}
@@ -125,7 +122,7 @@ def predictor_speed(space, table_path: Path, n: int) -> dict:
         count_cost(a)
     flops = time.perf_counter() - t0
     return {"designs": n, "first_use_per_s": n / first, "cached_per_s": n / cached,
-            "count_cost_per_s": n / flops, "load": load()}
+            "count_cost_per_s": n / flops, "load": benchlib.loads()}
 
 
 def main() -> int:

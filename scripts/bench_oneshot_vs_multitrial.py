@@ -42,6 +42,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import benchlib
+
 STRATEGIES = ("oneshot", "mt")
 STUDY = "ovm-{strategy}-s{seed}"
 
@@ -62,19 +64,6 @@ def write_timing(root: Path, study: str, data: dict) -> None:
     tmp = p.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(p)
-
-
-class Clock:
-    """Wall and CPU seconds since ``start`` (added to what earlier calls stored), and the load."""
-
-    def __init__(self, stored: dict):
-        self.wall0, self.cpu0 = stored.get("wall_s", 0.0), stored.get("cpu_s", 0.0)
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        self.load_start = stored.get("load_start", os.getloadavg()[0])
-
-    def now(self) -> dict:
-        return {"wall_s": self.wall0 + time.perf_counter() - self.t0, "cpu_s": self.cpu0 + time.process_time() - self.c0,
-                "load_start": self.load_start, "load_end": os.getloadavg()[0]}
 
 
 # --- the two strategies ---------------------------------------------------------------------------
@@ -107,7 +96,7 @@ def run_oneshot_timed(args, seed: int) -> None:
     def timed(study, config, progress, data):
         if stored.get("done"):  # measured already: the rerun only reads the supernet back
             return original.stage(study, config, progress, data)
-        clock = Clock(stored)
+        clock = benchlib.Envelope(stored)
         write_timing(root, config.study, {**stored, "calls": stored.get("calls", 0) + 1})
         original.stage(study, config, progress, data)
         write_timing(root, config.study, {**clock.now(), "calls": stored.get("calls", 0) + 1, "done": True})
@@ -132,7 +121,7 @@ def run_multitrial_timed(args, seed: int) -> None:
 
     def search(study, config, progress, data):
         stored = read_timing(root, config.study)
-        clock = Clock(stored)
+        clock = benchlib.Envelope(stored)
         while True:
             target = read_timing(root, partner)
             spent = clock.now()
@@ -152,8 +141,17 @@ def run_multitrial_timed(args, seed: int) -> None:
 
         n = counted(open_study(config.study, root=config.root))[0]
         run_search(replace(config, n_trials=n))
-    else:
-        run_search(config, search)
+    else:  # the multi-trial strategy with this search stage in place of its own
+        import dataclasses
+
+        from se_nas.search import strategies
+
+        original = strategies.STRATEGIES["multi-trial"]
+        strategies.STRATEGIES["multi-trial"] = dataclasses.replace(original, stage=search)
+        try:
+            run_search(config)
+        finally:
+            strategies.STRATEGIES["multi-trial"] = original
 
 
 RUNNERS = {"oneshot": run_oneshot_timed, "mt": run_multitrial_timed}
@@ -188,7 +186,7 @@ def drive(args) -> None:
         start = time.monotonic()
         while any(p.poll() is None for p, _ in procs.values()):
             time.sleep(20)
-            print(f"seed {seed} {time.monotonic() - start:5.0f}s load {os.getloadavg()[0]:.1f} | " +
+            print(f"seed {seed} {time.monotonic() - start:5.0f}s load {benchlib.load():.1f} | " +
                   " | ".join(f"{s}: {last_line(log)}" for s, (_, log) in procs.items()), flush=True)
             if any(p.returncode for p, _ in procs.values()):  # one failed: the other would wait for it
                 for p, _ in procs.values():

@@ -11,14 +11,12 @@ proxy, the study writes. Then times the budget check per candidate: the analytic
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
 import optuna
-import torch
 
 from se_nas.design.budget import Budget
 from se_nas.nn.build import build_model
@@ -30,6 +28,8 @@ from se_nas.search.stages import SearchConfig, prepare_study
 from se_nas.design.space import load_space
 from se_nas.record.study import records
 
+import benchlib
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,8 +39,7 @@ def main() -> int:
     ap.add_argument("--fvcore-samples", type=int, default=5)
     args = ap.parse_args()
     quiet_optuna()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"Python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
+    print(benchlib.machine_line())
 
     with tempfile.TemporaryDirectory() as root:
         cfg = SearchConfig(study="bench", space=args.space, recipe=args.recipe, budget=Budget(),

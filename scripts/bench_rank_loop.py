@@ -15,33 +15,36 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import se_nas
+import se_nas.search
 from se_nas.search import oneshot
 from se_nas.design.budget import Budget
 from se_nas.record.samplers import quiet_optuna
 from se_nas.search.stages import SearchConfig, prepare_study
 from se_nas.record.study import Status, records
 
+import benchlib
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def old_rank(rev: str):
-    """``rank`` as it was at git revision ``rev`` (its module loaded inside the package, so its
+    """``rank`` as it was at git revision ``rev`` (its module loaded inside ``se_nas.search``, so its
     relative imports resolve to today's modules)."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:se_nas/search/oneshot.py"], check=True,
-                            capture_output=True, text=True).stdout
+    got = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:se_nas/search/oneshot.py"],
+                         capture_output=True, text=True)
+    if got.returncode != 0:  # a revision before the subpackages: its imports name modules that moved
+        sys.exit(f"--before {rev}: no se_nas/search/oneshot.py at that revision (before 4e1c878, the "
+                 f"subpackages, the loop's imports name the old flat modules); pick a later revision")
     path = Path(tempfile.mkdtemp()) / "oneshot_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("se_nas._oneshot_before", path)
+    path.write_text(got.stdout)
+    spec = importlib.util.spec_from_file_location("se_nas.search.oneshot_before", path)
     module = importlib.util.module_from_spec(spec)
-    module.__package__ = se_nas.__name__
+    module.__package__ = se_nas.search.__name__
     spec.loader.exec_module(module)
     return module.rank
 
@@ -54,18 +57,19 @@ def run(rank, root: str, args) -> dict:
     cfg = SearchConfig(study="bench", space=args.space, recipe="digits", budget=Budget(), n_trials=args.designs,
                        sampler=args.sampler, root=root, progress=False)
     study = prepare_study(cfg)
-    load0, cpu0, wall0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
-    n = rank(study, cfg.space, cfg.budget, cfg.deploy, pseudo_accuracy, args.designs, seed=cfg.seed)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    n, envelope = benchlib.timed(lambda: rank(study, cfg.space, cfg.budget, cfg.deploy, pseudo_accuracy, args.designs,
+                                              seed=cfg.seed))
     recs = records(study)
-    return {"evaluated": n, "cpu": cpu, "wall": wall, "stored": len(recs), "load": (load0, os.getloadavg()[0]),
+    return {"evaluated": n, "cpu": envelope["cpu_s"], "wall": envelope["wall_s"], "stored": len(recs),
+            "load": (envelope["load_start"], envelope["load_end"]),
             "designs": [r.arch.id for r in recs if r.status is Status.COMPLETE],
             "repeats": sum(r.status is Status.REPEAT for r in recs)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default="9b9d440", help="git revision of the loop to compare against")
+    ap.add_argument("--before", default="9b9d440", help="git revision of the loop to compare against (docs/oneshot.md "
+                    "measured 9b9d440 against its successor, before the subpackages; a revision since 4e1c878 runs here)")
     ap.add_argument("--space", default="resnet50-per-stage")
     ap.add_argument("--sampler", default="nsga2")
     ap.add_argument("--designs", type=int, default=500)
@@ -74,7 +78,7 @@ def main() -> int:
     quiet_optuna()
     loops = {f"before ({args.before})": old_rank(args.before), "after (working tree)": oneshot.rank}
     print(f"{args.designs} designs of {args.space}, {args.sampler}, SQLite, {args.rounds} interleaved rounds; "
-          f"load average at start {os.getloadavg()[0]:.1f}")
+          f"load average at start {benchlib.load():.1f}")
     results: dict[str, list[dict]] = {name: [] for name in loops}
     for k in range(args.rounds):
         for name, rank in loops.items():

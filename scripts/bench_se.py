@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +35,8 @@ from se_nas.design.arch import PRESETS
 from se_nas.nn.build import build_model
 from se_nas.design.cost import count_cost
 from se_nas.nn.fused import set_fast_se
+
+import benchlib
 
 # (SE model, plain model) pairs whose ratio is reported
 PAIRS = {
@@ -82,20 +82,7 @@ def flops_ratios(pairs: dict, image_size: int, stem: str) -> dict[str, float]:
 
 
 def machine(device: torch.device, threads: int) -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-    }
+    info = {**benchlib.machine(), "threads": threads, "load_average_start": benchlib.load_averages()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -225,7 +212,7 @@ def run(args) -> dict:
             infer[name].append(rate)
             best[name]["infer"] = max(best[name]["infer"], top)
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
-    info["load_average_end"] = os.getloadavg()
+    info["load_average_end"] = benchlib.load_averages()
 
     def ratio(d, se, plain):
         return statistics.median(a / b for a, b in zip(d[se], d[plain]))

@@ -39,18 +39,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def recipe():
-    from rank_fidelity import recipe_of
-
-    return recipe_of("digits", [])  # the default proxy on the CPU, one thread, no rungs
+import benchlib
+from benchlib import designs as pick_designs, held_out
+from benchlib import proxy_recipe as recipe  # the default proxy on the CPU, one thread, no rungs
 
 
 def largest(space):
@@ -66,19 +61,6 @@ def largest(space):
 
 SWEEP_BATCHES = (1, 2, 4, 8)  # calibration batches (of the recipe's batch size) per path
 SWEEP_VAL = (90, 180, 359)  # validation images per path (359: digits' whole validation split)
-
-
-def held_out(default: list, n: int, set_seed: int = 1) -> list:
-    """``n`` designs of the default space's random sample under ``set_seed`` (1: the held-out set; 2: the
-    second held-out set) that no earlier set (the default set, seed 0, and the held-out sets of the seeds
-    below ``set_seed``) holds: designs nothing was chosen on."""
-    from rank_fidelity import designs as pick_designs
-
-    seen = {a.id for a in default}
-    for earlier in range(1, set_seed):
-        seen |= {a.id for a in held_out(default, n, earlier)}
-    fresh = [a for a in pick_designs("resnet50-per-stage", n + len(seen) + 2, set_seed) if a.id not in seen]
-    return fresh[:n]
 
 
 STREAM = ("pre", "post", "identity")  # positions whose gate scales the residual stream (or the unit's input)
@@ -129,18 +111,11 @@ def balance(split: str, space, sets: dict, n: int = 20000) -> str:
     return f"split {split}, parts 0..{k - 1}: " + "; ".join(out)
 
 
-def clock(fn):
-    load, c0, w0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
-    out = fn()
-    return out, {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
-                 "load_start": load, "load_end": os.getloadavg()[0]}
-
-
 def import_runs(study, path: Path, r, data, designs) -> int:
     """Runs of ``scripts/rank_fidelity.py`` (label ``proxy``, the same recipe) into the study, after
     checking that retraining one of them gives the identical accuracy."""
     from se_nas.design.arch import Arch
-    from se_nas.search.confirm import _key, recipe_key, stored_runs, train_run, Run
+    from se_nas.search.confirm import Run, ensure_runs, recipe_key, stored_runs, train_run
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     want = {a.id for a in designs}
@@ -154,9 +129,14 @@ def import_runs(study, path: Path, r, data, designs) -> int:
     if again.accuracy != probe["accuracy"]:
         sys.exit(f"{path}: retraining {probe['arch_id']} seed {probe['seed']} gave {again.accuracy}, the file says "
                  f"{probe['accuracy']}: not the same training, not imported")
-    for x in new:
-        run = Run(Arch.from_json(x["arch"]), x["seed"], x["accuracy"], tuple(x["history"]), x["wall_s"], x["reason"])
-        study.set_user_attr(_key(recipe_key(r), run.arch, run.seed), run.to_attr())
+    runs = {(x["arch_id"], x["seed"]): Run(Arch.from_json(x["arch"]), x["seed"], x["accuracy"], tuple(x["history"]),
+                                           x["wall_s"], x["reason"]) for x in new}
+
+    def from_file(todo, recipe):  # ensure_runs stores what its runner yields, under the recipe's run key
+        return (runs[(a.id, seed)] for a, seed in todo if (a.id, seed) in runs)
+
+    ensure_runs(study, {run.arch.id: run.arch for run in runs.values()}, sorted({seed for _, seed in runs}), r,
+                runner=from_file)
     return len(new)
 
 
@@ -198,7 +178,6 @@ def main() -> None:
     import optuna
     import torch
 
-    from rank_fidelity import designs as pick_designs
     from se_nas.design.budget import Budget
     from se_nas.search.confirm import ensure_runs, recipe_key, stored_runs, train_run
     from se_nas.nn.data import load_data
@@ -246,7 +225,7 @@ def main() -> None:
         for i in range(k):
             budget = Part(Budget(), args.few_shot, i) if args.few_shot else Budget()
             suffix = f"-part{i}" if args.few_shot else ""
-            (net, res, draw), t = clock(lambda: train_supernet(
+            (net, res, draw), t = benchlib.timed(lambda: train_supernet(
                 space, r, data, budget=budget, epochs=args.supernet_epochs, sampling=args.sampling, seed=args.supernet_seed,
                 checkpoint=folder / f"supernet-{variant}{suffix}.pt", device="cpu", gate_weights=args.gate_weights))
             timings.setdefault("supernet_train" + suffix, {**t, "train_s": res.seconds, "epochs": res.epochs,
@@ -258,7 +237,7 @@ def main() -> None:
             timings["supernet_train"] = {key: sum(x[key] for x in parts) for key in ("cpu_s", "wall_s", "train_s")}
             timings["supernet_train"].update(load_start=parts[0]["load_start"], load_end=parts[-1]["load_end"])
         ev = evs[0]
-        got, t = clock(lambda: {a.id: evs[part(a)](a) for a in designs})
+        got, t = benchlib.timed(lambda: {a.id: evs[part(a)](a) for a in designs})
         timings.setdefault("supernet_acc", {}).update({i: x.accuracy for i, x in got.items()})
         if args.init_seeds:  # the ranking's score: the accuracy discounted by the initialisation signal
             timings.setdefault("supernet_score", {}).update({i: x.score for i, x in got.items()})
@@ -272,7 +251,7 @@ def main() -> None:
                 ev2 = PathEvaluator(net, supernet_recipe(r, args.supernet_epochs, 0), data, device="cpu",
                                     batches=batches, val_fraction=val / len(data.val), calibration_seed=cseed,
                                     init_seeds=())
-                acc, t = clock(lambda: {a.id: ev2(a).accuracy for a in designs})
+                acc, t = benchlib.timed(lambda: {a.id: ev2(a).accuracy for a in designs})
                 sweep.setdefault(f"{batches}x{val}/{cseed}", {"acc": {}})["acc"].update(acc)
                 sweep[f"{batches}x{val}/{cseed}"]["cpu_per_path"] = t["cpu_s"] / len(designs)
                 sweep[f"{batches}x{val}/{cseed}"]["load"] = [t["load_start"], t["load_end"]]
@@ -283,13 +262,13 @@ def main() -> None:
             # a fresh SQLite study, as the search writes its ranking
             scratch = open_study(f"rank-{int(time.time())}", root=args.root, sampler=make_sampler("nsga2", 0),
                                  create=True)
-            n, t = clock(lambda: rank(scratch, space, Budget(), space.deploy, ev, args.rank))
+            n, t = benchlib.timed(lambda: rank(scratch, space, Budget(), space.deploy, ev, args.rank))
             timings[rank_key] = {**t, "designs": args.rank, "evaluated": n}
             save()
             print(f"ranked {args.rank} designs ({n} evaluated): {t}", flush=True)
         if args.rank and "largest" not in timings:
             big = largest(space)
-            run, t = clock(lambda: train_run(big, r, 0, data, device="cpu"))
+            run, t = benchlib.timed(lambda: train_run(big, r, 0, data, device="cpu"))
             timings["largest"] = {**t, "arch": big.label, "id": big.id, "accuracy": run.accuracy}
             save()
             print(f"largest design {big}: {t}", flush=True)

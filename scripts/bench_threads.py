@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib
+from benchlib import read_jsonl as read
+
 # (threads, OMP_WAIT_POLICY or "", load, deterministic), the most telling first. The wait policy only
 # matters with more than one thread (one thread never waits for another): 1 thread runs the default.
 CASES = [(1, "", "hog", False), (2, "", "hog", False), (1, "", "idle", False), (2, "", "idle", False),
@@ -58,18 +61,17 @@ def cmd_one(args) -> None:
         recipe = replace(recipe, epochs=args.epochs, warmup_epochs=min(recipe.warmup_epochs, args.epochs / 2))
     data = load_data(recipe)
     arch = load_space("resnet50-per-stage").baseline()
-    load0, c0, w0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
+    envelope = benchlib.Envelope()
     model, r = seeded_proxy(arch, recipe, data.num_classes, args.seed)
     result = train(model, r, data, device="cpu")
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    envelope = envelope.now()
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode() + t.detach().cpu().contiguous().numpy().tobytes())
     print(json.dumps(dict(threads=torch.get_num_threads(), epochs=recipe.epochs, wait=os.environ.get("OMP_WAIT_POLICY", ""),
                           deterministic=args.deterministic, seed=args.seed, arch_id=arch.id,
                           accuracy=float(result.accuracy), history=[float(x) for x in result.history],
-                          weights_sha256=h.hexdigest()[:16], wall_s=wall, cpu_s=cpu, load_start=load0,
-                          load_end=os.getloadavg()[0], torch=torch.__version__)))
+                          weights_sha256=h.hexdigest()[:16], **envelope, torch=torch.__version__)))
 
 
 def cmd_run(args) -> None:
@@ -87,7 +89,7 @@ def cmd_run(args) -> None:
             if hog is not None:
                 time.sleep(2)  # let the hog take its core
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu0, load0 = usage.ru_utime + usage.ru_stime, os.getloadavg()[0]
+            cpu0, load0 = usage.ru_utime + usage.ru_stime, benchlib.load()
             cmd = [sys.executable, str(script), "one", "--threads", str(threads), "--recipe", args.recipe,
                    "--seed", str(args.seed), "--epochs", str(args.epochs)] + (["--deterministic"] if det else [])
             try:
@@ -102,20 +104,10 @@ def cmd_run(args) -> None:
             if hog is not None:
                 hog.kill()
                 hog.wait()
-        row.update(case=case, load=load, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        row.update(case=case, load=load, date=benchlib.utc_now())
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(case, {k: row.get(k) for k in ("accuracy", "wall_s", "cpu_s", "load_start", "error")}, flush=True)
-
-
-def read(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # cut by an interruption: that case runs again
-            pass
-    return rows
 
 
 def cmd_table(args) -> None:

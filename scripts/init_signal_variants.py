@@ -22,10 +22,9 @@ import argparse
 import itertools
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import designs as pick, held_out, proxy_recipe as recipe
 
 
 def main() -> None:
@@ -41,8 +40,6 @@ def main() -> None:
     import torch.nn.functional as F
     from scipy.stats import kendalltau
 
-    from bench_supernet import held_out, recipe
-    from rank_fidelity import designs as pick
     from se_nas.search.confirm import recipe_key, stored_runs
     from se_nas.nn.data import load_data
     from se_nas.design.space import load_space

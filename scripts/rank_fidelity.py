@@ -25,61 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
+import benchlib
+from benchlib import designs, read_jsonl as read, recipe_of
+
 DEFAULT_OUT = "rank_fidelity.jsonl"
-
-
-def designs(space_name: str, n: int, seed: int):
-    """plain, r=16, then random designs of the space (fixed ``seed``) until there are ``n``."""
-    import optuna
-
-    from se_nas.design.space import load_space
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(space_name)
-    picked = {a.id: a for a in (space.plain(), space.baseline())}
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    for _ in range(100 * n):
-        if len(picked) >= n:
-            break
-        a = space.sample(study.ask())
-        picked.setdefault(a.id, a)
-    return list(picked.values())
-
-
-def recipe_of(name: str, sets: list[str]):
-    from se_nas.design.recipe import Recipe, RecipeError, load_recipe
-
-    d = load_recipe(name).to_dict()
-    for item in sets:
-        key, sep, text = item.partition("=")
-        if not sep:
-            sys.exit(f"--set {item!r}: expected KEY=VALUE, e.g. epochs=15")
-        import yaml
-
-        d[key] = yaml.safe_load(text)
-    d.update(device="cpu", threads=1, rungs=[])
-    try:
-        return Recipe.from_dict(d, where=f"--recipe {name} with --set {' '.join(sets)}")
-    except RecipeError as e:
-        sys.exit(str(e))
-
-
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by an interruption: that job runs again
-                pass
-    return rows
 
 
 def cmd_train(args) -> None:
@@ -98,16 +50,14 @@ def cmd_train(args) -> None:
     jobs = [j for i, j in enumerate(jobs) if i % n_shards == shard and (args.label, j[0].id, j[1]) not in done]
     data = load_data(recipe)
     for i, (arch, seed) in enumerate(jobs, 1):
-        load0, c0, w0 = os.getloadavg()[0], time.process_time(), time.perf_counter()
-        run = train_run(arch, recipe, seed, data, device="cpu")
+        run, envelope = benchlib.timed(lambda: train_run(arch, recipe, seed, data, device="cpu"))
         row = dict(label=args.label, arch_id=arch.id, arch=arch.to_json(), seed=seed, accuracy=run.accuracy,
-                   history=list(run.history), cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0,
-                   load_start=load0, load_end=os.getloadavg()[0], recipe=recipe.to_dict(),
-                   date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), reason=run.reason)
+                   history=list(run.history), **envelope, recipe=recipe.to_dict(), date=benchlib.utc_now(),
+                   reason=run.reason)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"[{args.label} {i}/{len(jobs)}] {arch.id} seed {seed}: {run.accuracy} "
-              f"cpu {row['cpu_s']:.1f}s wall {row['wall_s']:.1f}s load {load0:.1f}", flush=True)
+              f"cpu {row['cpu_s']:.1f}s wall {row['wall_s']:.1f}s load {row['load_start']:.1f}", flush=True)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -1,4 +1,9 @@
+"""What several test files share, as fixtures (a test names the fixture as an argument; test files
+never import each other or this file): random designs, parameter counts, the fast-SE comparison, the
+tiny search's settings and the tiny space's latency table."""
 import contextlib
+import copy
+import dataclasses
 import os
 import random
 import subprocess
@@ -10,7 +15,7 @@ from se_nas.design.choices import GATES, SQUEEZES
 from se_nas.design.backbones import BACKBONES
 
 
-def random_arch(rng: random.Random, backbone: str | None = None, gates: tuple[str, ...] = tuple(GATES)) -> Arch:
+def make_random_arch(rng: random.Random, backbone: str | None = None, gates: tuple[str, ...] = tuple(GATES)) -> Arch:
     """A random design of ``backbone`` (else of a random family): every axis drawn uniformly over the
     choices the family has (its insertion points, its stride forms), each stage off with probability 1/4."""
     backbone = backbone or rng.choice(list(BACKBONES))
@@ -29,9 +34,149 @@ def random_arch(rng: random.Random, backbone: str | None = None, gates: tuple[st
     return Arch(backbone, stages, stride_on=rng.choice(spec.stride_forms), se_bias=rng.random() < 0.5)
 
 
+@pytest.fixture(name="random_arch")
+def random_arch_fixture():
+    """``random_arch(rng, backbone=None, gates=all)``: a random design (``make_random_arch``)."""
+    return make_random_arch
+
+
 @pytest.fixture
 def rng():
     return random.Random(0)
+
+
+@pytest.fixture
+def n_params():
+    """``n_params(model)``: the number of parameters of a module, the figure ``count_cost`` must match."""
+    return lambda model: sum(p.numel() for p in model.parameters())
+
+
+# --- the fast SE path (se_nas/nn/fused.py) against the straightforward modules ----------------------
+class FastSE:
+    """Checks that a unit on the fast SE path computes what the reference modules compute: the same
+    outputs, gradients and BatchNorm statistics, in float64."""
+
+    @staticmethod
+    def unit_pair(backbone: str, se: StageSE, index: int, width: float = 0.125):
+        """A residual unit (fast SE) and a deep copy running the reference SE, in float64."""
+        import torch
+
+        from se_nas.design.geometry import resolve
+        from se_nas.nn.build import ResidualUnit
+        from se_nas.nn.fused import set_fast_se
+
+        arch = Arch.uniform(backbone, se)
+        u = resolve(arch, "small", width).units[index]
+        torch.manual_seed(index)
+        fast = ResidualUnit(u, se_bias=True).double()
+        for m in fast.modules():  # non-trivial BatchNorm affine parameters, so every term is exercised
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+                torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+        ref = set_fast_se(copy.deepcopy(fast), False)
+        return u, fast, ref
+
+    @staticmethod
+    def upstream_grad(unit, x):
+        """A random dL/dy of the unit's output shape (from a copy: a training forward moves BN statistics)."""
+        import torch
+
+        with torch.no_grad():
+            return torch.randn_like(copy.deepcopy(unit).eval()(x))
+
+    @staticmethod
+    def run(unit, x, g):
+        """The output, the input's gradient, every parameter's gradient and every buffer after one
+        forward and backward of ``unit`` on ``x`` with upstream gradient ``g``."""
+        x = x.clone().requires_grad_(True)
+        y = unit(x)
+        y.backward(g)
+        return [y, x.grad, *(p.grad for p in unit.parameters()), *unit.buffers()]
+
+    @staticmethod
+    def assert_same(fast_vals, ref_vals):
+        import torch
+
+        for a, b in zip(fast_vals, ref_vals, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    @classmethod
+    def check_unit(cls, backbone, se, index, batch=3):
+        """Unit ``index`` of ``backbone`` with ``se`` everywhere: fast and reference agree."""
+        import torch
+
+        u, fast, ref = cls.unit_pair(backbone, se, index)
+        x = torch.randn(batch, u.in_ch, 6, 6, dtype=torch.double)
+        g = cls.upstream_grad(ref, x)
+        cls.assert_same(cls.run(fast, x, g), cls.run(ref, x, g))
+
+
+@pytest.fixture
+def fast_se():
+    """``FastSE``: compare the fast SE path with the reference modules."""
+    return FastSE
+
+
+# --- the tiny search ---------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_search(tmp_path):
+    """``tiny_search(**kw)``: the ``SearchConfig`` of a tiny search (tiny space, tiny recipe) in this test's
+    ``tmp_path``, without a progress bar, calibration or confirmation; ``kw`` sets any other field."""
+    from se_nas.search.stages import SearchConfig
+
+    def make(**kw):
+        return SearchConfig(**{"study": "t", "space": "tiny", "recipe": "tiny", "root": tmp_path, "progress": False,
+                               "calibration_seeds": 0, "confirm_top": 0, **kw})
+
+    return make
+
+
+ONE_DESIGN = """name: one
+backbone: resnet18
+choices: {enabled: [true], reduction: [16], squeeze: [avg], gate: [sigmoid], position: [standard]}
+"""
+
+
+@pytest.fixture
+def one_design_space(tmp_path):
+    """The path of a search space of one design (an r=16 SE ResNet-18): the sampler can only propose
+    it again."""
+    space = tmp_path / "one.yaml"
+    space.write_text(ONE_DESIGN)
+    return str(space)
+
+
+@pytest.fixture
+def short_recipe():
+    """The tiny recipe cut to one epoch on 40 images, without rungs: trials that take a second."""
+    from se_nas.design.recipe import load_recipe
+
+    return dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(), max_train_samples=40)
+
+
+# --- the latency budget: a table of this machine (real measurements of the tiny space's deployment
+# model, ResNet-18 with its ImageNet stem at full width, at 32x32 to stay fast) -----------------------
+LATENCY_IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_latency(tmp_path_factory):
+    """The path of a latency table of the tiny space measured here, at ``LATENCY_IMAGE_SIZE`` (one per
+    test process: measuring takes seconds)."""
+    from se_nas.design.space import load_space
+    from se_nas.nn.profile import profile
+
+    path = tmp_path_factory.mktemp("lat") / "tiny.json"
+    profile(load_space("tiny"), path, image_size=LATENCY_IMAGE_SIZE, rounds=3, warmup=1)
+    return str(path)
+
+
+@pytest.fixture
+def latency_deploy():
+    """The deployment model ``tiny_latency`` was measured on (the tiny space's, at 32x32)."""
+    from se_nas.design.budget import Deploy
+
+    return Deploy(LATENCY_IMAGE_SIZE)
 
 
 @pytest.fixture

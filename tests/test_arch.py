@@ -5,18 +5,17 @@ import random
 import pytest
 
 from se_nas.design.arch import PRESETS, Arch, ArchError, StageSE, resolve_arch
-from tests.conftest import random_arch
 
 
 @pytest.mark.parametrize("seed", range(50))
-def test_json_round_trip_is_lossless(seed):
+def test_json_round_trip_is_lossless(random_arch, seed):
     arch = random_arch(random.Random(seed))
     back = Arch.from_json(arch.to_json())
     assert back == arch and back.id == arch.id and back.to_json() == arch.to_json()
     assert Arch.from_json(arch.to_json(indent=2)) == arch
 
 
-def test_id_is_canonical_and_distinguishes_designs():
+def test_id_is_canonical_and_distinguishes_designs(random_arch):
     a = Arch.uniform("resnet50")
     assert a.id == Arch.from_dict(json.loads(a.to_json())).id
     ids = {random_arch(random.Random(s)).id for s in range(300)}

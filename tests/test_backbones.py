@@ -14,7 +14,6 @@ from se_nas.nn.build import build_model
 from se_nas.design.backbones import BACKBONES
 from se_nas.design.cost import count_cost, traced_flops
 from se_nas.nn.se import SqueezeExcite
-from tests.conftest import random_arch
 from se_nas.design.space import SpaceError, load_space
 
 NEW = ["resnext101_32x4d", "resnext101_64x4d", "senet154", "vgg16_bn", "mobilenet_v1", "mobilenet_v3_large",
@@ -22,12 +21,9 @@ NEW = ["resnext101_32x4d", "resnext101_64x4d", "senet154", "vgg16_bn", "mobilene
 SIZE = {"vgg16_bn": 32}  # five 2x2 max pools need 32 pixels; the others run on 16
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_every_family_trains_a_step_with_sampled_se(backbone):
+def test_every_family_trains_a_step_with_sampled_se(random_arch, backbone):
     rng = random.Random(backbone)
     # bounded gates: an unbounded ReLU gate compounds over 30+ units at init (test_build covers it)
     arch = random_arch(rng, backbone, ("sigmoid", "hardsigmoid", "tanh"))
@@ -43,9 +39,10 @@ def test_every_family_trains_a_step_with_sampled_se(backbone):
 
 
 # two designs per family (small and ImageNet stems); one for the deepest, whose code is shared
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,seed", [(b, s) for b in NEW for s in range(2)
                                            if s == 0 or b not in ("senet154", "resnext101_64x4d")])
-def test_analytic_cost_equals_fvcore_on_random_designs(backbone, seed):
+def test_analytic_cost_equals_fvcore_on_random_designs(n_params, random_arch, backbone, seed):
     rng = random.Random(f"{backbone}{seed}")
     arch = random_arch(rng, backbone)
     stem = ["small", "imagenet"][seed]
@@ -57,10 +54,11 @@ def test_analytic_cost_equals_fvcore_on_random_designs(backbone, seed):
     assert cost.flops == traced_flops(model, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,reference", [
     ("vgg16_bn", "vgg16_bn"), ("mobilenet_v3_large", "mobilenet_v3_large"),
     ("mobilenet_v3_large_plain", None), ("resnext101_64x4d_tv", "resnext101_64x4d")])
-def test_equal_to_torchvision(preset, reference):
+def test_equal_to_torchvision(n_params, preset, reference):
     """Same parameters and traced FLOPs as torchvision's model (MobileNetV3-Large with its own SE:
     r=4 of the expanded channels rounded to 8, hard-sigmoid, after the depthwise, with biases)."""
     arch = PRESETS[preset]
@@ -77,8 +75,9 @@ def test_equal_to_torchvision(preset, reference):
     assert count_cost(arch, 64).flops == traced_flops(ref, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,reference", [("senet154", "senet154"), ("resnext101_32x4d_tv", "resnext101_32x4d")])
-def test_equal_to_timm(preset, reference):
+def test_equal_to_timm(n_params, preset, reference):
     """SENet-154 is timm's ``senet154`` (whose SE has biases) exactly; ResNeXt-101 32x4d timm's."""
     timm = pytest.importorskip("timm")
     arch = PRESETS[preset]
@@ -89,6 +88,7 @@ def test_equal_to_timm(preset, reference):
     assert count_cost(arch, 64).flops == traced_flops(ref, 64)
 
 
+@pytest.mark.slow
 def test_senet154_is_the_papers_modified_resnext():
     """Appendix: three 3x3 stem convolutions, the first 1x1 of each bottleneck at half width, 3x3
     stride-2 projection shortcuts, dropout before the classifier; 64 groups."""
@@ -176,8 +176,9 @@ def test_every_family_has_plain_and_se_presets_and_a_space():
         assert name in spaces or name in ("resnet34", "resnet101", "resnet152", "resnext50_32x4d"), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mobilenet_v1"])
-def test_export_of_a_family_without_a_residual_branch(backbone, tmp_path):
+def test_export_of_a_family_without_a_residual_branch(random_arch, backbone, tmp_path):
     """The model file (safetensors), ONNX and TorchScript hold the same function. (ShuffleNet's shuffle
     and concatenation export too; VGG's ONNX takes its 7x7 head pool only from a 7x7 map: 224x224.)"""
     from onnx.reference import ReferenceEvaluator
@@ -205,6 +206,7 @@ def test_export_of_a_family_without_a_residual_branch(backbone, tmp_path):
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_search_on_mobilenet(tmp_path):
     """A real search (tiny recipe, digits) over a family without a residual branch, through the Optuna
     backend; every record's design is a MobileNet v1 with its allowed insertion points."""
@@ -223,6 +225,7 @@ def test_tiny_search_on_mobilenet(tmp_path):
         assert 0.0 <= r.accuracy <= 1.0 if r.trained else r.status == "failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,index,position", [
     ("shufflenet_v1_g3", 1, "standard"),  # an identity unit: the fused BN-scale-add-ReLU tail
     ("shufflenet_v1_g3", 0, "identity"),  # a strided unit: SE on the pooled shortcut, then concat
@@ -230,12 +233,10 @@ def test_tiny_search_on_mobilenet(tmp_path):
     ("vgg16_bn", 1, "standard"),  # after the block's last ReLU, before its pool
     ("senet154", 3, "standard"),  # a 3x3 stride-2 projection shortcut
 ])
-def test_fast_se_path_equals_reference_on_other_families(backbone, index, position):
+def test_fast_se_path_equals_reference_on_other_families(fast_se, backbone, index, position):
     """The fast SE path (se_nas/nn/fused.py) where it applies in each kind of unit: same outputs and
     gradients as the straightforward modules, in float64."""
-    from tests.test_fast_se import _check_unit
-
-    _check_unit(backbone, StageSE(2, "avg", "hardsigmoid", position), index)
+    fast_se.check_unit(backbone, StageSE(2, "avg", "hardsigmoid", position), index)
 
 
 def test_fused_tail_is_taken_where_the_unit_ends_like_a_residual_unit():

@@ -10,7 +10,6 @@ import pytest
 from se_nas.design.arch import Arch, PRESETS, StageSE
 from se_nas.design.budget import Budget, BudgetError, Deploy, check_feasible
 from se_nas.design.cost import count_cost
-from se_nas.design.recipe import load_recipe
 from se_nas.search.optuna_backend import run_one
 from se_nas.search.stages import SearchConfig, prepare_study
 from se_nas.design.space import load_space
@@ -86,12 +85,6 @@ def test_infeasible_only_together(tmp_path):
     check_feasible(space, Budget(max_gflops=f / 1e9, max_mparams=prm / 1e6), space.deploy)
 
 
-def _tiny_recipe():
-    import dataclasses
-
-    return dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(), max_train_samples=40)
-
-
 def _run_trials(cfg, n: int, constraint: str):
     """``n`` proposals through the real search path; returns the study, its records, and the trained and
     over-budget ones (both present), having checked that the samplers see the budget as Optuna
@@ -114,12 +107,13 @@ def _run_trials(cfg, n: int, constraint: str):
     return study, recs, trained, over
 
 
-def test_no_trained_candidate_exceeds_budget(tmp_path):
+@pytest.mark.slow
+def test_no_trained_candidate_exceeds_budget(short_recipe, tmp_path):
     """100 random proposals through the real search path: over-budget ones are never trained."""
     space = load_space("tiny")
     costs = [count_cost(a).mparams for a in [space.plain(), space.baseline()]]
     budget = Budget(max_mparams=costs[0] + 0.25 * (costs[1] - costs[0]))  # about 1 in 4 fits
-    cfg = SearchConfig(study="budget", space=space, recipe=_tiny_recipe(), budget=budget, n_trials=100,
+    cfg = SearchConfig(study="budget", space=space, recipe=short_recipe, budget=budget, n_trials=100,
                        sampler="random", root=tmp_path, progress=False)
     _, _, trained, over = _run_trials(cfg, 100, "mparams")
     for r in trained:  # recomputed independently from the recorded architecture
@@ -144,18 +138,9 @@ def test_describe_and_excess_read_on_their_own():
     assert float(shown) > close.max_gflops and shown == "3.872"
 
 
-# --- the latency budget: a table of the device (real measurements of the tiny space's deployment model,
-# ResNet-18 with its ImageNet stem at full width, at 32x32 to stay fast) -----------------------------------
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def tiny_latency(tmp_path_factory):
-    from se_nas.nn.profile import profile
-
-    path = tmp_path_factory.mktemp("lat") / "tiny.json"
-    profile(load_space("tiny"), path, image_size=SIZE, rounds=3, warmup=1)
-    return str(path)
+# --- the latency budget: conftest's tiny_latency, a table of the device (real measurements of the tiny
+# space's deployment model, ResNet-18 with its ImageNet stem at full width, at 32x32 to stay fast) ----------
+SIZE = 32  # the image size of conftest's tiny_latency (LATENCY_IMAGE_SIZE)
 
 
 def test_latency_budget_needs_its_table_and_a_positive_limit(tiny_latency):
@@ -250,7 +235,8 @@ def _random_draws(space, n: int, seed: int = 0) -> list[Arch]:
     return draws
 
 
-def test_search_under_a_latency_budget(tmp_path, tiny_latency):
+@pytest.mark.slow
+def test_search_under_a_latency_budget(short_recipe, tmp_path, tiny_latency):
     """Real trials through the search path with a latency limit that cuts the space in two: over-budget
     designs are never trained and say why, every trial records its predicted latency, the samplers
     get the latency constraint, and the study refuses to continue with another table."""
@@ -268,7 +254,7 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
     gaps = [(abs(i + 1 - len(ms) / 2), (a + b) / 2) for i, (a, b) in enumerate(zip(ms, ms[1:]))]
     limit = min(gaps)[1]
     budget = Budget(max_latency_ms=limit, latency=str(path))
-    cfg = SearchConfig(study="latency", space=space, recipe=_tiny_recipe(), budget=budget, deploy=Deploy(SIZE),
+    cfg = SearchConfig(study="latency", space=space, recipe=short_recipe, budget=budget, deploy=Deploy(SIZE),
                        n_trials=12, sampler="random", root=tmp_path, progress=False)
     study, recs, trained, over = _run_trials(cfg, 12, "latency_ms")
     for r in recs:  # the predictor itself is checked against the table's entries in test_latency.py
@@ -299,8 +285,9 @@ def test_search_under_a_latency_budget(tmp_path, tiny_latency):
         prepare_study(cfg)
 
 
+@pytest.mark.slow
 def test_a_latency_table_is_the_same_budget_by_its_profile_not_by_how_its_path_is_spelt(
-        tmp_path, tiny_latency, monkeypatch):
+        short_recipe, tmp_path, tiny_latency, monkeypatch):
     """Issue 23: `--latency ./t.json` against `t.json` stored in the study was refused as "a different
     budget". The table is compared by its profile's hash; a study stored without one, by the file."""
     import json
@@ -313,7 +300,7 @@ def test_a_latency_table_is_the_same_budget_by_its_profile_not_by_how_its_path_i
     shutil.copy(tiny_latency, "t.json")
 
     def cfg(latency, study="t"):
-        return SearchConfig(study=study, space=load_space("tiny"), recipe=_tiny_recipe(),
+        return SearchConfig(study=study, space=load_space("tiny"), recipe=short_recipe,
                             budget=Budget(latency=latency), deploy=Deploy(SIZE), root=tmp_path / "trials", progress=False)
 
     prepare_study(cfg("t.json"))

@@ -23,6 +23,7 @@ def _fwd_bwd(arch, backbone_width=0.25, size=16):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position", list(POSITIONS))
 @pytest.mark.parametrize("squeeze", list(SQUEEZES))
 @pytest.mark.parametrize("gate", list(GATES))
@@ -35,6 +36,7 @@ def test_forward_backward_every_choice(position, squeeze, gate):
         assert sum(se_grads) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", [b for b, spec in BACKBONES.items() if spec.unit in ("basic", "bottleneck")])
 @pytest.mark.parametrize("position", ["standard", "after_3x3", "pre"])
 def test_every_backbone(backbone, position):
@@ -78,6 +80,7 @@ def test_bad_build_arguments():
         build_model(PRESETS["resnet18"], num_classes=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,stem,size", [("resnet18", "small", 16), ("resnet50", "imagenet", 64),
                                                 ("resnext50_32x4d", "small", 20)])
 def test_unit_input_sizes_are_what_each_built_unit_receives(backbone, stem, size):

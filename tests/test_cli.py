@@ -52,6 +52,7 @@ def test_cost_and_presets_do_not_import_torch(argv):
     assert "torch" not in _loaded_after(_run_main(*argv))
 
 
+@pytest.mark.slow
 def test_importing_the_package_is_cheap_and_its_names_load_on_use():
     assert _loaded_after("import se_nas") == {"se_nas"}
     loaded = _loaded_after("from se_nas import *\nassert callable(load_model) and Arch and count_cost")
@@ -177,6 +178,7 @@ def test_bad_study_names_are_one_line_and_create_nothing(tmp_path, capsys, name,
     assert not root.exists()
 
 
+@pytest.mark.slow
 def test_an_empty_study_name_does_not_pick_the_latest_study(tmp_path, capsys):
     from se_nas.record.storage import open_study
 

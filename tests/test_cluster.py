@@ -3,6 +3,7 @@ head and worker nodes, each its own raylet with its own resources): trials sprea
 record where they ran; losing a node mid-trial fails that trial with the node's name and retries it on
 the others; a killed driver is continued by rerunning the command. See docs/cluster.md."""
 import dataclasses
+import functools
 import signal
 import subprocess
 import sys
@@ -18,11 +19,12 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from se_nas.design.budget import Budget  # noqa: E402
 from se_nas.design.recipe import load_recipe  # noqa: E402
-from se_nas.search.stages import SearchConfig, run_search  # noqa: E402
+from se_nas.search.stages import run_search  # noqa: E402
 from se_nas.record.storage import open_study  # noqa: E402
 from se_nas.record.study import Status, counted, records, remaining  # noqa: E402
 
 S = optuna.trial.TrialState
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # each test starts or uses a multi-node Ray cluster
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +50,15 @@ def labels() -> dict[str, str]:
             for name in n["Resources"] if name.startswith("node_")}
 
 
-def config(cluster, tmp_path, **kw):
-    kw = {"study": "c", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=1.9), "n_trials": 4,
-          "backend": "ray", "ray_address": cluster.address, "cpus_per_trial": 1, "early_stop": "none",
-          "root": tmp_path, "progress": False, "calibration_seeds": 0, "confirm_top": 0, **kw}
-    return SearchConfig(**kw)
+@pytest.fixture
+def config(cluster, tiny_search):
+    """``config(**kw)``: conftest's tiny search on the cluster, 4 trials of one CPU each."""
+    return functools.partial(tiny_search, study="c", budget=Budget(max_gflops=1.9), n_trials=4, backend="ray",
+                             ray_address=cluster.address, cpus_per_trial=1, early_stop="none")
 
 
-def test_trials_spread_over_the_nodes_and_record_where_they_ran(cluster, tmp_path):
-    study = run_search(config(cluster, tmp_path))
+def test_trials_spread_over_the_nodes_and_record_where_they_ran(config, cluster, tmp_path):
+    study = run_search(config())
     recs, names = records(study), labels()
     assert len(recs) == 4 and all(r.status is Status.COMPLETE and r.backend == "ray" for r in recs)
     nodes = [t.user_attrs["node"] for t in study.trials]
@@ -67,10 +69,10 @@ def test_trials_spread_over_the_nodes_and_record_where_they_ran(cluster, tmp_pat
     assert all(n["data_loads"] == 1 for n in nodes) and len(set(pids)) < len(pids), nodes
 
 
-def test_losing_a_node_mid_trial_fails_and_retries_that_trial_on_the_others(cluster, tmp_path):
+def test_losing_a_node_mid_trial_fails_and_retries_that_trial_on_the_others(config, cluster, tmp_path):
     victim = cluster.add_node(num_cpus=1, resources={"node_victim": 1})
     cluster.wait_for_nodes()
-    cfg = config(cluster, tmp_path, study="lost", recipe=dataclasses.replace(load_recipe("tiny"), epochs=6))
+    cfg = config(study="lost", recipe=dataclasses.replace(load_recipe("tiny"), epochs=6))
     lost: dict = {}
 
     def remove_when_busy():  # a trial on the victim node has reported an epoch: remove the node

@@ -51,6 +51,7 @@ def world(tmp_path_factory, recipe):
     return root
 
 
+@pytest.mark.slow
 def test_export_reproduces_the_trial_and_the_file_holds_it(world, recipe):
     recs = records(open_study("st", root=world / "trials"))
     best = max((r for r in recs if r.status == "complete"), key=lambda r: r.accuracy)
@@ -69,6 +70,7 @@ def test_export_reproduces_the_trial_and_the_file_holds_it(world, recipe):
     assert acc == pytest.approx(mf.meta["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_export_cli_formats_and_bad_trial(world, capsys):
     onnx_path = world / "t0.onnx"
     assert cli.main(["export", "st", "--root", str(world / "trials"), "--trial", "0", "-o", str(onnx_path),
@@ -80,6 +82,7 @@ def test_export_cli_formats_and_bad_trial(world, capsys):
     assert "trained to the end is within 0.5 GFLOPs; the cheapest has 1.8" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_cli_resumes_from_its_checkpoint(world, recipe, tmp_path):
     rfile = tmp_path / "r.yaml"
     rfile.write_text(yaml.safe_dump(recipe.to_dict()))
@@ -101,6 +104,7 @@ def test_train_cli_resumes_from_its_checkpoint(world, recipe, tmp_path):
     assert read_model(out2).arch == ARCHS[1] and read_model(out2).meta["trial"] == 1
 
 
+@pytest.mark.slow
 def test_compare_two_seeds_stored_and_reported(world, recipe):
     logs = []
     res = compare("st", root=world / "trials", out=world / "reports", seeds=2, log=logs.append,
@@ -144,6 +148,7 @@ def test_compare_two_seeds_stored_and_reported(world, recipe):
     assert saved["seeds"] == [CONFIRM_SEED, CONFIRM_SEED + 1]
 
 
+@pytest.mark.slow
 def test_compare_never_writes_through_a_planted_link(world, tmp_path):
     """Links at the old, predictable compare.json.tmp / compare.md.tmp made compare overwrite the files
     they pointed to; a link at reports/STUDY sent the results outside the reports folder."""
@@ -166,6 +171,7 @@ def test_compare_never_writes_through_a_planted_link(world, tmp_path):
     assert not any(elsewhere.iterdir())
 
 
+@pytest.mark.slow
 def test_compare_says_when_the_chosen_design_is_the_plain_backbone(world):
     plain = plain_arch(ARCHS[0])
     res = compare("st", root=world / "trials", out=world / "reports", seeds=2, arch=plain, latency_repeats=3,
@@ -183,6 +189,7 @@ def test_paired_test_edge_cases():
         compare("st", seeds=0)
 
 
+@pytest.mark.slow
 def test_compare_shows_predicted_beside_measured_latency(world, recipe, tmp_path):
     from se_nas.design.latency import LatencyError, predict_latency
     from se_nas.nn.profile import profile

@@ -12,15 +12,11 @@ from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
 from se_nas.design.backbones import BACKBONES, BackboneSpec, Block
 from se_nas.design.cost import count_cost, traced_flops
 from se_nas.design.geometry import UNITS, Conv
-from tests.conftest import random_arch
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize("seed", range(24))
-def test_analytic_equals_fvcore_on_random_architectures(seed):
+# two seeds in the quick loop (-m "not slow"), all 24 in the full suite
+@pytest.mark.parametrize("seed", [s if s < 2 else pytest.param(s, marks=pytest.mark.slow) for s in range(24)])
+def test_analytic_equals_fvcore_on_random_architectures(n_params, random_arch, seed):
     rng = random.Random(seed)
     arch = random_arch(rng, backbone=rng.choice(["resnet18", "resnet50", "resnext50_32x4d", "resnet34"]))
     stem = rng.choice(["imagenet", "small"])
@@ -33,17 +29,19 @@ def test_analytic_equals_fvcore_on_random_architectures(seed):
     assert cost.flops == traced_flops(model, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("squeeze", list(SQUEEZES))
 @pytest.mark.parametrize("position", list(POSITIONS))
-def test_every_squeeze_and_position_matches_fvcore(squeeze, position):
+def test_every_squeeze_and_position_matches_fvcore(n_params, squeeze, position):
     arch = Arch.uniform("resnet50", StageSE(8, squeeze, "tanh", position), se_bias=True)
     model = build_model(arch, 10, "small", 0.25)
     assert count_cost(arch, 32, 10, "small", 0.25).flops == traced_flops(model, 32)
     assert count_cost(arch, 32, 10, "small", 0.25).params == n_params(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"])
-def test_torchvision_form_equals_torchvision_models(name):
+def test_torchvision_form_equals_torchvision_models(n_params, name):
     """Our "3x3" stride form is torchvision's architecture: same parameters, same traced FLOPs."""
     tv = getattr(torchvision.models, name)()
     ours = PRESETS[f"{name}_tv"]
@@ -122,7 +120,7 @@ def _three_conv_unit(cin, b, stride, spec, stride_on):
 
 
 @pytest.mark.parametrize("position", list(POSITIONS))
-def test_a_new_unit_kind_is_one_table_entry(monkeypatch, position):
+def test_a_new_unit_kind_is_one_table_entry(n_params, monkeypatch, position):
     """Builder and cost model read one layer description: a family added as one UNITS entry (and its
     backbone) is built and counted consistently, with no change to either."""
     monkeypatch.setitem(UNITS, "three_conv", _three_conv_unit)

@@ -50,6 +50,7 @@ def _digits_val():
     return d.images[va], d.target[va]
 
 
+@pytest.mark.slow
 def test_export_best_says_what_it_wrote_and_the_file_works_on_raw_images(root, tmp_path, capsys):
     (tmp_path / "key").write_text("a key of at least sixteen bytes\n")
     out = tmp_path / "best.senas"
@@ -71,6 +72,7 @@ def test_export_best_says_what_it_wrote_and_the_file_works_on_raw_images(root, t
     assert (pred == labels).mean() == pytest.approx(mf.meta["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_export_deploy_writes_the_untrained_deployment_model(root, tmp_path, capsys):
     out = tmp_path / "deploy.senas"
     assert _export(root, "--deploy", "-o", out) == 0
@@ -88,6 +90,7 @@ def test_export_deploy_writes_the_untrained_deployment_model(root, tmp_path, cap
     assert "is its run with seed" not in said and "initial weights only (seed " in said and "never trained" in said
 
 
+@pytest.mark.slow
 def test_export_onnx_names_both_files_and_refuses_to_overwrite_the_model_file(root, tmp_path, capsys):
     out = tmp_path / "best.onnx"
     assert _export(root, "--format", "onnx", "-o", out) == 0

@@ -7,88 +7,48 @@ import pytest
 import torch
 
 from se_nas.design.arch import PRESETS, Arch, StageSE
-from se_nas.nn.build import ResidualUnit, build_model
+from se_nas.nn.build import build_model
 from se_nas.design.choices import GATES, POSITIONS, SQUEEZES
 from se_nas.design.cost import count_cost, traced_flops
 from se_nas.nn import fused
 from se_nas.nn.fused import bn_se_add_relu, se_scale, set_fast_se
-from se_nas.design.geometry import resolve
 from se_nas.nn.se import SqueezeExcite
-
-
-def _unit_pair(backbone: str, se: StageSE, index: int, width: float = 0.125):
-    """A residual unit (fast SE) and a deep copy running the reference SE, in float64."""
-    arch = Arch.uniform(backbone, se)
-    u = resolve(arch, "small", width).units[index]
-    torch.manual_seed(index)
-    fast = ResidualUnit(u, se_bias=True).double()
-    for m in fast.modules():  # non-trivial BatchNorm affine parameters, so every term is exercised
-        if isinstance(m, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
-            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
-    ref = set_fast_se(copy.deepcopy(fast), False)
-    return u, fast, ref
-
-
-def _upstream_grad(unit, x):
-    """A random dL/dy of the unit's output shape (from a copy: a training forward moves BN statistics)."""
-    with torch.no_grad():
-        return torch.randn_like(copy.deepcopy(unit).eval()(x))
-
-
-def _run(unit, x, g):
-    x = x.clone().requires_grad_(True)
-    y = unit(x)
-    y.backward(g)
-    return [y, x.grad, *(p.grad for p in unit.parameters()), *unit.buffers()]
-
-
-def _assert_same(fast_vals, ref_vals):
-    for a, b in zip(fast_vals, ref_vals, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-def _check_unit(backbone, se, index, batch=3):
-    u, fast, ref = _unit_pair(backbone, se, index)
-    x = torch.randn(batch, u.in_ch, 6, 6, dtype=torch.double)
-    g = _upstream_grad(ref, x)
-    _assert_same(_run(fast, x, g), _run(ref, x, g))
 
 
 @pytest.mark.parametrize("position", list(POSITIONS))
 @pytest.mark.parametrize("squeeze", list(SQUEEZES))
 @pytest.mark.parametrize("gate", list(GATES))
-def test_fast_unit_equals_reference(position, squeeze, gate):
+def test_fast_unit_equals_reference(fast_se, position, squeeze, gate):
     # unit 3 of ResNet-50 is the strided first unit of stage 2, with a projection shortcut
-    _check_unit("resnet50", StageSE(2, squeeze, gate, position), 3)
+    fast_se.check_unit("resnet50", StageSE(2, squeeze, gate, position), 3)
 
 
 @pytest.mark.parametrize("position", list(POSITIONS))
 @pytest.mark.parametrize("squeeze", ["avg", "max"])
-def test_fast_unit_identity_shortcut(position, squeeze):
+def test_fast_unit_identity_shortcut(fast_se, position, squeeze):
     # unit 1 has an identity shortcut: the tensor the SE (or the fused tail) reads is also the one
     # the addition and the next convolution read, so in-place mistakes would show here
-    _check_unit("resnet50", StageSE(2, squeeze, "sigmoid", position), 1)
+    fast_se.check_unit("resnet50", StageSE(2, squeeze, "sigmoid", position), 1)
 
 
 @pytest.mark.parametrize("position", ["standard", "after_3x3"])
-def test_fast_basic_block_equals_reference(position):
+def test_fast_basic_block_equals_reference(fast_se, position):
     """Basic blocks: the fused tail reads bn2, and after_3x3 puts SE after the first 3x3."""
-    _check_unit("resnet18", StageSE(2, "avg", "sigmoid", position), 2, batch=2)
+    fast_se.check_unit("resnet18", StageSE(2, "avg", "sigmoid", position), 2, batch=2)
 
 
 @pytest.mark.parametrize("own_bn", [True, False], ids=["own-batchnorm", "native-batchnorm"])
 @pytest.mark.parametrize("size", [1, 2, 5])
 @pytest.mark.parametrize("position", ["standard", "pre"])
-def test_fast_unit_map_sizes_and_batchnorm_paths(monkeypatch, own_bn, size, position):
+def test_fast_unit_map_sizes_and_batchnorm_paths(fast_se, monkeypatch, own_bn, size, position):
     """1x1 maps (no spatial reduction at all), short maps (sums as matrix-vector products on CPU)
     and longer ones; the fused tail with its own BatchNorm statistics (CPU float) and with the
     native kernel (what CUDA and half precision use) must both equal the reference."""
     monkeypatch.setattr(fused, "_own_batch_norm", lambda c: own_bn)
-    u, fast, ref = _unit_pair("resnet50", StageSE(2, "avg", "sigmoid", position), 1)
+    u, fast, ref = fast_se.unit_pair("resnet50", StageSE(2, "avg", "sigmoid", position), 1)
     x = torch.randn(3, u.in_ch, size, size, dtype=torch.double)
-    g = _upstream_grad(ref, x)
-    _assert_same(_run(fast, x, g), _run(ref, x, g))
+    g = fast_se.upstream_grad(ref, x)
+    fast_se.assert_same(fast_se.run(fast, x, g), fast_se.run(ref, x, g))
 
 
 def test_own_batchnorm_statistics_on_cpu_float():
@@ -175,6 +135,7 @@ def test_inference_excitation_equals_reference(squeeze, gate):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position", ["standard", "pre"])
 def test_traced_flops_unchanged_in_training_mode(position):
     """fvcore traces the reference path, so its count still equals the analytic one."""
@@ -210,6 +171,7 @@ def test_fast_se_saves_about_what_plain_saves():
     assert ref > 1.10 * plain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
 @pytest.mark.parametrize("squeeze", ["avg", "avgmax"])
 def test_float32_as_accurate_as_reference(squeeze, channels_last):

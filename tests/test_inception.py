@@ -24,10 +24,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def design(seed: int, backbone: str) -> Arch:
     """Random r, gate and bias; over seeds 0 and 1 the six stage choices cover every insertion point
     the family allows and every squeeze; seed 2 has no SE in its second stage."""
@@ -44,9 +40,10 @@ SETTINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(FAMILIES))
 @pytest.mark.parametrize("seed", range(3))
-def test_analytic_cost_equals_fvcore_on_random_designs(backbone, seed):
+def test_analytic_cost_equals_fvcore_on_random_designs(n_params, backbone, seed):
     arch = design(seed, backbone)
     stem, width, size, classes = SETTINGS[backbone][seed]
     model = build_model(arch, classes, stem, width)
@@ -79,7 +76,8 @@ def test_se_sits_on_every_module_output_or_residual_branch(name, count):
         assert not any(type(m).__name__ == "SqueezeExcite" for u in units if u.entry for m in u.entry.modules())
 
 
-def test_equals_timms_inception_resnet_v2():
+@pytest.mark.slow
+def test_equals_timms_inception_resnet_v2(n_params):
     """Layer for layer timm's model (the TF-slim form): the same parameter tensors in the same order,
     the same count, and fvcore's traced FLOPs of timm's model equal our analytic count at 299x299."""
     timm = pytest.importorskip("timm")
@@ -107,7 +105,7 @@ def _conv(cin, cout, k):  # a bias-free convolution and its BatchNorm
     return cin * cout * k * k + 2 * cout
 
 
-def test_bn_inception_by_hand_from_ioffes_table():
+def test_bn_inception_by_hand_from_ioffes_table(n_params):
     params = _conv(3, 64, 7) + _conv(64, 64, 1) + _conv(64, 192, 3) + 1024 * 1000 + 1000
     widths = []
     for cin, n1, r3, n3, rd, nd, proj, _ in IOFFE:
@@ -176,6 +174,7 @@ def test_search_space_files_sample_designs_the_family_allows(name):
     assert cheapest == PRESETS[space.backbone]  # no SE anywhere costs least
 
 
+@pytest.mark.slow
 def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
     """Inception-ResNet-v2 (Mixed entries, scaled residuals, 1x7/7x1 and valid convolutions, SE in
     every slot it has) through the model file, TorchScript and ONNX."""
@@ -208,19 +207,18 @@ def test_model_file_onnx_and_torchscript_hold_the_same_function(tmp_path):
     ("inception_resnet_v2", 10, "standard"),  # Mixed_6a then a Block17: SE before the scaled addition
     ("inception_resnet_v2", 11, "identity"),  # SE on the shortcut of a Block17
 ])
-def test_fast_se_path_equals_reference(backbone, index, position):
+def test_fast_se_path_equals_reference(fast_se, backbone, index, position):
     """The fast SE path (se_nas/nn/fused.py) inside Inception units: the same outputs and gradients as
     the straightforward modules, in float64."""
     import copy
 
     from se_nas.nn.build import make_unit
     from se_nas.nn.fused import set_fast_se
-    from tests.test_fast_se import _assert_same, _run, _upstream_grad
 
     u = resolve(Arch.uniform(backbone, StageSE(2, "avg", "hardsigmoid", position)), "small", 0.125).units[index]
     torch.manual_seed(index)
     fast = make_unit(u, se_bias=True).double()
     ref = set_fast_se(copy.deepcopy(fast), False)
     x = torch.randn(2, u.in_ch, 9, 9, dtype=torch.double)
-    g = _upstream_grad(ref, x)
-    _assert_same(_run(fast, x, g), _run(ref, x, g))
+    g = fast_se.upstream_grad(ref, x)
+    fast_se.assert_same(fast_se.run(fast, x, g), fast_se.run(ref, x, g))

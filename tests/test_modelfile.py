@@ -59,6 +59,7 @@ def test_choices_are_all_covered():
     assert {s.position for s in used} == set(POSITIONS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.id)
 def test_round_trip_same_outputs(arch, tmp_path):
     m = _trained_looking(arch)
@@ -106,6 +107,7 @@ def test_edited_metadata_is_a_checksum_error(saved):
         load_model(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.0, 0.001, 0.5, 0.999])
 def test_truncated_file_is_refused(saved, keep):
     path, _, _ = saved
@@ -164,6 +166,7 @@ def test_weights_that_do_not_fit_are_named(saved, tmp_path):
         load_model(_forge(path, tmp_path / "bad.safetensors", tensors))
 
 
+@pytest.mark.slow
 def test_header_asking_for_a_huge_model_is_refused_before_allocating(saved, tmp_path):
     """A 750 KB file whose header asks for ResNet-50 at twice the width (94 M parameters, ~380 MB once
     built) is refused before anything is built: the loading process's peak memory barely moves."""
@@ -207,6 +210,7 @@ def _peak_of_loading(path) -> tuple[str, int]:
     return out, int(out.split("GREW_KB ")[1].split()[0])
 
 
+@pytest.mark.slow
 def test_a_huge_sparse_file_is_refused_without_reading_it(saved, tmp_path):
     """Issue 24: a 2 GB sparse file holding a 700 KB model took 2.6 GB of memory, because the whole
     file was read before its header was checked. A 1 GiB one (sparse: no disk) is refused unread."""
@@ -219,6 +223,7 @@ def test_a_huge_sparse_file_is_refused_without_reading_it(saved, tmp_path):
     assert grew_kb < 100_000, out
 
 
+@pytest.mark.slow
 def test_tensors_declared_beyond_the_architecture_are_refused_before_reading(saved, tmp_path):
     """A consistent-looking file that declares a 1 GiB extra tensor (sparse, so no disk): its header
     and sizes add up, but the architecture holds far fewer values, so nothing is read."""
@@ -376,6 +381,7 @@ def test_save_refuses_a_model_of_another_architecture(tmp_path):
         save_model(tmp_path / "x.safetensors", m, ARCHS[1], num_classes=7, stem="small", width=W)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [ARCHS[1], ARCHS[3]], ids=lambda a: a.id)
 def test_deployment_formats_give_the_same_outputs(arch, tmp_path):
     import onnx

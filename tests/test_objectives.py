@@ -1,17 +1,16 @@
 """Latency as an objective (``--objectives accuracy,latency``): a study setting fixed at creation (its
 directions), read by everything that tells values or builds a front. Real trials of the tiny space priced
-by a real table of this machine (``tiny_latency``, from test_budget)."""
+by a real table of this machine (conftest's ``tiny_latency``)."""
 import dataclasses
 
 import optuna
 import pytest
 
-from se_nas.design.budget import Budget, Deploy
+from se_nas.design.budget import Budget
 from se_nas.record.results import Design, best_design, design_front, designs_of
 from se_nas.search.stages import SearchConfig, prepare_study
 from se_nas.design.space import load_space
 from se_nas.record.study import OBJECTIVES, SearchError, StudySettings, check_objectives, records
-from tests.test_budget import SIZE, _tiny_recipe, tiny_latency  # noqa: F401  (a module-scoped fixture)
 
 LATENCY = ("accuracy", "latency")
 
@@ -47,7 +46,8 @@ def _dominated(d, others):
                for o in others if o.id != d.id)
 
 
-def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
+@pytest.mark.slow
+def test_search_with_accuracy_and_latency(latency_deploy, short_recipe, tmp_path, tiny_latency):
     from se_nas.search.confirm import confirm
     from se_nas.nn.data import load_data
     from se_nas.design.latency import predictor
@@ -56,8 +56,8 @@ def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
     from se_nas.products.report import build_report, summary_md
 
     p = predictor(tiny_latency)
-    cfg = SearchConfig(study="fast", space=load_space("tiny"), recipe=_tiny_recipe(), budget=Budget(latency=tiny_latency),
-                       deploy=Deploy(SIZE), n_trials=6, sampler="random", root=tmp_path, progress=False,
+    cfg = SearchConfig(study="fast", space=load_space("tiny"), recipe=short_recipe, budget=Budget(latency=tiny_latency),
+                       deploy=latency_deploy, n_trials=6, sampler="random", root=tmp_path, progress=False,
                        objectives="accuracy,latency")
     data = load_data(cfg.recipe)
     study = prepare_study(cfg)
@@ -100,13 +100,13 @@ def test_search_with_accuracy_and_latency(tmp_path, tiny_latency):
                             "or start a new study with --study NEW_NAME")
 
 
-def test_a_study_from_before_objectives_has_the_default_ones(tmp_path, tiny_latency):
+def test_a_study_from_before_objectives_has_the_default_ones(latency_deploy, short_recipe, tmp_path, tiny_latency):
     """A study stored without the key was created with accuracy, GFLOPs and parameters: it continues so,
     and refuses latency."""
     from se_nas.record.storage import open_study
 
-    cfg = SearchConfig(study="old", space=load_space("tiny"), recipe=_tiny_recipe(), budget=Budget(latency=tiny_latency),
-                       deploy=Deploy(SIZE), root=tmp_path, progress=False)
+    cfg = SearchConfig(study="old", space=load_space("tiny"), recipe=short_recipe, budget=Budget(latency=tiny_latency),
+                       deploy=latency_deploy, root=tmp_path, progress=False)
     old = open_study("old", root=tmp_path, create=True)
     for k, v in cfg.settings.to_attrs().items():
         if k != "objectives":
@@ -130,14 +130,15 @@ def test_cli_latency_objective_needs_the_table_in_one_line(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before any study was created
 
 
-def test_ray_backend_tells_accuracy_and_latency(tmp_path, tiny_latency):
+@pytest.mark.slow
+def test_ray_backend_tells_accuracy_and_latency(latency_deploy, short_recipe, tmp_path, tiny_latency):
     """Ray's searcher gets the study's metrics and modes, and its trials report the predicted latency."""
     pytest.importorskip("ray")
     from se_nas.design.latency import predictor
     from se_nas.search.stages import run_search
 
     p = predictor(tiny_latency)
-    study = run_search(SearchConfig(study="ray", space=load_space("tiny"), recipe=_tiny_recipe(), deploy=Deploy(SIZE),
+    study = run_search(SearchConfig(study="ray", space=load_space("tiny"), recipe=short_recipe, deploy=latency_deploy,
                                     budget=Budget(latency=tiny_latency), objectives=LATENCY, n_trials=2,
                                     backend="ray", cpus_per_trial=1, early_stop="none", root=tmp_path,
                                     progress=False, calibration_seeds=0, confirm_top=0))

@@ -51,6 +51,7 @@ def in_process(net, data):
     return PathEvaluator(net, oneshot.supernet_recipe(load_recipe("tiny"), 1, 0), data)
 
 
+@pytest.mark.slow
 def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_continues(local_ray, tmp_path,
                                                                                     tiny_data, monkeypatch):
     from se_nas import cli
@@ -114,6 +115,7 @@ def test_ray_ranks_within_budget_to_the_in_process_accuracies_and_a_rerun_contin
     assert all(r.accuracy == evaluate(r.arch).score for r in recs[8:] if r.status is Status.COMPLETE)
 
 
+@pytest.mark.slow
 def test_a_lost_actors_design_is_evaluated_by_another(local_ray, tiny_data):
     net, _, _ = oneshot.train_supernet(TINY, load_recipe("tiny"), tiny_data, budget=BUDGET, epochs=1)
     recipe = oneshot.supernet_recipe(load_recipe("tiny"), 1, 0)

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import se_nas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,7 @@ def _clean_copy(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_wheel_carries_and_loads_the_builtin_spaces_and_recipes(tmp_path):
     src = _clean_copy(tmp_path / "src")
     _run("-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w", str(tmp_path / "dist"))

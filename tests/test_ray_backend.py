@@ -1,6 +1,7 @@
 """The Ray Tune backend, for real: a local Ray runtime runs concurrent trials into the same study
 format as the Optuna backend, answers repeated designs from the record, calibrates and confirms by Ray
 tasks stored by the driver, prints nothing but se-nas's own lines, and a rerun continues the study."""
+import functools
 import os
 import re
 
@@ -14,17 +15,16 @@ from se_nas.search.optuna_backend import REPEAT_STREAK  # noqa: E402
 from se_nas.search.progress import summarize, trial_line  # noqa: E402
 from se_nas.design.recipe import load_recipe  # noqa: E402
 from se_nas.record.results import design_front, designs_of  # noqa: E402
-from se_nas.search.stages import SearchConfig, run_search  # noqa: E402
+from se_nas.search.stages import run_search  # noqa: E402
 from se_nas.design.space import load_space  # noqa: E402
 from se_nas.record.study import Status, counted, records, remaining  # noqa: E402
-from tests.test_search import ONE_DESIGN  # noqa: E402
 
 
-def config(tmp_path, **kw):
-    kw = {"study": "r", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=1.9), "n_trials": 3,
-          "backend": "ray", "cpus_per_trial": 1, "early_stop": "none", "root": tmp_path, "progress": False,
-          "calibration_seeds": 0, "confirm_top": 0, **kw}
-    return SearchConfig(**kw)
+@pytest.fixture
+def config(tiny_search):
+    """``config(**kw)``: conftest's tiny search on a local Ray, 3 trials of one CPU each."""
+    return functools.partial(tiny_search, study="r", budget=Budget(max_gflops=1.9), n_trials=3, backend="ray",
+                             cpus_per_trial=1, early_stop="none")
 
 
 # tqdm's bar on stderr, as it redraws itself: "100%|██████████| 3/3 [00:19<00:00,  6.41s/trial]"
@@ -33,11 +33,12 @@ BAR = re.compile(r"(?:(?:calibrate|search|confirm): *)?\d+%\|[^|]*\| *\d+/\d+ \[
 STAGE_LINE = re.compile(r"\[(calibrate|confirm) \d+/\d+\] .+")
 
 
-def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(tmp_path, capfd):
+@pytest.mark.slow
+def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(config, tmp_path, capfd):
     """Calibration and confirmation run as Ray tasks, stored by the driver into the same study; the
     terminal shows only se-nas's header, trial and stage lines, bar and summary: no Ray notice, no experiment box."""
     ray.shutdown()  # the search starts Ray itself, as `se-nas search --backend ray` does; the next tests reuse it
-    study = run_search(config(tmp_path, study="c", progress=True, calibration_seeds=2, confirm_top=2,
+    study = run_search(config(study="c", progress=True, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
     out, err = capfd.readouterr()
 
@@ -72,8 +73,9 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_search_runs_concurrent_trials_into_the_study(local_ray, tmp_path):
-    study = run_search(config(tmp_path))
+@pytest.mark.slow
+def test_ray_search_runs_concurrent_trials_into_the_study(config, local_ray, tmp_path):
+    study = run_search(config())
     recs = records(study)
     assert len(recs) == 3
     assert {r.backend for r in recs} == {"ray"}
@@ -87,18 +89,17 @@ def test_ray_search_runs_concurrent_trials_into_the_study(local_ray, tmp_path):
 
     # Rerunning with a higher target continues the same study: the 3 trials are kept, 1 is added (a
     # repeat the sampler proposes on the way is answered from the record and does not count)
-    study = run_search(config(tmp_path, n_trials=4))
+    study = run_search(config(n_trials=4))
     again = records(study)
     assert counted(study)[0] == 4 and [r.number for r in again][:3] == [r.number for r in recs]
 
 
-def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(local_ray, tmp_path):
+@pytest.mark.slow
+def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(one_design_space, config, local_ray, tmp_path):
     """A space of one design on two CPUs: Ray trains it under two seeds at once; every later proposal
     waits for them, is answered from the record (never trained), and the search ends once a streak of
     repeats finds nothing new."""
-    space = tmp_path / "one.yaml"
-    space.write_text(ONE_DESIGN)
-    study = run_search(config(tmp_path, study="one", space=str(space), budget=Budget(), n_trials=5,
+    study = run_search(config(study="one", space=one_design_space, budget=Budget(), n_trials=5,
                               max_seeds_per_design=2))
     recs = records(study)
     trained = [r for r in recs if r.trained]
@@ -114,7 +115,8 @@ def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(local_r
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
 
 
-def test_a_trial_whose_worker_process_is_killed_is_retried_and_completes(local_ray, tmp_path):
+@pytest.mark.slow
+def test_a_trial_whose_worker_process_is_killed_is_retried_and_completes(config, local_ray, tmp_path):
     """A Ray worker killed on a live node (as the OOM killer does) fails its trial with a reason
     naming the process, and the trial runs again (``retry_of``), as the Optuna backend retries a
     killed process; the study ends with the trials asked for."""
@@ -129,7 +131,7 @@ def test_a_trial_whose_worker_process_is_killed_is_retried_and_completes(local_r
     from se_nas.record.storage import open_study
 
     S = optuna.trial.TrialState
-    cfg = config(tmp_path, study="kill", n_trials=2, recipe=dataclasses.replace(load_recipe("tiny"), epochs=6))
+    cfg = config(study="kill", n_trials=2, recipe=dataclasses.replace(load_recipe("tiny"), epochs=6))
     killed: dict = {}
 
     def kill_first_worker():  # a trial has reported where it runs: kill its worker process, once
@@ -202,6 +204,7 @@ def _session(sid: int) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
 def test_no_ray_process_outlives_a_sigkilled_search(tmp_path):
     """A search on a local Ray it started, SIGKILLed mid-trial: within 15 s nothing it started is

@@ -132,6 +132,7 @@ def test_choice_frequencies_by_hand():
     assert np.allclose(freq.groupby(["stage", "axis"]).best.sum(), 1.0)
 
 
+@pytest.mark.slow
 def test_written_report_is_complete_and_offline(tmp_path):
     make_study(tmp_path, "older", n=6, seed=5)
     make_study(tmp_path, "s1")
@@ -184,6 +185,7 @@ def test_baseline_and_plain_marked_from_compare_or_trials(tmp_path):
     assert "chosen beats r=16" in make_report("s1", tmp_path / "trials", tmp_path / "reports")[1]["summary.md"].read_text()
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys):
     from se_nas import cli
 
@@ -214,6 +216,7 @@ def demo(tmp_path_factory):
     return d / "reports" / "demo"
 
 
+@pytest.mark.slow
 def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
     page = (demo / "report.html").read_text()
     cmp = json.loads((demo / "compare.json").read_text())
@@ -250,6 +253,8 @@ def test_comparison_is_html_tables_rendered_from_compare_json(demo, tmp_path):
         == re.findall(r"<tr>.*?</tr>", section)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (Debian: apt-get install "
                     "chromium); the report's browser check (scripts/check_report_browser.py) needs it")
 def test_report_in_headless_chromium(demo, tmp_path):
@@ -282,6 +287,7 @@ def _pixels(fig):
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
 
 
+@pytest.mark.slow
 def test_a_trial_under_a_reference_marker_stays_visible(tmp_path):
     study = make_study(tmp_path)
     plain = plain_arch(Arch.uniform("resnet50", None))
@@ -355,6 +361,7 @@ make_report("s1", root=sys.argv[1], out=sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_a_killed_report_never_looks_complete(tmp_path):
     make_study(tmp_path, n=6)  # few completed trials: no importances, a quick report
     out = tmp_path / "reports"
@@ -423,6 +430,7 @@ def _hostile_compare(base, plain) -> dict:
             "vs_plain": {"chosen": {"accuracy": diff(), "latency_ms": None}}}
 
 
+@pytest.mark.slow
 def test_no_value_from_a_file_or_a_study_becomes_markup(tmp_path):
     study = make_study(tmp_path)
     base = baseline_arch(Arch.uniform("resnet50", None))
@@ -439,6 +447,7 @@ def test_no_value_from_a_file_or_a_study_becomes_markup(tmp_path):
     assert page.rindex("<script>") > page.rindex("&lt;script&gt;")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, field", [
     ('{"seeds": [0], "arms": [{}]}', "arms[0].role is missing"),
     ('{"seeds": [0], "arms": [{"role": "r16", "arch_id": "a", "accuracy_mean": "0.8", "gflops": 1, "mparams": 1}]}',
@@ -492,6 +501,7 @@ def test_a_corrupted_trial_record_is_skipped_and_named(tmp_path, capsys):
         records(open_study("s1", root=tmp_path / "trials"))
 
 
+@pytest.mark.slow
 def test_every_renderer_shows_the_same_sections(demo):
     from se_nas.products.report_value import section_titles
 
@@ -547,6 +557,7 @@ def test_a_symlinked_study_folder_in_reports_is_refused(tmp_path, capsys):
     assert not any(elsewhere.iterdir())
 
 
+@pytest.mark.slow
 def test_a_link_at_a_report_file_is_not_written_through(tmp_path, capsys):
     make_study(tmp_path, n=6)
     victim = tmp_path / "victim"
@@ -576,6 +587,7 @@ def test_an_empty_study_file_is_no_study_and_stays_empty(tmp_path, capsys):
     assert rc == 2 and "does not exist" in io.err and not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.slow
 def test_a_study_on_a_read_only_file_system_is_reported_and_nothing_is_written_there(tmp_path, tmpfs, capsys,
                                                                                        closed_study_copy):
     """Reading a study needs no write: report worked nowhere read-only ("unable to open database file")."""

@@ -136,6 +136,7 @@ def test_seeds_needed_and_detectable_effect():
     assert detectable(Noise(0.011, 10, 3), 5) == pytest.approx(2.8 * math.sqrt(2) * 0.011 / math.sqrt(5))
 
 
+@pytest.mark.slow
 def test_a_mobilenet_v3_search_compare_and_report_name_its_own_se(tmp_path, capsys):
     # A real MobileNetV3-Large search (calibration, trials, confirmation; the tiny recipe on a tiny space),
     # its summary, compare and report: every text names the design it is compared against, MobileNetV3's

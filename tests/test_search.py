@@ -1,5 +1,6 @@
 """End-to-end searches on the tiny space with the tiny recipe: real training, real SQLite studies,
 real processes (resume after SIGKILL, several workers), and the command's errors."""
+import functools
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from se_nas.search.confirm import CONFIRM_SEED, read_confirmation, recipe_key, s
 from se_nas.search.progress import summarize
 from se_nas.design.recipe import load_recipe
 from se_nas.record.results import design_front, designs_of
-from se_nas.search.stages import SearchConfig, SearchError, run_search
+from se_nas.search.stages import SearchError, run_search
 from se_nas.design.space import load_space
 from se_nas.record.storage import open_study
 from se_nas.record.study import Status, records, remaining
@@ -27,14 +28,15 @@ S = optuna.trial.TrialState
 BUDGET = 1.815
 
 
-def config(tmp_path, **kw):
-    kw = {"study": "t", "space": "tiny", "recipe": "tiny", "budget": Budget(max_gflops=BUDGET),
-          "n_trials": 6, "root": tmp_path, "progress": False, "calibration_seeds": 0, "confirm_top": 0, **kw}
-    return SearchConfig(**kw)
+@pytest.fixture
+def config(tiny_search):
+    """``config(**kw)``: conftest's tiny search, 6 trials under a budget that splits the tiny space."""
+    return functools.partial(tiny_search, budget=Budget(max_gflops=BUDGET), n_trials=6)
 
 
-def test_search_end_to_end_and_continue(tmp_path, capsys):
-    study = run_search(config(tmp_path, progress=True))
+@pytest.mark.slow
+def test_search_end_to_end_and_continue(config, tmp_path, capsys):
+    study = run_search(config(progress=True))
     out = capsys.readouterr()
     recs = records(study)
     counted = [r for r in recs if r.status is not Status.REPEAT]
@@ -62,7 +64,7 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
 
     # the same command with a larger n_trials continues: the first six are kept unchanged
     before = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
-    study = run_search(config(tmp_path, n_trials=8))
+    study = run_search(config(n_trials=8))
     after = {t.number: (t.values, t.user_attrs.get("status")) for t in study.get_trials()}
     assert all(after[n] == v for n, v in before.items())
     assert remaining(study, 8) == 0
@@ -72,14 +74,15 @@ def test_search_end_to_end_and_continue(tmp_path, capsys):
     from se_nas.design.recipe import load_recipe
 
     with pytest.raises(SearchError, match="different recipe .*lr.*--study NEW_NAME"):
-        run_search(config(tmp_path, recipe=dataclasses.replace(load_recipe("tiny"), lr=0.2), n_trials=9))
+        run_search(config(recipe=dataclasses.replace(load_recipe("tiny"), lr=0.2), n_trials=9))
     with pytest.raises(SearchError, match="different budget"):
-        run_search(config(tmp_path, budget=Budget(max_gflops=2.0), n_trials=9))
+        run_search(config(budget=Budget(max_gflops=2.0), n_trials=9))
     assert "over budget (never trained)" in summarize(study)
 
 
-def test_two_workers_share_the_study(tmp_path):
-    study = run_search(config(tmp_path, study="w", workers=2, n_trials=3, budget=Budget()))
+@pytest.mark.slow
+def test_two_workers_share_the_study(config, tmp_path):
+    study = run_search(config(study="w", workers=2, n_trials=3, budget=Budget()))
     recs = [r for r in records(study) if r.status is not Status.REPEAT]
     # exactly n_trials: counting and asking happen under one claim, so two processes never both take the last one
     assert len(recs) == 3 and all(r.status == "complete" or r.status == "stopped_early" for r in recs)
@@ -87,8 +90,8 @@ def test_two_workers_share_the_study(tmp_path):
 
 
 def _cmd(tmp_path, n):
-    # the installed entry point's code (`python -m se_nas.cli.parser` would not register the subcommands)
-    return [sys.executable, "-c", "import sys; from se_nas.cli.parser import main; sys.exit(main(sys.argv[1:]))", "search", "--space", "tiny", "--recipe", "tiny",
+    # the `se-nas` command, as `python -m se_nas` runs it (the console script calls the same main)
+    return [sys.executable, "-m", "se_nas", "search", "--space", "tiny", "--recipe", "tiny",
             "--budget-gflops", str(BUDGET), "--n-trials", str(n), "--study", "k", "--root", str(tmp_path),
             "--early-stop", "none", "--calibration-seeds", "0", "--confirm-top", "0"]
 
@@ -121,6 +124,7 @@ def _stderr(tmp_path) -> str:
     return p.read_text()[-2000:] if p.exists() else ""
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, 4), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "search.stderr", "w"))
     try:
@@ -154,6 +158,7 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
     assert len(counted) == 4 and not [t for t in trials if t.state in (S.RUNNING, S.WAITING)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_trial_interrupted_and_resumable(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, 50), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -217,24 +222,17 @@ def test_cli_bad_space_file(tmp_path, capsys):
     assert rc == 2 and str(p) in err and "'median'" in err and "avgmax" in err
 
 
-def test_asha_needs_ray(tmp_path):
+def test_asha_needs_ray(config, tmp_path):
     with pytest.raises(SearchError, match="asha.*ray"):
-        config(tmp_path, early_stop="asha")
+        config(early_stop="asha")
 
 
-ONE_DESIGN = """name: one
-backbone: resnet18
-choices: {enabled: [true], reduction: [16], squeeze: [avg], gate: [sigmoid], position: [standard]}
-"""
-
-
-def test_a_repeated_design_is_one_record_and_is_not_trained_again(tmp_path):
+@pytest.mark.slow
+def test_a_repeated_design_is_one_record_and_is_not_trained_again(one_design_space, config, tmp_path):
     """A space of one design: the sampler can only propose it again. The search trains it under two
     seeds (the second because, alone on the front, its uncertainty decides the front), answers every
     later proposal from the record without training, and stops when nothing new can be proposed."""
-    space = tmp_path / "one.yaml"
-    space.write_text(ONE_DESIGN)
-    study = run_search(config(tmp_path, study="one", space=str(space), budget=Budget(), n_trials=5,
+    study = run_search(config(study="one", space=one_design_space, budget=Budget(), n_trials=5,
                               max_seeds_per_design=2, early_stop="none"))
     recs = records(study)
     trained = [r for r in recs if r.trained]
@@ -254,8 +252,9 @@ def test_a_repeated_design_is_one_record_and_is_not_trained_again(tmp_path):
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
 
 
-def test_calibration_and_confirmation_stages(tmp_path, capsys):
-    cfg = config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
+@pytest.mark.slow
+def test_calibration_and_confirmation_stages(config, tmp_path, capsys):
+    cfg = config(study="c", n_trials=4, calibration_seeds=2, confirm_top=2, confirm_min_seeds=2,
                  confirm_max_seeds=2, progress=True)
     study = run_search(cfg)
     captured = capsys.readouterr()
@@ -299,13 +298,13 @@ def test_calibration_and_confirmation_stages(tmp_path, capsys):
     assert mf.meta["accuracy"] == conf.chosen.accuracies[0]  # retrained under seed 1000: that run exactly
     # a rerun trains nothing again: the stored runs are reused as they are
     before = dict(study.user_attrs)
-    study = run_search(config(tmp_path, study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
+    study = run_search(config(study="c", n_trials=4, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert {k: v for k, v in study.user_attrs.items() if k.startswith("run:")} == \
         {k: v for k, v in before.items() if k.startswith("run:")}
     assert study.user_attrs["confirmation"] == before["confirmation"]
     # continuing the search with more trials makes the choice again, after them
-    study = run_search(config(tmp_path, study="c", n_trials=5, calibration_seeds=2, confirm_top=2,
+    study = run_search(config(study="c", n_trials=5, calibration_seeds=2, confirm_top=2,
                               confirm_min_seeds=2, confirm_max_seeds=2))
     assert study.user_attrs["confirmation"]["after_trials"] == 5
 
@@ -325,7 +324,8 @@ def _gone(pid: int) -> bool:
         return False
 
 
-def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
+@pytest.mark.slow
+def test_sigterm_stops_every_worker_like_ctrl_c(config, tmp_path):
     """`kill PID` (also timeout's and systemd's signal) of a search with two worker processes: the
     parent stops its workers, whose trials in flight are failed as interrupted and enqueued, and
     exits 143 (128 + SIGTERM, the shell's convention); a rerun finishes the study."""
@@ -365,7 +365,7 @@ def test_sigterm_stops_every_worker_like_ctrl_c(tmp_path):
     waiting = {t.user_attrs["retry_of"] for t in trials if t.state == S.WAITING}
     assert waiting == {t.number for t in stopped} and not [t for t in trials if t.state == S.RUNNING]
 
-    study = run_search(config(tmp_path, study="k", n_trials=8, early_stop="none"))  # the rerun, in this process
+    study = run_search(config(study="k", n_trials=8, early_stop="none"))  # the rerun, in this process
     assert remaining(study, 8) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") in waiting]
     # one retry per stopped trial (two, unless one finished in the moment before the signal, as above)
@@ -436,6 +436,7 @@ def test_a_study_says_which_strategy_searched_it(tmp_path):
         strategy_of(study)
 
 
+@pytest.mark.slow
 def test_workers_stop_when_their_search_is_sigkilled(tmp_path):
     """SIGKILL (or the OOM killer) of a search with two worker processes: no handler runs in the
     parent, yet both workers stop within seconds (PR_SET_PDEATHSIG, and a watch on the parent pid);
@@ -463,19 +464,21 @@ def test_workers_stop_when_their_search_is_sigkilled(tmp_path):
     assert not [t for t in trials if t.state == S.RUNNING]
 
 
-def test_workers_beyond_the_cores_or_the_trials_are_clamped_in_one_line(tmp_path, capsys):
+@pytest.mark.slow
+def test_workers_beyond_the_cores_or_the_trials_are_clamped_in_one_line(tmp_path, capsys, config):
     from se_nas.search.optuna_backend import worker_count
 
     assert worker_count(100000, 50, 2) == (2, "--workers 100000: using 2 worker processes (2 cores this process may use)")
     assert worker_count(8, 3, 16) == (3, "--workers 8: using 3 worker processes (3 trials left to start)")
     assert worker_count(2, 9, 2) == (2, None)
-    study = run_search(config(tmp_path, study="c", workers=100000, n_trials=1, early_stop="none",
+    study = run_search(config(study="c", workers=100000, n_trials=1, early_stop="none",
                               budget=Budget(), progress=True))
     out = capsys.readouterr().out
     assert "--workers 100000: using 1 worker process (1 trial left to start)" in out
     assert len({t.user_attrs["pid"] for t in study.get_trials()}) == 1 == len(study.get_trials())
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_replaced_while_trials_remain(tmp_path):
     """One of two worker processes is SIGKILLed mid-trial (as the OOM killer does): its trial is
     retried, a new worker takes its place, and the search ends normally with every trial asked for."""
@@ -498,7 +501,8 @@ def test_a_dead_worker_is_replaced_while_trials_remain(tmp_path):
     assert remaining(study, 6) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
 
 
-def test_a_trial_at_chance_failed_to_learn_and_is_never_a_result(tmp_path, capsys):
+@pytest.mark.slow
+def test_a_trial_at_chance_failed_to_learn_and_is_never_a_result(tmp_path, capsys, config):
     """A learning rate that trains to chance (lr 1.5: 0.100 on 10 classes) is flagged failed-to-learn
     with its reason: the sampler is told its accuracy as before (the trial stays COMPLETE with the same
     values), but it is not a result: no front, no confirmation, not the chosen design."""
@@ -512,7 +516,7 @@ def test_a_trial_at_chance_failed_to_learn_and_is_never_a_result(tmp_path, capsy
     assert at_chance(0.100, 10, 360) and at_chance(0.140, 10, 360) and not at_chance(0.160, 10, 360)
     assert at_chance(0.30, 10, 360) is None  # the lowest trial of the tiny search learned something
     recipe = dataclasses.replace(load_recipe("tiny"), lr=1.5)
-    study = run_search(config(tmp_path, study="lr", recipe=recipe, n_trials=2, early_stop="none",
+    study = run_search(config(study="lr", recipe=recipe, n_trials=2, early_stop="none",
                               budget=Budget(), progress=True))
     out = capsys.readouterr().out
     trials = study.get_trials()

@@ -150,6 +150,7 @@ def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):
     assert counted(study) == (3, 0)
 
 
+@pytest.mark.slow
 def test_a_disk_filling_mid_search_is_one_line_and_the_study_resumes(tmp_path, tmpfs):
     """A full disk gave Optuna's "exceeding max length" (or SQLite's "disk I/O error") with a traceback,
     and left the trial RUNNING. Now: one line saying "disk full" and naming study.db; once there is
@@ -255,6 +256,8 @@ def _can_be_another_machine() -> bool:
     return subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp_path, capsys):
     """Two `se-nas search` commands on one study of a real PostgreSQL server: this machine's and one
     on "machine-b" (its own hostname), each with its own sampler seed and a 1 s heartbeat. machine-b
@@ -319,6 +322,8 @@ def test_machines_on_one_postgresql_study_one_killed_mid_trial(postgres_url, tmp
     assert "error" not in err, err
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_the_postgresql_password_never_reaches_output(postgres_url, tmp_path, capsys):
     """Issue 24: the password was printed in the `next:` hints after a search and in "no study
     named" errors. The server trusts every connection, so any password connects."""
@@ -362,6 +367,8 @@ def test_the_heartbeat_setting_is_checked(monkeypatch, tmp_path):
     assert heartbeat_interval() * HEARTBEAT_MISSES == 8
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_both_postgresql_url_forms(postgres_url, monkeypatch):
     """``postgresql+psycopg2://`` uses psycopg2 when it is installed, and a plain ``postgresql://``
     falls back to it when psycopg 3 is missing (SQLAlchemy's default for the plain form)."""
@@ -388,6 +395,7 @@ print(t.number, time.time())
 """
 
 
+@pytest.mark.slow
 def test_a_requeued_trial_is_taken_by_one_process_only(tmp_path):
     """SQLite ignores the row lock Optuna's ask relies on: asks go through the study's claim. While
     this process holds it, another process's ask waits; six processes asking at once for three
@@ -413,6 +421,7 @@ def test_a_requeued_trial_is_taken_by_one_process_only(tmp_path):
     assert [t.state for t in study.get_trials()] == [S.RUNNING] * 7
 
 
+@pytest.mark.slow
 def test_a_live_process_here_is_never_declared_dead(tmp_path, monkeypatch):
     """Only evidence kills a trial: a live pid on this host keeps its trial, however long its heartbeat
     has been silent; a process on another host is dead once this process has seen its beat unchanged

@@ -74,6 +74,7 @@ def _covering_designs() -> list[Arch]:
     return designs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gate_weights", ["per-gate", "shared"])
 def test_extracted_path_is_build_model_with_the_same_forward(supernet, gate_weights):
     """Bit for bit, in eval mode, with the fast SE code (matrix products) and the reference one; with
@@ -305,6 +306,7 @@ def test_supernet_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted
     assert other.drawn[:steps] != draw.drawn[:steps]
 
 
+@pytest.mark.slow
 def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monkeypatch):
     from se_nas.nn import pathscore
     from se_nas.search import oneshot
@@ -375,6 +377,7 @@ def test_no_design_over_budget_is_trained_or_evaluated(tmp_path, tiny_data, monk
     assert text.index("supernet ranking front") < text.index("confirmed under the same 2 fresh seeds")
 
 
+@pytest.mark.slow
 def test_the_oneshot_strategy_from_the_command_line_continues_and_keeps_its_study_apart(tmp_path, capsys):
     from se_nas import cli
     from se_nas.record.storage import open_study

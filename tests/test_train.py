@@ -16,7 +16,6 @@ from se_nas.nn.data import DataBundle, TensorData, load_data
 from se_nas.design.recipe import OPTIMIZERS, SCHEDULES, load_recipe
 from se_nas.nn.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
                           pick_device, seed_everything, train)
-from tests.conftest import random_arch
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +219,9 @@ def test_diverging_but_finite_training_fails_with_the_reason(tiny, data):
     assert ratio > DIVERGED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [None, 1])
-def test_healthy_training_stays_far_below_the_divergence_limit(tiny, data, seed):
+def test_healthy_training_stays_far_below_the_divergence_limit(random_arch, tiny, data, seed):
     """The other side of the rule: the tiny recipe at its lr and at 3x it (SE-ResNet-50 and a random
     design with NoSqueeze, max+avg squeeze and hard-sigmoid) keeps every checked loss under a third of the limit."""
     arch = PRESETS["se_resnet50"] if seed is None else random_arch(random.Random(seed), "resnet50")
@@ -292,6 +292,7 @@ def test_thread_count_is_put_back_even_when_training_fails(tiny, data):
 
 
 # --- checkpoints and reproducibility ------------------------------------------------------------------
+@pytest.mark.slow
 def test_checkpoint_resume_gives_the_same_history(tiny, tmp_path):
     r = dataclasses.replace(tiny, epochs=3, max_train_samples=160)  # 5 steps per epoch: quick
     plain = load_data(r)
@@ -328,6 +329,7 @@ def test_checkpoint_of_a_stopped_run_stays_stopped(tiny, data, tmp_path):
     assert again.stopped_early and again.history == first.history and again.epochs == 1
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_recipe_is_not_resumed(tiny, data, tmp_path):
     ckpt = tmp_path / "c.pt"
     one = dataclasses.replace(tiny, epochs=1, rungs=())
@@ -360,6 +362,7 @@ print(json.dumps(train(m, r, d).history))
 """
 
 
+@pytest.mark.slow
 def test_same_seed_same_history_across_processes(tiny, data):
     # One run in a child process, the same seed here: two processes, identical histories.
     out = subprocess.run([sys.executable, "-c", _CHILD, "3"], capture_output=True, text=True, timeout=300,
