@@ -154,6 +154,14 @@ def short_recipe():
     return dataclasses.replace(load_recipe("tiny"), epochs=1, rungs=(), max_train_samples=40)
 
 
+@pytest.fixture
+def learning_recipe(short_recipe):
+    """short_recipe on 400 images: still one epoch, but designs that train get above chance. On 40 images
+    (two steps) every trained design can end at chance, which is failed-to-learn and never on a front, so
+    a test that needs a front uses this one."""
+    return dataclasses.replace(short_recipe, max_train_samples=400)
+
+
 # --- the latency budget: a table of this machine (real measurements of the tiny space's deployment
 # model, ResNet-18 with its ImageNet stem at full width, at 32x32 to stay fast) -----------------------
 LATENCY_IMAGE_SIZE = 32

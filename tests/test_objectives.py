@@ -47,7 +47,7 @@ def _dominated(d, others):
 
 
 @pytest.mark.slow
-def test_search_with_accuracy_and_latency(latency_deploy, short_recipe, tmp_path, tiny_latency):
+def test_search_with_accuracy_and_latency(latency_deploy, learning_recipe, tmp_path, tiny_latency):
     from se_nas.search.confirm import confirm
     from se_nas.nn.data import load_data
     from se_nas.design.latency import predictor
@@ -56,7 +56,7 @@ def test_search_with_accuracy_and_latency(latency_deploy, short_recipe, tmp_path
     from se_nas.products.report import build_report, summary_md
 
     p = predictor(tiny_latency)
-    cfg = SearchConfig(study="fast", space=load_space("tiny"), recipe=short_recipe, budget=Budget(latency=tiny_latency),
+    cfg = SearchConfig(study="fast", space=load_space("tiny"), recipe=learning_recipe, budget=Budget(latency=tiny_latency),
                        deploy=latency_deploy, n_trials=6, sampler="random", root=tmp_path, progress=False,
                        objectives="accuracy,latency")
     data = load_data(cfg.recipe)
