@@ -27,11 +27,12 @@ _HOME = {
     "Cost": "design.cost", "count_cost": "design.cost",
     "load_model": "products.export",  # se_nas.load_model(FILE) -> a ready nn.Module, no study needed
     "SeNasError": "errors",
+    "SearchConfig": "search.stages", "run_search": "search.stages",  # run_search(SearchConfig(...)): the CLI's search
 }
 
 __all__ = [
     "Arch", "ArchError", "StageSE", "PRESETS", "resolve_arch", "build_model", "Cost", "count_cost",
-    "load_model", "SeNasError", "__version__",
+    "load_model", "SeNasError", "SearchConfig", "run_search", "__version__",
 ]
 
 
