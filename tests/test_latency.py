@@ -175,7 +175,8 @@ def test_cli_profile_and_cost(tmp_path, capsys):
     assert main(["cost", "se_resnet18", "--image-size", "16", "--latency", str(path)]) == 0
     out = capsys.readouterr().out
     total = L.predict_latency(Arch.uniform("resnet18", StageSE()), L.load_table(path)).ms
-    assert f"total {total:.2f} ms" in out
+    u = L.load_table(path).u_ms(total)
+    assert f"total {total:.2f} ± {u:.2f} ms" in out  # the table knows its uncertainty (issue 22)
     assert main(["cost", "se_resnet50", "--latency", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("se-nas cost: error: latency table") and "resnet50" in err and "\n" not in err
@@ -231,3 +232,133 @@ def test_a_table_above_the_size_bound_is_refused_unread(tmp_path):
 def test_every_device_kind_a_table_may_name_has_a_timer():
     """The table (design floor, no torch) names the device kinds; the profiler (nn floor) times each."""
     assert tuple(P.TIMERS) == L.DEVICE_KINDS
+
+
+# --- the table knows its uncertainty (issue 22) ------------------------------------------------------------
+def test_the_profile_ends_with_a_check_of_whole_designs_stored_as_the_uncertainty(tiny_table):
+    c = tiny_table.check
+    plain = Arch.uniform("resnet18", None)
+    ids = [d["id"] for d in c["designs"]]
+    # the plain design, r=16 everywhere, and CHECK_RANDOM random designs (seeded: the same every run)
+    assert ids[:2] == [plain.id, Arch.uniform("resnet18", StageSE(16)).id] and len(ids) == 2 + L.CHECK_RANDOM
+    assert ids == [a.id for a in P.check_designs(tiny_table.form, L.space_options(load_space("tiny"), "small", 0.125,
+                                                                                   16)[1], L.CHECK_RANDOM)]
+    for d in c["designs"]:
+        assert d["predicted_ms"] == pytest.approx(L.predict_latency(Arch.from_dict(d["arch"]), tiny_table).ms)
+        assert d["error_pct"] == pytest.approx(100 * (d["predicted_ms"] - d["measured_ms"]) / d["measured_ms"])
+    assert c["u_pct"] == max(c["worst_abs_error_pct"], c["noise_pct"]) > 0 and c["rounds"] == KW["rounds"]
+    assert tiny_table.uncertainty_pct == c["u_pct"]
+    assert tiny_table.plus_minus(100.0) == f"100.00 ± {c['u_pct']:.2f} ms"
+    # stored in the file beside the header, not in it: re-checking a table keeps its hash
+    again = L.load_table(tiny_table.path)
+    assert again.check == c and "check" not in again.header and again.hash == tiny_table.hash
+
+
+def test_check_figures_and_the_drift_rule():
+    rows = [{"id": str(i), "arch": {}, "predicted_ms": p, "times": t} for i, (p, t) in enumerate([
+        (100.0, [100.0, 101.0, 100.0, 101.0]),  # halves 100 vs 101: 1% noise; error -0.5%
+        (110.0, [100.0, 100.0, 100.0, 100.0]),  # +10%
+        (99.0, [100.0, 100.0, 100.0, 100.0])])]  # -1%
+    c = L.check_summary(rows, 4)
+    assert c["worst_abs_error_pct"] == pytest.approx(10) and c["median_abs_error_pct"] == pytest.approx(1)
+    assert c["drift_pct"] == pytest.approx(-0.4975, abs=1e-3) and c["noise_pct"] == 0 and c["u_pct"] == c[
+        "worst_abs_error_pct"]
+    assert not L.drifted(c)  # |drift| below the 1% floor
+    assert L.drifted({**c, "drift_pct": 2.5, "noise_pct": 1.0}) and not L.drifted({**c, "drift_pct": 2.5, "noise_pct": 1.5})
+
+
+def test_latency_check_says_a_drifted_table_drifted_and_names_the_reprofile_command(tmp_path, tiny_table, capsys):
+    d = json.loads(open(tiny_table.path).read())
+    for e in d["entries"].values():  # a table 50x too slow (far beyond a loaded machine's noise, seen at 170%)
+        e.update({q: 50 * e[q] for q in L.STATS})
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(d))
+    assert main(["latency", "check", str(path), "--rounds", "3"]) == 1
+    out = capsys.readouterr().out
+    assert f"latency table '{path}' drifts beyond its own noise" in out
+    assert (f"re-profile it on a quiet machine with: se-nas latency profile --space tiny --device cpu --threads 1 "
+            f"--image-size 16 --stem small --width 0.125 -o {tmp_path / 'slow-new.json'}") in out
+    assert f"stored: ± {tiny_table.check['u_pct']:.1f}%" in out
+
+
+def test_a_table_from_before_the_check_loads_and_says_its_uncertainty_is_unknown(tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "old.json"
+    shutil.copy(os.path.join(os.path.dirname(__file__), "fixtures", "v0.1.0", "latency.json"), path)
+    table = L.load_table(path, on_mismatch=lambda m: None)
+    assert table.check is None and table.uncertainty_pct is None and table.runtime == "torch"
+    assert main(["cost", "resnet18", "--image-size", "32", "--latency", str(path)]) == 0
+    assert (f"total {table.ms(L.MODEL):.2f} ms (uncertainty unknown: a table from before se-nas measured one; "
+            f"`se-nas latency check {path}` measures it)") in capsys.readouterr().out
+    # a budget at its prediction is not flagged: its uncertainty is unknown
+    from se_nas.design.budget import Budget
+
+    assert Budget(max_latency_ms=table.ms(L.MODEL), latency=str(path)).borderline(Arch.uniform("resnet18", None)) == ""
+
+
+def test_a_design_within_u_of_the_latency_limit_is_flagged_never_moved(tiny_table):
+    from se_nas.design.budget import Budget
+    from se_nas.design.cost import count_cost
+
+    arch = Arch.uniform("resnet18", StageSE(16))
+    ms, u = L.predict_latency(arch, tiny_table).ms, tiny_table.u_ms(L.predict_latency(arch, tiny_table).ms)
+    cost = count_cost(arch, 16)
+    half = min(u, ms) / 2  # u can exceed ms itself on a loaded machine (seen at load 6)
+    for limit, fits in ((ms + half, True), (ms - half, False)):  # within u, either side
+        b = Budget(max_latency_ms=limit, latency=tiny_table.path)
+        assert b.fits(cost, arch) is fits  # decided as predicted: the flag changes nothing
+        assert b.check(cost, arch) == Budget(max_latency_ms=limit, latency=tiny_table.path).check(cost, arch)
+        note = b.borderline(arch)
+        assert note.startswith(f"borderline: predicted {ms:.2f} ms is within ± {u:.2f} ms (the table's uncertainty, "
+                               f"{tiny_table.uncertainty_pct:.1f}%) of the {limit:g} ms latency limit"), note
+    assert Budget(max_latency_ms=ms + 2 * u, latency=tiny_table.path).borderline(arch) == ""
+    assert Budget(latency=tiny_table.path).borderline(arch) == ""  # no limit: nothing to be near
+
+
+def test_a_bad_stored_check_is_one_line(tmp_path, tiny_table):
+    d = json.loads(open(tiny_table.path).read())
+    d["check"]["u_pct"] = "big"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(L.LatencyError, match=f"latency table '{path}': check: u_pct must be a finite number of "
+                                             r"percent >= 0, got 'big'"):
+        L.load_table(path)
+
+
+# --- a second runtime: ONNX Runtime on the CPU (issue 22) ----------------------------------------------
+def test_every_runtime_a_table_may_name_has_a_timer():
+    assert tuple(P.RUNTIMES) == L.RUNTIMES
+
+
+@pytest.mark.slow  # 13 s at load 6: an ONNX export and two sessions per carrier
+def test_onnxruntime_profile_builds_its_own_table(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "ort.json"
+    assert main(["latency", "profile", "--space", "tiny", "--stem", "small", "--width", "0.125", "--image-size", "16",
+                 "--rounds", "2", "--runtime", "onnxruntime", "--quiet", "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime on cpu (" in out and "check of 6 whole designs" in out
+    table = L.load_table(path)
+    assert table.header["runtime"] == "onnxruntime" == table.runtime and table.check is not None
+    assert "--runtime onnxruntime" in table.profile_command()
+    se = Arch.uniform("resnet18", StageSE(16))
+    assert L.predict_latency(se, table).ms > 0 and all(e["median"] >= 0 for e in table.entries.values())
+    # a torch profile into it is refused: another runtime, another table
+    with pytest.raises(L.LatencyError, match=r"other settings \(runtime 'onnxruntime', now 'torch'\)"):
+        P.profile(load_space("tiny"), path, **KW)
+    with pytest.raises(L.LatencyError, match="--runtime onnxruntime times its CPU execution provider"):
+        P.profile(load_space("tiny"), tmp_path / "x.json", runtime_="onnxruntime", device="cuda", **KW)
+    with pytest.raises(L.LatencyError, match="--runtime onnxruntime times wall clock"):
+        P.profile(load_space("tiny"), tmp_path / "x.json", runtime_="onnxruntime", clock="process", **KW)
+
+
+def test_without_onnxruntime_one_line_names_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: import fails
+    assert main(["latency", "profile", "--space", "tiny", "--runtime", "onnxruntime", "-o", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("se-nas latency: error: --runtime onnxruntime needs the onnxruntime package: pip install "
+                           "'se-nas[onnxruntime]' (or pip install onnxruntime)"), err
+    assert not (tmp_path / "o.json").exists()

@@ -219,7 +219,7 @@ def _cost_arguments(p):
 # --- latency (se_nas.design.latency) ---------------------------------------------------------------------
 def _latency_arguments(p):
     from ..design.backbones import STEMS
-    from ..design.latency import DTYPES
+    from ..design.latency import CHECK_RANDOM, DEFAULT_RUNTIME, DTYPES, RUNTIMES
     from ..design.space import DEFAULT_SPACE
 
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -246,8 +246,22 @@ def _latency_arguments(p):
     q.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="CPU timer: wall time, or this process's CPU time, which other jobs on a shared machine "
                    "do not inflate (with --threads 1 it is an idle machine's wall time)")
+    q.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                   help="what runs the model: eager torch, or ONNX Runtime on the CPU (pip install "
+                   "'se-nas[onnxruntime]'); the table is of that runtime (default %(default)s)")
+    q.add_argument("--check", type=_bounded_int(0, 1000), default=CHECK_RANDOM, metavar="N",
+                   help="then time whole designs (the plain one, r=16 everywhere and N random ones, seeded) against "
+                   "their predictions: the table's uncertainty (default %(default)s; 0: no check)")
     q.add_argument("-o", "--output", required=True, help="the table file (JSON); an existing one is resumed")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = sub.add_parser("check", help="time a table's check designs again: does it still hold on this machine?",
+                       formatter_class=p.formatter_class,
+                       description="Time the whole designs of a table's check again, now, and compare with the "
+                       "table's predictions: within the timings' noise, or drifted (exit 1, with the command that "
+                       "profiles the table afresh).")
+    c.add_argument("table", help="a table of `se-nas latency profile`")
+    c.add_argument("--rounds", type=_positive_int, default=None, help="timed calls of each design (default: the "
+                   "profile's)")
 
 
 def _presets_arguments(p):

@@ -137,7 +137,7 @@ def cmd_cost(args):
         table, lat = latency
         print(f"predicted latency on {table.describe()} ({table.path}):")
         print("  " + "  ".join(f"stage {i + 1} {ms:.2f}" for i, ms in enumerate(lat.stages))
-              + f"  stem+head {lat.rest:.2f}  total {lat.ms:.2f} ms")
+              + f"  stem+head {lat.rest:.2f}  total {table.plus_minus(lat.ms)}")
     return 0
 
 
@@ -151,6 +151,8 @@ def _latency(arch, path, image_size):
 
 
 def cmd_latency(args):
+    if args.action == "check":
+        return _latency_check(args)
     import time
 
     from tqdm import tqdm
@@ -173,7 +175,7 @@ def cmd_latency(args):
         table = profile(space, args.output, device=args.device, threads=args.threads, batch=args.batch,
                         image_size=args.image_size, dtype=args.dtype, channels_last=args.channels_last,
                         stem=args.stem, width=args.width, archs=archs, rounds=args.rounds, clock=args.clock,
-                        num_classes=args.num_classes,
+                        num_classes=args.num_classes, runtime_=args.runtime, check=args.check,
                         progress=progress)
     finally:
         for b in bar:
@@ -181,7 +183,33 @@ def cmd_latency(args):
     print(f"wrote {args.output}: {len(table.entries) - 2} unit entries of {space.name}"
           f"{f' ({len(archs)} design' + ('s)' if len(archs) != 1 else ')') if archs else ''}, plain model {table.ms(MODEL):.2f} ms, in "
           f"{time.perf_counter() - start:.0f} s; {table.describe()}")
+    if table.check:
+        from ..design.latency import check_line
+
+        print(check_line(table, table.check))
     return 0
+
+
+def _latency_check(args):
+    """``se-nas latency check TABLE``: the table's check designs timed again now (exit 1 if drifted)."""
+    import sys
+
+    from ..design.latency import check_line, drifted, load_table
+    from ..nn.profile import recheck
+
+    table = load_table(args.table, on_mismatch=lambda m: print(f"se-nas latency: warning: {m}", file=sys.stderr))
+    check = recheck(table, rounds=args.rounds)
+    print(f"latency table {table.path}: {table.describe()}")
+    print("  ".join(f"{d['id']} {d['predicted_ms']:.2f}/{d['measured_ms']:.2f} ms ({d['error_pct']:+.1f}%)"
+                    for d in check["designs"]) + "  (predicted/measured now)")
+    if table.check is None:
+        print(f"the table stores no uncertainty (written before se-nas measured one); rerunning its profile command "
+              f"adds it, measuring only the check: {table.profile_command()}")
+    else:
+        print(f"stored: ± {table.uncertainty_pct:.1f}% (the profile's check: {table.check['drift_pct']:+.1f}% "
+              f"systematic, noise {table.check['noise_pct']:.1f}%)")
+    print(f"now: {check_line(table, check)}")
+    return 1 if drifted(check) else 0
 
 
 def cmd_presets(args):

@@ -78,6 +78,22 @@ class Budget:
 
         return predictor(self.latency).ms(arch) if self.latency else None
 
+    def borderline(self, arch) -> str:
+        """A note when ``arch``'s predicted latency lies within the table's uncertainty ``u`` of the
+        latency limit, on either side ('' otherwise, and for a table whose uncertainty is unknown). A
+        flag for the reader only: what fits and what the sampler is told do not change."""
+        if self.max_latency_ms is None or not self.latency:
+            return ""
+        from .latency import predictor
+
+        p = predictor(self.latency)
+        ms = p.ms(arch)
+        u = p.table.u_ms(ms)
+        if u is None or abs(ms - self.max_latency_ms) > u:
+            return ""
+        return (f"{BORDERLINE}: predicted {ms:.2f} ms is within ± {u:.2f} ms (the table's uncertainty, "
+                f"{p.table.uncertainty_pct:.1f}%) of the {self.max_latency_ms:g} ms latency limit")
+
     def _values(self, cost, arch) -> dict[str, float]:
         """The limited quantities of a design: its ``cost`` (a ``Cost`` or a trial outcome) and, for the
         latency limit, ``arch`` (default: ``cost.arch``)."""
@@ -135,6 +151,27 @@ class Budget:
 
             d.update(latency=self.latency, latency_hash=predictor(self.latency).table.hash)
         return d
+
+
+BORDERLINE = "borderline"  # the word that starts a trial's borderline note (Budget.borderline)
+
+
+def table_uncertainty(stored: dict[str, Any]) -> str:
+    """The uncertainty of a study's latency table (``stored``: its budget as stored), for the report:
+    '' without a table, or the table no longer readable as the same profile."""
+    from .latency import LatencyError, predictor
+
+    if not stored.get("latency"):
+        return ""
+    try:
+        table = predictor(stored["latency"]).table
+    except (LatencyError, OSError):
+        return ""
+    if table.hash != stored.get("latency_hash"):
+        return ""
+    u = table.uncertainty_pct
+    return ("uncertainty unknown (a table from before se-nas measured one)" if u is None else
+            f"± {u:.1f}% (its check of {len(table.check['designs'])} whole designs)")
 
 
 def _above(value: float, limit: float) -> str:

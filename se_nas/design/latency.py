@@ -30,6 +30,8 @@ from ..design.geometry import Unit, resolve, unit_input_sizes
 from ..design.untrusted import check_size, preview
 
 TABLE_FORMAT = "se-nas/latency@1"
+DEFAULT_RUNTIME = "torch"  # a table without a runtime field was timed in torch (eager)
+RUNTIMES = ("torch", "onnxruntime")  # what may run the model (se_nas.nn.profile.RUNTIMES times each)
 DTYPES = ("float32", "float16", "bfloat16")
 REST = "rest"  # stem + head + per-call overhead: whole plain model minus its units
 MODEL = "model"  # the whole plain model, end to end
@@ -159,11 +161,36 @@ def _check_form(form: Form, arch: Arch, where: str) -> None:
 @dataclass
 class LatencyTable:
     """A profile: its header (device, machine, settings, the form it covers) and entries
-    ``{key: {"median", "p10", "p90", "n"}}`` in milliseconds."""
+    ``{key: {"median", "p10", "p90", "n"}}`` in milliseconds, and its ``check`` (``check_summary``:
+    whole designs timed at the end of the profile, whence the table's uncertainty; None in a table
+    written before se-nas measured one). The check is not part of the header, so re-checking a table
+    keeps its hash."""
 
     header: dict[str, Any]
     entries: dict[str, dict[str, float]] = field(default_factory=dict)
     path: str = ""
+    check: dict[str, Any] | None = None
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model: ``torch`` (eager; a table without the field) or ``onnxruntime``."""
+        return self.header.get("runtime", DEFAULT_RUNTIME)
+
+    @property
+    def uncertainty_pct(self) -> float | None:
+        """The table's relative uncertainty ``u`` in percent of a prediction (None: unknown)."""
+        return None if self.check is None else self.check["u_pct"]
+
+    def u_ms(self, ms: float) -> float | None:
+        """``u`` in milliseconds at a prediction of ``ms`` (None: unknown)."""
+        u = self.uncertainty_pct
+        return None if u is None else ms * u / 100
+
+    def plus_minus(self, ms: float) -> str:
+        """``"104.20 ± 2.19 ms"``, or the prediction with its uncertainty said to be unknown."""
+        u = self.u_ms(ms)
+        return (f"{ms:.2f} ms (uncertainty unknown: a table from before se-nas measured one; "
+                f"`se-nas latency check {self.path or 'TABLE'}` measures it)") if u is None else f"{ms:.2f} ± {u:.2f} ms"
 
     @property
     def form(self) -> Form:
@@ -179,14 +206,14 @@ class LatencyTable:
 
     def describe(self) -> str:
         h, f = self.header, self.form
-        return (f"{h['device']} ({h['device_name']}, {h['threads']} thread{'s' if h['threads'] != 1 else ''}), torch "
+        return (f"{'onnxruntime on ' if self.runtime != DEFAULT_RUNTIME else ''}{h['device']} ({h['device_name']}, {h['threads']} thread{'s' if h['threads'] != 1 else ''}), torch "
                 f"{h['torch']}, {h['dtype']}, batch {h['batch']}, {f.image_size}x{f.image_size}"
                 f"{', channels_last' if h['channels_last'] else ''}"
                 f"{', process CPU time' if h['clock'] != 'wall' else ''}; {f.backbone} (stride on {f.stride_on}, "
                 f"se_bias {str(f.se_bias).lower()}, stem {f.stem}, width {f.width:g})")
 
-    def profile_command(self) -> str:
-        """The command that profiles (or resumes) this table's space."""
+    def profile_command(self, new: bool = False) -> str:
+        """The command that profiles (or resumes) this table's space; ``new``: afresh, into a new file."""
         h, f = self.header, self.form
         dev = h["device"] + (f" --threads {h['threads']}" if h["device"] == "cpu" else "")
         extra = "".join([f" --stem {f.stem}" if f.stem != "imagenet" else "",
@@ -195,17 +222,22 @@ class LatencyTable:
                          f" --num-classes {f.num_classes}" if f.num_classes != 1000 else "",
                          f" --batch {h['batch']}" if h["batch"] != 1 else "",
                          f" --dtype {h['dtype']}" if h["dtype"] != "float32" else "",
-                         " --channels-last" if h["channels_last"] else ""])
+                         " --channels-last" if h["channels_last"] else "",
+                         f" --runtime {self.runtime}" if self.runtime != DEFAULT_RUNTIME else ""])
+        out = self.path or "TABLE"
+        if new:  # a rerun to the same file resumes it (keeps its entries): a fresh profile needs a new file
+            p = Path(out)
+            out = str(p.with_name(f"{p.stem}-new{p.suffix}"))
         return (f"se-nas latency profile --space {h.get('space') or 'SPACE'} --device {dev} --image-size "
-                f"{f.image_size}{extra} -o {self.path or 'TABLE'}")
+                f"{f.image_size}{extra} -o {out}")
 
     def save(self, path: str | Path | None = None) -> None:
         """Write atomically (a temporary file, then ``os.replace``): a killed profile leaves the last
         complete file."""
         from .files import atomic_write
 
-        atomic_write(Path(path or self.path),
-                     json.dumps({"header": self.header, "entries": self.entries}, indent=1, sort_keys=True) + "\n")
+        d = {"header": self.header, "entries": self.entries, **({"check": self.check} if self.check else {})}
+        atomic_write(Path(path or self.path), json.dumps(d, indent=1, sort_keys=True) + "\n")
 
 
 def _check_entries(entries: Any, where: str) -> None:
@@ -233,6 +265,76 @@ def _check_entries(entries: Any, where: str) -> None:
                                f"positive integer, got {preview(n)}")
 
 
+# --- the check: whole designs timed at the end of a profile, and the table's uncertainty ----------------
+CHECK_RANDOM = 4  # random designs of the profiled options in the check (besides the plain and r=16 ones)
+CHECK_SEED = 0  # the check's designs are the same on every run of a profile
+DRIFT_FLOOR_PCT = 1.0  # below this a check's systematic error is not called drift, whatever its noise
+
+
+def check_summary(rows: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """A check's figures from ``rows``, each ``{"arch": Arch.to_dict(), "id", "predicted_ms", "times"}``
+    (one whole design's timed calls, interleaved with the others'):
+
+    - per design its median time and its prediction's error ``100 (predicted - measured) / measured``;
+    - ``median_abs_error_pct``, ``worst_abs_error_pct``, and ``drift_pct``: the median signed error,
+      the predictor's systematic shift against the whole designs (load or frequency that moved between
+      the units' timings and these);
+    - ``noise_pct``: the timings' own repeat noise, the median over designs of how far the median of
+      their odd calls and of their even calls differ;
+    - ``u_pct``, the table's uncertainty: the worst error, and never less than the noise. A relative
+      figure (percent of a prediction), since an error grows with the model's time.
+    """
+    import statistics as st
+
+    designs = []
+    for r in rows:
+        t = r["times"]
+        measured = st.median(t)
+        halves = 100 * abs(st.median(t[::2]) / st.median(t[1::2]) - 1) if len(t) > 1 else 0.0
+        designs.append({"id": r["id"], "arch": r["arch"], "predicted_ms": r["predicted_ms"], "measured_ms": measured,
+                        "error_pct": 100 * (r["predicted_ms"] - measured) / measured, "halves_pct": halves})
+    errs = [d["error_pct"] for d in designs]
+    noise = st.median(d["halves_pct"] for d in designs)
+    worst = max(abs(e) for e in errs)
+    return {"designs": designs, "rounds": rounds, "median_abs_error_pct": st.median(abs(e) for e in errs),
+            "worst_abs_error_pct": worst, "drift_pct": st.median(errs), "noise_pct": noise,
+            "u_pct": max(worst, noise)}
+
+
+def drifted(check: dict[str, Any]) -> bool:
+    """Whether a check's systematic error exceeds its own noise: ``|drift| > max(2 noise, 1%)``."""
+    return abs(check["drift_pct"]) > max(2 * check["noise_pct"], DRIFT_FLOOR_PCT)
+
+
+def check_line(table: "LatencyTable", check: dict[str, Any]) -> str:
+    """One line on a check of ``table``: its errors and noise, and if it drifted, that it did and the
+    command that profiles the table afresh."""
+    n = len(check["designs"])
+    text = (f"check of {n} whole designs: the predictions' error is {check['median_abs_error_pct']:.1f}% (median), "
+            f"{check['worst_abs_error_pct']:.1f}% (worst), {check['drift_pct']:+.1f}% systematic; the timings' own "
+            f"noise {check['noise_pct']:.1f}%")
+    if not drifted(check):
+        return text + f"; within its noise: predictions are ± {check['u_pct']:.1f}%"
+    return (text + f". latency table {table.path!r} drifts beyond its own noise (|{check['drift_pct']:+.1f}%| > "
+            f"max(2 x {check['noise_pct']:.1f}%, {DRIFT_FLOOR_PCT:g}%)): the machine ran faster or slower than when "
+            f"it was profiled (load, clock frequency, another job); re-profile it on a quiet machine with: "
+            f"{table.profile_command(new=True)}")
+
+
+def _check_check(check: Any, where: str) -> None:
+    """A table's stored check, as read from its file: the figures the uncertainty is made of."""
+    figures = ("median_abs_error_pct", "worst_abs_error_pct", "drift_pct", "noise_pct", "u_pct")
+    for q in figures:
+        v = check.get(q) if isinstance(check, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (q != "drift_pct" and v < 0):
+            raise LatencyError(f"latency table {where}: check: {q} must be a finite number of percent"
+                               f"{' >= 0' if q != 'drift_pct' else ''}, got {preview(v)}; `se-nas latency profile` "
+                               "writes the check (a rerun to the same file measures only the check)")
+    if not isinstance(check.get("designs"), list) or not check["designs"]:
+        raise LatencyError(f"latency table {where}: check: designs must be a non-empty list, got "
+                           f"{preview(check.get('designs'))}")
+
+
 def load_table(path: str | Path, on_mismatch: Callable[[str], None] | None = None) -> LatencyTable:
     """Read a table file. One measured on another machine, thread count or torch version than this one
     is accepted with a warning naming the difference (``on_mismatch(text)``, default ``warnings.warn``).
@@ -248,7 +350,10 @@ def load_table(path: str | Path, on_mismatch: Callable[[str], None] | None = Non
             raise LatencyError(f"latency table {str(path)!r}: format must be {TABLE_FORMAT!r}, "
                                f"got {header.get('format')!r}")
         _check_entries(entries, repr(str(path)))
-        table = LatencyTable(header, entries, str(path))
+        check = d.get("check")
+        if check is not None:
+            _check_check(check, repr(str(path)))
+        table = LatencyTable(header, entries, str(path), check)
         table.form  # noqa: B018 - validates the form
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise LatencyError(f"latency table {str(path)!r} is not a se-nas latency table ({type(e).__name__}: {e}); "

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable
 
 from ..design.arch import Arch
 from ..design.geometry import resolve, unit_input_sizes
-from ..design.latency import (DTYPES, MODEL, REST, STATS, TABLE_FORMAT, Form, LatencyError, LatencyTable, stage_units,
+from ..design.latency import (CHECK_RANDOM, CHECK_SEED, DEFAULT_RUNTIME, DTYPES, MODEL, REST, STATS, TABLE_FORMAT,
+                              Form, LatencyError, LatencyPredictor, LatencyTable, check_summary, stage_units,
                               device_name, load_table, parse_device, space_options, unit_key)
 
 
@@ -80,6 +81,94 @@ class _CudaClock(_CpuClock):
 TIMERS: dict[str, Callable] = {"cpu": _CpuClock, "cuda": _CudaClock}  # one per latency.DEVICE_KINDS
 
 
+# --- runtimes: what runs the model being timed ------------------------------------------------------
+class _Torch:
+    """Eager torch (``torch.inference_mode``): units timed by forward hooks on their modules."""
+
+    name = "torch"
+
+    def __init__(self, kind: str, threads: int | None, clock: str):
+        pass
+
+    def call(self, model, x) -> Callable[[], Any]:
+        """One forward pass of the whole ``model`` on ``x``."""
+        return lambda: model(x)
+
+    def carrier(self, model, arch: Arch, form: Form, clock) -> "_Carrier":
+        return _Carrier(model, arch, form, clock)
+
+
+class _OnnxRuntime:
+    """ONNX Runtime's CPU execution provider, on the model exported to ONNX (the TorchScript-based
+    exporter, opset 17) with every graph optimisation (BatchNorm folded into the convolutions, NCHWc
+    layouts). Units are timed by ORT's own per-node profile: each node's kernel time, summed per unit
+    by the module name ORT keeps in the node's name (a layout reorder ORT inserted goes to the unit
+    before it)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, kind: str, threads: int | None, clock: str):
+        self.ort = import_onnxruntime()
+        if kind != "cpu":
+            raise LatencyError(f"--runtime onnxruntime times its CPU execution provider: use --device cpu, got {kind}")
+        if clock != "wall":
+            raise LatencyError("--runtime onnxruntime times wall clock (its per-node profile is wall time): "
+                               f"--clock wall, got {clock!r}")
+        self.threads = threads or 1
+
+    def session(self, model, x, profile: bool = False):
+        import io
+        import tempfile
+        import warnings
+
+        import torch
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # the legacy exporter's deprecation, tracing's branch warnings
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), buffer, dynamo=False, opset_version=17, input_names=["images"],
+                              output_names=["logits"])
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if profile:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="se-nas-ort-")) / "profile")
+        return self.ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def call(self, model, x) -> Callable[[], Any]:
+        sess, feed = self.session(model, x), {"images": x.numpy()}
+        return lambda: sess.run(None, feed)
+
+    def carrier(self, model, arch: Arch, form: Form, clock) -> "_OrtCarrier":
+        return _OrtCarrier(self, model, arch, form, clock)
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or one line naming the extra that installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LatencyError("--runtime onnxruntime needs the onnxruntime package: pip install 'se-nas[onnxruntime]' "
+                           "(or pip install onnxruntime)") from None
+    return onnxruntime
+
+
+RUNTIMES: dict[str, Callable] = {"torch": _Torch, "onnxruntime": _OnnxRuntime}  # one per latency.RUNTIMES
+
+
+def runtime(name: str, kind: str = "cpu", threads: int | None = 1, clock: str = "wall"):
+    """The runtime ``name`` (a ``RUNTIMES`` entry) set up for ``kind`` / ``threads`` / ``clock``."""
+    from ..design.choices import pick
+
+    try:
+        make = pick(RUNTIMES, name, "--runtime")
+    except ValueError as e:
+        raise LatencyError(str(e)) from None
+    return make(kind, threads, clock)
+
+
 def _stats(times: list[float]) -> dict[str, float]:
     q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
     return {"median": statistics.median(times), "p10": q[0], "p90": q[-1], "n": len(times)}
@@ -102,10 +191,17 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
             image_size: int | None = None, dtype: str = "float32", channels_last: bool = False,
             stem: str = "imagenet", width: float = 1.0, archs: Iterable[Arch] | None = None, rounds: int = 15,
             num_classes: int | None = None, warmup: int = 3, chunk: int = 6, clock: str = "wall",
+            runtime_: str = DEFAULT_RUNTIME, check: int = CHECK_RANDOM,
             progress: Callable[[int, int], None] | None = None) -> LatencyTable:
     """Measure every distinct unit ``space`` can produce (or those ``archs`` have) on ``device`` and
     write the table to ``path``; an existing table with the same header is resumed (its entries are
     kept, the missing ones measured). ``progress(done, total)`` is called after every chunk.
+    ``runtime_`` runs the models (``RUNTIMES``: eager torch, or ONNX Runtime on the CPU).
+
+    Then the check (``check`` random designs of the profiled options, seeded, besides the plain and
+    the r=16-everywhere design; 0: none): each whole design timed ``rounds`` times, interleaved, and
+    compared with its prediction (``latency.check_summary``), stored in the table as its uncertainty.
+    The check's designs are profiled too, so the r=16 design may add entries to a space without r=16.
 
     Units are timed inside whole models (a hook before and after each unit), because a unit alone
     runs with other caches than inside a network. Each "carrier" model takes a not yet measured
@@ -116,21 +212,102 @@ def profile(space, path: str | Path, *, device: str = "cpu", threads: int | None
 
     kind, index = parse_device(device)
     _check_settings(kind, threads, batch, dtype, rounds, chunk, clock)
+    if isinstance(check, bool) or not isinstance(check, int) or check < 0:
+        raise LatencyError(f"--check must be a whole number of random designs >= 0, got {check!r}")
+    rt = runtime(runtime_, kind, threads, clock)
     if kind == "cpu":
         torch.set_num_threads(threads)
     form, options = space_options(space, stem, width, image_size, archs, num_classes)
+    designs = check_designs(form, options, check) if check else []
+    for a in designs:  # the check's designs are priced from the table: profile what they need
+        for i, c in enumerate(a.stages):
+            if c not in options[i]:
+                options[i].append(c)
     header = {"format": TABLE_FORMAT, "device": kind if kind == "cpu" else f"cuda:{index}",
               "device_name": device_name(device), "threads": torch.get_num_threads() if kind == "cpu" else None,
               "torch": torch.__version__.split("+")[0], "dtype": dtype, "batch": batch,
-              "channels_last": bool(channels_last), "clock": clock, "form": asdict(form), "space": _space_ref(space)}
+              "channels_last": bool(channels_last), "clock": clock, "form": asdict(form), "space": _space_ref(space),
+              **({"runtime": rt.name} if rt.name != DEFAULT_RUNTIME else {})}  # a torch table's header is as before
     table = _table_to_resume(Path(path), header)
     dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, form.image_size, form.image_size, device=dev,
                     dtype=getattr(torch, dtype)).contiguous(memory_format=fmt)
+    timer = TIMERS[kind](dev, clock)
     with torch.inference_mode():
-        _measure(table, form, options, x, fmt, TIMERS[kind](dev, clock), rounds, warmup, chunk, progress)
+        _measure(table, form, options, x, fmt, timer, rounds, warmup, chunk, progress, rt)
+        if designs:
+            table.check = measure_check(table, designs, x, fmt, timer, rounds, warmup, rt)
+            table.save()
     return table
+
+
+def check_designs(form: Form, options: list[list], n_random: int) -> list[Arch]:
+    """The check's designs: the plain backbone, r=16 SE everywhere (the paper's) and ``n_random``
+    designs drawn from ``options`` (each stage's profiled choices) with ``CHECK_SEED``: the same on
+    every run."""
+    import random
+
+    from ..design.arch import StageSE
+
+    plain = form.plain()
+    rng = random.Random(CHECK_SEED)
+    out = [plain, replace(plain, stages=tuple(StageSE() for _ in plain.stages))]
+    out += [replace(plain, stages=tuple(rng.choice(o) for o in options)) for _ in range(n_random)]
+    return list(dict.fromkeys(out))
+
+
+def recheck(table: LatencyTable, rounds: int | None = None, warmup: int = 3) -> dict[str, Any]:
+    """The check of ``table`` measured again now, on its device, runtime and settings: its stored
+    designs (a table without a check: the plain design and r=16 everywhere if the table prices it),
+    timed whole and compared with its predictions (``latency.check_summary``)."""
+    import torch
+
+    from ..design.arch import Arch
+
+    h, form = table.header, table.form
+    kind, index = parse_device(h["device"])
+    rt = runtime(table.runtime, kind, h["threads"], h["clock"])
+    if kind == "cpu":
+        torch.set_num_threads(h["threads"])
+    if table.check:
+        designs = [Arch.from_dict(d["arch"], f"latency table {table.path!r}: check") for d in table.check["designs"]]
+        rounds = rounds or table.check["rounds"]
+    else:
+        p = LatencyPredictor(table)  # the plain design and r=16 everywhere, where the table prices it
+        designs = [d for d in check_designs(form, [[None] for _ in form.plain().stages], 0) if _priced(p, d)]
+        rounds = rounds or 15
+    dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
+    fmt = torch.channels_last if h["channels_last"] else torch.contiguous_format
+    x = torch.randn(h["batch"], 3, form.image_size, form.image_size, device=dev,
+                    dtype=getattr(torch, h["dtype"])).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        return measure_check(table, designs, x, fmt, TIMERS[kind](dev, h["clock"]), rounds, warmup, rt)
+
+
+def _priced(p: LatencyPredictor, arch: Arch) -> bool:
+    try:
+        p.ms(arch)
+        return True
+    except LatencyError:
+        return False
+
+
+def measure_check(table: LatencyTable, designs: list[Arch], x, fmt, timer, rounds: int, warmup: int,
+                  rt=None) -> dict[str, Any]:
+    """Time each of ``designs`` whole (``rounds`` interleaved calls) on the table's runtime, and compare
+    with the table's predictions (``latency.check_summary``)."""
+    from .build import build_model
+
+    rt = rt or runtime(table.runtime)
+    form, predictor = table.form, LatencyPredictor(table)
+    calls = {}
+    for a in designs:
+        model = build_model(a, form.num_classes, form.stem, form.width).to(x.device, x.dtype, memory_format=fmt).eval()
+        calls[a.id] = rt.call(model, x)
+    times = measure_interleaved(calls, timer, rounds, warmup)
+    rows = [{"id": a.id, "arch": a.to_dict(), "predicted_ms": predictor.ms(a), "times": times[a.id]} for a in designs]
+    return check_summary(rows, rounds)
 
 
 def _check_settings(kind: str, threads, batch, dtype: str, rounds, chunk, clock: str) -> None:
@@ -151,11 +328,14 @@ def _check_settings(kind: str, threads, batch, dtype: str, rounds, chunk, clock:
 
 
 def _table_to_resume(path: Path, header: dict) -> LatencyTable:
-    """The table at ``path`` to resume (refused if profiled with other settings), or a new one."""
+    """The table at ``path`` to resume (refused if profiled with other settings), or a new one. A
+    resumed table keeps its header (so its hash), and a header without a runtime is a torch table's."""
     if not path.exists():
         return LatencyTable(header, {}, str(path))
     table = load_table(path, on_mismatch=lambda m: None)
-    diff = {k: (table.header.get(k), v) for k, v in header.items() if table.header.get(k) != v}
+    old = {"runtime": DEFAULT_RUNTIME, **table.header}
+    new = {"runtime": DEFAULT_RUNTIME, **header}
+    diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
     if diff:
         raise LatencyError(f"latency table {str(path)!r} was profiled with other settings ("
                            + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -164,7 +344,7 @@ def _table_to_resume(path: Path, header: dict) -> LatencyTable:
 
 
 def _measure(table: LatencyTable, form: Form, options, x, fmt, clock, rounds: int, warmup: int, chunk: int,
-             progress: Callable[[int, int], None] | None) -> None:
+             progress: Callable[[int, int], None] | None, rt) -> None:
     """Fill ``table`` with the entries ``options`` still miss: the plain model first, then chunks of
     carriers interleaved with it; the table is saved after each."""
     from .build import build_model
@@ -173,7 +353,7 @@ def _measure(table: LatencyTable, form: Form, options, x, fmt, clock, rounds: in
 
     def carrier(arch: Arch) -> "_Carrier":
         model = build_model(arch, form.num_classes, form.stem, form.width).to(x.device, x.dtype, memory_format=fmt)
-        return _Carrier(model.eval(), arch, form, clock)
+        return rt.carrier(model.eval(), arch, form, clock)
 
     def missing(i, c):
         return any(k not in table.entries for k, _, _ in stage_units(form, i, c))
@@ -216,7 +396,7 @@ class _Carrier:
     """A whole model with a mark before and after each of its units: one forward pass times the model
     and every unit in it."""
 
-    def __init__(self, model, arch: Arch, form: Form, clock):
+    def __init__(self, model, arch: Arch, form: Form, clock, hooks: bool = True):
         from .build import make_unit
 
         geom = resolve(arch, form.stem, form.width)
@@ -227,7 +407,8 @@ class _Carrier:
             raise LatencyError(f"the model of {arch.id} has {len(modules)} unit modules, its geometry "
                                f"{len(self.units)}: the builder and geometry disagree")
         self.model, self.clock, self.marks = model, clock, []
-        for m in modules:
+        self.names = [n for n, m in model.named_modules() if type(m) is kind]  # the units' module names
+        for m in modules if hooks else ():
             m.register_forward_pre_hook(lambda mod, inp: self.marks.append(self.clock.mark()))
             m.register_forward_hook(lambda mod, inp, out: self.marks.append(self.clock.mark()))
 
@@ -245,18 +426,88 @@ class _Carrier:
             per_key.setdefault(k, []).append(clock.ms(self.marks[i], self.marks[i + 1]))
         return {MODEL: clock.ms(a, b), **{k: statistics.fmean(v) for k, v in per_key.items()}}
 
+    def warm(self, x) -> None:
+        self.model(x)
+
+    def finish(self, samples: dict[str, list[float]], warmup: int) -> None:
+        """Complete ``samples`` after the rounds (ONNX Runtime's unit times are read then)."""
+
     @staticmethod
     def measure(carriers: list["_Carrier"], x, rounds: int, warmup: int) -> list[dict[str, list[float]]]:
         """Each carrier's samples over ``rounds`` rounds, each round running every carrier once in turn."""
         for c in carriers:
             for _ in range(warmup):
-                c.model(x)
+                c.warm(x)
         out: list[dict[str, list[float]]] = [{} for _ in carriers]
         for _ in range(rounds):
             for c, o in zip(carriers, out):
                 for k, v in c.run(x).items():
                     o.setdefault(k, []).append(v)
+        for c, o in zip(carriers, out):
+            c.finish(o, warmup)
         return out
+
+
+class _OrtCarrier(_Carrier):
+    """A whole model in two ONNX Runtime sessions: one plain, whose passes the clock times whole (as
+    the model runs deployed), and one with ORT's per-node profile on, run right after it in each round,
+    whose nodes' kernel times summed per unit are the units' times (read after the rounds). Profiling
+    costs time between nodes, not in them: the whole pass is timed without it."""
+
+    def __init__(self, rt: _OnnxRuntime, model, arch: Arch, form: Form, clock):
+        super().__init__(model, arch, form, clock, hooks=False)  # no torch hooks: the model runs in ONNX Runtime
+        self.session = self.profiled = None
+        self.rt = rt
+
+    def _feed(self, x):
+        if self.session is None:
+            self.session = self.rt.session(self.model, x)
+            self.feed = {"images": x.numpy()}
+        if self.profiled is None:
+            self.profiled = self.rt.session(self.model, x, profile=True)
+        return self.feed
+
+    def warm(self, x) -> None:
+        feed = self._feed(x)
+        self.session.run(None, feed)
+        self.profiled.run(None, feed)
+
+    def run(self, x) -> dict[str, float]:
+        feed = self._feed(x)
+        ms = self.clock(lambda: self.session.run(None, feed))
+        self.profiled.run(None, feed)
+        return {MODEL: ms}
+
+    def finish(self, samples: dict[str, list[float]], warmup: int) -> None:
+        import json
+        import os
+        import shutil
+
+        file = self.profiled.end_profiling()
+        self.profiled = None  # a session profiles once: the next measurement (the plain carrier's) starts another
+        events = json.loads(Path(file).read_text())
+        shutil.rmtree(os.path.dirname(file), ignore_errors=True)
+        runs = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+        nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        runs = runs[-len(samples[MODEL]):]  # the timed passes: the warm-up ones came first
+        per_run: list[dict[str, list[float]]] = [{} for _ in runs]
+        keys = [k for k, _, _ in self.units]
+        segments = [f"/{n}/" for n in self.names]
+        for i, (a, b) in enumerate(runs):
+            unit = None  # a node without a module name (a layout reorder) belongs to the unit before it
+            totals = [0.0] * len(keys)
+            for e in nodes:
+                if not a <= e["ts"] <= b:
+                    continue
+                if e["name"].startswith("/"):
+                    unit = next((j for j, s in enumerate(segments) if s in e["name"]), None)
+                if unit is not None:
+                    totals[unit] += e["dur"] / 1e3
+            for k, t in zip(keys, totals):
+                per_run[i].setdefault(k, []).append(t)
+        for d in per_run:
+            for k, v in d.items():
+                samples.setdefault(k, []).append(statistics.fmean(v))
 
 
 def _space_ref(space) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..design.arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_arch
-from ..design.budget import predicted_latencies
+from ..design.budget import BORDERLINE, predicted_latencies
 from .compare import DEFAULT_OUT, compare_path
 from .comparison import Comparison, read_comparison
 from ..search.strategies import strategy_of
@@ -113,6 +113,8 @@ def _hypervolume(pts, complete, objectives, budget):
 def _state_text(r) -> str:
     text = r.status.text
     if r.status in (Status.FAILED, Status.OVER_BUDGET, Status.REPEAT) and r.reason:
+        text += f": {r.reason}"
+    elif BORDERLINE in (r.reason or ""):  # near the latency limit within the table's uncertainty
         text += f": {r.reason}"
     return text
 

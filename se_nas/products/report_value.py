@@ -217,7 +217,15 @@ def settings_lines(rep: Report) -> list[str]:
                  f"<= {b['max_latency_ms']:g} ms latency" if b.get("max_latency_ms") else ""]
         out.append(f"budget: {' and '.join(p for p in parts if p) or 'none'}")
         if b.get("latency"):
-            out.append(f"latency predicted from the table {b['latency']} (profile {b.get('latency_hash')})")
+            from ..design.budget import BORDERLINE, table_uncertainty
+
+            u = table_uncertainty(b)
+            out.append(f"latency predicted from the table {b['latency']} (profile {b.get('latency_hash')})"
+                       + (f", {u}" if u else ""))
+            n = int(rep.frame["reason"].fillna("").str.contains(BORDERLINE).sum()) if "reason" in rep.frame else 0
+            if n:
+                out.append(f"{n} trial{'s' if n != 1 else ''} borderline: predicted within the table's uncertainty of "
+                           "the latency limit, on either side (see their reason); the budget decided as predicted")
     if s.get("deploy"):
         d = s["deploy"]
         out.append(f"deployment model: {d.get('image_size')}x{d.get('image_size')} input, {d.get('num_classes')} classes")

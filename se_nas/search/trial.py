@@ -243,6 +243,8 @@ def _record(study, trial, outcome, reason, budget):
     budget = settings.budget_value if budget is None else budget
     if budget.latency:  # the study has a device's table: every trial shows its predicted latency
         outcome = replace(outcome, latency_ms=budget.latency_ms(outcome.arch))
+        if note := budget.borderline(outcome.arch):  # said, never acted on: the sampler is told the same
+            outcome = replace(outcome, reason=f"{outcome.reason}; {note}" if outcome.reason else note)
     for key, value in outcome.to_attrs().items():
         trial.set_user_attr(key, value)
     values = outcome.values_for(settings.objectives)
