@@ -14,6 +14,7 @@ cached. ``uptime``'s load is recorded before and after every figure.
 
     python scripts/bench_latency.py                            # 30 designs, 1 and 2 threads
     python scripts/bench_latency.py --threads 1 --designs 30 --rounds 15 --json out.json
+    python scripts/bench_latency.py --threads 1 --designs 24 --rounds 8 --clock process   # issue 22's figures
 """
 from __future__ import annotations
 
@@ -76,6 +77,16 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     # the noise floor: how far the same measurement's odd and even rounds disagree, per design
     halves = [100 * abs(statistics.median(v[::2]) / statistics.median(v[1::2]) - 1) for v in times.values()]
     out["halves_abs_diff_pct"] = {"median": statistics.median(halves), "max": max(halves)}
+    # the ranking ceiling (issue 22): how well the timings' odd rounds rank the designs as their even
+    # rounds do; a predictor cannot be expected to rank better. FLOPs' tau is the floor.
+    from se_nas.design.cost import count_cost
+
+    ids = [a.id for a in designs]
+    out["split_half_tau"] = kendalltau([statistics.median(times[k][::2]) for k in ids],
+                                       [statistics.median(times[k][1::2]) for k in ids])[0]
+    out["flops_tau"] = kendalltau([count_cost(a).flops for a in designs],
+                                  [statistics.median(times[k]) for k in ids])[0]
+    out["table_check"] = {k: v for k, v in (table.check or {}).items() if k != "designs"}
     for stat in ("median", "p10"):  # the p10: what a shared machine's interference disturbs least
         p = L.LatencyPredictor(table, stat)
         measured = {k: P._stats(v)[stat] for k, v in times.items()}
@@ -157,6 +168,8 @@ def main() -> int:
                   f"{q['max_abs_error_pct']:.1f}% ({q['within_10pct']}/{r['designs']} within 10%), Kendall tau "
                   f"{q['kendall_tau']:.3f}; ratio to plain |error| median {q['median_abs_ratio_error_pct']:.1f}% max "
                   f"{q['max_abs_ratio_error_pct']:.1f}%", flush=True)
+        print(f"  Kendall tau ceiling (timings' split halves) {r['split_half_tau']:.3f}, floor (FLOPs) "
+              f"{r['flops_tau']:.3f}; the profile's own check: {r['table_check']}")
         print(f"  noise floor: odd vs even rounds of one design differ by {r['halves_abs_diff_pct']['median']:.1f}% "
               f"(median), {r['halves_abs_diff_pct']['max']:.1f}% (max)")
         print(f"  profile {r['profile_entries']} entries in {r['profile_s']:.0f} s (full space "

@@ -205,6 +205,16 @@ def test_compare_shows_predicted_beside_measured_latency(world, recipe, tmp_path
     for role, arch in (("chosen", plain), ("r16", baseline_arch(plain))):
         assert arms[role]["latency_predicted_ms"] == predict_latency(arch, str(path)).ms > 0
     assert "(predicted " in (world / "reports" / "st" / "compare.md").read_text()
+    assert "latency_runtime" not in res  # eager torch, as before
+    # a table of ONNX Runtime: compare measures there too (issue 22)
+    pytest.importorskip("onnxruntime")
+    ort = tmp_path / "ort.json"
+    profile(load_space("tiny"), ort, archs=[plain, baseline_arch(plain)], stem=recipe.stem, width=recipe.width,
+            image_size=recipe.image_size, num_classes=10, rounds=2, warmup=1, runtime_="onnxruntime", check=0)
+    res = compare("st", root=world / "trials", out=world / "reports", seeds=2, arch=plain, latency_repeats=3,
+                  log=lambda *_: None, latency=str(ort))
+    assert res["latency_runtime"] == "onnxruntime" and all(a["latency_mean"] > 0 for a in res["arms"])
+    assert "in onnxruntime, mean" in (world / "reports" / "st" / "compare.md").read_text()
     other = tmp_path / "other.json"
     big = 2 * recipe.image_size
     profile(load_space("tiny"), other, archs=[plain], stem=recipe.stem, width=recipe.width, image_size=big,

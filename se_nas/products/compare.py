@@ -46,20 +46,23 @@ def compare_path(study: str, out: str | Path = DEFAULT_OUT) -> Path:
 
 
 def measure_latency(models: dict[str, Any], image_size: int, device="cpu", repeats: int = 30,
-                    warmup: int = 5, rounds: int = 5) -> dict[str, list[float]]:
+                    warmup: int = 5, rounds: int = 5, runtime: str = "torch") -> dict[str, list[float]]:
     """Median time in milliseconds of one forward pass at batch 1 (no grad, eval mode) of each model,
     over ``rounds`` rounds of ``repeats`` passes, the models' passes interleaved (the latency
-    profile's timer and loop: wall clock on a CPU, CUDA events on a GPU). Returns each model's round
+    profile's timer and loop: wall clock on a CPU, CUDA events on a GPU), run by ``runtime`` (the
+    profile's ``RUNTIMES``: eager torch, or ONNX Runtime on the CPU). Returns each model's round
     medians."""
     import torch
 
     from ..nn.profile import TIMERS, measure_interleaved
+    from ..nn.profile import runtime as make_runtime
 
     dev = torch.device(device)
+    rt = make_runtime(runtime, dev.type, torch.get_num_threads())
     x = torch.randn(1, 3, image_size, image_size, device=dev)
     models = {k: m.to(dev).eval() for k, m in models.items()}
     with torch.inference_mode():
-        times = measure_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, TIMERS[dev.type](dev),
+        times = measure_interleaved({k: rt.call(m, x) for k, m in models.items()}, TIMERS[dev.type](dev),
                                     rounds * repeats, warmup)
     return {k: [statistics.median(t[i * repeats:(i + 1) * repeats]) for i in range(rounds)] for k, t in times.items()}
 
@@ -121,17 +124,20 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     designs = {role: design_of(a, runs, seed_list, deploy) for role, a in arms.items()}
 
     num_classes = _num_classes(recipe)
-    predicted = _predicted_latency(latency, arms, recipe, num_classes) if latency else {}
+    predicted, runtime = _predicted_latency(latency, arms, recipe, num_classes) if latency else ({}, "torch")
     models = {role: build_model(a, num_classes, stem=recipe.stem, width=recipe.width)
               for role, a in arms.items() if role != same}
     dev = _device(recipe, device)
-    lat = measure_latency(models, recipe.image_size, dev, latency_repeats)
+    lat = measure_latency(models, recipe.image_size, dev, latency_repeats, runtime=runtime)  # the table's runtime
     if same is not None:
         lat[same] = lat["chosen"]
-    return _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out, predicted)
+    return _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out, predicted,
+                   runtime)
 
 
-def _predicted_latency(path: str, arms: dict[str, Arch], recipe, num_classes: int) -> dict[str, float]:
+def _predicted_latency(path: str, arms: dict[str, Arch], recipe, num_classes: int) -> tuple[dict[str, float], str]:
+    """Each arm's latency predicted from the table at ``path``, and the table's runtime (which
+    compare then measures on)."""
     from ..design.latency import LatencyError, load_table, predict_latency
 
     table = load_table(path)
@@ -144,7 +150,7 @@ def _predicted_latency(path: str, arms: dict[str, Arch], recipe, num_classes: in
             f"{recipe.width:g}, {recipe.image_size}px, {num_classes} classes); profile it with: se-nas latency "
             f"profile --space SPACE --stem {recipe.stem} --width {recipe.width:g} --image-size {recipe.image_size} "
             f"--num-classes {num_classes} --threads N -o TABLE")
-    return {role: predict_latency(a, table).ms for role, a in arms.items()}
+    return {role: predict_latency(a, table).ms for role, a in arms.items()}, table.runtime
 
 
 def _num_classes(recipe) -> int:
@@ -160,7 +166,7 @@ def _device(recipe, device):
 
 
 def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, deploy, dev, conf, out,
-            predicted) -> dict[str, Any]:
+            predicted, runtime: str = "torch") -> dict[str, Any]:
     import torch
 
     from ..search.confirm import study_noise
@@ -203,6 +209,8 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
     if same is None and plain.n and r16.n:
         result["vs_r16"]["plain"] = {"accuracy": _diff_dict(paired(plain, r16)),
                                      "latency_ms": paired_test(lat["plain"], lat["r16"])}
+    if runtime != "torch":  # measured (and predicted) on another runtime than eager torch: say which
+        result["latency_runtime"] = runtime
     path = compare_path(name, out)
     output_folder(path.parent)
     atomic_write(path, json.dumps(result, indent=1))
@@ -250,7 +258,8 @@ def compare_md(res: dict[str, Any]) -> str:
         f"{r['image_size']}px, {r['stem']} stem, width x{r['width']}, {r['epochs']} epochs). Accuracy: mean ± "
         "standard error over the seeds. GFLOPs and parameters: deployment model "
         f"({d['image_size']}x{d['image_size']}, {d['num_classes']} classes). Latency: median forward pass of the "
-        f"proxy at batch 1, {r['image_size']}px, on {res['device']} ({res['machine']}), mean ± std over "
+        f"proxy at batch 1, {r['image_size']}px, on {res['device']} ({res['machine']})"
+        f"{' in ' + res['latency_runtime'] if res.get('latency_runtime') else ''}, mean ± std over "
         "interleaved rounds.",
         "",
     ]
