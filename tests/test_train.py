@@ -14,8 +14,8 @@ from torch import nn
 from se_nas import PRESETS, build_model
 from se_nas.nn.data import DataBundle, TensorData, load_data
 from se_nas.design.recipe import OPTIMIZERS, SCHEDULES, load_recipe
-from se_nas.nn.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, evaluate, lr_factor,
-                          pick_device, seed_everything, train)
+from se_nas.nn.train import (DIVERGED, Progress, TrainingFailed, TrainResult, _tensor_batches, data_for_device,
+                          evaluate, lr_factor, pick_device, seed_everything, train)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,78 @@ def test_tensor_batches_cover_each_sample_once():
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(10))
     dropped = list(_tensor_batches(ds, 4, True, torch.Generator().manual_seed(0), drop_last=True))
     assert [len(y) for _, y in dropped] == [4, 4]
+
+
+def _in_memory_sets():
+    """The two kinds of in-memory data: CIFAR's (uint8 at 32x32, normalised, resized and cropped/flipped
+    per batch) and digits' (float, resized per batch)."""
+    g = torch.Generator().manual_seed(7)
+    cifar = TensorData(torch.randint(0, 256, (70, 3, 32, 32), generator=g, dtype=torch.uint8),
+                       torch.randint(0, 10, (70,), generator=g), augment=True, pad=3,
+                       mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), size=24)
+    digits = TensorData(torch.randn(70, 3, 8, 8, generator=g), torch.randint(0, 10, (70,), generator=g), size=12)
+    return {"cifar": cifar, "digits": digits}
+
+
+def _epoch_of_batches(ds, seed):
+    torch.manual_seed(seed)  # as the trainer seeds each epoch: the augmentation's draws
+    out = list(_tensor_batches(ds, 16, True, torch.Generator().manual_seed(seed), drop_last=True))
+    return out, torch.get_rng_state()
+
+
+@pytest.mark.parametrize("kind", ["cifar", "digits"])
+def test_in_memory_data_on_a_device_draws_the_cpu_paths_random_numbers(kind):
+    """The device path (``TensorData.to``) shuffles and augments with the CPU generators' numbers, in the
+    same order: on the CPU it gives the default path's batches bitwise, every batch of an epoch; on
+    another device (``meta`` here: no GPU) the batches live there and the CPU generator ends where the
+    CPU path's does, so the crops and flips are the same ones."""
+    ds = _in_memory_sets()[kind]
+    want, state = _epoch_of_batches(ds, 11)
+    assert ds.to("cpu") is ds and ds.to(torch.device("cpu")).device == torch.device("cpu")
+    got, state_cpu = _epoch_of_batches(ds.to("cpu"), 11)
+    assert len(got) == len(want) == 4
+    for (x, y), (wx, wy) in zip(got, want):
+        assert x.dtype == wx.dtype == torch.float32 and torch.equal(x, wx) and torch.equal(y, wy)
+    assert torch.equal(state_cpu, state)
+
+    on_meta = ds.to("meta")
+    assert on_meta.device.type == "meta" and ds.device.type == "cpu"  # a copy: the CPU data is untouched
+    batches, state_meta = _epoch_of_batches(on_meta, 11)
+    assert [(x.device.type, tuple(x.shape), y.device.type) for x, y in batches] == \
+        [("meta", tuple(wx.shape), "meta") for wx, _ in want]
+    assert torch.equal(state_meta, state)
+
+
+def test_the_trainer_moves_in_memory_data_to_a_non_cpu_device_only(tiny, data):
+    assert data_for_device(data, "cpu") is data  # the default CPU path: untouched
+    moved = data_for_device(data, "meta")
+    assert moved.train.device.type == moved.val.device.type == "meta" and data.train.device.type == "cpu"
+    assert data_for_device(data, "meta", on_device=False) is data
+    files = DataBundle(torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8)), data.val, 10, "files")
+    kept = data_for_device(files, "meta")
+    assert kept.train is files.train and kept.val.device.type == "meta"  # file-backed data keeps its loader
+
+
+@pytest.mark.slow
+def test_training_with_in_memory_data_on_the_device_sees_the_same_batches_and_history(tiny, data):
+    """On the CPU, ``train(data_on_device=True)`` trains on exactly the default path's batches (every
+    step of both epochs, bitwise, augmentation included) and ends with the same history."""
+    aug = DataBundle(TensorData(data.train.images, data.train.labels, augment=True, pad=1, size=tiny.image_size),
+                     data.val, data.num_classes, "digits+augment")
+    runs = {}
+    for on_device in (False, True):
+        seen = []
+
+        def step_loss(model, x, y, loss_fn):
+            seen.append((x.clone(), y.clone()))
+            return loss_fn(model(x), y)
+
+        result = train(_model(tiny, aug), tiny, aug, step_loss=step_loss, data_on_device=on_device)
+        runs[on_device] = seen, result.history
+    (a, ha), (b, hb) = runs[False], runs[True]
+    assert len(a) == len(b) == tiny.epochs * (len(aug.train) // tiny.batch_size)
+    assert all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+    assert ha == hb
 
 
 def test_evaluate_matches_a_straightforward_count(data):

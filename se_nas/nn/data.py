@@ -10,7 +10,8 @@ tensor ``3 x S x S`` and an int label, the number of classes, a name). Sources:
 - ``cifar10`` / ``cifar100``: the standard python-format folder (``data_batch_1..5`` and
   ``test_batch``, or ``train`` and ``test`` for CIFAR-100). Validation is a stratified 10% hold-out of
   the training set (seed 0); the test set is never read, so a search cannot overfit it. Images stay
-  32x32 uint8 in memory and are resized per batch. Training images get random-crop (pad 4 at 32x32)
+  32x32 uint8 in memory and are resized per batch (on the training device: a GPU trainer moves
+  in-memory data there once, ``TensorData.to``). Training images get random-crop (pad 4 at 32x32)
   and horizontal-flip augmentation. The batches are pickles, which can run code when loaded: they
   are read with an unpickler that allows numpy arrays, dicts, lists, numbers and bytes only.
 - ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` (ImageNet layout) if both exist, else one
@@ -62,7 +63,8 @@ class TensorData(Dataset):
     ``batch(indices)`` returns a whole batch in one indexing operation; the trainer uses it to skip the
     per-sample DataLoader path for in-memory data. Images may be stored as uint8 (CIFAR: 4x less
     memory) and are converted, normalised and (with ``size``) resized per batch, so a large
-    ``image_size`` never multiplies the memory held.
+    ``image_size`` never multiplies the memory held. ``to(device)`` moves the tensors to the training
+    device, where that per-batch work then runs (the trainer does so on a GPU).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool = False, pad: int = 4,
@@ -86,7 +88,28 @@ class TensorData(Dataset):
         x, y = self.batch(torch.tensor([i]))
         return x[0], int(y[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        """This data with its tensors on ``device`` (itself if they are there already): the per-batch
+        work (indexing, conversion, normalisation, resizing, augmentation) then runs on ``device``.
+        The random numbers of the shuffle and the augmentation still come from torch's CPU generators,
+        in the same order, so the batches are the CPU path's for the same seed (bitwise on the CPU)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = TensorData.__new__(TensorData)
+        moved.__dict__.update(self.__dict__)
+        moved.images, moved.labels = self.images.to(device), self.labels.to(device)
+        moved.mean = None if self.mean is None else self.mean.to(device)
+        moved.std = None if self.std is None else self.std.to(device)
+        return moved
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if idx.device != self.images.device:
+            idx = idx.to(self.images.device, non_blocking=True)
         x = self.images[idx]
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
@@ -102,17 +125,20 @@ class TensorData(Dataset):
 def _crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Per-sample random crop from a zero-padded image and random horizontal flip, vectorised.
 
-    Draws from torch's global RNG, which the trainer seeds per epoch, so augmentation is reproducible.
+    Draws from torch's global CPU RNG, which the trainer seeds per epoch, so augmentation is
+    reproducible; on another device only the draws are copied there, so its crops and flips are the
+    CPU's.
     """
     n, c, h, w = x.shape
+    dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,))
-    ox = torch.randint(0, 2 * pad + 1, (n,))
-    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
-    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
-    flip = torch.rand(n) < 0.5
+    oy = torch.randint(0, 2 * pad + 1, (n,), device="cpu").to(dev, non_blocking=True)
+    ox = torch.randint(0, 2 * pad + 1, (n,), device="cpu").to(dev, non_blocking=True)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
+    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
+    flip = (torch.rand(n, device="cpu") < 0.5).to(dev, non_blocking=True)
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-    out = xp.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols]  # (n, h, w, c)
+    out = xp.permute(0, 2, 3, 1)[torch.arange(n, device=dev)[:, None, None], rows, cols]  # (n, h, w, c)
     return out.permute(0, 3, 1, 2).contiguous()
 
 

@@ -22,7 +22,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -234,6 +234,7 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor] | None = None,
     max_grad_norm: float | None = None,
+    data_on_device: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data.train`` under ``recipe``; validate on ``data.val`` after every epoch.
 
@@ -245,13 +246,30 @@ def train(
     (a supernet samples its path(s) there); it may draw from torch's RNG, reseeded every epoch.
     ``max_grad_norm`` clips each step's gradient norm, and a step whose gradients are not finite is
     skipped (no update) instead of writing NaN into the weights (the supernet's training uses it).
+    ``data_on_device``: move in-memory data (``TensorData``: digits, CIFAR) to the training device
+    once, so each batch's indexing, conversion, resizing and augmentation run there and a small
+    proxy on a GPU does not wait on the CPU; None (the default) does so on every device but the CPU.
+    Either way the batches come from the same CPU random numbers (``TensorData.to``).
     Raises ``TrainingFailed`` for a non-finite or diverged loss, or out of memory.
     """
     dev = pick_device(recipe.device if device is None else str(device))
     # fixed input shapes: let cuDNN pick the fastest kernels; both settings are put back afterwards
     with _torch_settings(recipe.threads, cudnn_benchmark=dev.type == "cuda"):
+        data = data_for_device(data, dev, data_on_device)
         return _train(model, recipe, data, dev, on_epoch, checkpoint, progress, on_progress, step_loss,
                       max_grad_norm)
+
+
+def data_for_device(data: DataBundle, device: torch.device | str, on_device: bool | None = None) -> DataBundle:
+    """``data`` with its in-memory splits (``TensorData``) moved to ``device`` when ``on_device`` (None:
+    unless ``device`` is the CPU); file-backed splits stay where they are, loaded by a DataLoader."""
+    device = torch.device(device)
+    if on_device is None:
+        on_device = device.type != "cpu"
+    if not on_device:
+        return data
+    moved = {k: getattr(data, k).to(device) for k in ("train", "val") if isinstance(getattr(data, k), TensorData)}
+    return replace(data, **moved) if moved else data
 
 
 @contextlib.contextmanager
