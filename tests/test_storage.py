@@ -16,7 +16,7 @@ import pytest
 from se_nas import cli, load_model
 from se_nas.design.budget import Budget
 from se_nas.products.compare import compare
-from se_nas.search.optuna_backend import _worker
+from se_nas.search.optuna_backend import search_trials
 from se_nas.search.stages import SearchConfig, prepare_study
 from se_nas.record.retries import MAX_RETRIES
 from se_nas.record.storage import HEARTBEAT_MISSES, StorageError, heartbeat_interval, make_storage, open_study
@@ -143,7 +143,7 @@ def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):
         if not dead:
             dead.append(_running(study, {"host": socket.gethostname(), "pid": _dead_pid()}).number)
 
-    _worker(config, 0, on_done=neighbour_dies)
+    search_trials(study, config, on_done=neighbour_dies)
     trials = {t.number: t for t in study.get_trials()}
     assert dead and trials[dead[0]].state == S.FAIL and "died" in trials[dead[0]].user_attrs["reason"]
     assert [t for t in trials.values() if t.user_attrs.get("retry_of") == dead[0]][0].state == S.COMPLETE

@@ -28,6 +28,7 @@ def test_load_warning_names_load_and_cores(four_cores, monkeypatch):
     line = trial.machine_load_warning(workers=1)
     assert line.startswith("warning: this machine is already busy (load average 3.5 on 4 cores)")
     assert "\n" not in line
+    assert "--workers N" in line and "answer depends on the seed and the worker count" in line
     monkeypatch.setattr(os, "getloadavg", lambda: (2.9, 1.0, 1.0))
     assert trial.machine_load_warning(workers=1) is None  # a free core for the one process
     assert trial.machine_load_warning(workers=2) is not None  # not for two

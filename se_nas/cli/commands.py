@@ -22,6 +22,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _workers(text: str) -> int | str:
+    """``--workers``: a positive integer, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+
+
 def _bounded_int(low: int, high: int):
     """An argparse type: an integer in ``low..high``."""
     def parse(text: str) -> int:
@@ -110,8 +120,9 @@ def _search_arguments(p):
                    help="Optuna sampler: TPE, NSGA-II, random or Gaussian process; all but random learn the budget "
                    f"(default {multi.default_sampler}; with --strategy oneshot {oneshot.default_sampler}: TPE "
                    "re-proposes ranked designs thousands of times)")
-    p.add_argument("--workers", type=_positive_int, default=1,
-                   help="processes running trials at once on this machine, sharing the study storage")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="trainings at once on this machine, one process and one core each (default auto: the cores "
+                   "this process may use). The answer depends on --seed and this count only, never on timing")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",
                    help="optuna: trials run in this process (or --workers); ray: trials run as Ray Tune tasks")
     p.add_argument("--ray-address", default=None,

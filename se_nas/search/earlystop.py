@@ -105,6 +105,19 @@ class RungStopper:
         return False
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A ``RungStopper`` context fixed when the trial was asked: the peers and the noise the study held
+    then. A parallel search judges every rung by this, so a decision never depends on which other
+    trials happened to finish first (``se_nas.search.optuna_backend.search_trials``)."""
+
+    peers: tuple[Peer, ...]
+    noise: object
+
+    def __call__(self) -> tuple[tuple[Peer, ...], object]:
+        return self.peers, self.noise
+
+
 def peers_of(records, exclude: int | None = None) -> list[Peer]:
     """One peer per design from a study's trained trials (complete or stopped early)."""
     by: dict[str, tuple[float, float, list]] = {}

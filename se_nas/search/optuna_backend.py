@@ -1,44 +1,33 @@
-"""The Optuna backend: trials run in this process, or in ``workers`` processes on one storage.
+"""The Optuna backend: this process asks the sampler and records every trial; the trainings run here
+(``--workers 1``) or across a pool of worker processes (``se_nas.search.pool``).
 
-Each process asks its own sampler (``se_nas.record.samplers.process_seed``) for a design, decides whether
-it needs training (``se_nas.search.trial.repeat_outcome``: a design already trained is answered from its
-record unless another seed is worth it), trains it with the one trial function and records the
-outcome. Ctrl-C or SIGTERM fails the trial in flight as "interrupted" and enqueues it for the next
-run; before each trial, every process fails and enqueues again the trials of dead processes
+For each trial the search decides whether it needs training (``se_nas.search.trial.repeat_outcome``:
+a design already trained is answered from its record unless another seed is worth it), trains it
+with the one trial function and records the outcome, in the order the trials were asked, so the
+answer depends on the seed and the worker count only (``search_trials``). Ctrl-C or SIGTERM fails
+the trials in flight as "interrupted" and enqueues them for the next run; before each trial the
+trials of dead processes (another search on the same study that died) are failed and enqueued again
 (``se_nas.record.claims.recover_dead_trials``).
 """
 from __future__ import annotations
 
-import socket
-import time
 import warnings
-from typing import Callable
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ..design.cost import count_cost
-from .earlystop import RungStopper, peers_of
-from ..record.samplers import make_sampler, process_seed, quiet_optuna
+from .earlystop import RungStopper, Seen, peers_of
 from ..record.retries import poison_outcome, requeue
-from ..record.storage import open_study
-from ..record.claims import Heartbeat, claim, join_search, owner_attrs, recover_dead_trials
-from ..record.study import SearchError, Status, counted, records, remaining
-from .trial import REPEAT_STREAK, configure_threads, propose_fresh, record_outcome, repeat_outcome, run_trial
-
-
-def _context(study, config, exclude: int):
-    """Peers and noise for the rung rule, read from the study at each rung (other workers' trials count)."""
-    from .confirm import study_noise
-
-    def context():
-        recs = records(study)
-        return peers_of(recs, exclude=exclude), study_noise(study, config.recipe, recs)
-
-    return context
+from ..record.claims import Heartbeat, claim, owner_attrs, recover_dead_trials
+from ..record.study import Status, records, remaining
+from .trial import REPEAT_STREAK, propose_fresh, record_outcome, repeat_outcome, run_trial
 
 
 def ask(study):
     """A trial of ``study`` for this process, its owner (host and pid) recorded. Under the study's
     claim, so a re-queued (WAITING) trial goes to one process only (SQLite ignores the row lock
-    Optuna relies on); ``_worker`` counts the trials left under the same claim."""
+    Optuna relies on); ``_next_trial`` counts the trials left under the same claim."""
     import optuna
 
     with claim(study), warnings.catch_warnings():
@@ -63,80 +52,218 @@ def _taken(study, number: int, why: str):
     return t
 
 
-def run_one(study, config, data=None, device=None, live=None, trial=None):
-    """Run one candidate (``trial``, or one asked now), or answer it from the record; record it;
-    returns the FrozenTrial.
+@dataclass
+class _Pending:
+    """A trial asked and not yet told: its design, and its outcome once known (a ``TrialOutcome``,
+    ``_Lost`` when its worker process died, or None while it trains)."""
 
-    On Ctrl-C the trial is failed as "interrupted" and enqueued again, then the interrupt goes on.
-    """
-    import optuna
+    trial: Any
+    arch: Any
+    seed: int
+    trains: bool  # False: answered from the record (a repeat, a known poison design) when asked
+    outcome: Any = None
+    beat: Any = None
+    ticket: int | None = None
 
+
+@dataclass(frozen=True)
+class _Lost:
+    reason: str
+
+
+def train_trial(config, arch, seed: int, seen: Seen, *, data=None, on_progress=None):
+    """Train one trial of ``config``'s search (the job a worker process runs): ``run_trial`` with the
+    rung rule judging by ``seen``, what the study held when the trial was asked."""
+    stopper = None
+    if config.early_stop == "rungs" and config.recipe.rungs:
+        cost = count_cost(arch, config.deploy.image_size, config.deploy.num_classes)
+        stopper = RungStopper(config.recipe.rungs, cost.gflops, cost.mparams, seen)
+    return run_trial(arch, config.recipe, config.budget, config.deploy, seed=seed, data=data,
+                     should_stop=stopper, on_progress=on_progress)
+
+
+def _prepare(study, config, trial) -> tuple[_Pending, Seen | None]:
+    """The design of the asked ``trial``, and its outcome when the record answers it (a repeat, a
+    known poison design); else what its rungs will judge by."""
     from .confirm import study_noise
 
-    trial = ask(study) if trial is None else trial
+    arch = config.space.sample(trial)
+    trial.set_user_attr("arch", arch.to_json())
+    seed = config.seed + trial.number
+    recs = records(study)
+    noise = study_noise(study, config.recipe, recs)
+    outcome = repeat_outcome(arch, recs, noise, seed=seed, max_seeds=config.max_seeds_per_design,
+                             exclude=trial.number, objectives=config.objectives)
+    if outcome is None:
+        cost = count_cost(arch, config.deploy.image_size, config.deploy.num_classes)
+        outcome = poison_outcome(arch, study.get_trials(deepcopy=False), cost, seed=seed)
+    if outcome is not None:
+        return _Pending(trial, arch, seed, trains=False, outcome=outcome), None
+    return _Pending(trial, arch, seed, trains=True), Seen(tuple(peers_of(recs, exclude=trial.number)), noise)
+
+
+def _tell(study, config, p: _Pending):
+    """Record ``p``'s outcome (a lost one is failed and retried under the one retry rule); returns the
+    FrozenTrial. A trial another process failed meanwhile (it took this one for dead) keeps that
+    record: this result is dropped in one line."""
+    import optuna
+
+    if p.beat is not None:
+        p.beat.__exit__(None, None, None)
+    if isinstance(p.outcome, _Lost):
+        from ..record.retries import LOST, why_not_retried
+
+        p.trial.set_user_attr(LOST, True)
+        trials = study.get_trials(deepcopy=False)
+        why_not = why_not_retried(trials[p.trial.number], trials)
+        frozen = record_outcome(study, p.trial, None, reason=f"{p.outcome.reason}; {why_not or 'retried'}")
+        if not why_not:
+            requeue(study, p.trial.params, p.trial.number)
+        return frozen
     try:
-        _stop_now_if_asked()  # a SIGTERM that came while the trial was being asked stops it here
-        with Heartbeat(study, trial.number):
-            arch = config.space.sample(trial)
-            trial.set_user_attr("arch", arch.to_json())
-            seed = config.seed + trial.number
-            recs = records(study)
-            outcome = repeat_outcome(arch, recs, study_noise(study, config.recipe, recs), seed=seed,
-                                     max_seeds=config.max_seeds_per_design, exclude=trial.number,
-                                     objectives=config.objectives)
-            if outcome is None:
-                cost = count_cost(arch, config.deploy.image_size, config.deploy.num_classes)
-                outcome = poison_outcome(arch, study.get_trials(deepcopy=False), cost, seed=seed)
-            if outcome is None:
-                stopper = None
-                if config.early_stop == "rungs" and config.recipe.rungs:
-                    stopper = RungStopper(config.recipe.rungs, cost.gflops, cost.mparams,
-                                          _context(study, config, trial.number))
-                on_progress = None if live is None else (lambda p: live(f"#{trial.number} {arch.id} {p}"))
-                outcome = run_trial(arch, config.recipe, config.budget, config.deploy, seed=seed, data=data,
-                                    should_stop=stopper, device=device, on_progress=on_progress)
-            try:
-                return record_outcome(study, trial, outcome, budget=config.budget)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                taken = _taken(study, trial.number, outcome.status.value + (
-                    f", accuracy {outcome.accuracy:.4f}" if outcome.accuracy is not None else ""))
-                if taken is None:
-                    raise
-                return taken
-    except KeyboardInterrupt:
-        try:
-            trial.set_user_attr("status", Status.INTERRUPTED.value)
-            trial.set_user_attr("reason", "interrupted")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            raise KeyboardInterrupt from None  # already failed by another process, which retries it
-        requeue(study, trial.params, trial.number)
-        raise
-    except optuna.exceptions.UpdateFinishedTrialError:
-        taken = _taken(study, trial.number, "not finished")
+        return record_outcome(study, p.trial, p.outcome, budget=config.budget)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        o = p.outcome
+        taken = _taken(study, p.trial.number, o.status.value + (
+            f", accuracy {o.accuracy:.4f}" if o.accuracy is not None else ""))
         if taken is None:
             raise
         return taken
-    except BaseException as e:  # a bug, not a training failure: record it, then let it surface
-        try:
-            trial.set_user_attr("status", Status.FAILED.value)
-            trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            pass
+
+
+def _interrupted(study, p: _Pending) -> None:
+    """``p`` was cut short (Ctrl-C, SIGTERM, an error elsewhere): failed as interrupted and enqueued
+    again, so the next run trains it."""
+    import optuna
+
+    if p.beat is not None:
+        p.beat.__exit__(None, None, None)
+    try:
+        p.trial.set_user_attr("status", Status.INTERRUPTED.value)
+        p.trial.set_user_attr("reason", "interrupted")
+        study.tell(p.trial, state=optuna.trial.TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        return  # already failed by another process, which retries it
+    requeue(study, p.trial.params, p.trial.number)
+
+
+def search_trials(study, config, *, data=None, pool=None, on_done: Callable | None = None,
+                  live: Callable[[str], None] | None = None, log: Callable[[str], None] | None = None) -> None:
+    """Run trials until ``study`` has ``config.n_trials`` counted ones, training in this process
+    (``pool`` None) or in ``pool``'s worker processes.
+
+    **The answer depends on the seed and ``config.workers`` only, never on timing.** Trials are told
+    in the order they were asked, and trial *k* is asked only once trial *k - W* has been told (``W``
+    = ``config.workers``: at most ``W`` trials train at once): so when trial *k* is asked, the study
+    holds exactly trials ``..k-W`` told and ``k-W+1..k-1`` running, whichever finished first. The
+    sampler treats the running ones as pending (TPE's constant liar), and each trial's rungs judge by
+    what the study held when it was asked (``Seen``). A trial answered from the record (a repeat)
+    takes no training slot. With ``W`` = 1 and no pool this is the sequential search exactly.
+    """
+    import contextlib
+
+    from ..nn.data import load_data
+
+    if pool is None and data is None:
+        data = load_data(config.recipe)
+    window = config.workers if pool is not None else 1
+    inflight: deque[_Pending] = deque()
+    streak = 0
+
+    def tell(p: _Pending) -> bool:
+        nonlocal streak
+        frozen = _tell(study, config, p)
+        if on_done is not None:
+            on_done(frozen)
+        streak = streak + 1 if frozen.user_attrs.get("status") == Status.REPEAT.value else 0
+        if streak >= REPEAT_STREAK:
+            if not propose_fresh(study, config.space, config.seed + frozen.number):
+                return False  # every design of the space is known: nothing new to learn
+            streak = 0
+        return True
+
+    def fill() -> bool:
+        """Ask trials until ``window`` of them train; False when none is left to ask."""
+        while sum(p.trains for p in inflight) < window and len(inflight) < window + REPEAT_STREAK:
+            lost, trial = _next_trial(study, config.n_trials)
+            for number in lost:
+                if on_done is not None:
+                    on_done(study.trials[number])
+            if trial is None:
+                return False
+            p, seen = _prepare(study, config, trial)
+            inflight.append(p)
+            if p.trains:
+                p.beat = Heartbeat(study, trial.number).__enter__()
+                if pool is None:
+                    short = f"#{trial.number} {p.arch.id}"
+                    p.outcome = train_trial(config, p.arch, p.seed, seen, data=data, on_progress=None if live is None
+                                            else (lambda pr, short=short: live(f"{short} {pr}")))
+                else:
+                    p.ticket = pool.submit(train_trial, (config, p.arch, p.seed, seen), config.recipe)
+                    p.trial.set_user_attr("worker_pid", pool.pid_of(p.ticket))
+            if len(inflight) == 1 and p.outcome is not None:  # nothing before it: told at once
+                if not tell(inflight.popleft()):
+                    return False
+        return True
+
+    try:
+        more = True
+        while True:
+            if more:
+                more = fill()
+            if not inflight:
+                break
+            head = inflight[0]
+            while head.outcome is None:
+                _receive(pool, inflight, live, log)
+            inflight.popleft()
+            if not tell(head):
+                more = False
+            while more and inflight and not inflight[0].trains:  # answers from the record: no waiting
+                if not tell(inflight.popleft()):
+                    more = False
+    except BaseException:
+        with contextlib.suppress(Exception):
+            for p in inflight:
+                _interrupted(study, p)
         raise
 
 
-WAIT_S = 1.0  # how often a process with nothing left to start looks at the others' last trials
+def _receive(pool, inflight, live, log) -> None:
+    """Wait for the pool's next event and file it with its trial."""
+    ev = pool.next()
+    p = next((p for p in inflight if p.ticket == ev.ticket), None)
+    if p is None:
+        return
+    if ev.kind == "progress":
+        if live is not None:
+            live(f"#{p.trial.number} {p.arch.id} {ev.value}")
+    elif ev.kind == "done":
+        p.outcome = ev.value
+    elif ev.kind == "died":
+        p.outcome = _Lost(ev.value)
+        if log is not None:
+            log(f"#{p.trial.number}: {ev.value}; a new worker process takes its place")
+    else:
+        raise RuntimeError(f"trial #{p.trial.number} ({p.arch.id}) raised in its worker process: {ev.value}\n{ev.detail}")
 
 
-def _wait_for_others(study) -> bool:
-    """Whether this process, with no trial left to start, should stay: while another process's trial
-    runs, so that if it dies (its pid gone here, or its heartbeat stopped on another host) its trial
-    is retried here and the study ends with the number of trials asked for."""
-    import optuna
-
-    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+def run_one(study, config, data=None, trial=None):
+    """Run one candidate (``trial``, or one asked now) in this process, or answer it from the record;
+    record it; returns the FrozenTrial. On Ctrl-C the trial is failed as "interrupted" and enqueued again."""
+    trial = ask(study) if trial is None else trial
+    p = None
+    try:
+        p, seen = _prepare(study, config, trial)
+        if p.trains:
+            with Heartbeat(study, trial.number):
+                p.outcome = train_trial(config, p.arch, p.seed, seen, data=data)
+        return _tell(study, config, p)
+    except BaseException:
+        if p is None or p.outcome is None:
+            _interrupted(study, p or _Pending(trial, None, 0, False))
+        raise
 
 
 def _next_trial(study, n_trials: int):
@@ -145,124 +272,13 @@ def _next_trial(study, n_trials: int):
     ``n_trials`` counted trials however many processes search it."""
     with claim(study):
         lost = recover_dead_trials(study)
-        stopping = _STOP["asked"]  # a SIGTERM came meanwhile: start nothing (the trial it would pop waits)
-        return lost, (ask(study) if not stopping and remaining(study, n_trials) > 0 else None)
+        return lost, (ask(study) if remaining(study, n_trials) > 0 else None)
 
 
-def _worker(config, index: int, on_done: Callable | None = None, data=None, live=None,
-            others: int | None = None) -> None:
-    """One search process: its own sampler, the shared storage, the loaded data. ``others``: live
-    search processes besides this search on the study (None: register and count them here)."""
-    from ..nn.data import load_data
-
-    quiet_optuna()
-    configure_threads(config.workers)
-    study = open_study(config.study, storage=config.storage, root=config.root, heartbeat=True)
-    if others is None:
-        others = join_search(study)
-    study.sampler = make_sampler(config.sampler, process_seed(config.seed, index, counted(study)[0] + index,
-                                                              shared=config.storage is not None, others=others))
-    if data is None:
-        data = load_data(config.recipe)
-    streak = 0
-    while True:
-        # Before counting: a trial of a process that died since (beside us, on another machine, or a
-        # killed rerun) is failed and retried here, and shown like any finished trial ("failed: why").
-        _STOP["defer"] = True  # until run_one holds the trial: a stop in between would orphan it
-        lost, trial = _next_trial(study, config.n_trials)
-        if trial is None:
-            _stop_now_if_asked()
-        for number in lost:
-            if on_done is not None:
-                on_done(study.trials[number])
-        if trial is None:
-            if not _wait_for_others(study):
-                break
-            if live is not None:
-                live("nothing left to start: waiting for the other processes' trials (one that dies is retried here)")
-            time.sleep(WAIT_S)
-            continue
-        frozen = run_one(study, config, data=data, live=live, trial=trial)
-        if on_done is not None:
-            on_done(frozen)
-        streak = streak + 1 if frozen.user_attrs.get("status") == Status.REPEAT.value else 0
-        if streak >= REPEAT_STREAK:
-            if not propose_fresh(study, config.space, config.seed + frozen.number):
-                break  # every design of the space is known: nothing new to learn
-            streak = 0
-
-
-# --- worker processes: bounded, and never outliving their search --------------------------------------
-PARENT_POLL_S = 1.0  # how often a worker checks that its search process is still there
-
-
-def _die_with_parent(parent: int) -> None:
-    """Stop this worker (SIGTERM: its trial in flight is failed as interrupted and enqueued) when its
-    search process dies, even by SIGKILL or the OOM killer: Linux's PR_SET_PDEATHSIG where there is
-    one, and a thread that watches the parent pid everywhere (also covers a parent that died before
-    the prctl call)."""
-    import ctypes
-    import os
-    import signal
-    import sys
-    import threading
-
-    if sys.platform.startswith("linux"):
-        try:
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # the watchdog below still stops it
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=watch, name="se-nas-parent-watch", daemon=True).start()
-
-
-_STOP = {"defer": False, "asked": False}  # a worker's SIGTERM while it asks for a trial waits for run_one
-
-
-def _stop_now_if_asked() -> None:
-    _STOP["defer"] = False
-    if _STOP["asked"]:
-        raise KeyboardInterrupt
-
-
-def _on_sigterm(signum, frame) -> None:
-    """SIGTERM (kill, timeout, systemd, the parent's death) ends a worker like Ctrl-C: the trial in
-    flight is failed and enqueued, nothing is left half-written. Only the first one: the parent's
-    death sends two (PR_SET_PDEATHSIG, then the watch), and a second must not cut the first short;
-    and while the worker asks for a trial, the stop waits until run_one holds it."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _STOP["asked"] = True
-    if not _STOP["defer"]:
-        raise KeyboardInterrupt
-
-
-def _spawned_worker(config, index: int, parent: int, others: int) -> None:
-    import signal
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        _die_with_parent(parent)
-        _worker(config, index, others=others)
-    except KeyboardInterrupt:
-        pass  # the trial in flight is already failed and enqueued; the parent reports
-
-
-def run(study, config, progress, data) -> None:
-    """Run trials until the study has ``config.n_trials`` counted ones."""
-    if config.workers == 1:
-        _worker(config, 0, on_done=progress.trial_done, data=data, live=progress.live)
-    else:
-        _run_processes(study, config, progress)
+def run(study, config, progress, data, pool=None) -> None:
+    """The search stage on the Optuna backend: ``search_trials`` with the search's progress."""
+    search_trials(study, config, data=data, pool=pool, on_done=progress.trial_done, live=progress.live,
+                  log=progress.log)
 
 
 def worker_count(requested: int, trials_left: int, cores: int) -> tuple[int, str | None]:
@@ -274,53 +290,3 @@ def worker_count(requested: int, trials_left: int, cores: int) -> tuple[int, str
     why = f"{cores} core{'s' if cores != 1 else ''} this process may use" if n == cores else \
         f"{trials_left} trial{'s' if trials_left != 1 else ''} left to start"
     return n, f"--workers {requested}: using {n} worker process{'es' if n != 1 else ''} ({why})"
-
-
-MAX_REPLACEMENTS = 3  # workers started to replace dead ones, per worker slot (a poison design kills a few)
-
-
-def _run_processes(study, config, progress) -> None:
-    """``workers`` spawned processes on the same storage; this one reports their trials as they end,
-    and replaces a worker that died (e.g. killed by the OOM killer) while trials remain."""
-    import multiprocessing as mp
-    import os
-
-    ctx = mp.get_context("spawn")
-    others = join_search(study)
-
-    def start(i):
-        p = ctx.Process(target=_spawned_worker, args=(config, i, os.getpid(), others), daemon=False)
-        p.start()
-        return p
-
-    procs = [start(i) for i in range(config.workers)]
-    seen, replaced = set(), set()
-    try:
-        while True:
-            progress.poll()
-            for p in list(procs):
-                if p.pid in seen or p.is_alive() or p.exitcode in (0, None):
-                    continue
-                seen.add(p.pid)
-                recover_dead_trials(study)  # its trial is retried (and this process counts it as left)
-                if len(replaced) < MAX_REPLACEMENTS * config.workers and remaining(study, config.n_trials) > 0:
-                    progress.log(f"worker process {p.pid} died (exit code {p.exitcode}); its trial is retried and "
-                                 "a new worker process takes its place")
-                    replaced.add(p.pid)
-                    procs.append(start(len(procs)))
-            if not any(p.is_alive() for p in procs):
-                break
-            time.sleep(1.0)
-        progress.poll()
-    except BaseException:
-        for p in procs:  # Ctrl-C or SIGTERM of the parent: stop the workers the same way
-            if p.is_alive():
-                p.terminate()
-        raise
-    finally:
-        for p in procs:
-            p.join()
-    bad = [p.exitcode for p in procs if p.exitcode not in (0, None) and p.pid not in replaced]
-    if bad:
-        raise SearchError(f"{len(bad)} of {config.workers} worker processes exited with an error "
-                          f"(exit codes {bad}); the study keeps every finished trial, rerun to continue")

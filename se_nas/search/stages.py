@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..design.budget import Budget, Deploy, check_feasible
 from ..record.samplers import SAMPLERS, make_sampler, process_seed, quiet_optuna
@@ -53,7 +53,7 @@ class SearchConfig:
     strategy: str = MULTI_TRIAL
     n_trials: int | None = None  # trials (multi-trial) or designs to rank (oneshot); None: the strategy's default
     sampler: str | None = None  # None: the strategy's default
-    workers: int = 1
+    workers: int | str = "auto"  # "auto": the cores this process may use (its CPU affinity)
     storage: str | None = None
     backend: str = "optuna"
     ray_address: str | None = None
@@ -107,8 +107,11 @@ class SearchConfig:
             raise SearchError(f"seed must be an integer in 0..{2**32 - 1} (the sampler's seed), got seed={self.seed!r}")
         for name in ("n_trials", "workers"):
             v = getattr(self, name)
+            if name == "workers" and v == "auto":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SearchError(f"{name} must be a positive integer, got {name}={v!r}")
+                raise SearchError(f"{name} must be a positive integer{' or auto' if name == 'workers' else ''}, "
+                                  f"got {name}={v!r}")
         if not (isinstance(self.cpus_per_trial, (int, float)) and self.cpus_per_trial > 0):
             raise SearchError(f"cpus_per_trial must be a positive number, got {self.cpus_per_trial!r}")
         if not (isinstance(self.gpus_per_trial, (int, float)) and self.gpus_per_trial >= 0):
@@ -197,6 +200,29 @@ def prepare_study(config: SearchConfig):
     return study
 
 
+def _resolve_workers(study, config: SearchConfig, strategy) -> None:
+    """``config.workers`` as a number: "auto" is the cores this process may use (its CPU affinity, not
+    the ones idle now, so the answer depends on the machine and the seed only), clamped to the cores
+    and the trials left; says so in one line. Only the Optuna backend's trainings use them (Ray has
+    its own resources; the one-shot search trains one supernet)."""
+    from .optuna_backend import worker_count
+    from ..record.study import remaining
+    from .trial import cores
+
+    if config.backend != "optuna" or strategy.name != MULTI_TRIAL:
+        config.workers = 1 if config.workers == "auto" else config.workers
+        return
+    auto = config.workers == "auto"
+    n = cores()
+    config.workers, line = worker_count(n if auto else config.workers, remaining(study, config.n_trials), n)
+    if auto and config.progress:
+        print(f"--workers auto: {config.workers} worker process{'es' if config.workers != 1 else ''} "
+              f"({n} core{'s' if n != 1 else ''} this process may use); the answer depends on the seed and the "
+              "worker count, so the same --seed with --workers N gives it again", flush=True)
+    elif line and config.progress:
+        print(line, flush=True)
+
+
 def run_search(config: SearchConfig):
     """Run (or continue) the search: calibrate, run the strategy's search stage until the study has
     ``config.n_trials`` counted trials (or ranked designs), confirm. Prints the summary; returns the
@@ -219,30 +245,30 @@ def run_search(config: SearchConfig):
                           f"or start a new study with --study NEW_NAME")
     if "strategy" not in study.user_attrs:
         study.set_user_attr("strategy", strategy.name)
+    _resolve_workers(study, config, strategy)
     progress = Progress(study, config)
     import torch
 
     threads = torch.get_num_threads()
-    configure_threads(1)  # calibration and confirmation run here; worker processes set their own
-    if config.backend == "optuna" and config.workers > 1 and strategy.name == MULTI_TRIAL:
-        from .optuna_backend import worker_count
-        from ..record.study import remaining
-        from .trial import cores
-
-        config.workers, line = worker_count(config.workers, remaining(study, config.n_trials), cores())
-        if line:
-            progress.log(line)
+    configure_threads(1)  # trainings in this process run on one thread; worker processes set their own
     if config.progress and (warning := machine_load_warning(config.workers)):
         progress.log(warning)
-    runner = None
+    pool = runner = None
     if config.backend == "ray":  # calibration and confirmation runs as Ray tasks too
         from .ray_runs import runner as ray_runner
 
         runner = ray_runner(config)
+    elif config.workers > 1:  # calibration, search and confirmation trainings across the cores
+        from functools import partial
+
+        from .pool import Pool
+
+        pool = Pool(config.workers)
+        runner = partial(pool.runner, live=progress.live)
     try:
         if config.calibration_seeds:
             calibrate(study, config.settings, config.calibration_seeds, data=data, progress=progress, runner=runner)
-        strategy.stage(study, config, progress, data)
+        strategy.stage(study, config, progress, data, pool)
         progress.close()
         if config.confirm_top:
             confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
@@ -250,6 +276,8 @@ def run_search(config: SearchConfig):
                     designs=designs_of(records(study), strategy.values))
     finally:
         progress.close()
+        if pool is not None:
+            pool.close()
         torch.set_num_threads(threads)
     if config.progress:
         print(summarize(study, config.root, config.storage))

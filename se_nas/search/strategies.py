@@ -35,7 +35,7 @@ class Strategy:
     counts: str  # what n_trials counts, in words
     study_suffix: str  # added to the default study name
     scores: str  # what the search stage's values are, in words
-    stage: Callable[[Any, Any, Any, Any], None]  # (study, config, progress, data): the search stage
+    stage: Callable[[Any, Any, Any, Any, Any], None]  # (study, config, progress, data, pool): the search stage
     values: Callable[[Any], bool]  # a trial record -> whether it is one of the search stage's values
     check: Callable[[Any], None] | None = None  # config -> None: refuses bad settings before anything runs
 
@@ -45,13 +45,13 @@ class Strategy:
         return self.name == MULTI_TRIAL
 
 
-def _optuna_backend(study, config, progress, data) -> None:
+def _optuna_backend(study, config, progress, data, pool) -> None:
     from .optuna_backend import run
 
-    run(study, config, progress, data)
+    run(study, config, progress, data, pool)
 
 
-def _ray_backend(study, config, progress, data) -> None:
+def _ray_backend(study, config, progress, data, pool) -> None:
     from .ray_backend import run
 
     run(study, config, progress, data)
@@ -60,12 +60,12 @@ def _ray_backend(study, config, progress, data) -> None:
 BACKENDS: dict[str, Callable] = {"optuna": _optuna_backend, "ray": _ray_backend}
 
 
-def _multi_trial_stage(study, config, progress, data) -> None:
+def _multi_trial_stage(study, config, progress, data, pool) -> None:
     progress.stage("search", config.n_trials)
-    BACKENDS[config.backend](study, config, progress, data)
+    BACKENDS[config.backend](study, config, progress, data, pool)
 
 
-def _oneshot_stage(study, config, progress, data) -> None:
+def _oneshot_stage(study, config, progress, data, pool) -> None:
     from .oneshot import search_stage
 
     search_stage(study, config, progress, data)

@@ -47,15 +47,19 @@ def configure_threads(workers: int = 1) -> int:
 
 
 def machine_load_warning(workers: int = 1) -> str | None:
-    """A one-line warning when the machine is already too busy to give each of ``workers`` search
-    processes a free core (1-minute load average >= cores - workers + 0.5: the half absorbs this
-    process's own start-up and the tail of whatever just finished), else None."""
+    """A one-line warning when the machine is already too busy to give each of ``workers`` trainings
+    a free core (1-minute load average >= cores - workers + 0.5: the half absorbs this process's own
+    start-up and the tail of whatever just finished), else None. The answer does not change with the
+    load, only the time; fewer workers would finish sooner, but the answer depends on the worker
+    count, so that trades this run's answer for speed."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     n = cores()
     if load < n - workers + 0.5:
         return None
-    return (f"warning: this machine is already busy (load average {load:.1f} on {n} cores): trials will take "
-            f"longer than on an idle machine; their results do not change ({PROCESS_THREADS} torch thread per process)")
+    return (f"warning: this machine is already busy (load average {load:.1f} on {n} cores): the search's "
+            f"{workers} worker{'s' if workers != 1 else ''} will take longer than on an idle machine, with the same "
+            "answer; a smaller --workers N may finish sooner but gives that N's answer, not this one "
+            "(the answer depends on the seed and the worker count)")
 
 
 def seeded_proxy(arch: Arch, recipe, num_classes: int, seed: int):
