@@ -162,6 +162,8 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
     """
     import contextlib
 
+    import optuna
+
     from ..nn.data import load_data
 
     if pool is None and data is None:
@@ -191,7 +193,14 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
                     on_done(study.trials[number])
             if trial is None:
                 return False
-            p, seen = _prepare(study, config, trial)
+            try:
+                p, seen = _prepare(study, config, trial)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed meanwhile by another process
+                if (taken := _taken(study, trial.number, "not started")) is None:
+                    raise
+                if on_done is not None:
+                    on_done(taken)
+                continue
             inflight.append(p)
             if p.trains:
                 p.beat = Heartbeat(study, trial.number).__enter__()
@@ -252,6 +261,8 @@ def _receive(pool, inflight, live, log) -> None:
 def run_one(study, config, data=None, trial=None):
     """Run one candidate (``trial``, or one asked now) in this process, or answer it from the record;
     record it; returns the FrozenTrial. On Ctrl-C the trial is failed as "interrupted" and enqueued again."""
+    import optuna
+
     trial = ask(study) if trial is None else trial
     p = None
     try:
@@ -260,6 +271,10 @@ def run_one(study, config, data=None, trial=None):
             with Heartbeat(study, trial.number):
                 p.outcome = train_trial(config, p.arch, p.seed, seen, data=data)
         return _tell(study, config, p)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if (taken := _taken(study, trial.number, "not finished")) is None:
+            raise
+        return taken
     except BaseException:
         if p is None or p.outcome is None:
             _interrupted(study, p or _Pending(trial, None, 0, False))

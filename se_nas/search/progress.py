@@ -104,13 +104,6 @@ class Progress:
             if t.user_attrs.get("status") != Status.REPEAT.value and t.number not in retried(self.study):
                 self.bar.update(1)
 
-    def poll(self) -> None:
-        import optuna
-
-        S = optuna.trial.TrialState
-        for t in self.study.get_trials(deepcopy=False, states=(S.COMPLETE, S.FAIL)):
-            self.trial_done(t)
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
