@@ -121,12 +121,13 @@ def fast_se():
 @pytest.fixture
 def tiny_search(tmp_path):
     """``tiny_search(**kw)``: the ``SearchConfig`` of a tiny search (tiny space, tiny recipe) in this test's
-    ``tmp_path``, without a progress bar, calibration or confirmation; ``kw`` sets any other field."""
+    ``tmp_path``, without a progress bar, calibration or confirmation, on one worker (the sequential
+    search; tests of parallel search ask for more); ``kw`` sets any other field."""
     from se_nas.search.stages import SearchConfig
 
     def make(**kw):
         return SearchConfig(**{"study": "t", "space": "tiny", "recipe": "tiny", "root": tmp_path, "progress": False,
-                               "calibration_seeds": 0, "confirm_top": 0, **kw})
+                               "calibration_seeds": 0, "confirm_top": 0, "workers": 1, **kw})
 
     return make
 

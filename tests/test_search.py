@@ -99,7 +99,7 @@ def _cmd(tmp_path, n):
     # the `se-nas` command, as `python -m se_nas` runs it (the console script calls the same main)
     return [sys.executable, "-m", "se_nas", "search", "--space", "tiny", "--recipe", "tiny",
             "--budget-gflops", str(BUDGET), "--n-trials", str(n), "--study", "k", "--root", str(tmp_path),
-            "--early-stop", "none", "--calibration-seeds", "0", "--confirm-top", "0"]
+            "--early-stop", "none", "--calibration-seeds", "0", "--confirm-top", "0", "--workers", "1"]
 
 
 def _wait_for(tmp_path, predicate, proc, limit=120):

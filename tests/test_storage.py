@@ -129,7 +129,7 @@ def test_an_ownerless_running_trial_is_dead_after_the_grace_period(tmp_path):
 def _search_config(tmp_path, **kw):
     return SearchConfig(**{"study": "w", "space": "tiny", "recipe": "tiny", "budget": Budget(), "n_trials": 3,
                            "root": tmp_path, "progress": False, "calibration_seeds": 0, "confirm_top": 0,
-                           "early_stop": "none", **kw})
+                           "early_stop": "none", "workers": 1, **kw})
 
 
 def test_a_worker_retries_the_trial_of_a_process_that_died_beside_it(tmp_path):

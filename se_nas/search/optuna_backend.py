@@ -97,6 +97,8 @@ def _prepare(study, config, trial) -> tuple[_Pending, Seen | None]:
     if outcome is None:
         cost = count_cost(arch, config.deploy.image_size, config.deploy.num_classes)
         outcome = poison_outcome(arch, study.get_trials(deepcopy=False), cost, seed=seed)
+    if outcome is None and not config.budget.fits(cost, arch):  # never trained: no slot needed
+        outcome = run_trial(arch, config.recipe, config.budget, config.deploy, seed=seed)
     if outcome is not None:
         return _Pending(trial, arch, seed, trains=False, outcome=outcome), None
     return _Pending(trial, arch, seed, trains=True), Seen(tuple(peers_of(recs, exclude=trial.number)), noise)
@@ -153,12 +155,15 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
     (``pool`` None) or in ``pool``'s worker processes.
 
     **The answer depends on the seed and ``config.workers`` only, never on timing.** Trials are told
-    in the order they were asked, and trial *k* is asked only once trial *k - W* has been told (``W``
-    = ``config.workers``: at most ``W`` trials train at once): so when trial *k* is asked, the study
-    holds exactly trials ``..k-W`` told and ``k-W+1..k-1`` running, whichever finished first. The
-    sampler treats the running ones as pending (TPE's constant liar), and each trial's rungs judge by
-    what the study held when it was asked (``Seen``). A trial answered from the record (a repeat)
-    takes no training slot. With ``W`` = 1 and no pool this is the sequential search exactly.
+    in the order they were asked, and a trial that trains is asked only when fewer than ``L = 2W - 1``
+    trials that train are asked and not yet told (``W`` = ``config.workers``): the pool trains ``W`` of
+    them at once, in the order asked, and the other ``W - 1`` wait asked, so a worker that finishes
+    early starts the next one instead of waiting for the oldest to be told. So when a trial is asked,
+    which trials the study holds told and which running is fixed by the order alone, whichever
+    finished first. The sampler treats the running ones as pending (TPE's constant liar), and each
+    trial's rungs judge by what the study held when it was asked (``Seen``). A trial answered without
+    training (a repeat, a known poison design, a design over budget) takes no slot and is told in
+    its turn. With ``W`` = 1 and no pool this is the sequential search exactly.
     """
     import contextlib
 
@@ -168,7 +173,7 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
 
     if pool is None and data is None:
         data = load_data(config.recipe)
-    window = config.workers if pool is not None else 1
+    window = 2 * config.workers - 1 if pool is not None else 1
     inflight: deque[_Pending] = deque()
     streak = 0
 
@@ -210,7 +215,6 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
                                             else (lambda pr, short=short: live(f"{short} {pr}")))
                 else:
                     p.ticket = pool.submit(train_trial, (config, p.arch, p.seed, seen), config.recipe)
-                    p.trial.set_user_attr("worker_pid", pool.pid_of(p.ticket))
             if len(inflight) == 1 and p.outcome is not None:  # nothing before it: told at once
                 if not tell(inflight.popleft()):
                     return False
@@ -245,7 +249,9 @@ def _receive(pool, inflight, live, log) -> None:
     p = next((p for p in inflight if p.ticket == ev.ticket), None)
     if p is None:
         return
-    if ev.kind == "progress":
+    if ev.kind == "started":
+        p.trial.set_user_attr("worker_pid", ev.value)
+    elif ev.kind == "progress":
         if live is not None:
             live(f"#{p.trial.number} {p.arch.id} {ev.value}")
     elif ev.kind == "done":

@@ -94,7 +94,8 @@ def _serve(conn, parent: int) -> None:
 
 @dataclass
 class Event:
-    """What the pool has to say about job ``ticket``: ``kind`` is "progress" (``value``: a line),
+    """What the pool has to say about job ``ticket``: ``kind`` is "started" (``value``: the pid of the
+    worker process that took it), "progress" (``value``: a line),
     "done" (``value``: the job's result), "error" (``value``: the error's line, ``detail``: its
     traceback) or "died" (``value``: why, e.g. the worker's exit code)."""
 
@@ -114,6 +115,7 @@ class Pool:
         self._ctx = mp.get_context("spawn")
         self._queue: deque = deque()  # (ticket, job) not started yet
         self._busy: dict[int, int] = {}  # slot -> ticket running there
+        self._started: deque = deque()  # "started" events not yet returned by next()
         self._jobs: dict[int, tuple] = {}
         self._tickets = 0
         self._replaced = 0
@@ -134,10 +136,6 @@ class Pool:
         self._dispatch()
         return self._tickets
 
-    def pid_of(self, ticket: int) -> int | None:
-        """The pid of the worker process training job ``ticket`` (None while it waits for one)."""
-        return next((self._slots[s][0].pid for s, t in self._busy.items() if t == ticket), None)
-
     def _dispatch(self) -> None:
         for slot in range(len(self._slots)):
             if not self._queue:
@@ -146,11 +144,14 @@ class Pool:
                 ticket = self._queue.popleft()
                 self._busy[slot] = ticket
                 self._slots[slot][1].send((ticket, *self._jobs[ticket]))
+                self._started.append(Event(ticket, "started", self._slots[slot][0].pid))
 
     def next(self) -> Event:
         """The next event of a submitted job (blocks until there is one)."""
         from multiprocessing.connection import wait
 
+        if self._started:
+            return self._started.popleft()
         if not self._busy:
             raise RuntimeError("no job is running in the pool")
         while True:
@@ -202,6 +203,8 @@ class Pool:
         deaths: dict[tuple[str, int], int] = {}
         while tickets:
             ev = self.next()
+            if ev.kind == "started":
+                continue
             if ev.kind == "progress":
                 if live is not None:
                     arch, seed = tickets[ev.ticket]
