@@ -216,3 +216,19 @@ def test_a_bad_confirm_recipe_is_one_line_naming_the_flag(tmp_path, capsys):
         from se_nas.search.stages import SearchConfig
 
         SearchConfig(space="tiny", recipe="tiny", confirm_recipe="no-such-recipe", root=tmp_path)
+
+
+def test_a_tie_keeps_the_choice_unless_the_tied_design_dominates_it(tmp_path):
+    # r=16 SE (dearer) ties X on the confirmation: no reason to change the answer. The plain backbone (cheaper)
+    # tying X dominates it: a dominated choice is never the answer, at either fidelity.
+    from se_nas.search.confirm import chosen_design, read_confirmation
+
+    same = [0.96, 0.965, 0.97]
+    study, _ = _two_fidelity_study(tmp_path, {"chosen": same, "r16": list(same), "plain": [0.90, 0.905, 0.91]})
+    conf = read_confirmation(study)
+    assert conf.best.arch == X and "still the best confirmed design" in conf.sentence
+    assert chosen_design(study, front=True)[0].arch == X
+    study, _ = _two_fidelity_study(tmp_path / "b", {"chosen": same, "r16": [0.90, 0.905, 0.91], "plain": list(same)})
+    conf = read_confirmation(study)
+    assert conf.dominated_by.arch == PLAIN and conf.best.arch == PLAIN
+    assert chosen_design(study, front=True)[0].arch == PLAIN

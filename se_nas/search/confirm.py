@@ -282,6 +282,7 @@ class Confirmation:
     search_noise: Noise | None = None  # the search recipe's seed noise (``noise`` is the confirmation's)
     agreement: RankAgreement | None = None  # two fidelities: the search's ranking against the confirmation's
     best: Design | None = None  # two fidelities: the most accurate confirmed design within the budget
+    objectives: tuple[str, ...] = ()  # the study's (ties of accuracy go to the cheaper design in these)
 
     @property
     def two_fidelity(self) -> bool:
@@ -299,7 +300,8 @@ class Confirmation:
         confirmed design fits."""
         fits = (lambda d: d.n and (max_gflops is None or d.gflops <= max_gflops))
         if self.two_fidelity:  # the confirmation's fidelity judges: its most accurate design within the limit
-            return best_design([d for d in self.designs if d.id not in self.over_budget], max_gflops)
+            return _judged([d for d in self.designs if d.id not in self.over_budget], self.chosen, max_gflops,
+                           self.objectives, ties=self.dominated_by is None)
         if self.dominated_by is None:
             return self.chosen if fits(self.chosen) else None
         return best_design([d for d in self.front if fits(d)], max_gflops)
@@ -399,7 +401,7 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     two = recipe_key(recipe) != recipe_key(own)
     search_noise, agreement, best = noise, None, None
     if two:  # the confirmation judges: its best design within the budget is the answer
-        best = best_design(within, budget.max_gflops, settings.objectives)
+        best = _judged(within, chosen, budget.max_gflops, settings.objectives, ties=dom is None)
         answer = best if dom is not None else None
         search_noise = study_noise(study, own, recs)
         agreement = rank_agreement(_search_side(designs, recs, stored_runs(study, recipe_key(own)), deploy),
@@ -411,7 +413,16 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     return Confirmation(tuple(seeds), chosen, r16, plain, designs, front, vs_r16, vs_plain,
                         noise, None if searched is None else searched.mean, text,
                         detectable(noise, len(seeds)), over, dom, recipe_name, recipe.fidelity, own.fidelity,
-                        search_noise, agreement, best)
+                        search_noise, agreement, best, tuple(settings.objectives))
+
+
+def _judged(within: list[Design], chosen: Design, max_gflops: float | None, objectives=None,
+            ties: bool = True) -> Design | None:
+    """The most accurate confirmed design within ``max_gflops``; with ``ties`` (the choice is not dominated),
+    the search's choice where it is as accurate (a tie is no reason to change the answer)."""
+    best = best_design(within, max_gflops, *([objectives] if objectives else []))
+    fits = chosen.n and any(d.id == chosen.id for d in within) and (max_gflops is None or chosen.gflops <= max_gflops)
+    return chosen if ties and best is not None and fits and chosen.mean >= best.mean - 1e-9 else best  # float sums
 
 
 def _search_side(designs, recs, runs: dict[tuple[str, int], Run], deploy) -> list[Design]:
