@@ -232,3 +232,10 @@ def test_a_tie_keeps_the_choice_unless_the_tied_design_dominates_it(tmp_path):
     conf = read_confirmation(study)
     assert conf.dominated_by.arch == PLAIN and conf.best.arch == PLAIN
     assert chosen_design(study, front=True)[0].arch == PLAIN
+
+
+def test_search_help_shows_the_two_fidelity_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["search", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "se-nas search --budget-gflops 4 --confirm-recipe digits-wide" in out and "--confirm-recipe RECIPE" in out

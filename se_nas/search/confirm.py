@@ -14,6 +14,13 @@ that matter again, under the same K fresh seeds:
   paired. The final front is built from these means, and ``se_nas.record.results.finding`` states the
   result in one sentence.
 
+The confirmation may run under another recipe than the search's (``--confirm-recipe``: a wider or
+longer proxy, the second fidelity). Its runs are then keyed by that recipe, its K comes from that
+recipe's own noise (the plain backbone and r=16 trained under it first), the plan names it so that
+compare, report and export read it, and the confirmation judges: the finding adds how the search's
+ranking agrees with it (``se_nas.record.results.rank_agreement``) and whether the search's choice is
+still its best design, which is otherwise the answer.
+
 Every run is stored in the study as it finishes (user attribute ``run:<recipe>:<design>:<seed>``),
 so a killed confirmation resumes where it stopped, ``se-nas compare`` reuses the runs, and any
 storage (SQLite, PostgreSQL, journal) holds them. Seeds are ``CONFIRM_SEED + k``, apart from the
