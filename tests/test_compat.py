@@ -55,4 +55,5 @@ def test_studies_of_0_1_0_report_the_finding_they_had(copy, monkeypatch, capsys,
     monkeypatch.chdir(copy)
     assert cli.main(["report", study, *where, "--out", "out"]) == 0
     summary = (copy / "out" / study / "summary.md").read_text()
-    assert f"Design {chosen}" in summary and "beats r=16 SE" in summary
+    # the finding they had, now naming the fidelity of its figures first ("On digits 8 px, ...: design ...")
+    assert f"design {chosen}" in summary and "beats r=16 SE" in summary and "**Finding:** On digits" in summary

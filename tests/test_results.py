@@ -263,7 +263,9 @@ def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_fro
                                         "plain": [0.945, 0.95, 0.948]})
     conf = read_confirmation(study)
     assert conf.chosen.arch == X and conf.dominated_by.arch == PLAIN and X.id not in {d.id for d in conf.front}
-    assert conf.sentence.startswith(f"The search's choice, design {X.id}") and "dominated" in conf.sentence
+    # the finding names the fidelity its figures come from: the study's recipe, tiny
+    assert conf.sentence.startswith(f"On digits (400 training images) 8 px, width 0.125, 2 epochs: the search's "
+                                    f"choice, design {X.id}") and "dominated" in conf.sentence
     assert "the answer is the plain backbone" in conf.sentence and "the best" not in conf.sentence.lower()
     assert chosen_design(study)[0].arch == X  # compare still measures the search's choice against the baselines
     design, why = chosen_design(study, front=True)
@@ -276,7 +278,8 @@ def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_fro
     from se_nas.products.compare import compare
 
     res = compare("dom", root=tmp_path, out=tmp_path / "reports", latency_repeats=1, log=lambda *_: None)
-    assert res["arms"][0]["arch_id"] == X.id and res["finding"].startswith(f"The search's choice, design {X.id}")
+    assert res["arms"][0]["arch_id"] == X.id and res["finding"].startswith(f"On digits (400 training images) 8 px, "
+                                                                           f"width 0.125, 2 epochs: the search's choice, design {X.id}")
     assert "the answer is the plain backbone" in res["finding"]
 
 

@@ -98,7 +98,8 @@ def _search_arguments(p):
     p.add_argument("--space", default=DEFAULT_SPACE,
                    help="search space: a built-in name (search_spaces/NAME.yaml) or a YAML file")
     p.add_argument("--recipe", default="digits",
-                   help="trial recipe: a built-in name (trials/NAME.yaml: digits, tiny, cifar10, imagenet) or a YAML file")
+                   help="trial recipe: a built-in name (trials/NAME.yaml: digits, digits-wide, tiny, cifar10, "
+                   "cifar10-full, imagenet) or a YAML file")
     p.add_argument("--study", default=None,
                    help="study name (default: space and budget, e.g. resnet50-per-stage-4gflops); "
                    "an existing study is continued")
@@ -141,6 +142,11 @@ def _search_arguments(p):
     p.add_argument("--confirm-top", type=int, default=3, metavar="N",
                    help="after the search, retrain the chosen design and the next N-1 designs of the front, "
                    "the reference SE and the plain backbone under the same K seeds (0: no confirmation)")
+    p.add_argument("--confirm-recipe", default=None, metavar="RECIPE",
+                   help="train the confirmation under this recipe (a built-in name or a YAML file; default: "
+                   "--recipe): search on a cheap proxy, confirm on a wider or longer one, e.g. --recipe digits "
+                   "--confirm-recipe digits-wide; the finding then gives both fidelities' rank agreement, and "
+                   "the confirmation's best design is the answer")
     p.add_argument("--confirm-max-seeds", type=int, default=5, metavar="K",
                    help="most seeds per confirmed design; K is chosen from the measured noise, at least 3")
     p.add_argument("--max-seeds-per-design", type=int, default=2, metavar="S",
@@ -312,7 +318,8 @@ COMMANDS: dict[str, Command] = {
         "Search per-stage SE designs: each candidate is costed on the deployment model first (over "
         "budget = never trained), then a proxy is trained under the recipe. Objectives: validation "
         "accuracy (max), GFLOPs and parameters (min). Rerunning the same command continues the study. "
-        "Example: se-nas search --budget-gflops 4"),
+        "Example: se-nas search --budget-gflops 4. Two fidelities (search on the default proxy, confirm "
+        "on a wider, longer training): se-nas search --budget-gflops 4 --confirm-recipe digits-wide"),
     "compare": Command("chosen design vs the reference SE (r=16, or the family's own) and the plain backbone "
                        "over K seeds",
                        _compare_arguments, _run("cmd_compare")),

@@ -21,7 +21,7 @@ def cmd_search(args):
         storage=args.storage, backend=args.backend, ray_address=args.ray_address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         early_stop=args.early_stop, seed=args.seed, root=args.root, calibration_seeds=args.calibration_seeds,
-        confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds,
+        confirm_top=args.confirm_top, confirm_max_seeds=args.confirm_max_seeds, confirm_recipe=args.confirm_recipe,
         max_seeds_per_design=args.max_seeds_per_design, objectives=args.objectives,
         supernet_epochs=args.supernet_epochs, supernet_sampling=args.supernet_sampling, progress=not args.quiet,
     )

@@ -165,6 +165,14 @@ class Recipe:
                 f"rungs must be epochs before the last one (1..{self.epochs - 1}), got rungs={preview(list(self.rungs))}"
             )
 
+    @property
+    def fidelity(self) -> str:
+        """What a figure trained under this recipe is measured on, in words a finding names:
+        ``digits 16 px, width 0.125, 5 epochs``."""
+        subset = f" ({self.max_train_samples} training images)" if self.max_train_samples else ""
+        return (f"{self.dataset}{subset} {self.image_size} px, width {self.width:g}, "
+                f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-friendly values (rungs as a list)."""
         d = asdict(self)

@@ -30,8 +30,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..design.arch import PAPER_SE, Arch, baseline_arch, baseline_name, plain_arch
-from ..search.confirm import (role_name, chosen_design, confirm_seeds, design_of, ensure_runs, paired, read_confirmation,
-                      recipe_key)
+from ..search.confirm import (role_name, chosen_design, confirm_seeds, confirmation_recipe, design_of, ensure_runs,
+                              paired, read_confirmation, recipe_key)
 from ..design.files import atomic_write, output_folder, refuse_link
 from ..record.results import Difference, dominators, finding
 from ..record.storage import DEFAULT_ROOT, default_study, open_study
@@ -91,7 +91,8 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     (default: the confirmation's seeds, or 3), and write ``<out>/<study>/compare.json`` and
     ``compare.md``. Returns the compare.json content.
 
-    ``recipe`` (a Recipe, built-in name or YAML path) defaults to the study's; ``arch`` overrides the
+    ``recipe`` (a Recipe, built-in name or YAML path) defaults to the confirmation's (the study's unless
+    it was searched with ``--confirm-recipe``); ``arch`` overrides the
     chosen design. ``latency`` (a table of ``se-nas latency profile`` for the recipe's proxy) adds each
     design's predicted latency beside the measured one.
     """
@@ -111,8 +112,8 @@ def compare(study: str | None = None, *, root: str | Path = DEFAULT_ROOT, out: s
     conf = read_confirmation(st, settings)
     if seeds is None:
         seeds = len(conf.seeds) if conf is not None else 3
-    if recipe is None:
-        recipe, recipe_name = settings.recipe_value(), "the study's recipe"
+    if recipe is None:  # the confirmation's (--confirm-recipe), else the study's: its runs are reused
+        recipe, recipe_name = confirmation_recipe(st, settings)
     else:
         recipe_name = recipe if isinstance(recipe, str) else "custom"
         recipe = load_recipe(recipe)
@@ -183,8 +184,9 @@ def _result(name, st, arms, designs, lat, same, source, recipe, recipe_name, dep
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, "
                    f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "noise": noise.to_dict(), "arms": [], "vs_r16": {}, "vs_plain": {},
+        "fidelity": recipe.fidelity,
         "finding": finding(chosen, r16, plain, vs["r16"], vs["plain"], noise, dom,
-                           None if dom is None else paired(dom, chosen)) if chosen.n else "",
+                           None if dom is None else paired(dom, chosen), fidelity=recipe.fidelity) if chosen.n else "",
     }
     trial = chosen.trials[0] if chosen.trials else None
     ref = baseline_name(chosen.arch.backbone)

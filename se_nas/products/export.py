@@ -227,8 +227,9 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
 
     The design is the study's confirmed choice (``--best``, the default; the most accurate design of
     the confirmed front where another confirmed design dominates the choice; else its best per-design
-    mean within the budget), or trial N. By default its proxy is trained with the study's recipe
-    and the seed of one of its runs (resuming from ``<root>/<study>/export/``), which reproduces that
+    mean within the budget), or trial N. By default its proxy is trained with the recipe its figures
+    come from (the confirmation's for a confirmed design, ``--confirm-recipe``; else the study's) and
+    the seed of one of its runs (resuming from ``<root>/<study>/export/``), which reproduces that
     run. ``deploy=True`` writes the deployment-size model of the study instead, untrained (initial
     weights from that seed). ``key`` signs the model file. Returns ``out``.
     """
@@ -244,6 +245,7 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
     for path in {Path(out), model_path}:  # a folder or a link at -o: refused before any training
         check_output_file(path)
     study = open_study(study_name, storage=storage, root=root, read_only=True)
+    recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
     if trial is not None:
         from ..record.study import records
 
@@ -252,6 +254,8 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
                                                                             "search_accuracy": rec.accuracy}
     else:
         arch, seed, tag, info = export_choice(study, max_gflops)
+        if "recipe" in info:  # a design confirmed under --confirm-recipe: trained as its figures were
+            recipe = Recipe.from_dict(info.pop("recipe"), where=f"study {study_name!r} confirmation recipe")
     dep = Deploy(**(study.user_attrs.get("deploy") or {}))
     c = count_cost(arch, dep.image_size, dep.num_classes)
     origin = {"study": study_name, **info, "deploy_cost": {"gflops": c.gflops, "mparams": c.mparams, **dep.to_dict()}}
@@ -273,7 +277,6 @@ def export_study(study_name: str, out: str | Path, *, root: str | Path = DEFAULT
                    meta={**origin, "note": f"untrained; train it with `se-nas train {ref} --recipe imagenet` "
                          "(or another full recipe)"})
     else:
-        recipe = Recipe.from_dict(study.user_attrs.get("recipe") or {}, where=f"study {study_name!r} recipe")
         ckpt = Path(root) / study_name / "export" / f"{tag}.ckpt"
         from ..search.trial import pinned  # the study's runs' thread count: the file reproduces the run exactly
 

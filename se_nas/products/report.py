@@ -77,7 +77,7 @@ def build_report(study_name: str, root: str | Path = DEFAULT_ROOT, out: str | Pa
 
     importances, note = param_importances(done, study)
     conf = read_confirmation(study, st, recs)
-    noise = conf.noise if conf is not None else study_noise(study, recs=recs)
+    noise = conf.search_noise if conf is not None else study_noise(study, recs=recs)  # the search recipe's
     latency = predicted_latencies(budget, recs, [d.arch for d in conf.designs] if conf else ())
     if latency:
         frame["latency_ms"] = [r.latency_ms for r in recs]
@@ -178,7 +178,8 @@ def _markers(designs: list[Design], conf: Confirmation | None, cmp: Comparison |
     name16 = role_name("r16", baseline_name(designs[0].arch.backbone) if designs else PAPER_SE)
     if conf is not None:
         k = len(conf.seeds)
-        return [Marker(name, d.id, d.mean, d.gflops, d.mparams, f"confirmation, {d.n} of {k} seeds")
+        where = f" on {conf.fidelity}" if conf.two_fidelity else ""
+        return [Marker(name, d.id, d.mean, d.gflops, d.mparams, f"confirmation{where}, {d.n} of {k} seeds")
                 for name, d in ((name16, conf.r16), ("plain backbone", conf.plain)) if d.n]
     out: list[Marker] = []
     if cmp is not None:

@@ -131,8 +131,9 @@ def _draw_pareto(ax, rep: Report, col: str) -> None:
         ax.step(st[:, 1], st[:, 0], where="post", c="#c0392b", lw=1.2, alpha=0.8, zorder=3)
     conf = rep.confirmation
     if conf is not None:
+        where = f" on {conf.fidelity}" if conf.two_fidelity else ""
         errbar([d for d in conf.designs if d.n], "black", "s", 6, f"confirmed: mean ± s.e. over the same {len(conf.seeds)} "
-               "fresh seeds", 4, face="none")
+               f"fresh seeds{where}", 4, face="none")
     # Reference designs are hollow outlines on top, so a design at the same point (the plain backbone
     # is often one) still shows through them.
     for m, color, mk in zip(rep.markers, ("#1a7f37", "#6f42c1"), ("*", "D")):

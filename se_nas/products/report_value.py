@@ -172,9 +172,10 @@ def design_tables(rep: Report) -> list[DesignTable]:
         out.append(DesignTable(
             "Confirmed front",
             f"Every design below was trained again under the same {len(conf.seeds)} fresh seeds "
-            f"({', '.join(str(s) for s in conf.seeds)}): the chosen design (picked by the search before these "
-            f"runs), the next designs of the search's front, {rep.baseline} and the plain backbone. Front designs "
-            "are in bold.", "accuracy (mean ± s.e., seeds)", n_stages, lat, tuple(rows)))
+            f"({', '.join(str(s) for s in conf.seeds)}) on {conf.fidelity}: the chosen design (picked by the search "
+            f"before these runs), the next designs of the search's front, {rep.baseline} and the plain backbone. "
+            "Front designs are in bold." + (f" {fidelity_text(rep)}" if conf.two_fidelity else ""),
+            "accuracy (mean ± s.e., seeds)", n_stages, lat, tuple(rows)))
     ranked = sorted(rep.front, key=lambda d: -d.mean)
     if rep.supernet:
         note = ("Each design's value is its supernet score: its path's accuracy in the trained supernet (BatchNorm "
@@ -184,12 +185,40 @@ def design_tables(rep: Report) -> list[DesignTable]:
         rows = tuple(_row(d, f"{d.mean:.4f}", rep.latency) for d in ranked)
         out.append(DesignTable(front_title(rep), note, "supernet score", n_stages, lat, rows))
     else:
-        note = ("Each design's accuracy is the mean over the seeds the search trained it with (standard error from the "
+        note = ("Each design's accuracy is the mean over the seeds the search trained it with on "
+                f"{search_fidelity(rep)} (standard error from the "
                 f"measured seed noise {rep.noise.describe() if rep.noise else ''}); accuracy is the proxy's validation "
                 "accuracy, GFLOPs (1 multiply-accumulate = 1 FLOP) and parameters are the deployment model's.")
         rows = tuple(_row(d, d.describe(rep.noise), rep.latency) for d in ranked)
         out.append(DesignTable(front_title(rep), note, "accuracy (mean ± s.e., seeds)", n_stages, lat, rows))
     return out
+
+
+def search_fidelity(rep: Report) -> str:
+    """The search recipe's fidelity (``Recipe.fidelity``): what the search front's figures are measured on."""
+    from ..design.recipe import Recipe
+
+    return Recipe.from_dict(rep.settings.get("recipe") or {}, where="the study's recipe").fidelity
+
+
+def fidelity_text(rep: Report) -> str:
+    """A study confirmed under another recipe than its search's: both fidelities, how their rankings of the
+    confirmed designs agree, and whether the search's choice is still the best confirmed design ("" else)."""
+    conf = rep.confirmation
+    if conf is None or not conf.two_fidelity:
+        return ""
+    agree = (conf.agreement.describe() if conf.agreement is not None
+             else "not measured (fewer than 3 confirmed designs measured at both fidelities)")
+    if conf.best is None:
+        still = "no confirmed design within the budget trained yet"
+    elif conf.best.id == conf.chosen.id:
+        still = f"the search's choice {conf.chosen.id} is still the best confirmed design"
+    else:
+        still = (f"the search's choice {conf.chosen.id} is not the best confirmed design: {conf.best.id} is, and it is "
+                 "the answer (`se-nas export --best` takes it)")
+    return (f"Two fidelities: the search ranked designs on {search_fidelity(rep)}, the confirmation (recipe "
+            f"{conf.recipe_name}) trained them on {conf.fidelity}. Rank agreement over the confirmed designs: {agree}; "
+            f"{still}.")
 
 
 def intro_text(rep: Report) -> str:
@@ -233,6 +262,9 @@ def settings_lines(rep: Report) -> list[str]:
         r = s["recipe"]
         out.append(f"proxy recipe: {r.get('dataset')} at {r.get('image_size')}px, {r.get('stem')} stem, width "
                    f"x{r.get('width')}, {r.get('epochs')} epochs, {r.get('optimizer')} lr {r.get('lr')}")
+    conf = rep.confirmation
+    if conf is not None and conf.two_fidelity:
+        out.append(f"confirmation recipe ({conf.recipe_name}): {conf.fidelity}; its seed noise {conf.noise.describe()}")
     return out
 
 

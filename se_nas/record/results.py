@@ -12,7 +12,9 @@ search phase of NAS", Yu et al. 2020). So every figure se-nas prints about a des
 - ``design_front``: the Pareto front over per-design means and the study's objectives;
 - ``Difference`` / ``paired_difference``: a difference between two designs over the same seeds, with
   its standard error and a paired t-test; ``finding`` states the result in one plain sentence, and
-  calls a difference smaller than its noise "no difference".
+  calls a difference smaller than its noise "no difference";
+- ``rank_agreement``: how two fidelities (the search's recipe and the confirmation's) rank the same
+  designs, Kendall's tau with a bootstrap interval over seed noise.
 
 These are plain functions over values: no study, no storage, no training.
 """
@@ -251,9 +253,95 @@ def _cost_words(a: Design, b: Design) -> str:
     return "with " + " and ".join(parts)
 
 
+# --- two fidelities -------------------------------------------------------------------------------
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two rankings of the same items (ties count as neither concordant nor
+    discordant); NaN with fewer than two items or where one ranking is all ties."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    i, j = np.triu_indices(len(x), 1)
+    sx, sy = np.sign(x[..., i] - x[..., j]), np.sign(y[..., i] - y[..., j])
+    den = math.sqrt(float((sx * sx).sum()) * float((sy * sy).sum()))
+    return float((sx * sy).sum()) / den if den else math.nan
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """How two fidelities rank the same designs: Kendall's tau-b of their means, with a parametric
+    bootstrap over seed noise (each design's mean in each fidelity redrawn from a normal with its
+    standard error, that fidelity's pooled seed noise over the root of its seeds; ``draws`` draws,
+    fixed generator seed). The pairing of the confirmation's seeds is ignored, so the interval is
+    conservative."""
+
+    tau: float
+    low: float  # 5th and 95th percentile of tau over the draws
+    high: float
+    sd: float
+    n: int  # designs ranked by both
+    draws: int
+
+    def describe(self) -> str:
+        if not math.isfinite(self.tau):
+            return f"Kendall tau undefined over {self.n} designs (one ranking is all ties)"
+        band = (f" (90% bootstrap interval over seed noise {self.low:+.2f} to {self.high:+.2f})"
+                if math.isfinite(self.low) else " (uncertainty unmeasured: no seed noise)")
+        return f"Kendall tau {self.tau:+.2f} over {self.n} designs{band}"
+
+    def to_dict(self) -> dict:
+        return {"tau": self.tau, "low": self.low, "high": self.high, "sd": self.sd, "n": self.n,
+                "draws": self.draws, "uncertainty": "parametric bootstrap over each fidelity's seed noise"}
+
+
+def rank_agreement(a: Sequence[Design], a_noise: Noise | None, b: Sequence[Design], b_noise: Noise | None,
+                   draws: int = 2000, seed: int = 0) -> RankAgreement | None:
+    """The agreement of the rankings ``a`` and ``b`` (the same designs, in the same order, measured at
+    two fidelities), or None with fewer than three designs measured in both."""
+    import numpy as np
+
+    both = [(x, y) for x, y in zip(a, b) if x.n and y.n]
+    if len(both) < 3:
+        return None
+    ma = np.array([x.mean for x, _ in both])
+    mb = np.array([y.mean for _, y in both])
+    sa = np.array([x.sem(a_noise) for x, _ in both])
+    sb = np.array([y.sem(b_noise) for _, y in both])
+    tau = kendall_tau(ma, mb)
+    if not (np.isfinite(sa).all() and np.isfinite(sb).all()):
+        return RankAgreement(tau, math.nan, math.nan, math.nan, len(both), 0)
+    rng = np.random.default_rng(seed)
+    xa = ma + rng.standard_normal((draws, len(both))) * sa
+    xb = mb + rng.standard_normal((draws, len(both))) * sb
+    taus = np.array([kendall_tau(u, v) for u, v in zip(xa, xb)])
+    taus = taus[np.isfinite(taus)]
+    low, high = (float(q) for q in np.quantile(taus, [0.05, 0.95]))
+    return RankAgreement(tau, low, high, float(taus.std(ddof=1)), len(both), draws)
+
+
+def fidelity_words(best: Design, chosen: Design, vs: Difference | None, agreement: RankAgreement | None,
+                   search_fidelity: str, noise: Noise, r16: Design, plain: Design) -> str:
+    """The sentence a two-fidelity finding ends with: how the search's ranking agrees with the
+    confirmation's over the confirmed designs, and whether the search's choice is still the best
+    confirmed design (``best``: the most accurate confirmed design within the budget)."""
+    agree = (f"The search (on {search_fidelity}) and the confirmation rank the confirmed designs with "
+             f"{agreement.describe()}" if agreement is not None else
+             f"Fewer than 3 confirmed designs were measured at both fidelities (the search's on {search_fidelity}): "
+             "no rank agreement")
+    if best.id == chosen.id:
+        return f"{agree}; the search's choice is still the best confirmed design."
+    if vs is not None and vs.significant and vs.mean > 0:
+        by = f"more accurate by {vs.describe(3)}"
+    elif vs is not None:
+        by = f"ahead within the seed noise ({vs.describe(3)})"
+    else:
+        by = f"{best.describe(noise, 3)} against {chosen.describe(noise, 3)}"
+    return (f"{agree}; the search's choice is not the best confirmed design: {_role(best, r16, plain)} is, "
+            f"{by}, and it is the answer.")
+
+
 def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | None, vs_plain: Difference | None,
             noise: Noise, dominated_by: Design | None = None, vs_dominant: Difference | None = None,
-            answer: Design | None = None) -> str:
+            answer: Design | None = None, fidelity: str = "") -> str:
     """One plain sentence for what the search found: the chosen design against the family's reference SE
     (r=16, or its own: ``baseline_name``) and the plain backbone, each difference with its standard error,
     p-value and seeds. A difference that is not significant is called "no difference", with the proxy's
@@ -261,11 +349,14 @@ def finding(chosen: Design, r16: Design, plain: Design, vs_r16: Difference | Non
 
     ``dominated_by``: a confirmed design that dominates the chosen one on the confirmed front (``vs_dominant``
     its paired difference with the chosen one, ``answer`` the most accurate confirmed front design if that is
-    another one): the sentence then says so first and never calls the choice "the best"."""
+    another one): the sentence then says so first and never calls the choice "the best".
+    ``fidelity`` (``Recipe.fidelity``: "digits 16 px, width 0.125, 5 epochs"): what the figures were
+    measured on, said first."""
     lead, best = "", "The best design is"
     if dominated_by is not None:
         lead, best = _dominated(chosen, r16, plain, dominated_by, vs_dominant, answer, noise), "The search's choice is"
-    return lead + _finding(chosen, r16, plain, vs_r16, vs_plain, noise, best)
+    text = lead + _finding(chosen, r16, plain, vs_r16, vs_plain, noise, best)
+    return f"On {fidelity}: {text[0].lower()}{text[1:]}" if fidelity else text
 
 
 def _role(d: Design, r16: Design, plain: Design) -> str:

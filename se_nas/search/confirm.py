@@ -14,6 +14,13 @@ that matter again, under the same K fresh seeds:
   paired. The final front is built from these means, and ``se_nas.record.results.finding`` states the
   result in one sentence.
 
+The confirmation may run under another recipe than the search's (``--confirm-recipe``: a wider or
+longer proxy, the second fidelity). Its runs are then keyed by that recipe, its K comes from that
+recipe's own noise (the plain backbone and r=16 trained under it first), the plan names it so that
+compare, report and export read it, and the confirmation judges: the finding adds how the search's
+ranking agrees with it (``se_nas.record.results.rank_agreement``) and whether the search's choice is
+still its best design, which is otherwise the answer.
+
 Every run is stored in the study as it finishes (user attribute ``run:<recipe>:<design>:<seed>``),
 so a killed confirmation resumes where it stopped, ``se-nas compare`` reuses the runs, and any
 storage (SQLite, PostgreSQL, journal) holds them. Seeds are ``CONFIRM_SEED + k``, apart from the
@@ -34,8 +41,8 @@ from typing import Any, Callable
 from ..design.arch import Arch, baseline_name
 from ..design.budget import predicted_latencies
 from ..design.cost import count_cost
-from ..record.results import (Design, Difference, Noise, best_design, design_front, designs_of, dominators,
-                      finding, measure_noise, paired_difference)
+from ..record.results import (Design, Difference, Noise, RankAgreement, best_design, design_front, designs_of,
+                              dominators, fidelity_words, finding, measure_noise, paired_difference, rank_agreement)
 from ..record.study import StudyError, StudySettings, counted, records
 
 CONFIRM_SEED = 1000
@@ -195,11 +202,13 @@ def paired(a: Design, b: Design) -> Difference | None:
 
 # --- noise -----------------------------------------------------------------------------------------
 def study_noise(study, recipe=None, recs=None) -> Noise:
-    """The proxy's seed noise as measured so far: designs the search trained under several seeds,
-    and the calibration/confirmation runs of the study's recipe."""
-    recs = records(study) if recs is None else recs
-    if recipe is None:
-        recipe = StudySettings.of(study).recipe_value()
+    """The seed noise of ``recipe`` (default: the study's) as measured so far: its calibration and
+    confirmation runs and, under the study's own recipe only, the designs the search trained under
+    several seeds (a confirmation recipe's noise never mixes in the search's)."""
+    own = StudySettings.of(study).recipe_value()
+    searched = recipe is None or recipe_key(recipe) == recipe_key(own)
+    recipe = own if recipe is None else recipe
+    recs = (records(study) if recs is None else recs) if searched else ()
     finals: dict[str, list[float]] = {}
     hists: dict[str, list] = {}
     for r in recs:
@@ -242,6 +251,19 @@ def calibrate(study, settings: StudySettings, seeds: int, *, data=None, device=N
     return study_noise(study, recipe)
 
 
+def confirmation_recipe(study, settings: StudySettings | None = None):
+    """``(recipe, name)`` of the study's confirmation: the recipe its stored plan names (``--confirm-recipe``),
+    else the study's own (a plan from before two-fidelity confirmation, or no confirmation yet)."""
+    settings = StudySettings.of(study) if settings is None else settings
+    plan = study.user_attrs.get("confirmation") or {}
+    if plan.get("recipe"):
+        from ..design.recipe import Recipe
+
+        return (Recipe.from_dict(plan["recipe"], where="the study's confirmation recipe"),
+                plan.get("recipe_name") or "custom")
+    return settings.recipe_value(), plan.get("recipe_name") or "the study's recipe"
+
+
 @dataclass(frozen=True)
 class Confirmation:
     """The confirmed result of a study: every figure here is a mean over the same K seeds."""
@@ -260,6 +282,20 @@ class Confirmation:
     detectable: float | None = None
     over_budget: tuple[str, ...] = field(default_factory=tuple)  # ids of confirmed designs over the budget
     dominated_by: Design | None = None  # the most accurate front design that dominates the chosen one, if any
+    # the fidelity of every figure above (``Recipe.fidelity``), and the search's where they differ
+    recipe_name: str = ""
+    fidelity: str = ""
+    search_fidelity: str = ""
+    search_noise: Noise | None = None  # the search recipe's seed noise (``noise`` is the confirmation's)
+    agreement: RankAgreement | None = None  # two fidelities: the search's ranking against the confirmation's
+    best: Design | None = None  # two fidelities: the most accurate confirmed design within the budget
+    objectives: tuple[str, ...] = ()  # the study's (ties of accuracy go to the cheaper design in these)
+
+    @property
+    def two_fidelity(self) -> bool:
+        """Confirmed under another recipe than the search's (``--confirm-recipe``): the confirmation is then
+        the judge, and its best design within the budget is the answer."""
+        return self.fidelity != self.search_fidelity
 
     @property
     def complete(self) -> bool:
@@ -270,17 +306,23 @@ class Confirmation:
         it, then the most accurate design of the confirmed front (never a dominated one). None: no
         confirmed design fits."""
         fits = (lambda d: d.n and (max_gflops is None or d.gflops <= max_gflops))
+        if self.two_fidelity:  # the confirmation's fidelity judges: its most accurate design within the limit
+            return _judged([d for d in self.designs if d.id not in self.over_budget], self.chosen, max_gflops,
+                           self.objectives, ties=self.dominated_by is None)
         if self.dominated_by is None:
             return self.chosen if fits(self.chosen) else None
         return best_design([d for d in self.front if fits(d)], max_gflops)
 
 
 def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: Noise | None = None,
-                      min_seeds: int = 3, max_seeds: int = 5, recs=None, designs=None) -> dict[str, Any] | None:
+                      min_seeds: int = 3, max_seeds: int = 5, recs=None, designs=None, recipe=None,
+                      recipe_name: str = "") -> dict[str, Any] | None:
     """Pick what to confirm (before any confirmation run, so the pick is not biased by them) and
     store the plan in the study. Returns the plan, or None if no design was trained to the end.
     ``designs`` to pick from: default the study's per-design means (a one-shot search passes its
-    supernet ranking)."""
+    supernet ranking). ``recipe`` (default the study's): the confirmation's, stored in the plan; K
+    comes from its own seed noise."""
+    recipe = settings.recipe_value() if recipe is None else recipe
     recs = records(study) if recs is None else recs
     ds = designs_of(recs) if designs is None else designs
     budget = settings.budget_value
@@ -290,29 +332,46 @@ def plan_confirmation(study, settings: StudySettings, *, top: int = 3, noise: No
     space = settings.space_value
     front = sorted(design_front(ds, settings.objectives), key=lambda d: -d.mean)
     others = [d.arch for d in front if d.id != chosen.id][: max(0, top - 1)]
-    noise = study_noise(study, settings.recipe_value(), recs) if noise is None else noise
+    noise = study_noise(study, recipe, recs) if noise is None else noise
     k = seeds_needed(noise, lo=min_seeds, hi=max(min_seeds, max_seeds))
     plan = {"after_trials": counted(study)[0], "seeds": confirm_seeds(k), "chosen": chosen.arch.to_json(),
             "designs": [a.to_json() for a in others], "r16": space.baseline().to_json(),
-            "plain": space.plain().to_json()}
+            "plain": space.plain().to_json(), "recipe": recipe.to_dict(), "recipe_name": recipe_name}
     study.set_user_attr("confirmation", plan)
     return plan
 
 
 def confirm(study, settings: StudySettings, *, top: int = 3, min_seeds: int = 3, max_seeds: int = 5, data=None,
-            device=None, log=None, progress=None, designs=None, runner=None) -> "Confirmation | None":
+            device=None, log=None, progress=None, designs=None, runner=None, recipe=None,
+            recipe_name: str = "") -> "Confirmation | None":
     """The confirmation stage: plan it (a rerun keeps the plan, unless the search has trained more
-    trials since, when the choice is made again), train what is missing, and return the result."""
+    trials since, or the confirmation recipe changed, when the choice is made again), train what is
+    missing, and return the result.
+
+    ``recipe`` (default the study's; ``data`` is its data): a confirmation recipe other than the
+    search's (``--confirm-recipe``) first trains the plain backbone and the reference SE under it at
+    ``min_seeds`` seeds, runs the confirmation needs anyway, so that K comes from that recipe's own seed
+    noise; the search's noise says nothing about a wider or longer training."""
+    own = settings.recipe_value()
+    recipe = own if recipe is None else recipe
     plan = study.user_attrs.get("confirmation")
-    if not plan or plan.get("after_trials") != counted(study)[0]:
-        plan = plan_confirmation(study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds, designs=designs)
+    rk = recipe_key(recipe)
+    stale = not plan or plan.get("after_trials") != counted(study)[0] or \
+        recipe_key(confirmation_recipe(study, settings)[0]) != rk
+    if stale and rk != recipe_key(own):
+        space = settings.space_value
+        ensure_runs(study, {"plain": space.plain(), "r16": space.baseline()}, confirm_seeds(min_seeds), recipe,
+                    data=data, device=device, log=log, stage="calibrate", progress=progress, runner=runner)
+    if stale:
+        plan = plan_confirmation(study, settings, top=top, min_seeds=min_seeds, max_seeds=max_seeds, designs=designs,
+                                 recipe=recipe, recipe_name=recipe_name)
     if plan is None:
         return None
     arms = {"chosen": Arch.from_json(plan["chosen"]), "r16": Arch.from_json(plan["r16"]),
             "plain": Arch.from_json(plan["plain"])}
     for i, a in enumerate(plan["designs"]):
         arms[f"front{i + 2}"] = Arch.from_json(a)
-    ensure_runs(study, arms, list(plan["seeds"]), settings.recipe_value(), data=data, device=device, log=log,
+    ensure_runs(study, arms, list(plan["seeds"]), recipe, data=data, device=device, log=log,
                 progress=progress, runner=runner)
     return read_confirmation(study, settings)
 
@@ -323,7 +382,8 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     if not plan:
         return None
     settings = StudySettings.of(study) if settings is None else settings
-    recipe, deploy, budget = settings.recipe_value(), settings.deploy_value, settings.budget_value
+    (recipe, recipe_name), deploy, budget = confirmation_recipe(study, settings), settings.deploy_value, settings.budget_value
+    own = settings.recipe_value()
     runs = stored_runs(study, recipe_key(recipe))
     seeds = list(plan["seeds"])
     archs = [Arch.from_json(plan["chosen"]), *(Arch.from_json(a) for a in plan["designs"]),
@@ -345,11 +405,39 @@ def read_confirmation(study, settings: StudySettings | None = None, recs=None) -
     # the answer is the confirmed front: a choice another confirmed design beats on every objective is not it
     dom = next(iter(dominators(chosen, front, settings.objectives)), None)
     answer = best_design(front, None, settings.objectives) if dom is not None else None
+    two = recipe_key(recipe) != recipe_key(own)
+    search_noise, agreement, best = noise, None, None
+    if two:  # the confirmation judges: its best design within the budget is the answer
+        best = _judged(within, chosen, budget.max_gflops, settings.objectives, ties=dom is None)
+        answer = best if dom is not None else None
+        search_noise = study_noise(study, own, recs)
+        agreement = rank_agreement(_search_side(designs, recs, stored_runs(study, recipe_key(own)), deploy),
+                                   search_noise, designs, noise)
     text = finding(chosen, r16, plain, vs_r16, vs_plain, noise, dom, None if dom is None else paired(dom, chosen),
-                   answer) if chosen.n else ""
+                   answer, recipe.fidelity) if chosen.n else ""
+    if text and two and best is not None:
+        text += " " + fidelity_words(best, chosen, paired(best, chosen), agreement, own.fidelity, noise, r16, plain)
     return Confirmation(tuple(seeds), chosen, r16, plain, designs, front, vs_r16, vs_plain,
                         noise, None if searched is None else searched.mean, text,
-                        detectable(noise, len(seeds)), over, dom)
+                        detectable(noise, len(seeds)), over, dom, recipe_name, recipe.fidelity, own.fidelity,
+                        search_noise, agreement, best, tuple(settings.objectives))
+
+
+def _judged(within: list[Design], chosen: Design, max_gflops: float | None, objectives=None,
+            ties: bool = True) -> Design | None:
+    """The most accurate confirmed design within ``max_gflops``; with ``ties`` (the choice is not dominated),
+    the search's choice where it is as accurate (a tie is no reason to change the answer)."""
+    best = best_design(within, max_gflops, *([objectives] if objectives else []))
+    fits = chosen.n and any(d.id == chosen.id for d in within) and (max_gflops is None or chosen.gflops <= max_gflops)
+    return chosen if ties and best is not None and fits and chosen.mean >= best.mean - 1e-9 else best  # float sums
+
+
+def _search_side(designs, recs, runs: dict[tuple[str, int], Run], deploy) -> list[Design]:
+    """Each confirmed design as the search's fidelity measured it: its search trials' mean where the
+    search trained it, else its calibration runs under the search's recipe (the plain backbone, r=16)."""
+    searched = {d.id: d for d in designs_of(recs)}
+    return [searched.get(d.id) or design_of(d.arch, runs, sorted(s for (aid, s) in runs if aid == d.id), deploy)
+            for d in designs]
 
 
 def chosen_design(study, settings: StudySettings | None = None, max_gflops: float | None = None,
@@ -362,11 +450,17 @@ def chosen_design(study, settings: StudySettings | None = None, max_gflops: floa
     recs = records(study) if recs is None else recs
     conf = read_confirmation(study, settings, recs)
     limit = settings.budget_value.max_gflops if max_gflops is None else max_gflops
-    if conf is not None and front and conf.dominated_by is not None and (answer := conf.answer(limit)) is not None:
+    if conf is not None and front and conf.two_fidelity and (answer := conf.answer(limit)) is not None \
+            and answer.id != conf.chosen.id:
+        return answer, (f"the most accurate confirmed design on {conf.fidelity}, {answer.n} seeds; the search's "
+                        f"choice {conf.chosen.id} (on {conf.search_fidelity}) is not")
+    if conf is not None and front and not conf.two_fidelity and conf.dominated_by is not None \
+            and (answer := conf.answer(limit)) is not None:
         return answer, (f"the most accurate design of the confirmed front, {answer.n} seeds; the search's choice "
                         f"{conf.chosen.id} is dominated by {conf.dominated_by.id}")
     if conf is not None and conf.chosen.n and (limit is None or conf.chosen.gflops <= limit):
-        return conf.chosen, f"the search's confirmed choice, {conf.chosen.n} seeds"
+        where = f" on {conf.fidelity}" if conf.two_fidelity else ""
+        return conf.chosen, f"the search's confirmed choice, {conf.chosen.n} seeds{where}"
     ds = designs_of(recs)
     best = best_design(ds, limit, settings.objectives)
     if best is None:
@@ -379,15 +473,26 @@ def chosen_design(study, settings: StudySettings | None = None, max_gflops: floa
 
 def export_choice(study, max_gflops: float | None = None):
     """What ``se-nas export --best`` trains: ``(arch, seed, checkpoint tag, metadata)``: the study's
-    answer (``chosen_design(front=True)``: never a design the confirmed front dominates) retrained under its first seed, with the design's mean accuracy,
-    standard error and seed count in the metadata."""
+    answer (``chosen_design(front=True)``: never a design the confirmed front dominates; under a
+    confirmation recipe, the confirmation's best) retrained under its first seed and the recipe its
+    figures come from (the confirmation's for a confirmed design), with the design's mean accuracy,
+    standard error and seed count in the metadata (and, where that recipe is not the study's, the recipe
+    as ``metadata["recipe"]``)."""
     recs = records(study)
     settings = StudySettings.of(study)
     design, why = chosen_design(study, settings, max_gflops, recs, front=True)
-    noise = study_noise(study, settings.recipe_value(), recs)
+    conf = read_confirmation(study, settings, recs)
+    recipe = settings.recipe_value()
+    if conf is not None and any(d.id == design.id and d.seeds == design.seeds for d in conf.designs):
+        recipe = confirmation_recipe(study, settings)[0]
+    noise = study_noise(study, recipe, recs)
     info = {"design_accuracy": design.mean, "design_accuracy_sem": design.sem(noise), "design_seeds": design.n,
             "chosen_from": why, "seed": design.seeds[0],
             "deploy_cost": {"gflops": design.gflops, "mparams": design.mparams, **settings.deploy}}
     if design.trials:
         info["trial"] = design.trials[0]
-    return design.arch, design.seeds[0], f"design-{design.id}-s{design.seeds[0]}", info
+    tag = f"design-{design.id}-s{design.seeds[0]}"
+    if recipe_key(recipe) != recipe_key(settings.recipe_value()):  # another recipe: its own checkpoint
+        tag += f"-r{recipe_key(recipe)}"
+        info["recipe"] = recipe.to_dict()
+    return design.arch, design.seeds[0], tag, info

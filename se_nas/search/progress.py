@@ -164,9 +164,13 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
         lines.append(f"distinct designs among the trials trained to the end: {len(ds)} of {len(trained)} "
                      f"({len(ds) / len(trained):.0%})")
     conf = read_confirmation(study, recs=recs)
-    noise = conf.noise if conf is not None else study_noise(study, recs=recs)
-    lines.append(f"proxy seed noise: {noise.describe()}")
+    # the search's designs carry the search recipe's noise; a confirmation recipe's noise is its own
+    noise = conf.search_noise if conf is not None else study_noise(study, recs=recs)
     settings = StudySettings.of(study)
+    search_fidelity = settings.recipe_value().fidelity
+    lines.append(f"proxy seed noise (on {search_fidelity}): {noise.describe()}")
+    if conf is not None and conf.two_fidelity:
+        lines.append(f"confirmation seed noise (on {conf.fidelity}, recipe {conf.recipe_name}): {conf.noise.describe()}")
     front = design_front(ds, settings.objectives)
     lat = predicted_latencies(settings.budget, recs, [d.arch for d in conf.designs] if conf else ())
 
@@ -175,8 +179,8 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
 
     if front:
         down = " and ".join(OBJECTIVE_TABLE[o].short for o in settings.objectives[1:])
-        lines.append(f"search front (per-design mean over its search seeds; accuracy up, {down} down), "
-                     f"{_plural(len(front), 'design')}:")
+        lines.append(f"search front (per-design mean over its search seeds on {search_fidelity}; accuracy up, "
+                     f"{down} down), {_plural(len(front), 'design')}:")
         lines.append(f"  {'id':<10}  {'accuracy (mean ± s.e., seeds)':<30}  {'GFLOPs':>7}  {'params':>7}"
                      f"{'    latency' if lat else ''}  design")
         for d in front:
@@ -190,7 +194,7 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
         k = len(conf.seeds)
         det = f"; with {k} seeds it detects differences of about {conf.detectable:.3f} or more" \
             if conf.detectable is not None and math.isfinite(conf.detectable) else ""
-        lines.append(f"confirmed under the same {k} fresh seeds{det}:")
+        lines.append(f"confirmed under the same {k} fresh seeds on {conf.fidelity}{det}:")
         ref = baseline_name(conf.r16.arch.backbone)
         w = max(7, len(ref))
         for d in conf.designs:
@@ -209,6 +213,14 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
             n = f" over {_plural(searched.n, 'seed')}" if searched is not None else ""
             lines.append(f"the chosen design: {conf.search_mean:.4f} in the search{n}, picked as the best of "
                          f"{_plural(len(ds), 'design')}; {conf.chosen.mean:.4f} under the confirmation's fresh seeds")
+        if conf.two_fidelity:
+            agree = conf.agreement.describe() if conf.agreement is not None else \
+                "not measured (fewer than 3 confirmed designs measured at both)"
+            still = ("still the best confirmed design" if conf.best is not None and conf.best.id == conf.chosen.id
+                     else f"not the best confirmed design: {conf.best.id} is (the answer; `export --best` takes it)"
+                     if conf.best is not None else "not confirmed")
+            lines.append(f"two fidelities: search on {search_fidelity}, confirmation on {conf.fidelity}; rank "
+                         f"agreement over the confirmed designs: {agree}; the search's choice is {still}")
         lines.append(f"finding: {conf.sentence}")
     opts = ""
     if root is not None and Path(root) != DEFAULT_ROOT:

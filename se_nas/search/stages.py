@@ -9,7 +9,9 @@ carry their noise.
    trained) and trained as one trial (``se_nas.search.trial``). A design proposed again is answered from
    its record unless its uncertainty decides the front, when it gets another seed;
 3. **confirm**: the chosen design, the next designs of its front, r=16 and the plain backbone under
-   the same K fresh seeds; the final front and the one-sentence finding come from those means.
+   the same K fresh seeds; the final front and the one-sentence finding come from those means. Under
+   ``confirm_recipe`` (``--confirm-recipe``: a wider or longer training than the search's proxy) the
+   confirmation is the second fidelity: it judges, and the finding says how the two rankings agree.
 
 Objectives (``SearchConfig.objectives``, default ``se_nas.record.study.OBJECTIVES``): validation accuracy of
 the trained proxy (maximise), GFLOPs and parameters of the deployment model (minimise), or its latency
@@ -69,12 +71,14 @@ class SearchConfig:
     confirm_max_seeds: int = 5  # K comes from the measured noise, within [min, max]
     max_seeds_per_design: int = 2  # a repeated design gets another seed while it decides the front
     recipe_name: str = ""
+    confirm_recipe: Any = None  # the confirmation's recipe (a Recipe, name or path); None: ``recipe``
+    confirm_recipe_name: str = ""
     objectives: tuple[str, ...] = OBJECTIVES  # names of study.OBJECTIVE_TABLE, accuracy among them
     supernet_epochs: int | None = None  # oneshot: epochs of supernet training (None: twice the recipe's)
     supernet_sampling: str = "sandwich"  # oneshot: the path-sampling rule of supernet training
 
     def __post_init__(self) -> None:
-        from ..design.recipe import Recipe, load_recipe
+        from ..design.recipe import Recipe, RecipeError, load_recipe
 
         if not isinstance(self.space, SearchSpace):
             self.space = load_space(self.space)
@@ -82,6 +86,15 @@ class SearchConfig:
             self.recipe_name = self.recipe_name or Path(str(self.recipe)).stem
             self.recipe = load_recipe(self.recipe)
         self.recipe_name = self.recipe_name or "custom"
+        if self.confirm_recipe is None:
+            self.confirm_recipe, self.confirm_recipe_name = self.recipe, self.confirm_recipe_name or self.recipe_name
+        elif not isinstance(self.confirm_recipe, Recipe):
+            self.confirm_recipe_name = self.confirm_recipe_name or Path(str(self.confirm_recipe)).stem
+            try:
+                self.confirm_recipe = load_recipe(self.confirm_recipe)
+            except RecipeError as e:  # which of the two recipes is wrong
+                raise RecipeError(f"confirm_recipe (--confirm-recipe): {e}") from None
+        self.confirm_recipe_name = self.confirm_recipe_name or "custom"
         if self.deploy is None:
             self.deploy = self.space.deploy
         strategy = get_strategy(self.strategy)
@@ -237,6 +250,8 @@ def run_search(config: SearchConfig):
 
     quiet_optuna()
     data = load_data(config.recipe)  # a missing or malformed dataset fails here, before any study exists
+    same = config.confirm_recipe.to_dict() == config.recipe.to_dict()
+    confirm_data = data if same or not config.confirm_top else load_data(config.confirm_recipe)
     study = prepare_study(config)
     strategy = get_strategy(config.strategy)
     have = study.user_attrs.get("strategy") or (MULTI_TRIAL if counted(study)[0] else strategy.name)
@@ -272,8 +287,9 @@ def run_search(config: SearchConfig):
         progress.close()
         if config.confirm_top:
             confirm(study, config.settings, top=config.confirm_top, min_seeds=config.confirm_min_seeds,
-                    max_seeds=config.confirm_max_seeds, data=data, progress=progress, runner=runner,
-                    designs=designs_of(records(study), strategy.values))
+                    max_seeds=config.confirm_max_seeds, data=confirm_data, progress=progress, runner=runner,
+                    designs=designs_of(records(study), strategy.values), recipe=config.confirm_recipe,
+                    recipe_name=config.confirm_recipe_name)
     finally:
         progress.close()
         if pool is not None:
