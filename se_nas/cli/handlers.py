@@ -239,9 +239,11 @@ def cmd_recipes(args):
 
             print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
-    for name in builtin_recipes():
+    names = builtin_recipes()
+    wide = max(map(len, names), default=0) + 2
+    for name in names:
         r = load_recipe(name)
-        print(f"{name:<10}{r.dataset:<13}{r.image_size:>4}px  {r.stem:<8} stem  width {r.width:<6g}"
+        print(f"{name:<{wide}}{r.dataset:<13}{r.image_size:>4}px  {r.stem:<8} stem  width {r.width:<6g}"
               f"{r.epochs:>3} epochs  batch {r.batch_size:<5}{r.optimizer} lr {r.lr:g} {r.schedule}")
     print(f"(files in {RECIPE_DIR}; `se-nas recipes NAME > my.yaml` gives one to edit)")
     return 0
