@@ -7,22 +7,29 @@ the driver, so only the driver touches the study: workers need the data and se-n
 database. Every finished Ray trial becomes one study trial with the same user attributes the Optuna
 backend writes, so report, export and compare do not care which backend ran.
 
+Determinism: the answer depends on the seed and ``W`` (``--workers``: at most ``W`` Ray trials at
+once; ``auto``: the cluster's CPUs, or GPUs with ``--gpus-per-trial``, divided by each trial's share,
+read once at the start) only, never on timing, under the Optuna backend's rule
+(``se_nas.search.optuna_backend.search_trials``; ``StudySearch``): trial *k* is asked only once trial
+*k - W* has been told, trials are told in the order asked (a Ray trial that ends first waits on the
+driver), and each trial's rungs judge by the study as it was when the trial was asked.
+
 Early stopping on Ray: ``rungs`` applies se-nas's cost-aware rung rule (``se_nas.search.earlystop``) as a
 ``tune.Stopper`` on the driver; ``asha`` uses Ray's ASHA on validation accuracy alone (Ray's schedulers
-take a single metric); ``none`` trains every candidate to the end.
+take a single metric): it compares the trials that happen to have reported, so with ``asha`` the
+answer depends on timing; ``none`` trains every candidate to the end.
 
 Repeats: the searcher's ``suggest`` asks Optuna for a design, and a design the study has already
-trained is answered from its record on the driver (``se_nas.search.trial.repeat_outcome``), exactly as on
-the Optuna backend; only designs that need training become Ray trials. Seeds of a design still in
-flight count towards its ``max_seeds_per_design``: a proposal of it that needs no further seed waits
-for them and is then answered from the full record. A streak of repeats ends with a fresh design, or
-ends the search when the space has none left. Calibration and confirmation runs are Ray tasks as
+trained is answered from its record on the driver when it is asked (``se_nas.search.trial.repeat_outcome``;
+seeds of the design still running count towards ``max_seeds_per_design``), exactly as on the Optuna
+backend; only designs that need training become Ray trials. A streak of repeats ends with a fresh
+design, or ends the search when the space has none left. Calibration and confirmation runs are Ray tasks as
 well (``se_nas.search.ray_runs``), stored by the driver, so they land in the same study.
 
 Clusters (docs/cluster.md): each trial records where it ran (user attribute ``node``: Ray node id,
 IP, worker process, how many times that process loaded the data). A trial whose node is lost (a
 preempted or crashed machine) or whose worker process died on a live node (killed, out of memory)
-is failed with a reason naming the node or process and enqueued again (``retry_of``, at most
+is failed with a reason naming the node or process (in its turn, in ask order) and enqueued again (``retry_of``, at most
 ``MAX_RETRIES`` deaths per design, ``se_nas.record.retries``); Ray runs it on the nodes left. A trial that raised an exception is failed
 with it and not retried. Ray asks the searcher for trials until the study has ``n_trials`` counted
 ones, so a retry takes the lost trial's place.
