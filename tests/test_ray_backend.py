@@ -126,6 +126,21 @@ def test_two_ray_searches_with_the_same_seed_and_workers_give_the_same_trials(co
 
     first = trials(tmp_path / "a")
     assert len(first) >= 5 and first == trials(tmp_path / "b")
+    # --workers auto: the cluster's CPUs over each trial's one (at most the trials left), said in one line
+    from se_nas.search.ray_backend import concurrent_trials
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    n, line = concurrent_trials(config(), 5)
+    assert n == min(cpus, 5) and line.startswith(f"--workers auto: {n} concurrent Ray trial"), line
+    assert f"(the cluster's {cpus} CPUs / 1 per trial" in line
+    assert concurrent_trials(config(), 1)[0] == 1
+
+
+def test_workers_for_ray_is_at_most_the_trials_left(config):
+    from se_nas.search.ray_backend import concurrent_trials
+
+    assert concurrent_trials(config(workers=3), 8) == (3, None)
+    assert concurrent_trials(config(workers=100000), 4) == (4, "--workers 100000: 4 concurrent Ray trials (4 trials left to start)")
 
 
 @pytest.mark.slow

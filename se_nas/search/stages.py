@@ -259,7 +259,8 @@ def run_search(config: SearchConfig):
 
     threads = torch.get_num_threads()
     configure_threads(1)  # trainings in this process run on one thread; worker processes set their own
-    if config.progress and (warning := machine_load_warning(config.workers)):
+    # Ray's trials may run on other machines: here only the driver's own share is judged, as before
+    if config.progress and (warning := machine_load_warning(config.workers if config.backend == "optuna" else 1)):
         progress.log(warning)
     pool = runner = None
     if config.backend == "ray":  # calibration and confirmation runs as Ray tasks too
