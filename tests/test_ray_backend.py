@@ -304,9 +304,10 @@ def test_the_watchdog_takes_only_processes_run_from_rays_folder_and_their_descen
 def _drive(config, order, root):
     """Drive a ``StudySearch`` on a real study as Ray would, without Ray: ask while it gives trials, and
     end the Ray trials in flight in ``order`` ("first": the oldest first, "last": the newest first),
-    each with an accuracy fixed by its design and seed. Returns the study, the Ray trial ids whose
-    ``suggest`` came back None while another trial had ended untold, and the rung contexts seen."""
+    each with an accuracy fixed by its design and seed. Returns the study and the rung context (number
+    of peers, noise) each trained trial was given when asked."""
     import hashlib
+    import json
 
     from se_nas.design.arch import Arch
     from se_nas.design.cost import count_cost
@@ -337,7 +338,7 @@ def _drive(config, order, root):
         cost = count_cost(arch, cfg.deploy.image_size, cfg.deploy.num_classes)
         out = TrialOutcome(arch, Status.COMPLETE, cost.gflops, cost.mparams, acc, 2, (acc / 2, acc), 1.0, "",
                            got["seed"], "ray")
-        search.on_trial_complete(tid, {"outcome": __import__("json").dumps(out.to_attrs())})
+        search.on_trial_complete(tid, {"outcome": json.dumps(out.to_attrs())})
 
 
 def test_the_ray_searcher_asks_and_tells_in_trial_order_whatever_ends_first(config, tmp_path):
