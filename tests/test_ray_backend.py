@@ -58,7 +58,7 @@ def test_ray_search_calibrates_confirms_and_prints_only_its_own_lines(config, tm
 
     ours = {trial_line(t) for t in study.trials} | set(summarize(study, tmp_path).splitlines()) | {""}
     stray = [line for line in out.splitlines() if line not in ours and not STAGE_LINE.fullmatch(line)
-             and not line.startswith("search 'c': space tiny ")
+             and not line.startswith("search 'c': space tiny ") and not line.startswith("--workers auto: ")
              and not line.startswith("warning: this machine is already busy (load average ")]  # ours too
     stray += [s for s in re.split(r"[\r\n]", err) if s.strip() and not BAR.fullmatch(s.strip())]
     assert not stray, stray
@@ -97,22 +97,50 @@ def test_ray_search_runs_concurrent_trials_into_the_study(config, local_ray, tmp
 @pytest.mark.slow
 def test_a_repeated_design_is_answered_on_the_driver_and_the_search_ends(one_design_space, config, local_ray, tmp_path):
     """A space of one design on two CPUs: Ray trains it under two seeds at once; every later proposal
-    waits for them, is answered from the record (never trained), and the search ends once a streak of
-    repeats finds nothing new."""
+    is answered from the record when asked (never trained), with the mean of the seeds told before it,
+    and the search ends once a streak of repeats finds nothing new."""
     study = run_search(config(study="one", space=one_design_space, budget=Budget(), n_trials=5,
                               max_seeds_per_design=2))
     recs = records(study)
     trained = [r for r in recs if r.trained]
     repeats = [r for r in recs if r.status is Status.REPEAT]
     assert len(trained) == 2 and trained[0].seed != trained[1].seed
-    assert len(repeats) == REPEAT_STREAK and len(recs) == 2 + REPEAT_STREAK
+    assert len(repeats) >= REPEAT_STREAK and len(recs) == 2 + len(repeats)
     assert all(r.backend == "ray" and r.epochs == 0 and not r.history for r in repeats)
     (d,) = designs_of(recs)
     assert d.n == 2 and d.mean == pytest.approx(sum(r.accuracy for r in trained) / 2)
     assert [x.id for x in design_front(designs_of(recs))] == [d.id]
-    for r in repeats:  # told the design's mean over both seeds, not one seed's figure
-        assert r.accuracy == pytest.approx(d.mean) and study.trials[r.number].values[0] == pytest.approx(d.mean)
+    for r in repeats:  # told the design's mean over the seeds told before it was asked, not a new result
+        mean = d.mean if "over 2 seeds" in r.reason else trained[0].accuracy
+        assert r.accuracy == pytest.approx(mean) and study.trials[r.number].values[0] == pytest.approx(mean)
     assert remaining(study, 5) == 3  # repeats don't count towards --n-trials
+
+
+@pytest.mark.slow
+def test_two_ray_searches_with_the_same_seed_and_workers_give_the_same_trials(config, local_ray, tmp_path):
+    """Two Ray searches with the same seed and ``workers=2`` (two Ray trials at once), rung early stopping
+    on: the same trials, number by number (design, seed, accuracy, status), whichever finished first."""
+    def trials(root):
+        study = run_search(config(study="same", n_trials=5, workers=2, early_stop="rungs", root=root))
+        return [(r.number, r.arch.id, r.seed, r.accuracy, r.status, r.epochs) for r in records(study)]
+
+    first = trials(tmp_path / "a")
+    assert len(first) >= 5 and first == trials(tmp_path / "b")
+    # --workers auto: the cluster's CPUs over each trial's one (at most the trials left), said in one line
+    from se_nas.search.ray_backend import concurrent_trials
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    n, line = concurrent_trials(config(), 5)
+    assert n == min(cpus, 5) and line.startswith(f"--workers auto: {n} concurrent Ray trial"), line
+    assert f"(the cluster's {cpus} CPUs / 1 per trial" in line
+    assert concurrent_trials(config(), 1)[0] == 1
+
+
+def test_workers_for_ray_is_at_most_the_trials_left(config):
+    from se_nas.search.ray_backend import concurrent_trials
+
+    assert concurrent_trials(config(workers=3), 8) == (3, None)
+    assert concurrent_trials(config(workers=100000), 4) == (4, "--workers 100000: 4 concurrent Ray trials (4 trials left to start)")
 
 
 @pytest.mark.slow
@@ -271,3 +299,95 @@ def test_the_watchdog_takes_only_processes_run_from_rays_folder_and_their_descen
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+
+def _drive(config, order, root):
+    """Drive a ``StudySearch`` on a real study as Ray would, without Ray: ask while it gives trials, and
+    end the Ray trials in flight in ``order`` ("first": the oldest first, "last": the newest first),
+    each with an accuracy fixed by its design and seed. Returns the study and the rung context (number
+    of peers, noise) each trained trial was given when asked."""
+    import hashlib
+    import json
+
+    from se_nas.design.arch import Arch
+    from se_nas.design.cost import count_cost
+    from se_nas.record.study import TrialOutcome
+    from se_nas.search.ray_backend import StudySearch
+    from se_nas.search.stages import prepare_study
+
+    cfg = config(root=root)
+    study = prepare_study(cfg)
+    search = StudySearch(cfg, study, on_done=lambda frozen: None)
+    running: list[tuple[str, dict]] = []
+    seen, n = {}, 0
+    while True:
+        while True:
+            n += 1
+            got = search.suggest(f"t{n}")
+            if not isinstance(got, dict):
+                break
+            running.append((f"t{n}", got))
+            s = search.seen(f"t{n}")
+            seen[len(seen)] = (len(s.peers), s.noise.sigma)
+        if got == search.FINISHED:
+            return study, seen
+        assert got is None and running, "the searcher waits with nothing in flight"
+        tid, got = running.pop(0 if order == "first" else -1)
+        arch = Arch.from_json(got["arch"])
+        acc = int(hashlib.sha1(f"{arch.id}/{got['seed']}".encode()).hexdigest()[:6], 16) / 2 ** 24
+        cost = count_cost(arch, cfg.deploy.image_size, cfg.deploy.num_classes)
+        out = TrialOutcome(arch, Status.COMPLETE, cost.gflops, cost.mparams, acc, 2, (acc / 2, acc), 1.0, "",
+                           got["seed"], "ray")
+        search.on_trial_complete(tid, {"outcome": json.dumps(out.to_attrs())})
+
+
+def test_the_ray_searcher_asks_and_tells_in_trial_order_whatever_ends_first(config, tmp_path):
+    """With W = 2 concurrent Ray trials, trial k is asked only once trial k - 2 is told, trials are told
+    in the order asked, and each trial's rungs judge by the study when it was asked: ending the Ray
+    trials oldest-first or newest-first gives the same study, trial by trial (design, seed,
+    accuracy, status, what each was told), as the Optuna backend's rule does."""
+    import optuna
+
+    cfg = functools.partial(config, study="det", n_trials=14, workers=2, early_stop="rungs", sampler="tpe")
+    runs = [_drive(cfg, order, tmp_path / order) for order in ("first", "last")]
+
+    def trials(study):
+        return [(t.number, t.state, t.params, t.values, t.user_attrs.get("status"), t.user_attrs.get("seed"),
+                 t.user_attrs.get("accuracy")) for t in study.trials]
+
+    (a, seen_a), (b, seen_b) = runs
+    assert trials(a) == trials(b) and seen_a == seen_b
+    assert counted(a)[0] == 14 and all(t.state != optuna.trial.TrialState.RUNNING for t in a.trials)
+    assert len({t.user_attrs["arch"] for t in a.trials}) > 10  # TPE past its random start: it read the results
+
+
+def test_an_ended_ray_trial_waits_for_the_one_asked_before_it(config, tmp_path):
+    """The second Ray trial ends first: it is not told (the study still shows it running), and no third
+    trial is asked, until the first ends; then the first is told, the third asked, the second told."""
+    import json
+
+    import optuna
+
+    from se_nas.design.arch import Arch
+    from se_nas.record.study import TrialOutcome
+    from se_nas.search.ray_backend import StudySearch
+    from se_nas.search.stages import prepare_study
+
+    S = optuna.trial.TrialState
+    cfg = config(study="order", n_trials=4, workers=2, root=tmp_path)
+    study = prepare_study(cfg)
+    search = StudySearch(cfg, study, on_done=lambda frozen: None)
+    first, second = search.suggest("a"), search.suggest("b")
+    assert isinstance(first, dict) and isinstance(second, dict) and search.suggest("c") is None
+
+    def result(got, acc):
+        out = TrialOutcome(Arch.from_json(got["arch"]), Status.COMPLETE, 0.1, 0.1, acc, 2, (acc, acc), 1.0, "",
+                           got["seed"], "ray")
+        return {"outcome": json.dumps(out.to_attrs())}
+
+    search.on_trial_complete("b", result(second, 0.5))
+    assert [t.state for t in study.trials] == [S.RUNNING, S.RUNNING] and search.suggest("c") is None
+    search.on_trial_complete("a", result(first, 0.4))
+    assert [t.state for t in study.trials] == [S.COMPLETE, S.RUNNING]  # the second waits for the third's ask
+    assert isinstance(search.suggest("c"), dict)
+    assert [t.state for t in study.trials] == [S.COMPLETE, S.COMPLETE, S.RUNNING]

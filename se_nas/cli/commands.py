@@ -123,7 +123,8 @@ def _search_arguments(p):
                    "re-proposes ranked designs thousands of times)")
     p.add_argument("--workers", type=_workers, default="auto",
                    help="trainings at once on this machine, one process and one core each (default auto: the cores "
-                   "this process may use). The answer depends on --seed and this count only, never on timing")
+                   "this process may use); with --backend ray, Ray trials at once (auto: what the cluster's CPUs/GPUs "
+                   "hold). The answer depends on --seed and this count only, never on timing (except --early-stop asha)")
     p.add_argument("--backend", choices=BACKENDS, default="optuna",
                    help="optuna: trials run in this process (or --workers); ray: trials run as Ray Tune tasks")
     p.add_argument("--ray-address", default=None,
@@ -135,7 +136,7 @@ def _search_arguments(p):
     p.add_argument("--early-stop", choices=EARLY_STOPS, default="rungs",
                    help="rungs: stop a candidate at the recipe's rung epochs only if designs of similar cost, one "
                    "of them no more expensive, beat it by more than twice the measured seed noise; asha: Ray's "
-                   "ASHA (--backend ray); none")
+                   "ASHA (--backend ray; its decisions depend on timing); none")
     p.add_argument("--calibration-seeds", type=int, default=3, metavar="K",
                    help="before the search, train the plain backbone and the reference SE (r=16, or the family's own) "
                    "under K seeds to measure the proxy's seed noise (0: skip; early stopping then stops nothing)")

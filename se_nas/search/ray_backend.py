@@ -7,22 +7,29 @@ the driver, so only the driver touches the study: workers need the data and se-n
 database. Every finished Ray trial becomes one study trial with the same user attributes the Optuna
 backend writes, so report, export and compare do not care which backend ran.
 
+Determinism: the answer depends on the seed and ``W`` (``--workers``: at most ``W`` Ray trials at
+once; ``auto``: the cluster's CPUs, or GPUs with ``--gpus-per-trial``, divided by each trial's share,
+read once at the start) only, never on timing, under the Optuna backend's rule
+(``se_nas.search.optuna_backend.search_trials``; ``StudySearch``): trial *k* is asked only once trial
+*k - W* has been told, trials are told in the order asked (a Ray trial that ends first waits on the
+driver), and each trial's rungs judge by the study as it was when the trial was asked.
+
 Early stopping on Ray: ``rungs`` applies se-nas's cost-aware rung rule (``se_nas.search.earlystop``) as a
 ``tune.Stopper`` on the driver; ``asha`` uses Ray's ASHA on validation accuracy alone (Ray's schedulers
-take a single metric); ``none`` trains every candidate to the end.
+take a single metric): it compares the trials that happen to have reported, so with ``asha`` the
+answer depends on timing; ``none`` trains every candidate to the end.
 
 Repeats: the searcher's ``suggest`` asks Optuna for a design, and a design the study has already
-trained is answered from its record on the driver (``se_nas.search.trial.repeat_outcome``), exactly as on
-the Optuna backend; only designs that need training become Ray trials. Seeds of a design still in
-flight count towards its ``max_seeds_per_design``: a proposal of it that needs no further seed waits
-for them and is then answered from the full record. A streak of repeats ends with a fresh design, or
-ends the search when the space has none left. Calibration and confirmation runs are Ray tasks as
+trained is answered from its record on the driver when it is asked (``se_nas.search.trial.repeat_outcome``;
+seeds of the design still running count towards ``max_seeds_per_design``), exactly as on the Optuna
+backend; only designs that need training become Ray trials. A streak of repeats ends with a fresh
+design, or ends the search when the space has none left. Calibration and confirmation runs are Ray tasks as
 well (``se_nas.search.ray_runs``), stored by the driver, so they land in the same study.
 
 Clusters (docs/cluster.md): each trial records where it ran (user attribute ``node``: Ray node id,
 IP, worker process, how many times that process loaded the data). A trial whose node is lost (a
 preempted or crashed machine) or whose worker process died on a live node (killed, out of memory)
-is failed with a reason naming the node or process and enqueued again (``retry_of``, at most
+is failed with a reason naming the node or process (in its turn, in ask order) and enqueued again (``retry_of``, at most
 ``MAX_RETRIES`` deaths per design, ``se_nas.record.retries``); Ray runs it on the nodes left. A trial that raised an exception is failed
 with it and not retried. Ray asks the searcher for trials until the study has ``n_trials`` counted
 ones, so a retry takes the lost trial's place.
@@ -36,14 +43,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import replace
+from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray.tune.search import Searcher
 
 from ..design.arch import Arch
 from ..record.retries import LOST, requeue, why_not_retried  # the one retry rule, per design
-from ..record.study import Status, TrialOutcome, directions, objective_values, records, remaining
+from ..record.study import Status, TrialOutcome, directions, objective_values, remaining
+from .earlystop import Seen
 
 
 def _trainable(config: dict[str, Any], **kwargs) -> None:
@@ -165,24 +174,40 @@ def _outcome(result: dict[str, Any] | None) -> TrialOutcome | None:
     return TrialOutcome(**{**attrs, "arch": Arch.from_json(attrs["arch"]), "history": tuple(attrs["history"])})
 
 
-def _sample(config, trial) -> dict[str, Any]:
-    """Ray trial config of the Optuna ``trial`` (define-by-run): its design and training seed. The
-    driver owns the trial (recorded for recovery on a rerun)."""
-    from ..record.claims import owner_attrs
+@dataclass
+class _Asked:
+    """A study trial the searcher asked and has not told yet: its design and training seed, whether
+    Ray trains it (else it was answered from the record when asked: ``outcome`` is known), and once
+    its Ray trial ended, Ray's last result."""
 
-    arch = config.space.sample(trial)
-    for k, v in owner_attrs().items():
-        trial.set_user_attr(k, v)
-    trial.set_user_attr("arch", arch.to_json())
-    return {"arch": arch.to_json(), "seed": config.seed + trial.number}
+    trial: Any
+    arch: Arch
+    seed: int
+    trains: bool
+    outcome: TrialOutcome | None = None  # a repeat's (or a known poison design's) answer
+    seen: Seen | None = None  # what its rungs judge by: the study when it was asked
+    ended: bool = False
+    result: dict | None = None
+    error: bool = False
 
 
 class StudySearch(Searcher):
-    """Ray Tune's searcher on our study, through Ray's public ``Searcher`` API and Optuna's ask/tell:
-    ``suggest`` asks the study's sampler for a design, answers repeats from the record on the driver
-    (see the module docstring) and hands only designs that need training to Ray;
-    ``on_trial_complete`` records each outcome and retries a trial lost with its node or its worker
-    process. Everything lives in the study: Ray's checkpoint of the searcher is not needed."""
+    """Ray Tune's searcher on our study, through Ray's public ``Searcher`` API and Optuna's ask/tell,
+    under the Optuna backend's rule (``se_nas.search.optuna_backend.search_trials``), so the answer
+    depends on the seed and ``W`` = ``config.workers`` (concurrent Ray trials) only, never on timing:
+
+    - trials are told in the order they were asked: a Ray trial that ends early waits here
+      (``on_trial_complete`` files its result; ``_drain`` tells the ended ones at the head);
+    - trial *k* is asked only once trial *k - W* has been told, and before the next one is told:
+      ``suggest`` returns None ("not now", Ray asks again) while ``W`` trials train, and nothing is
+      told while an ask is due;
+    - a repeat (``se_nas.search.trial.repeat_outcome``, seeds of the design still running counted) is
+      answered from the record when asked, takes no Ray trial and is told in its turn;
+    - each trial's rungs judge by ``seen``, the study when it was asked (``_rung_stopper``);
+    - a trial lost with its node or worker process is failed and enqueued again when its turn to be
+      told comes (the one retry rule), and the next ask runs it.
+
+    Everything lives in the study: Ray's checkpoint of the searcher is not needed."""
 
     def __init__(self, config, study, on_done):
         from ..record.samplers import make_sampler, process_seed
@@ -194,97 +219,117 @@ class StudySearch(Searcher):
         study.sampler = make_sampler(config.sampler, process_seed(config.seed, 0, counted(study)[0],
                                                                   config.storage is not None))
         self.config, self.study, self.on_done = config, study, on_done
-        self.trials: dict[str, Any] = {}  # Ray trial id -> its Optuna trial, while Ray runs it
+        # W, concurrent Ray trials: stages._resolve_workers has made config.workers a number
+        self.window = config.workers if isinstance(config.workers, int) else \
+            concurrent_trials(config, remaining(study, config.n_trials))[0]
+        self.inflight: deque[_Asked] = deque()  # asked, not yet told, in ask order
+        self.by_id: dict[str, _Asked] = {}  # Ray trial id -> its trial, while Ray runs it
         self.last: dict[str, dict] = {}  # Ray trial id -> its last result (its node is recorded with the first)
-        self.parked = None  # (Optuna trial, Ray trials in flight then): a design waiting for its seeds in flight
+        self.streak = 0  # repeats told in a row
+        self.exhausted = False  # every design of the space is known
 
     def __getstate__(self):
         # Ray pickles the searcher with the Tuner; the progress display stays here, it holds the
         # terminal (a pytest or Jupyter stream can't be pickled).
         return {k: v for k, v in self.__dict__.items() if k != "on_done"}
 
+    def ask_due(self) -> bool:
+        """Whether the next trial is to be asked now: fewer than ``W`` trials train, and trials are left."""
+        from .trial import REPEAT_STREAK
+
+        return (not self.exhausted and sum(p.trains for p in self.inflight) < self.window
+                and len(self.inflight) < self.window + REPEAT_STREAK
+                and remaining(self.study, self.config.n_trials) > 0)
+
     def suggest(self, trial_id: str):
-        # Ray asks for trials until the searcher says it is finished: that is when the study has
-        # n_trials counted ones and nothing is in flight (a lost trial may still be retried).
-        if self.parked is None and remaining(self.study, self.config.n_trials) <= 0:
-            return None if self.trials else Searcher.FINISHED
-        # A repeat of a known design is answered here, from the record, and the sampler is asked
-        # again: only designs that need training reach Ray. A streak of repeats ends with a fresh
-        # design, as on the Optuna backend.
-        from .trial import REPEAT_STREAK, propose_fresh
+        # Ray asks for trials until the searcher says it is finished: when nothing is left to ask
+        # (the study has n_trials counted ones or running) and nothing is in flight (a lost trial may
+        # still be retried).
+        from .optuna_backend import _prepare, ask
 
-        streak = 0
-        while True:
-            if self.parked is not None:
-                if self.parked[1] == frozenset(self.trials):
-                    return None  # nothing has ended yet: Ray asks again later
-                trial, self.parked = self.parked[0], None
-            else:
-                trial = self.study.ask()
-            answer = self.train_or_answer(trial_id, trial)
-            if answer is not True:
-                return answer
-            streak += 1
-            if streak >= REPEAT_STREAK:
-                if not propose_fresh(self.study, self.config.space, self.config.seed + trial.number):
-                    return Searcher.FINISHED  # every design of the space is known
-                streak = 0
+        self._drain()
+        while self.ask_due():
+            p, seen = _prepare(self.study, self.config, ask(self.study))
+            if p.trains:
+                asked = _Asked(p.trial, p.arch, p.seed, True, seen=seen)
+                self.inflight.append(asked)
+                self.by_id[trial_id] = asked
+                self._drain()  # trial k is asked: trial k - W + 1 may be told now
+                return {"arch": p.arch.to_json(), "seed": p.seed}
+            # answered from the record, here on the driver: told in its turn (at once if nothing is before it)
+            self.inflight.append(_Asked(p.trial, p.arch, p.seed, False, replace(p.outcome, backend="ray"), ended=True))
+            self._drain()
+        return None if self.inflight else Searcher.FINISHED
 
-    def train_or_answer(self, trial_id: str, trial):
-        """The Ray config of ``trial`` if its design needs training; None if it waits for seeds of
-        its design still in flight (parked); True once it is answered from the record. A design
-        with seeds in flight gets another one only if it could use it; otherwise it waits for them
-        and is answered from the full record."""
-        from .confirm import study_noise
-        from .trial import record_outcome, repeat_outcome
-
-        config, cfg = self.config, _sample(self.config, trial)
-        arch, recs = Arch.from_json(cfg["arch"]), records(self.study)
-        flying = sum(1 for r in recs if r.status is Status.RUNNING and r.number != trial.number
-                     and r.arch is not None and r.arch.id == arch.id)
-        outcome = repeat_outcome(arch, recs, study_noise(self.study, config.recipe, recs), seed=cfg["seed"],
-                                 backend="ray", max_seeds=max(1, config.max_seeds_per_design - flying),
-                                 objectives=config.objectives)
-        if outcome is None and flying < config.max_seeds_per_design:
-            self.trials[trial_id] = trial
-            return cfg
-        if flying:
-            self.parked = (trial, frozenset(self.trials))
-            return None
-        self.on_done(record_outcome(self.study, trial, outcome, budget=config.budget))
-        return True
+    def seen(self, trial_id: str) -> Seen | None:
+        """What the rungs of Ray trial ``trial_id`` judge by (None once it ended)."""
+        asked = self.by_id.get(trial_id)
+        return asked.seen if asked is not None else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # The node is known from the first report on, so a trial lost with its node names it
         # (Ray gives no result with the error of a trial whose node died).
-        if trial_id in self.trials:
+        if trial_id in self.by_id:
             self.record_node(trial_id, result)
 
     def record_node(self, trial_id: str, result: dict, final: bool = False) -> None:
         if "node" in result and (final or trial_id not in self.last):  # the final one has data_loads
-            self.trials[trial_id].set_user_attr("node", json.loads(result["node"]))
+            self.by_id[trial_id].trial.set_user_attr("node", json.loads(result["node"]))
         self.last[trial_id] = result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        from .trial import record_outcome
-
-        if trial_id not in self.trials:
+        if trial_id not in self.by_id:
             return
         result = result or self.last.get(trial_id) or {}
         self.record_node(trial_id, result, final=True)
         self.last.pop(trial_id)
-        trial, outcome = self.trials.pop(trial_id), _outcome(result)
-        reason, retry = "the Ray trial raised an error before its first epoch (see Ray's log)", False
-        if error or "error" in result:
-            reason, retry = _failure(self.study, trial, result, outcome.epochs if outcome else 0)
-            if outcome is not None:  # its last report was a provisional per-epoch one
-                outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=reason)
-            if "error" not in result:  # its node or worker process died: a death of the design
-                trial.set_user_attr(LOST, True)
-        frozen = record_outcome(self.study, trial, outcome, reason=reason, budget=self.config.budget)
-        if retry:
-            requeue(self.study, frozen.params, frozen.number)
+        asked = self.by_id.pop(trial_id)
+        asked.result, asked.error, asked.ended = result, error, True
+        self._drain()
+
+    def _drain(self, closing: bool = False) -> None:
+        """Tell the ended trials at the head of the line, in ask order; a trained one waits while an
+        ask is due (the trial asked then must see the study without it), unless ``closing``."""
+        while self.inflight and self.inflight[0].ended:
+            if self.inflight[0].trains and not closing and self.ask_due():
+                return
+            self._tell(self.inflight.popleft())
+
+    def _tell(self, asked: _Asked) -> None:
+        from .trial import REPEAT_STREAK, propose_fresh, record_outcome
+
+        if not asked.trains:
+            frozen = record_outcome(self.study, asked.trial, asked.outcome, budget=self.config.budget)
+        else:
+            trial, result = asked.trial, asked.result or {}
+            outcome = _outcome(result)
+            reason, retry = "the Ray trial raised an error before its first epoch (see Ray's log)", False
+            if asked.error or "error" in result:
+                reason, retry = _failure(self.study, trial, result, outcome.epochs if outcome else 0)
+                if outcome is not None:  # its last report was a provisional per-epoch one
+                    outcome = replace(outcome, status=Status.FAILED, accuracy=None, reason=reason)
+                if "error" not in result:  # its node or worker process died: a death of the design
+                    trial.set_user_attr(LOST, True)
+            frozen = record_outcome(self.study, trial, outcome, reason=reason, budget=self.config.budget)
+            if retry:
+                requeue(self.study, frozen.params, frozen.number)
         self.on_done(frozen)
+        # A streak of repeats ends with a fresh design, as on the Optuna backend.
+        self.streak = self.streak + 1 if frozen.user_attrs.get("status") == Status.REPEAT.value else 0
+        if self.streak >= REPEAT_STREAK:
+            if not propose_fresh(self.study, self.config.space, self.config.seed + frozen.number):
+                self.exhausted = True  # every design of the space is known: nothing new to learn
+            self.streak = 0
+
+    def close(self) -> None:
+        """After Ray's run (or its interruption): tell the ended trials at the head; fail the rest as
+        interrupted and enqueue them again, so a rerun trains them."""
+        from .optuna_backend import _interrupted, _Pending
+
+        self._drain(closing=True)
+        while self.inflight:
+            p = self.inflight.popleft()
+            _interrupted(self.study, _Pending(p.trial, p.arch, p.seed, p.trains))
 
     # The study is the checkpoint: a rerun continues from it, so Ray need not save the searcher.
     def save_to_dir(self, *args, **kwargs) -> None:
@@ -317,12 +362,13 @@ def _make_searcher(config, study, progress):
     return StudySearch(config, study, progress.trial_done)
 
 
-def _rung_stopper(config, study):
-    """se-nas's noise-aware rung rule as a Ray Stopper, evaluated on the driver."""
+def _rung_stopper(config, searcher: StudySearch):
+    """se-nas's noise-aware rung rule as a Ray Stopper, evaluated on the driver: each trial is judged
+    by what the study held when it was asked (``StudySearch.seen``), never by what happened to
+    finish meanwhile."""
     from ray import tune
 
-    from .confirm import study_noise
-    from .earlystop import peers_of, should_stop
+    from .earlystop import should_stop
 
     rungs = frozenset(config.recipe.rungs)
 
@@ -331,15 +377,43 @@ def _rung_stopper(config, study):
             epoch = int(result.get("epoch", 0))
             if result.get("status") != Status.STOPPED_EARLY.value or epoch not in rungs:
                 return False
-            recs = records(study)
-            noise = study_noise(study, config.recipe, recs)
-            return should_stop(epoch, float(result["accuracy"]), float(result["gflops"]), peers_of(recs),
+            seen = searcher.seen(trial_id)
+            if seen is None:
+                return False
+            peers, noise = seen()
+            return should_stop(epoch, float(result["accuracy"]), float(result["gflops"]), peers,
                                noise.per_epoch.get(epoch), mparams=float(result["mparams"]))
 
         def stop_all(self) -> bool:
             return False
 
     return RungStopper()
+
+
+def concurrent_trials(config, trials_left: int) -> tuple[int, str | None]:
+    """``W`` for ``--backend ray``: at most this many Ray trials at once, and the line saying how it was
+    chosen (None when nothing is worth saying). ``--workers N``: N (no more than the trials left);
+    ``--workers auto``: what the cluster holds now, its CPUs (and GPUs, with ``gpus_per_trial``)
+    divided by each trial's share, read once here: the answer depends on the seed and ``W``."""
+    import ray
+
+    left = max(trials_left, 1)
+    if config.workers != "auto":
+        n = max(1, min(config.workers, left))
+        return n, (None if n == config.workers else
+                   f"--workers {config.workers}: {n} concurrent Ray trial{'s' if n != 1 else ''} "
+                   f"({left} trial{'s' if left != 1 else ''} left to start)")
+    connect(config.ray_address)
+    res = ray.cluster_resources()
+    shares = [("CPU", res.get("CPU", 0.0), config.cpus_per_trial)]
+    if config.gpus_per_trial > 0:
+        shares.append(("GPU", res.get("GPU", 0.0), config.gpus_per_trial))
+    fits = {kind: int(have / each + 1e-9) for kind, have, each in shares}
+    n = max(1, min(min(fits.values()), left))
+    held = ", ".join(f"{have:g} {kind}s / {each:g} per trial" for kind, have, each in shares)
+    return n, (f"--workers auto: {n} concurrent Ray trial{'s' if n != 1 else ''} (the cluster's {held}"
+               f"{f'; {left} left to start' if n == left < min(fits.values()) else ''}); the answer depends on the "
+               f"seed and this count, so the same --seed with --workers {n} gives it again")
 
 
 def connect(ray_address: str | None) -> None:
@@ -391,15 +465,19 @@ def run(study, config, progress, data=None) -> None:
     if config.early_stop == "asha" and config.recipe.rungs:
         scheduler = ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max",
                                   max_t=config.recipe.epochs, grace_period=min(config.recipe.rungs))
-    elif config.early_stop == "rungs" and config.recipe.rungs:
-        stop = _rung_stopper(config, study)
+    searcher = _make_searcher(config, study, progress)
+    if config.early_stop == "rungs" and config.recipe.rungs:
+        stop = _rung_stopper(config, searcher)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=_make_searcher(config, study, progress),
-                                    scheduler=scheduler, num_samples=-1, reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1, reuse_actors=True,
+                                    max_concurrent_trials=searcher.window),
         run_config=tune.RunConfig(
             name=study.study_name, stop=stop, verbose=0,
             storage_path=str((study_dir(study.study_name, config.root) / "ray").resolve()),
             failure_config=tune.FailureConfig(max_failures=0)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        searcher.close()

@@ -216,12 +216,20 @@ def prepare_study(config: SearchConfig):
 def _resolve_workers(study, config: SearchConfig, strategy) -> None:
     """``config.workers`` as a number: "auto" is the cores this process may use (its CPU affinity, not
     the ones idle now, so the answer depends on the machine and the seed only), clamped to the cores
-    and the trials left; says so in one line. Only the Optuna backend's trainings use them (Ray has
-    its own resources; the one-shot search trains one supernet)."""
+    and the trials left; says so in one line. On Ray it is the number of concurrent Ray trials ("auto":
+    what the cluster's resources hold, ``se_nas.search.ray_backend.concurrent_trials``). The one-shot
+    search trains one supernet."""
     from .optuna_backend import worker_count
     from ..record.study import remaining
     from .trial import cores
 
+    if config.backend == "ray" and strategy.name == MULTI_TRIAL:
+        from .ray_backend import concurrent_trials
+
+        config.workers, line = concurrent_trials(config, remaining(study, config.n_trials))
+        if line and config.progress:
+            print(line, flush=True)
+        return
     if config.backend != "optuna" or strategy.name != MULTI_TRIAL:
         config.workers = 1 if config.workers == "auto" else config.workers
         return
@@ -266,7 +274,8 @@ def run_search(config: SearchConfig):
 
     threads = torch.get_num_threads()
     configure_threads(1)  # trainings in this process run on one thread; worker processes set their own
-    if config.progress and (warning := machine_load_warning(config.workers)):
+    # Ray's trials may run on other machines: here only the driver's own share is judged, as before
+    if config.progress and (warning := machine_load_warning(config.workers if config.backend == "optuna" else 1)):
         progress.log(warning)
     pool = runner = None
     if config.backend == "ray":  # calibration and confirmation runs as Ray tasks too
