@@ -53,7 +53,7 @@ def _taken(study, number: int, why: str):
 
 
 @dataclass
-class _Pending:
+class PendingTrial:
     """A trial asked and not yet told: its design, and its outcome once known (a ``TrialOutcome``,
     ``_Lost`` when its worker process died, or None while it trains)."""
 
@@ -82,7 +82,7 @@ def train_trial(config, arch, seed: int, seen: Seen, *, data=None, on_progress=N
                      should_stop=stopper, on_progress=on_progress)
 
 
-def _prepare(study, config, trial) -> tuple[_Pending, Seen | None]:
+def prepare_trial(study, config, trial) -> tuple[PendingTrial, Seen | None]:
     """The design of the asked ``trial``, and its outcome when the record answers it (a repeat, a
     known poison design); else what its rungs will judge by."""
     from .confirm import study_noise
@@ -100,11 +100,11 @@ def _prepare(study, config, trial) -> tuple[_Pending, Seen | None]:
     if outcome is None and not config.budget.fits(cost, arch):  # never trained: no slot needed
         outcome = run_trial(arch, config.recipe, config.budget, config.deploy, seed=seed)
     if outcome is not None:
-        return _Pending(trial, arch, seed, trains=False, outcome=outcome), None
-    return _Pending(trial, arch, seed, trains=True), Seen(tuple(peers_of(recs, exclude=trial.number)), noise)
+        return PendingTrial(trial, arch, seed, trains=False, outcome=outcome), None
+    return PendingTrial(trial, arch, seed, trains=True), Seen(tuple(peers_of(recs, exclude=trial.number)), noise)
 
 
-def _tell(study, config, p: _Pending):
+def _tell(study, config, p: PendingTrial):
     """Record ``p``'s outcome (a lost one is failed and retried under the one retry rule); returns the
     FrozenTrial. A trial another process failed meanwhile (it took this one for dead) keeps that
     record: this result is dropped in one line."""
@@ -133,7 +133,7 @@ def _tell(study, config, p: _Pending):
         return taken
 
 
-def _interrupted(study, p: _Pending) -> None:
+def interrupt_trial(study, p: PendingTrial) -> None:
     """``p`` was cut short (Ctrl-C, SIGTERM, an error elsewhere): failed as interrupted and enqueued
     again, so the next run trains it."""
     import optuna
@@ -174,10 +174,10 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
     if pool is None and data is None:
         data = load_data(config.recipe)
     window = 2 * config.workers - 1 if pool is not None else 1
-    inflight: deque[_Pending] = deque()
+    inflight: deque[PendingTrial] = deque()
     streak = 0
 
-    def tell(p: _Pending) -> bool:
+    def tell(p: PendingTrial) -> bool:
         nonlocal streak
         frozen = _tell(study, config, p)
         if on_done is not None:
@@ -199,7 +199,7 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
             if trial is None:
                 return False
             try:
-                p, seen = _prepare(study, config, trial)
+                p, seen = prepare_trial(study, config, trial)
             except optuna.exceptions.UpdateFinishedTrialError:  # failed meanwhile by another process
                 if (taken := _taken(study, trial.number, "not started")) is None:
                     raise
@@ -239,7 +239,7 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
     except BaseException:
         with contextlib.suppress(Exception):
             for p in inflight:
-                _interrupted(study, p)
+                interrupt_trial(study, p)
         raise
 
 
@@ -272,7 +272,7 @@ def run_one(study, config, data=None, trial=None):
     trial = ask(study) if trial is None else trial
     p = None
     try:
-        p, seen = _prepare(study, config, trial)
+        p, seen = prepare_trial(study, config, trial)
         if p.trains:
             with Heartbeat(study, trial.number):
                 p.outcome = train_trial(config, p.arch, p.seed, seen, data=data)
@@ -283,7 +283,7 @@ def run_one(study, config, data=None, trial=None):
         return taken
     except BaseException:
         if p is None or p.outcome is None:
-            _interrupted(study, p or _Pending(trial, None, 0, False))
+            interrupt_trial(study, p or PendingTrial(trial, None, 0, False))
         raise
 
 

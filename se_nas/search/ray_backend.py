@@ -245,11 +245,11 @@ class StudySearch(Searcher):
         # Ray asks for trials until the searcher says it is finished: when nothing is left to ask
         # (the study has n_trials counted ones or running) and nothing is in flight (a lost trial may
         # still be retried).
-        from .optuna_backend import _prepare, ask
+        from .optuna_backend import prepare_trial, ask
 
         self._drain()
         while self.ask_due():
-            p, seen = _prepare(self.study, self.config, ask(self.study))
+            p, seen = prepare_trial(self.study, self.config, ask(self.study))
             if p.trains:
                 asked = _Asked(p.trial, p.arch, p.seed, True, seen=seen)
                 self.inflight.append(asked)
@@ -324,12 +324,12 @@ class StudySearch(Searcher):
     def close(self) -> None:
         """After Ray's run (or its interruption): tell the ended trials at the head; fail the rest as
         interrupted and enqueue them again, so a rerun trains them."""
-        from .optuna_backend import _interrupted, _Pending
+        from .optuna_backend import interrupt_trial, PendingTrial
 
         self._drain(closing=True)
         while self.inflight:
             p = self.inflight.popleft()
-            _interrupted(self.study, _Pending(p.trial, p.arch, p.seed, p.trains))
+            interrupt_trial(self.study, PendingTrial(p.trial, p.arch, p.seed, p.trains))
 
     # The study is the checkpoint: a rerun continues from it, so Ray need not save the searcher.
     def save_to_dir(self, *args, **kwargs) -> None:

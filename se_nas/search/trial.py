@@ -224,8 +224,6 @@ def record_outcome(study, trial, outcome: TrialOutcome | None, *, reason: str = 
     """
     import warnings
 
-    import optuna
-
     with warnings.catch_warnings():
         # the heartbeat of an RDB storage is Optuna's for Study.optimize; our processes ask and tell
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
