@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts, run in this order")
     ap.add_argument("--repeat", action="store_true", help="rerun the last worker count (same seed) to compare")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep the studies in this folder (run0, run1, ...) instead of a temporary one")
     ap.add_argument("search", nargs="*", help="the search's arguments, after --")
     args = ap.parse_args(argv)
     search_args = args.search or DEFAULT_SEARCH
@@ -79,6 +81,7 @@ def main(argv=None) -> int:
     print(f"search: se-nas search {' '.join(search_args)}; load before: {benchlib.loads()}", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        tmp = args.keep or tmp
         for i, w in enumerate(counts):
             r = run_search(w, search_args, Path(tmp) / f"run{i}")
             results.append(r)
