@@ -53,7 +53,7 @@ def labels() -> dict[str, str]:
 @pytest.fixture
 def config(cluster, tiny_search):
     """``config(**kw)``: conftest's tiny search on the cluster, 4 trials of one CPU each."""
-    return functools.partial(tiny_search, study="c", budget=Budget(max_gflops=1.9), n_trials=4, backend="ray",
+    return functools.partial(tiny_search, study="c", budget=Budget(max_gflops=1.9), n_trials=4, backend="ray", workers="auto",
                              ray_address=cluster.address, cpus_per_trial=1, early_stop="none")
 
 

@@ -23,7 +23,7 @@ from se_nas.record.study import Status, counted, records, remaining  # noqa: E40
 @pytest.fixture
 def config(tiny_search):
     """``config(**kw)``: conftest's tiny search on a local Ray, 3 trials of one CPU each."""
-    return functools.partial(tiny_search, study="r", budget=Budget(max_gflops=1.9), n_trials=3, backend="ray",
+    return functools.partial(tiny_search, study="r", budget=Budget(max_gflops=1.9), n_trials=3, backend="ray", workers="auto",
                              cpus_per_trial=1, early_stop="none")
 
 

@@ -342,6 +342,7 @@ def test_sigterm_stops_every_worker_like_ctrl_c(config, tmp_path):
     try:
         running = _wait_for(tmp_path, lambda ts: len([t for t in ts if t.state == S.RUNNING
                                                       and "worker_pid" in t.user_attrs]) == 2, proc)
+        running = [t for t in running if t.state == S.RUNNING]  # two training, one asked ahead (2W - 1)
         pids = {t.user_attrs["worker_pid"] for t in running if "worker_pid" in t.user_attrs}
         assert len(pids) == 2 and proc.pid not in pids
         start = time.time()
@@ -365,11 +366,12 @@ def test_sigterm_stops_every_worker_like_ctrl_c(config, tmp_path):
     stopped = [t for t in trials if t.state == S.FAIL]
     # both were training when seen; under load one may finish in the moment before the signal lands
     seen = {t.number for t in running}
-    assert stopped and {t.number for t in stopped} <= seen and {t.user_attrs["worker_pid"] for t in stopped} <= pids
+    assert stopped and {t.number for t in stopped} <= seen
     assert all(trials[n].state in (S.FAIL, S.COMPLETE) for n in seen)
     assert all(t.user_attrs["reason"] == "interrupted" for t in stopped)
     waiting = {t.user_attrs["retry_of"] for t in trials if t.state == S.WAITING}
     assert waiting == {t.number for t in stopped} and not [t for t in trials if t.state == S.RUNNING]
+    assert {t.user_attrs["worker_pid"] for t in stopped if "worker_pid" in t.user_attrs} <= pids
 
     study = run_search(config(study="k", n_trials=8, early_stop="none"))  # the rerun, in this process
     assert remaining(study, 8) == 0 and not study.get_trials(states=(S.RUNNING, S.WAITING))
@@ -455,7 +457,7 @@ def test_workers_stop_when_their_search_is_sigkilled(tmp_path):
     try:
         running = _wait_for(tmp_path, lambda ts: len([t for t in ts if t.state == S.RUNNING
                                                       and "worker_pid" in t.user_attrs]) == 2, proc)
-        pids = {t.user_attrs["worker_pid"] for t in running}
+        pids = {t.user_attrs["worker_pid"] for t in running if t.state == S.RUNNING and "worker_pid" in t.user_attrs}
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         # under 2 s on an idle 2-core machine; without the watch they would train on for minutes

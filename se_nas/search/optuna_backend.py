@@ -292,7 +292,9 @@ def _next_trial(study, n_trials: int):
     start): recovering, counting and asking under one claim, so the study ends with exactly
     ``n_trials`` counted trials however many processes search it."""
     with claim(study):
-        lost = recover_dead_trials(study)
+        # grace 0: every se-nas process asks and records the owner under this claim, so a RUNNING trial
+        # with no owner seen here lost its process between the two (e.g. a full disk) and is dead now
+        lost = recover_dead_trials(study, grace_s=0)
         return lost, (ask(study) if remaining(study, n_trials) > 0 else None)
 
 
