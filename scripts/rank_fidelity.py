@@ -108,8 +108,9 @@ def cmd_analyze(args) -> None:
     table(per, labels, args.reference, rows, None, 0.0, "every design that trained")
     table(per, labels, args.reference, rows, ok, args.min_accuracy,
           f"designs at >= {args.min_accuracy} (mean accuracy) under the reference and under the recipe of the row")
-    transfer(per, labels, args.reference, rows, None, "every design that trained")
-    transfer(per, labels, args.reference, rows, ok, f"designs at >= {args.min_accuracy} under the reference")
+    transfer(per, labels, args.reference, rows, None, 0.0, "every design that trained")
+    transfer(per, labels, args.reference, rows, ok, args.min_accuracy,
+             f"designs at >= {args.min_accuracy} (mean accuracy) under the reference and under the recipe of the row")
     if args.designs_table:
         print("\n| design | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
         for k in sorted(ref, key=ref.get, reverse=True):
@@ -181,7 +182,7 @@ def paired(by: dict, x: str, y: str) -> str:
     return f"{m:+.3f} (sd {math.sqrt(sum((v - m) ** 2 for v in d) / (len(d) - 1)):.3f}, n={len(d)})"
 
 
-def transfer(per, labels, reference, rows, keep, title) -> None:
+def transfer(per, labels, reference, rows, keep, low, title) -> None:
     """The transfer table of docs/proxy.md (issue 21): each recipe's own seed-to-seed tau (one seed
     against another: the ceiling of any ranking at one seed), the tau between one seed of the recipe
     and one seed of the reference (every pair of seeds; at the ceiling when the two fidelities rank
@@ -195,7 +196,7 @@ def transfer(per, labels, reference, rows, keep, title) -> None:
           "r=16 minus plain | ebefee2350 minus plain |")
     print("|---|---|---|---|---|---|---|---|---|")
     for lab in labels:
-        by = {k: v for k, v in per[lab].items() if keep is None or k in keep}
+        by = {k: v for k, v in per[lab].items() if (keep is None or k in keep) and mean(v.values()) >= low}
         lr = [r for r in rows if r["label"] == lab]
         cpu = sorted(r["cpu_s"] for r in lr)[len(lr) // 2]
         seeds = sorted({s for v in by.values() for s in v})
@@ -204,7 +205,7 @@ def transfer(per, labels, reference, rows, keep, title) -> None:
             return f"{mean(t):.2f} [{min(t):.2f}, {max(t):.2f}]" if t else "-"
 
         within = pair_taus(by, by, None, True)
-        cross = pair_taus(by, ref, keep, False) if lab != reference else []
+        cross = pair_taus(by, ref, None, False) if lab != reference else []
         common = [k for k in by if k in ref]
         tm = (f"{kendalltau([mean(by[k].values()) for k in common], [mean(ref[k].values()) for k in common])[0]:.2f}"
               if lab != reference and len(common) > 2 else "-")
