@@ -57,6 +57,8 @@ def kendall(x, y) -> float:
 
 def ceiling(runs: list[list[float]]) -> float:
     k = min(len(r) for r in runs)
+    if k < 2:  # one seed: no ceiling
+        return float("nan")
     return statistics.fmean(kendall([r[i] for r in runs], [r[j] for r in runs]) for i, j in itertools.combinations(range(k), 2))
 
 
