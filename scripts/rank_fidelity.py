@@ -18,11 +18,14 @@ Labels are free names; ``--set`` overrides keys of ``--recipe`` (default ``digit
 CPU with one thread. ``analyze`` compares every label with the reference: Kendall tau and Spearman
 rho between the per-design means (over the designs both have), the label's own seed-to-seed tau
 (seed A against seed B), its pooled seed standard deviation, the spread of its design means, and
-its CPU-seconds per run.
+its CPU-seconds per run. Then the transfer table (issue 21): each label's seed-vs-seed tau (every pair
+of its seeds: the ceiling of a one-seed ranking), the tau between one seed of the label and one seed of
+the reference (every pair), the tau between seed means, and r=16 minus plain paired by seed.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -105,6 +108,9 @@ def cmd_analyze(args) -> None:
     table(per, labels, args.reference, rows, None, 0.0, "every design that trained")
     table(per, labels, args.reference, rows, ok, args.min_accuracy,
           f"designs at >= {args.min_accuracy} (mean accuracy) under the reference and under the recipe of the row")
+    transfer(per, labels, args.reference, rows, None, 0.0, "every design that trained")
+    transfer(per, labels, args.reference, rows, ok, args.min_accuracy,
+             f"designs at >= {args.min_accuracy} (mean accuracy) under the reference and under the recipe of the row")
     if args.designs_table:
         print("\n| design | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
         for k in sorted(ref, key=ref.get, reverse=True):
@@ -145,6 +151,66 @@ def table(per, labels, reference, rows, keep, low, title) -> None:
         sd_m = math.sqrt(sum((x - mean(m)) ** 2 for x in m) / (len(m) - 1)) if len(m) > 1 else float("nan")
         print(f"| {lab} | {len(by)} | {len(seeds)} | {cpu:.0f} | {pooled_std(by):.4f} | {sd_m:.4f} | {f_p} | "
               f"{tau_ab} | {vs} |")
+
+
+PLAIN, R16 = "ec21f0d190", "5bb2f73e7e"
+
+
+def pair_taus(a: dict, b: dict, keep, same: bool) -> list[float]:
+    """Kendall tau between one seed's ranking under ``a`` and one seed's under ``b``, over the designs
+    both have with those seeds, for every pair of seeds (``same``: a and b are one recipe, so each
+    unordered pair of distinct seeds once)."""
+    from scipy.stats import kendalltau
+
+    seeds_a = sorted({s for v in a.values() for s in v})
+    seeds_b = sorted({s for v in b.values() for s in v})
+    pairs = (itertools.combinations(seeds_a, 2) if same else itertools.product(seeds_a, seeds_b))
+    out = []
+    for sa, sb in pairs:
+        common = [k for k in a if k in b and sa in a[k] and sb in b[k] and (keep is None or k in keep)]
+        if len(common) > 2:
+            out.append(kendalltau([a[k][sa] for k in common], [b[k][sb] for k in common])[0])
+    return out
+
+
+def paired(by: dict, x: str, y: str) -> str:
+    """``x`` minus ``y``, paired by seed: mean (sd over seeds, n)."""
+    d = [by[x][s] - by[y][s] for s in sorted(set(by.get(x, {})) & set(by.get(y, {})))]
+    if len(d) < 2:
+        return "-"
+    m = mean(d)
+    return f"{m:+.3f} (sd {math.sqrt(sum((v - m) ** 2 for v in d) / (len(d) - 1)):.3f}, n={len(d)})"
+
+
+def transfer(per, labels, reference, rows, keep, low, title) -> None:
+    """The transfer table of docs/proxy.md (issue 21): each recipe's own seed-to-seed tau (one seed
+    against another: the ceiling of any ranking at one seed), the tau between one seed of the recipe
+    and one seed of the reference (every pair of seeds; at the ceiling when the two fidelities rank
+    alike), the tau between the recipes' seed means, and r=16 minus plain, paired by seed."""
+    from scipy.stats import kendalltau
+
+    ref = per[reference]
+    print(f"\ntransfer to {reference}, {title}:\n")
+    print("| recipe | designs | seeds | CPU-s/run (median) | seed vs seed tau (ceiling), mean [range] | "
+          f"one seed vs one seed of {reference}, mean [range] | tau of seed means vs {reference} | "
+          "r=16 minus plain | ebefee2350 minus plain |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for lab in labels:
+        by = {k: v for k, v in per[lab].items() if (keep is None or k in keep) and mean(v.values()) >= low}
+        lr = [r for r in rows if r["label"] == lab]
+        cpu = sorted(r["cpu_s"] for r in lr)[len(lr) // 2]
+        seeds = sorted({s for v in by.values() for s in v})
+
+        def cell(t):
+            return f"{mean(t):.2f} [{min(t):.2f}, {max(t):.2f}]" if t else "-"
+
+        within = pair_taus(by, by, None, True)
+        cross = pair_taus(by, ref, None, False) if lab != reference else []
+        common = [k for k in by if k in ref]
+        tm = (f"{kendalltau([mean(by[k].values()) for k in common], [mean(ref[k].values()) for k in common])[0]:.2f}"
+              if lab != reference and len(common) > 2 else "-")
+        print(f"| {lab} | {len(by)} | {len(seeds)} | {cpu:.0f} | {cell(within)} | {cell(cross)} | {tm} | "
+              f"{paired(per[lab], R16, PLAIN)} | {paired(per[lab], 'ebefee2350', PLAIN)} |")
 
 
 def main(argv=None) -> None:

@@ -17,6 +17,7 @@ HELPER = "benchlib"
 PRIVATE_LEFT = {
     ("bench_latency.py", "se_nas.nn.profile", "_stats"),  # the table's median/p10 summary of timings
     ("init_signal_variants.py", "se_nas.nn.train", "_batches"),  # the exact first training batch
+    ("zero_cost_baselines.py", "se_nas.nn.train", "_batches"),  # the same batch, for grad_norm and the check
 }
 
 
@@ -111,3 +112,23 @@ def test_every_script_answers_help():
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=max(1, end - time.time()))
         assert proc.returncode == 0 and "usage:" in out, f"{name} --help: {err.strip()[-500:]}"
+
+
+def test_the_transfer_table_pairs_seeds_within_and_across_recipes():
+    # issue 21: a recipe's seed-vs-seed tau (each unordered pair once) beside the tau between one seed of
+    # it and one of the reference (every pair), and r=16 minus plain paired by seed
+    sys.path.insert(0, str(SCRIPTS))  # the test, not a script, puts the folder on the path
+    try:
+        import rank_fidelity as rf
+        import zero_cost_baselines as zc
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    a = {"x": {0: 0.9, 1: 0.8}, "y": {0: 0.8, 1: 0.9}, "z": {0: 0.7, 1: 0.7}}
+    assert rf.pair_taus(a, a, None, True) == pytest.approx([1 / 3])  # one pair of seeds: (0, 1)
+    assert len(rf.pair_taus(a, {k: {5: v[0]} for k, v in a.items()}, None, False)) == 2  # seeds 0 and 1 x 5
+    by = {rf.R16: {0: 0.93, 1: 0.95}, rf.PLAIN: {0: 0.95, 1: 0.96}}
+    assert rf.paired(by, rf.R16, rf.PLAIN) == "-0.015 (sd 0.007, n=2)"
+    # the stored per-design tables the zero-cost comparison ranks against
+    sets = zc.stored_sets(SCRIPTS.parent / "docs" / "oneshot.md")
+    assert {k: len(v) for k, v in sets.items()} == {"default set": 23, "held-out set": 24}
+    assert sets["default set"]["ec21f0d190"] == (0.889, [0.958, 0.947, 0.972])

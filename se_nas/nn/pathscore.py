@@ -9,6 +9,7 @@ the evaluator pools that call this are ``se_nas.search.oneshot`` and ``se_nas.se
 """
 from __future__ import annotations
 
+import copy
 import statistics
 from typing import NamedTuple
 
@@ -78,6 +79,38 @@ def logit_scale(model, x: torch.Tensor) -> float:
             for b, saved in buffers:
                 b.copy_(saved)
         model.train(was)
+
+
+# --- free baselines ---------------------------------------------------------------------------------
+# Zero-cost proxies (Abdelfattah et al. 2021, "Zero-Cost Proxies for Lightweight NAS"): scores of a
+# freshly built model that no ranking of this package uses. They are what a ranking that costs
+# training must beat (scripts/zero_cost_baselines.py, docs/oneshot.md). Both sum over the weights of
+# the convolutions and linear layers, as that paper does; ``model`` is left as it was.
+def _weights(model) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+
+def grad_norm(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The sum over layers of the L2 norm of the cross-entropy loss's gradient on batch ``(x, y)``, in
+    training mode (a first training step's gradient)."""
+    m = copy.deepcopy(model).train()
+    torch.nn.functional.cross_entropy(m(x), y).backward()
+    return float(sum(w.grad.norm() for w in _weights(m) if w.grad is not None))
+
+
+def synflow(model, shape: tuple[int, ...]) -> float:
+    """SynFlow (Tanaka et al. 2020, "Pruning neural networks without any data"), summed over the
+    layers: every parameter and buffer made positive, an all-ones input of ``shape`` (C, H, W), the
+    sum of the outputs differentiated, ``sum |w * dR/dw|``; in float64 (the product over 50 layers
+    overflows float32) and in eval mode (BatchNorm on its running statistics, at initialisation an
+    affine map with |gamma|: the paper's data-free score without batch statistics)."""
+    m = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.abs_()
+    m(torch.ones((1, *shape), dtype=torch.float64)).sum().backward()
+    return float(sum((w.detach() * w.grad).abs().sum() for w in _weights(m) if w.grad is not None))
 
 
 class InitCheck:
