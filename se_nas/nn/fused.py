@@ -18,14 +18,20 @@ same function with fewer passes and fewer saved maps:
   masked gradient, and writes ``dL/dc`` in two elementwise passes. On CPU it also computes the
   BatchNorm statistics itself, from the per-sample means the squeeze needs anyway.
 
-In both, the excitation MLP runs as matrix products on (N, C) descriptors and its backward is
+In inference (``torch.inference_mode``, eval mode), ``bn_se_inference(c, bn, se)`` computes
+``se(bn(c))`` at the standard position with the scale folded into the BatchNorm's affine parameters:
+the squeeze reads ``c`` once, and the scaled BatchNorm writes the map once, as a plain unit's does.
+
+In all three, the excitation MLP runs as matrix products on (N, C) descriptors and its backward is
 written out (four products, no autograd graph); only the (N, C/r) hidden activation is saved, and
 the scale s is recomputed from it with one product.
 
-Both are exact reformulations: tests compare them with the straightforward modules in float64
+All three are exact reformulations: tests compare them with the straightforward modules in float64
 (``tests/test_fast_se.py``). They are used only when training with autograd on: under
-``torch.jit.trace`` (fvcore's FLOP count, TorchScript and ONNX export), in eval mode, and for
-NoSqueeze the modules run the straightforward code, so traced graphs and FLOP counts are unchanged.
+``torch.jit.trace`` (fvcore's FLOP count, TorchScript and ONNX export), in eval mode outside
+inference mode (the training loop's validation), and for NoSqueeze the modules run the
+straightforward code (eval mode: with the excitation as matrix products), so traced graphs, FLOP
+counts and validation numerics are unchanged.
 Neither Function supports double backward.
 """
 from __future__ import annotations
@@ -359,7 +365,8 @@ def bn_se_inference(c: torch.Tensor, bn: nn.BatchNorm2d, se: "SqueezeExcite") ->
     if c.dtype not in (torch.float32, torch.float64) or (n > 1 and not c.is_contiguous()):
         return se(bn(c))
     mu, var = bn.running_mean, bn.running_var
-    z = bn.weight * torch.rsqrt(var + bn.eps) * (c.mean((2, 3)) - mu) + bn.bias
+    # the descriptor through the same BatchNorm: one call where the formula takes five
+    z = F.batch_norm(c.mean((2, 3)), mu, var, bn.weight, bn.bias, False, 0.0, bn.eps)
     s = _excite(se, z)[1]
     weight, bias = (bn.weight * s).flatten(), (bn.bias * s).flatten()
     if n > 1:
