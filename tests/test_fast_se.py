@@ -262,3 +262,81 @@ def test_fused_does_not_import_se_at_run_time():
     runtime = [n.module for n in ast.walk(tree)
                if isinstance(n, ast.ImportFrom) and id(n) not in type_only and n.level]
     assert "se" not in runtime, runtime
+
+
+def _trained_proxy(arch: Arch, steps: int = 3) -> torch.nn.Module:
+    """A small model after a few SGD steps: BatchNorm statistics and affine parameters away from
+    their initial values, so that folding them into the SE scale has real numbers to fold."""
+    torch.manual_seed(0)
+    model = build_model(arch, 5, "small", 0.25)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(steps):
+        x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def _se_calls(model: torch.nn.Module, mode, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The output under ``mode`` and how many times an SE module's own forward ran."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules()
+             if isinstance(m, SqueezeExcite)]
+    with mode():
+        out = model(x)
+    for h in hooks:
+        h.remove()
+    return out, len(calls)
+
+
+@pytest.mark.parametrize("gate", list(GATES))
+@pytest.mark.parametrize("batch,channels_last", [(1, False), (1, True), (3, False), (3, True)])
+def test_inference_folds_se_into_batchnorm_and_equals_reference(gate, batch, channels_last):
+    """Under torch.inference_mode the standard SE scale rides on the last BatchNorm (no SE module
+    forward runs); the logits equal the straightforward model's, in float64 to rounding and in
+    float32 to 1e-5. Batches above one in channels_last are not foldable and run unfused."""
+    model = _trained_proxy(Arch.uniform("resnet50", StageSE(4, "avg", gate)))
+    ref = set_fast_se(copy.deepcopy(model), False)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for dtype, tol in ((torch.double, 1e-12), (torch.float, 1e-5)):
+        m, r = (copy.deepcopy(t).to(dtype, memory_format=fmt) for t in (model, ref))
+        x = torch.randn(batch, 3, 16, 16, dtype=dtype).contiguous(memory_format=fmt)
+        out, se_forwards = _se_calls(m, torch.inference_mode, x)
+        expected, ref_forwards = _se_calls(r, torch.no_grad, x)
+        torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+        assert ref_forwards == 16
+        assert se_forwards == (16 if batch > 1 and channels_last else 0)
+
+
+@pytest.mark.parametrize("position", ["pre", "post", "identity", "after_3x3"])
+def test_inference_fold_only_at_the_standard_position(position):
+    """Elsewhere nothing follows a BatchNorm to fold into: the SE modules run, outputs unchanged."""
+    model = _trained_proxy(Arch.uniform("resnet50", StageSE(4, "avg", "sigmoid", position)), steps=1)
+    x = torch.randn(1, 3, 16, 16)
+    out, se_forwards = _se_calls(model, torch.inference_mode, x)
+    assert se_forwards == 16
+    torch.testing.assert_close(out, _se_calls(model, torch.no_grad, x)[0], rtol=0, atol=0)
+
+
+def test_validation_and_training_paths_never_fold():
+    """The training loop's validation runs under no_grad and must keep its numerics bit for bit (the
+    searches' answers depend on them): the fold is for inference_mode only, in eval mode only, and
+    never under a tracer (export, fvcore) or for other squeezes."""
+    model = _trained_proxy(PRESETS["se_resnet50"], steps=1)
+    unit = model.stages[0][0]
+    bn, se = unit.last_bn, unit.se_residual
+    assert not fused.can_fold_bn_into_se(bn, se)  # no inference mode
+    with torch.inference_mode():
+        assert fused.can_fold_bn_into_se(bn, se)
+        assert not fused.can_fold_bn_into_se(bn, set_fast_se(copy.deepcopy(se), False))
+        assert not fused.can_fold_bn_into_se(bn.train(), se)
+        bn.eval()
+        assert not fused.can_fold_bn_into_se(bn, SqueezeExcite(se.fc1.in_channels, StageSE(16, "max")))
+    with torch.no_grad():
+        assert not fused.can_fold_bn_into_se(bn, se)
+    x = torch.randn(2, 3, 16, 16)
+    assert _se_calls(model, torch.no_grad, x)[1] == 16
+    with torch.inference_mode():
+        traced = torch.jit.trace(model, x)  # what export sees: the module's own layers
+    assert str(traced.inlined_graph).count("aten::adaptive_avg_pool2d") == 16 + 1  # each SE's squeeze, the head

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..design.arch import Arch, ArchError
 from ..design.choices import SLOTS
-from .fused import bn_se_add_relu, can_fuse_tail
+from .fused import bn_se_add_relu, bn_se_inference, can_fold_bn_into_se, can_fuse_tail
 from ..design.geometry import Conv, Geometry, Layer, Pool, Unit, resolve
 from ..design.inception import InceptionUnit
 from .se import SqueezeExcite
@@ -75,6 +75,8 @@ class ResidualUnit(nn.Module):
         self.pool = _layers((u.pool,))[0] if u.pool else nn.Identity()
         # the fused tail (se_nas/nn/fused.py) computes relu(se(bn(c)) + identity): a residual unit's end
         self.tail_fusable = self.merge == "add" and u.act == "relu" and u.convs[-1].act is None
+        # in inference, an SE block straight after the last BatchNorm rides on it (fused.bn_se_inference)
+        self.bn_se_foldable = u.convs[-1].act is None
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -95,7 +97,10 @@ class ResidualUnit(nn.Module):
             # standard SE: BatchNorm, scale, addition and ReLU in one Function (se_nas/nn/fused.py)
             out = bn_se_add_relu(out, last_bn, self.se_residual, self.se_identity(self.shortcut(x)))
         else:
-            out = self.se_residual(getattr(self, f"act{self.depth}")(last_bn(out)))
+            if self.bn_se_foldable and can_fold_bn_into_se(last_bn, self.se_residual):
+                out = bn_se_inference(out, last_bn, self.se_residual)
+            else:
+                out = self.se_residual(getattr(self, f"act{self.depth}")(last_bn(out)))
             identity = self.se_identity(self.shortcut(x))
             out = self.relu(out + identity if self.merge == "add" else torch.cat((identity, out), 1))
         return self.pool(self.se_output(out))

@@ -10,7 +10,8 @@ and on a full map they are exactly the NoSqueeze ablation's convolutions (Table 
 ``excitation`` and the last line of ``forward`` are the reference implementation. With a pooled
 squeeze, ``fused=True`` (the default) runs the same function through ``se_nas.nn.fused``: in training,
 autograd Functions that save less and make fewer passes over the feature map in backward; in
-inference, the excitation as matrix products. ``fused=False`` (or ``se_nas.nn.fused.set_fast_se``)
+eval mode, the excitation as matrix products, and under ``torch.inference_mode`` at the standard
+position the scale folded into the preceding BatchNorm (``se_nas.nn.build`` calls it). ``fused=False`` (or ``se_nas.nn.fused.set_fast_se``)
 keeps the straightforward code, which is also what tracing (fvcore, export) always sees.
 """
 from __future__ import annotations
