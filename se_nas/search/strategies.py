@@ -78,7 +78,7 @@ def _oneshot_check(config) -> None:
 
 
 STRATEGIES: dict[str, Strategy] = {
-    # 30 trials: with calibration and confirmation, about 10 minutes on 2 idle cores (docs/search.md)
+    # 30 trials: with calibration and confirmation, 8 min 18 s on one idle core, 4 min 20-37 s on two (docs/search.md)
     MULTI_TRIAL: Strategy(MULTI_TRIAL, default_sampler="tpe", default_count=30, counts="trials", study_suffix="",
                           scores="trained accuracy", stage=_multi_trial_stage,
                           values=attrgetter("is_result")),
