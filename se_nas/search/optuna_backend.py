@@ -304,12 +304,12 @@ def run(study, config, progress, data, pool=None) -> None:
                   log=progress.log)
 
 
-def worker_count(requested: int, trials_left: int, cores: int) -> tuple[int, str | None]:
-    """``requested`` workers, clamped to the cores this process may use and the trials left to start
-    (at least 1), and the one line saying so when clamped (None when not)."""
-    n = max(1, min(requested, cores, max(trials_left, 1)))
+def worker_count(requested: int, cores: int) -> tuple[int, str | None]:
+    """``requested`` workers, clamped to the cores this process may use, and the one line saying so
+    when clamped (None when not). Not to the trials left: the workers also train the confirmation,
+    and the window, not the pool's size, decides what the sampler sees."""
+    n = max(1, min(requested, cores))
     if n == requested:
         return n, None
-    why = f"{cores} core{'s' if cores != 1 else ''} this process may use" if n == cores else \
-        f"{trials_left} trial{'s' if trials_left != 1 else ''} left to start"
-    return n, f"--workers {requested}: using {n} worker process{'es' if n != 1 else ''} ({why})"
+    return n, (f"--workers {requested}: using {n} worker process{'es' if n != 1 else ''} "
+               f"({cores} core{'s' if cores != 1 else ''} this process may use)")

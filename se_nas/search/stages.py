@@ -215,8 +215,8 @@ def prepare_study(config: SearchConfig):
 
 def _resolve_workers(study, config: SearchConfig, strategy) -> None:
     """``config.workers`` as a number: "auto" is the cores this process may use (its CPU affinity, not
-    the ones idle now, so the answer depends on the machine and the seed only), clamped to the cores
-    and the trials left; says so in one line. On Ray it is the number of concurrent Ray trials ("auto":
+    the ones idle now, so the answer depends on the machine and the seed only), clamped to the cores;
+    says so in one line. On Ray it is the number of concurrent Ray trials ("auto":
     what the cluster's resources hold, ``se_nas.search.ray_backend.concurrent_trials``). The one-shot
     search trains one supernet."""
     from .optuna_backend import worker_count
@@ -235,7 +235,7 @@ def _resolve_workers(study, config: SearchConfig, strategy) -> None:
         return
     auto = config.workers == "auto"
     n = cores()
-    config.workers, line = worker_count(n if auto else config.workers, remaining(study, config.n_trials), n)
+    config.workers, line = worker_count(n if auto else config.workers, n)
     if auto and config.progress:
         print(f"--workers auto: {config.workers} worker process{'es' if config.workers != 1 else ''} "
               f"({n} core{'s' if n != 1 else ''} this process may use); the answer depends on the seed and the "
