@@ -140,9 +140,9 @@ def measure(calls: dict, rounds: int, warmup: int) -> dict:
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            c0, w0 = time.process_time(), time.perf_counter()
+            c0, w0 = benchlib.cpu(), time.perf_counter()
             calls[name]()
-            cpu[name].append(time.process_time() - c0)
+            cpu[name].append(benchlib.cpu() - c0)
             wall[name].append(time.perf_counter() - w0)
     return {"cpu": cpu, "wall": wall}
 
@@ -173,10 +173,10 @@ def se_parts(models: dict, x: torch.Tensor, rounds: int) -> dict:
     with torch.inference_mode():
         for r in range(rounds):
             for name, f in pieces.items():
-                t0 = time.process_time()
+                t0 = benchlib.cpu()
                 for c, u in zip(maps, units):
                     f(c, u)
-                times[name].append(time.process_time() - t0)
+                times[name].append(benchlib.cpu() - t0)
     weights = sum(p.numel() * p.element_size() for u in units for p in u.se_residual.parameters())
     return {"units": len(units), "excitation_weight_mib": weights / 2**20,
             "ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}}

@@ -24,6 +24,11 @@ T = TypeVar("T")
 
 
 # --- the envelope ----------------------------------------------------------------------------------
+def cpu() -> float:
+    """This process's CPU seconds so far (every thread): the clock to time one call by on a shared machine."""
+    return time.process_time()
+
+
 def load() -> float:
     """The 1-minute load average."""
     return os.getloadavg()[0]

@@ -11,6 +11,7 @@ trials of dead processes (another search on the same study that died) are failed
 """
 from __future__ import annotations
 
+import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from ..record.study import Status, records, remaining
 from .trial import REPEAT_STREAK, propose_fresh, record_outcome, repeat_outcome, run_trial
 
 
-def ask(study):
+def ask(study, beat: bool = False):
     """A trial of ``study`` for this process, its owner (host and pid) recorded. Under the study's
     claim, so a re-queued (WAITING) trial goes to one process only (SQLite ignores the row lock
     Optuna relies on); ``_next_trial`` counts the trials left under the same claim."""
@@ -35,6 +36,8 @@ def ask(study):
         trial = study.ask()
         for k, v in owner_attrs().items():
             trial.set_user_attr(k, v)
+        if beat:  # its first heartbeat with its owner: a process killed right after the ask leaves evidence
+            trial.set_user_attr("beat", round(time.time(), 3))
     return trial
 
 
@@ -176,6 +179,7 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
     window = 2 * config.workers - 1 if pool is not None else 1
     inflight: deque[PendingTrial] = deque()
     streak = 0
+    state = {}  # "none_left": the last ask found no trial left to start
 
     def tell(p: PendingTrial) -> bool:
         nonlocal streak
@@ -197,6 +201,7 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
                 if on_done is not None:
                     on_done(study.trials[number])
             if trial is None:
+                state["none_left"] = True
                 return False
             try:
                 p, seen = prepare_trial(study, config, trial)
@@ -207,8 +212,9 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
                     on_done(taken)
                 continue
             inflight.append(p)
-            if p.trains:
+            if not (len(inflight) == 1 and p.outcome is not None):  # not told at once: it beats while it waits
                 p.beat = Heartbeat(study, trial.number).__enter__()
+            if p.trains:
                 if pool is None:
                     short = f"#{trial.number} {p.arch.id}"
                     p.outcome = train_trial(config, p.arch, p.seed, seen, data=data, on_progress=None if live is None
@@ -226,6 +232,15 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
             if more:
                 more = fill()
             if not inflight:
+                if state.pop("none_left", False) and _others_running(study):
+                    # Another process's trial (a shared study) may still die: stay, so the last one
+                    # standing retries it here and the study ends with the trials asked for.
+                    if live is not None:
+                        live("nothing left to start: waiting for the other processes' trials "
+                             "(one that dies is retried here)")
+                    time.sleep(WAIT_S)
+                    more = True
+                    continue
                 break
             head = inflight[0]
             while head.outcome is None:
@@ -264,6 +279,16 @@ def _receive(pool, inflight, live, log) -> None:
         raise RuntimeError(f"trial #{p.trial.number} ({p.arch.id}) raised in its worker process: {ev.value}\n{ev.detail}")
 
 
+WAIT_S = 1.0  # how often a search with nothing left to start looks at other processes' running trials
+
+
+def _others_running(study) -> bool:
+    """Whether the study has RUNNING trials (of other processes: this one has none in flight then)."""
+    import optuna
+
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
 def run_one(study, config, data=None, trial=None):
     """Run one candidate (``trial``, or one asked now) in this process, or answer it from the record;
     record it; returns the FrozenTrial. On Ctrl-C the trial is failed as "interrupted" and enqueued again."""
@@ -295,7 +320,7 @@ def _next_trial(study, n_trials: int):
         # grace 0: every se-nas process asks and records the owner under this claim, so a RUNNING trial
         # with no owner seen here lost its process between the two (e.g. a full disk) and is dead now
         lost = recover_dead_trials(study, grace_s=0)
-        return lost, (ask(study) if remaining(study, n_trials) > 0 else None)
+        return lost, (ask(study, beat=True) if remaining(study, n_trials) > 0 else None)
 
 
 def run(study, config, progress, data, pool=None) -> None:
