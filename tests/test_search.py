@@ -125,6 +125,17 @@ def _wait_for(tmp_path, predicate, proc, limit=120):
     raise AssertionError("timed out: " + _stderr(tmp_path))
 
 
+def _training(trials) -> bool:
+    """Whether a trial trains now: one asked with its design, which fits the budget and has no record
+    yet. A design over budget or a repeat is answered at once, and a signal sent then could land
+    between two trials, where no trial is running to stop."""
+    from se_nas.design.arch import Arch
+
+    known = {t.user_attrs.get("arch") for t in trials if t.state == S.COMPLETE}
+    return any(t.state == S.RUNNING and "arch" in t.user_attrs and t.user_attrs["arch"] not in known
+               and count_cost(Arch.from_json(t.user_attrs["arch"])).gflops <= BUDGET for t in trials)
+
+
 def _stderr(tmp_path) -> str:
     p = tmp_path / "search.stderr"
     return p.read_text()[-2000:] if p.exists() else ""
@@ -136,8 +147,7 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
     try:
         def ready(trials):
             done = [t for t in trials if t.state == S.COMPLETE and t.user_attrs.get("status") == "complete"]
-            running = [t for t in trials if t.state == S.RUNNING and "arch" in t.user_attrs]
-            return done and running
+            return done and _training(trials)
         _wait_for(tmp_path, ready, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -168,8 +178,7 @@ def test_sigkill_mid_trial_then_rerun_loses_nothing(tmp_path):
 def test_ctrl_c_marks_the_trial_interrupted_and_resumable(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, 50), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(tmp_path, lambda ts: any(t.state == S.RUNNING and "arch" in t.user_attrs for t in ts)
-                  and any(t.state == S.COMPLETE for t in ts), proc)
+        _wait_for(tmp_path, lambda ts: _training(ts) and any(t.state == S.COMPLETE for t in ts), proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

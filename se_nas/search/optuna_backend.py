@@ -211,6 +211,9 @@ def search_trials(study, config, *, data=None, pool=None, on_done: Callable | No
                 if on_done is not None:
                     on_done(taken)
                 continue
+            except BaseException:  # Ctrl-C while its design was drawn: it is stopped like the others
+                interrupt_trial(study, PendingTrial(trial, None, 0, False))
+                raise
             inflight.append(p)
             if not (len(inflight) == 1 and p.outcome is not None):  # not told at once: it beats while it waits
                 p.beat = Heartbeat(study, trial.number).__enter__()
