@@ -15,6 +15,7 @@ cached. ``uptime``'s load is recorded before and after every figure.
     python scripts/bench_latency.py                            # 30 designs, 1 and 2 threads
     python scripts/bench_latency.py --threads 1 --designs 30 --rounds 15 --json out.json
     python scripts/bench_latency.py --threads 1 --designs 24 --rounds 8 --clock process   # issue 22's figures
+    python scripts/bench_latency.py --threads 1 --designs 24 --rounds 8 --runtime onnxruntime   # the same on ORT
 """
 from __future__ import annotations
 
@@ -44,13 +45,19 @@ def random_designs(space, n: int, seed: int) -> list[Arch]:
                  stride_on=space.stride_on, se_bias=space.se_bias) for _ in range(n)]
 
 
+def summary(times: list[float]) -> dict[str, float]:
+    """A design's median and 10th percentile, as the table states its entries."""
+    return {"median": statistics.median(times), "p10": statistics.quantiles(times, n=10, method="inclusive")[0]}
+
+
 def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: Path, device: str,
-             clock: str = "wall") -> dict:
+             clock: str = "wall", runtime: str = "torch") -> dict:
     torch.set_num_threads(threads)
-    path = table_dir / f"{space.name}-{device.replace(':', '')}-{threads}t-{clock}.json"
+    path = table_dir / f"{space.name}-{device.replace(':', '')}-{threads}t-{clock}-{runtime}.json"
     before = benchlib.loads()
     t0 = time.perf_counter()
-    table = P.profile(space, path, device=device, threads=threads, archs=designs, rounds=rounds, clock=clock)
+    table = P.profile(space, path, device=device, threads=threads, archs=designs, rounds=rounds, clock=clock,
+                      runtime_=runtime)
     profile_s = time.perf_counter() - t0
     n_sub = len(table.entries) - 2
     n_full = len(L.space_entries(space)[1])
@@ -62,13 +69,13 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     dev = torch.device(kind, index) if kind == "cuda" else torch.device("cpu")
     x = torch.randn(1, 3, 224, 224, device=dev)
     after_profile = benchlib.loads()
-    models = {a.id: build_model(a).to(dev).eval() for a in designs}
-    timer = P.TIMERS[kind](dev, clock)
+    rt = P.runtime(runtime, kind, threads, clock)
     with torch.inference_mode():
-        times = P.measure_interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, timer, rounds, 2)
-    del models
+        calls = {a.id: rt.call(build_model(a).to(dev).eval(), x) for a in designs}
+        times = P.measure_interleaved(calls, P.TIMERS[kind](dev, clock), rounds, 2)
+    del calls
     plain = space.plain().id
-    out = {"threads": threads, "device": device, "clock": clock, "device_name": table.header["device_name"],
+    out = {"threads": threads, "device": device, "clock": clock, "runtime": runtime, "device_name": table.header["device_name"],
            "designs": len(designs), "rounds": rounds, "table": str(path), "profile_entries": n_sub,
            "profile_s": profile_s,
            "full_space_entries": n_full, "carriers": carriers_sub, "full_space_carriers": carriers_full,
@@ -89,7 +96,7 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     out["table_check"] = {k: v for k, v in (table.check or {}).items() if k != "designs"}
     for stat in ("median", "p10"):  # the p10: what a shared machine's interference disturbs least
         p = L.LatencyPredictor(table, stat)
-        measured = {k: P._stats(v)[stat] for k, v in times.items()}
+        measured = {k: summary(v)[stat] for k, v in times.items()}
         rows, errs, ratio_errs = [], [], []
         for a in designs:
             pred, meas = p.ms(a), measured[a.id]
@@ -144,6 +151,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--clock", default="wall", choices=("wall", "process"),
                     help="process: CPU time (one thread), which other jobs on this shared machine do not inflate")
+    ap.add_argument("--runtime", default="torch", choices=tuple(P.RUNTIMES),
+                    help="what runs the models (onnxruntime: wall clock only)")
     ap.add_argument("--space", default="resnet50-per-stage")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tables", default="bench-latency", help="folder for the profile tables (resumed)")
@@ -158,11 +167,12 @@ def main() -> int:
     out = {"torch": torch.__version__, "python": sys.version.split()[0], "space": space.name, "results": []}
     threads = [int(t) for t in args.threads.split(",")] if args.device == "cpu" else [None]
     for t in threads:
-        r = validate(space, designs, t, args.rounds, table_dir, args.device, args.clock)
+        r = validate(space, designs, t, args.rounds, table_dir, args.device, args.clock, args.runtime)
         out["results"].append(r)
         for stat in ("median", "p10"):
             q = r[stat]
-            print(f"{r['device']} ({r['device_name']}) {t or ''} thread(s), {r['clock']} clock, {r['designs']} designs, "
+            print(f"{r['runtime']} on {r['device']} ({r['device_name']}) {t or ''} thread(s), {r['clock']} clock, "
+                  f"{r['designs']} designs, "
                   f"{r['rounds']} rounds, "
                   f"{stat}: plain {q['plain_ms']:.1f} ms; |error| median {q['median_abs_error_pct']:.1f}% max "
                   f"{q['max_abs_error_pct']:.1f}% ({q['within_10pct']}/{r['designs']} within 10%), Kendall tau "
