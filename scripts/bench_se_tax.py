@@ -151,7 +151,7 @@ def se_parts(models: dict, x: torch.Tensor, rounds: int) -> dict:
     """Where the eager tax goes: the SE pieces of the 16 SE units timed alone (process CPU ms per
     forward, summed over the units, median over interleaved rounds) on the maps the model computes
     for ``x`` (each unit's last convolution's output), with the model's own weights."""
-    from se_nas.nn.fused import _excite, bn_se_inference
+    from se_nas.nn.fused import excite, bn_se_inference
 
     model = models["ours_se"]
     units = [u for u in model.modules() if hasattr(u, "bn_se_foldable") and hasattr(u.se_residual, "fc1")]
@@ -165,7 +165,7 @@ def se_parts(models: dict, x: torch.Tensor, rounds: int) -> dict:
     pieces = {
         "BatchNorm alone (what a plain unit runs)": lambda c, u: u.last_bn(c),
         "squeeze: mean over the map": lambda c, u: c.mean((2, 3)),
-        "mean and excitation (2 matrix-vector products, gates)": lambda c, u: _excite(u.se_residual, c.mean((2, 3))),
+        "mean and excitation (2 matrix-vector products, gates)": lambda c, u: excite(u.se_residual, c.mean((2, 3))),
         "unfused: BatchNorm, then the SE module": lambda c, u: u.se_residual(u.last_bn(c)),
         "fused: bn_se_inference": lambda c, u: bn_se_inference(c, u.last_bn, u.se_residual),
     }

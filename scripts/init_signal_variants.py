@@ -44,7 +44,7 @@ def main() -> None:
     from se_nas.nn.data import load_data
     from se_nas.design.space import load_space
     from se_nas.record.storage import open_study
-    from se_nas.nn.train import _batches
+    from se_nas.nn.train import data_batches
     from se_nas.search.trial import seeded_proxy
 
     torch.set_num_threads(1)
@@ -58,7 +58,7 @@ def main() -> None:
     sets = {name: [a for a in ds if all((a.id, s) in runs and runs[(a.id, s)].accuracy is not None for s in (0, 1, 2))]
             for name, ds in sets.items()}
     means = {a.id: statistics.fmean(runs[(a.id, s)].accuracy for s in (0, 1, 2)) for ds in sets.values() for a in ds}
-    x, y = next(iter(_batches(data.train, r.batch_size, shuffle=True, seed=0, drop_last=True, num_workers=0, pin=False)))
+    x, y = next(iter(data_batches(data.train, r.batch_size, shuffle=True, seed=0, drop_last=True, num_workers=0, pin=False)))
 
     raw = {}  # (design id, seed) -> signals
     for a in [space.plain(), *(a for ds in sets.values() for a in ds)]:

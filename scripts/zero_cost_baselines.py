@@ -75,13 +75,13 @@ def main() -> None:
     from se_nas.design.space import load_space
     from se_nas.nn.data import load_data
     from se_nas.nn.pathscore import INIT_SEEDS, InitCheck, grad_norm, synflow
-    from se_nas.nn.train import _batches
+    from se_nas.nn.train import data_batches
     from se_nas.search.trial import seeded_proxy
 
     torch.set_num_threads(1)
     r, space = proxy_recipe(), load_space("resnet50-per-stage")
     data = load_data(r)
-    x, y = next(iter(_batches(data.train, r.batch_size, shuffle=True, seed=r.seed, drop_last=True, num_workers=0,
+    x, y = next(iter(data_batches(data.train, r.batch_size, shuffle=True, seed=r.seed, drop_last=True, num_workers=0,
                               pin=False)))
     default = designs("resnet50-per-stage", 25, 0)
     pool = {a.id: a for a in [*default, *held_out(default, 28, 1)]}

@@ -14,11 +14,7 @@ import pytest
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 HELPER = "benchlib"
 # (script, se_nas module, private name) with no public equivalent in se_nas yet
-PRIVATE_LEFT = {
-    ("init_signal_variants.py", "se_nas.nn.train", "_batches"),  # the exact first training batch
-    ("zero_cost_baselines.py", "se_nas.nn.train", "_batches"),  # the same batch, for grad_norm and the check
-    ("bench_se_tax.py", "se_nas.nn.fused", "_excite"),  # the excitation alone, to time the SE's pieces
-}
+PRIVATE_LEFT: set = set()
 
 
 def scripts() -> list[Path]:

@@ -94,7 +94,7 @@ def _sum_hw(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.sum((2, 3), dtype=dtype)
 
 
-def _excite(se: "SqueezeExcite", z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def excite(se: "SqueezeExcite", z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The excitation on an (N, C) descriptor: the hidden activation h and the scale s.
 
     Matrix products with the module's 1x1-convolution weights viewed as matrices: 2-3x faster than
@@ -159,7 +159,7 @@ def excitation(se: "SqueezeExcite", x: torch.Tensor) -> torch.Tensor:
     """``se.excitation(x)`` for a pooled squeeze with plain autograd-capable ops: the (N, C, 1, 1)
     scale, with the MLP as matrix products (what inference runs)."""
     z = se.squeeze(x)
-    return _excite(se, z.flatten(1))[1].view_as(z)
+    return excite(se, z.flatten(1))[1].view_as(z)
 
 
 class _Scale(torch.autograd.Function):
@@ -170,7 +170,7 @@ class _Scale(torch.autograd.Function):
         squeeze = se.choice.squeeze
         z, idx = _pool(x, squeeze)
         z = z.flatten(1)
-        h, s = _excite(se, z)
+        h, s = excite(se, z)
         ctx.se, ctx.squeeze, ctx.amp = se, squeeze, _autocast_state(x)
         ctx.save_for_backward(x, z, h, idx)
         return x * s.view(*s.shape, 1, 1)
@@ -258,7 +258,7 @@ class _BNScaleAddReLU(torch.autograd.Function):
             mu, invstd, d = _batch_norm_stats(c, cm, bn)
             a = gamma * invstd
             z = _descriptor(cm, mu, invstd, gamma, beta)
-            h, s = _excite(se, z)
+            h, s = excite(se, z)
             # s * bn(c) + identity = identity + d * (a s) + beta s, bn(c) = a (c - mu) + beta, written into d
             y = torch.addcmul(identity, d, (a * s).view(n, ch, 1, 1), out=d)
             y.add_((beta * s).view(n, ch, 1, 1)).relu_()
@@ -267,7 +267,7 @@ class _BNScaleAddReLU(torch.autograd.Function):
                 c, gamma, beta, bn.running_mean, bn.running_var, True, _momentum(bn), bn.eps
             )
             z = _descriptor(cm, mu, invstd, gamma, beta).to(x.dtype)
-            h, s = _excite(se, z)
+            h, s = excite(se, z)
             y = torch.addcmul(identity, x, s.view(n, ch, 1, 1)).relu_()
         ctx.se, ctx.identity_dtype, ctx.z_dtype, ctx.amp = se, identity.dtype, z.dtype, _autocast_state(c)
         # per sample only cm and the hidden activation: z and s are recomputed from them in backward
@@ -367,7 +367,7 @@ def bn_se_inference(c: torch.Tensor, bn: nn.BatchNorm2d, se: "SqueezeExcite") ->
     mu, var = bn.running_mean, bn.running_var
     # the descriptor through the same BatchNorm: one call where the formula takes five
     z = F.batch_norm(c.mean((2, 3)), mu, var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    s = _excite(se, z)[1]
+    s = excite(se, z)[1]
     weight, bias = (bn.weight * s).flatten(), (bn.bias * s).flatten()
     if n > 1:
         mu, var = mu.repeat(n), var.repeat(n)

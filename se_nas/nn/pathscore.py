@@ -156,17 +156,17 @@ class PathEvaluator:
     def __init__(self, supernet, recipe, data, device=None, batches: int = CALIBRATION_BATCHES,
                  val_fraction: float = VAL_FRACTION, calibration_seed: int | None = None,
                  init_seeds: tuple[int, ...] = INIT_SEEDS):
-        from .train import _batches, pick_device
+        from .train import data_batches, pick_device
 
         self.net = supernet
         self.device = pick_device(recipe.device if device is None else str(device))
         self.net.to(self.device)
         bs = recipe.batch_size
         seed = recipe.seed if calibration_seed is None else calibration_seed
-        train = _batches(data.train, bs, shuffle=True, seed=seed, drop_last=len(data.train) >= bs,
+        train = data_batches(data.train, bs, shuffle=True, seed=seed, drop_last=len(data.train) >= bs,
                          num_workers=recipe.num_workers, pin=False)
         self.calibration = [x.to(self.device) for x, _ in _first(train, batches)]
-        val = _batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False, num_workers=recipe.num_workers,
+        val = data_batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False, num_workers=recipe.num_workers,
                        pin=False)
         if not 0 < val_fraction <= 1:
             raise SearchError(f"a path's validation fraction must be in (0, 1], got val_fraction={val_fraction!r}")

@@ -126,8 +126,9 @@ def lr_factor(step: int, recipe: Recipe, steps_per_epoch: int) -> float:
     return SCHEDULES[recipe.schedule](recipe, step, warm, steps_per_epoch)
 
 
-def _batches(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
-             num_workers: int, pin: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def data_batches(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool,
+                 num_workers: int, pin: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``ds``'s (images, labels) batches in the order a training run with ``seed`` sees them."""
     g = torch.Generator().manual_seed(seed)
     if isinstance(ds, TensorData):  # in memory: one indexing op per batch, no per-sample collation
         return _tensor_batches(ds, batch_size, shuffle, g, drop_last)
@@ -380,7 +381,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, on_progress, step_loss, max_gr
     eseed = _epoch_seed(recipe.seed, epoch)
     torch.manual_seed(eseed)  # augmentation draws from the global RNG
     run.model.train()
-    batches = _batches(run.data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=run.drop_last,
+    batches = data_batches(run.data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=run.drop_last,
                        num_workers=recipe.num_workers, pin=pin)
     with tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="step", leave=False,
               disable=not progress) as bar:
@@ -394,7 +395,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, on_progress, step_loss, max_gr
             bar.update(1)
             if on_progress is not None:
                 on_progress(Progress(epoch, recipe.epochs, step + 1, steps, loss_now))
-        val_batches = _batches(run.data.val, recipe.batch_size * 2, shuffle=False, seed=0, drop_last=False,
+        val_batches = data_batches(run.data.val, recipe.batch_size * 2, shuffle=False, seed=0, drop_last=False,
                                num_workers=recipe.num_workers, pin=pin)
         acc = evaluate(run.model, val_batches, run.dev, amp_dtype=run.amp_dtype, channels_last=run.channels_last)
         bar.set_postfix(val_acc=f"{acc:.3f}")
