@@ -268,9 +268,6 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
     describes has no more parameters than the file stores (analytically, nothing built), so nothing
     is allocated for a model the file cannot hold. ``ModelFile.build`` checks the exact shapes.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     p = Path(path)
     where = repr(str(p))
     try:
@@ -313,16 +310,34 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
         raise ModelFileError(f"{where}: the file declares {declared:,} tensor values but its architecture "
                              f"{arch.id} holds {asked:,} parameters (at most {2 * asked + 100_000:,} values with "
                              f"BatchNorm statistics); refusing to read them")
+    tensors = _tensors(p, head, end, where)
+    _authenticate(header, tensors, where, verify, key)
+    # The model the header describes must fit in the weights the file stores; counted analytically
+    # (no model built), so a crafted header cannot make load_model allocate more than the file holds.
+    stored = sum(t.numel() for t in tensors.values())
+    if asked > stored:
+        raise ModelFileError(f"{where}: header asks for a model of {asked:,} parameters (architecture {arch.id}, "
+                             f"num_classes={num_classes}, stem={stem!r}, width={width}) but the file stores "
+                             f"{stored:,} values; refusing to build it")
+    return ModelFile(arch, num_classes, stem, float(width), meta, tensors, role,
+                     trained if isinstance(trained, bool) else None, pre, authenticated=key is not None)
+
+
+def _tensors(p: Path, head: int, end: int, where: str) -> dict[str, torch.Tensor]:
+    """The tensors stored between ``head`` and ``end`` (their sizes already bounded by the header)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
-        data = read_tensors(p, head, end)
+        return load(read_tensors(p, head, end))
     except OSError as e:
         raise ModelFileError(f"cannot read model file {where}: {e.strerror}") from None
-    except ValueError as e:
-        raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: {e})") from None
-    try:
-        tensors = load(data)
     except (SafetensorError, ValueError, OverflowError) as e:
         raise ModelFileError(f"{where} is not a readable se-nas model file (truncated or not safetensors: {e})") from None
+
+
+def _authenticate(header: dict, tensors: dict, where: str, verify: bool, key: bytes | str | None) -> None:
+    """The checksum (``verify``) and, when ``key`` is given, the signature: refused in one line each."""
     digest = checksum(header, tensors) if verify or key is not None else header["sha256"]
     if verify and digest != header["sha256"]:
         raise ModelFileError(f"{where}: checksum mismatch (file says {header['sha256'][:16]}..., contents give "
@@ -333,15 +348,6 @@ def read_model(path: str | Path, verify: bool = True, key: bytes | str | None = 
         if not hmac.compare_digest(signature(digest, key), str(header[_SIGNATURE])):
             raise ModelFileError(f"{where}: signature does not match: the file was changed after it was signed, "
                                  "or signed with another key")
-    # The model the header describes must fit in the weights the file stores; counted analytically
-    # (no model built), so a crafted header cannot make load_model allocate more than the file holds.
-    stored = sum(t.numel() for t in tensors.values())
-    if asked > stored:
-        raise ModelFileError(f"{where}: header asks for a model of {asked:,} parameters (architecture {arch.id}, "
-                             f"num_classes={num_classes}, stem={stem!r}, width={width}) but the file stores "
-                             f"{stored:,} values; refusing to build it")
-    return ModelFile(arch, num_classes, stem, float(width), meta, tensors, role,
-                     trained if isinstance(trained, bool) else None, pre, authenticated=key is not None)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", key: bytes | str | None = None) -> nn.Module:

@@ -191,43 +191,56 @@ def summarize(study, root: str | Path | None = None, storage: str | None = None)
     else:
         lines.append("no trial has been trained to the end yet: no front")
     if conf is not None:
-        k = len(conf.seeds)
-        det = f"; with {k} seeds it detects differences of about {conf.detectable:.3f} or more" \
-            if conf.detectable is not None and math.isfinite(conf.detectable) else ""
-        lines.append(f"confirmed under the same {k} fresh seeds on {conf.fidelity}{det}:")
-        ref = baseline_name(conf.r16.arch.backbone)
-        w = max(7, len(ref))
-        for d in conf.designs:
-            role = ("chosen" if d.id == conf.chosen.id else ref if d.id == conf.r16.id
-                    else "plain" if d.id == conf.plain.id else "front")
-            tag = " (front)" if any(f.id == d.id for f in conf.front) else ""
-            ob = " (over budget)" if d.id in conf.over_budget else ""
-            if conf.dominated_by is not None and d.id == conf.chosen.id:
-                ob += f" (dominated by {conf.dominated_by.id})"
-            lines.append(f"  {role:<{w}} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
-                         f"{ms(d)}{tag}{ob}  {d.arch.label}")
-        if not conf.complete:
-            lines.append("  (confirmation incomplete: rerun the command to finish it)")
-        if conf.search_mean is not None and conf.chosen.n:
-            searched = next((d for d in ds if d.id == conf.chosen.id), None)
-            n = f" over {_plural(searched.n, 'seed')}" if searched is not None else ""
-            lines.append(f"the chosen design: {conf.search_mean:.4f} in the search{n}, picked as the best of "
-                         f"{_plural(len(ds), 'design')}; {conf.chosen.mean:.4f} under the confirmation's fresh seeds")
-        if conf.two_fidelity:
-            agree = conf.agreement.describe() if conf.agreement is not None else \
-                "not measured (fewer than 3 confirmed designs measured at both)"
-            still = ("still the best confirmed design" if conf.best is not None and conf.best.id == conf.chosen.id
-                     else f"not the best confirmed design: {conf.best.id} is (the answer; `export --best` takes it)"
-                     if conf.best is not None else "not confirmed")
-            lines.append(f"two fidelities: search on {search_fidelity}, confirmation on {conf.fidelity}; rank "
-                         f"agreement over the confirmed designs: {agree}; the search's choice is {still}")
-        lines.append(f"finding: {conf.sentence}")
+        lines += _confirmation_lines(conf, ds, search_fidelity, ms)
+    lines += _next_lines(name, root, storage)
+    return "\n".join(lines)
+
+
+def _confirmation_lines(conf, ds, search_fidelity: str, ms) -> list[str]:
+    """The summary's confirmation: each confirmed design under the fresh seeds, the chosen design's
+    search and confirmed means, the two fidelities' agreement, and the finding."""
+    lines = []
+    k = len(conf.seeds)
+    det = f"; with {k} seeds it detects differences of about {conf.detectable:.3f} or more" \
+        if conf.detectable is not None and math.isfinite(conf.detectable) else ""
+    lines.append(f"confirmed under the same {k} fresh seeds on {conf.fidelity}{det}:")
+    ref = baseline_name(conf.r16.arch.backbone)
+    w = max(7, len(ref))
+    for d in conf.designs:
+        role = ("chosen" if d.id == conf.chosen.id else ref if d.id == conf.r16.id
+                else "plain" if d.id == conf.plain.id else "front")
+        tag = " (front)" if any(f.id == d.id for f in conf.front) else ""
+        ob = " (over budget)" if d.id in conf.over_budget else ""
+        if conf.dominated_by is not None and d.id == conf.chosen.id:
+            ob += f" (dominated by {conf.dominated_by.id})"
+        lines.append(f"  {role:<{w}} {d.id:<10}  {d.describe(conf.noise):<30}  {d.gflops:>7.3f}  {d.mparams:>6.2f}M"
+                     f"{ms(d)}{tag}{ob}  {d.arch.label}")
+    if not conf.complete:
+        lines.append("  (confirmation incomplete: rerun the command to finish it)")
+    if conf.search_mean is not None and conf.chosen.n:
+        searched = next((d for d in ds if d.id == conf.chosen.id), None)
+        n = f" over {_plural(searched.n, 'seed')}" if searched is not None else ""
+        lines.append(f"the chosen design: {conf.search_mean:.4f} in the search{n}, picked as the best of "
+                     f"{_plural(len(ds), 'design')}; {conf.chosen.mean:.4f} under the confirmation's fresh seeds")
+    if conf.two_fidelity:
+        agree = conf.agreement.describe() if conf.agreement is not None else \
+            "not measured (fewer than 3 confirmed designs measured at both)"
+        still = ("still the best confirmed design" if conf.best is not None and conf.best.id == conf.chosen.id
+                 else f"not the best confirmed design: {conf.best.id} is (the answer; `export --best` takes it)"
+                 if conf.best is not None else "not confirmed")
+        lines.append(f"two fidelities: search on {search_fidelity}, confirmation on {conf.fidelity}; rank "
+                     f"agreement over the confirmed designs: {agree}; the search's choice is {still}")
+    lines.append(f"finding: {conf.sentence}")
+    return lines
+
+
+def _next_lines(name: str, root, storage: str | None) -> list[str]:
+    """The commands to look further (never with the storage's password)."""
     opts = ""
     if root is not None and Path(root) != DEFAULT_ROOT:
         opts += f" --root {root}"
     if storage is not None:
         # never the password: the user puts it back (or sets SE_NAS_STORAGE) when running the hint
         opts += f" --storage {printable_url(storage)}"
-    lines += ["next:", f"  se-nas compare {name}{opts}", f"  se-nas report {name}{opts}",
-              f"  se-nas export {name} --best -o best.senas{opts}"]
-    return "\n".join(lines)
+    return ["next:", f"  se-nas compare {name}{opts}", f"  se-nas report {name}{opts}",
+            f"  se-nas export {name} --best -o best.senas{opts}"]
