@@ -94,6 +94,8 @@ def validate(space, designs: list[Arch], threads: int, rounds: int, table_dir: P
     out["flops_tau"] = kendalltau([count_cost(a).flops for a in designs],
                                   [statistics.median(times[k]) for k in ids])[0]
     out["table_check"] = {k: v for k, v in (table.check or {}).items() if k != "designs"}
+    # the machine's own drift: the plain design, whose prediction is its profiled time by construction
+    out["plain_drift_pct"] = 100 * (statistics.median(times[plain]) / table.ms(L.MODEL) - 1)
     for stat in ("median", "p10"):  # the p10: what a shared machine's interference disturbs least
         p = L.LatencyPredictor(table, stat)
         measured = {k: summary(v)[stat] for k, v in times.items()}
@@ -180,6 +182,8 @@ def main() -> int:
                   f"{q['max_abs_ratio_error_pct']:.1f}%", flush=True)
         print(f"  Kendall tau ceiling (timings' split halves) {r['split_half_tau']:.3f}, floor (FLOPs) "
               f"{r['flops_tau']:.3f}; the profile's own check: {r['table_check']}")
+        print(f"  drift: the plain design (predicted as profiled, by construction) measured "
+              f"{r['plain_drift_pct']:+.1f}% from its profiled time")
         print(f"  noise floor: odd vs even rounds of one design differ by {r['halves_abs_diff_pct']['median']:.1f}% "
               f"(median), {r['halves_abs_diff_pct']['max']:.1f}% (max)")
         print(f"  profile {r['profile_entries']} entries in {r['profile_s']:.0f} s (full space "

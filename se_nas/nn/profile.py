@@ -362,13 +362,13 @@ def _measure(table: LatencyTable, form: Form, options, x, fmt, clock, rounds: in
     keys = {k for i, opts in enumerate(options) for c in opts for k, _, _ in stage_units(form, i, c)}
     total = len(keys) + 1
     base = carrier(plain)
+    plain_keys = [k for k, _, _ in base.units]
+    pooled = None  # a fresh table: the plain model's samples over the whole profile, its anchor
     if any(missing(i, None) for i in range(len(options))) or MODEL not in table.entries:
-        samples = base.measure([base], x, 2 * rounds, warmup)[0]
-        table.entries[MODEL] = _stats(samples.pop(MODEL))
-        for k, times in samples.items():
-            table.entries[k] = _stats(times)
-        _set_rest(table, [k for k, _, _ in base.units])
+        pooled = base.measure([base], x, 2 * rounds, warmup)[0]
+        _anchor(table, pooled, plain_keys)
         table.save()
+    deltas: dict[str, tuple[str, dict[str, float], int]] = {}  # key: (plain key, minus it in its chunk, n)
     n_carriers = max(map(len, todo))
     archs_ = [replace(plain, stages=tuple(t[j] if j < len(t) else None for t in todo)) for j in range(n_carriers)]
     if progress:
@@ -379,13 +379,17 @@ def _measure(table: LatencyTable, form: Form, options, x, fmt, clock, rounds: in
         here = {k: _stats(v) for k, v in measured[0].items() if k != MODEL}
         for c, samples in zip(carriers[1:], measured[1:]):
             for (k, u, s), (ref, _, _) in zip(c.units, base.units):
-                if k in table.entries:
-                    continue
-                st = _stats(samples[k])
-                # a difference of noisy times can come out below zero for a tiny unit on a loaded
-                # machine; no unit takes negative time, and the table's reader refuses one
-                table.entries[k] = {**{q: max(0.0, st[q] - here[ref][q] + table.ms(ref, q)) for q in STATS},
-                                    "n": st["n"]}
+                if k not in table.entries:
+                    st = _stats(samples[k])
+                    deltas[k] = (ref, {q: st[q] - here[ref][q] for q in STATS}, st["n"])
+        if pooled is not None:  # the anchor follows the plain model through the whole profile
+            for k, v in measured[0].items():
+                pooled[k] += v
+            _anchor(table, pooled, plain_keys)
+        for k, (ref, d, n) in deltas.items():
+            # a difference of noisy times can come out below zero for a tiny unit on a loaded
+            # machine; no unit takes negative time, and the table's reader refuses one
+            table.entries[k] = {**{q: max(0.0, d[q] + table.ms(ref, q)) for q in STATS}, "n": n}
         del carriers, measured
         table.save()
         if progress:
@@ -516,6 +520,15 @@ def _space_ref(space) -> str:
 
     source = Path(space.source) if space.source else None
     return space.name if source is None or source.parent == SPACES_DIR else str(source)
+
+
+def _anchor(table: LatencyTable, pooled: dict[str, list[float]], plain_keys: list[str]) -> None:
+    """The plain model's entries (whole, each unit, the rest) from its ``pooled`` samples: every chunk
+    measures it, so the table's level is the plain model's over the whole profile, not its first
+    seconds (on a shared machine the same model's time moves by several percent within minutes)."""
+    for k, times in pooled.items():
+        table.entries[k] = _stats(times)
+    _set_rest(table, plain_keys)
 
 
 def _set_rest(table: LatencyTable, plain_keys: list[str]) -> None:
