@@ -12,6 +12,8 @@ like real CIFAR: the Ray workers load it the same way. The steps (``STEPS``, nam
     train-fp32  the proxy trained in float32, data on the device
     train-amp   the same with the recipe's AMP (bf16 where the GPU has it natively, else fp16 with a
                 GradScaler) and channels_last; the autocast dtype and memory format are checked
+    train-fp16  train-amp with ``amp: fp16`` (float16 autocast and the GradScaler's loss scaling),
+                which a GPU with native bf16 never takes by default
     train-host  train-amp with the data left on the host (the old path), for the images/s beside it
     supernet    the tiny space's SE supernet trained a few steps (sandwich rule), one path extracted
                 and evaluated
@@ -57,7 +59,7 @@ from se_nas.design.recipe import Recipe
 from se_nas.design.space import load_space
 from se_nas.nn.build import build_model
 from se_nas.nn.data import load_data
-from se_nas.nn.train import data_for_device, evaluate, seed_everything, train
+from se_nas.nn.train import AMP, data_for_device, evaluate, seed_everything, train
 
 import benchlib
 
@@ -235,7 +237,7 @@ def step_data(ctx: Context, row: Row) -> None:
     row.ok = len(got) == len(want) and labels and (diff == 0.0 if exact else diff <= 1e-5)
 
 
-def _train_proxy(ctx: Context, row: Row, *, amp: bool, channels_last: bool, on_device: bool | None) -> None:
+def _train_proxy(ctx: Context, row: Row, *, amp: bool | str, channels_last: bool, on_device: bool | None) -> None:
     space = load_space(SPACE)
     arch = space.baseline()  # r=16 SE: the SE kernels run too
     recipe = replace(ctx.recipe, amp=amp, channels_last=channels_last)
@@ -253,7 +255,7 @@ def _train_proxy(ctx: Context, row: Row, *, amp: bool, channels_last: bool, on_d
     n = len(ctx.data.train) - len(ctx.data.train) % recipe.batch_size
     row.images_per_s = n * result.epochs / result.seconds
     chance = 1 / ctx.data.num_classes
-    want_dtype = (torch.float32 if not (amp and ctx.device.type == "cuda") else
+    want_dtype = (torch.float32 if not (amp and ctx.device.type == "cuda") else AMP[amp] if amp in AMP else
                   torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16)
     want_cl = channels_last and ctx.device.type == "cuda"
     row.note = (f"acc {result.accuracy:.3f} after {result.epochs} epoch(s) (chance {chance:.2f}); "
@@ -268,6 +270,10 @@ def step_train_fp32(ctx: Context, row: Row) -> None:
 
 def step_train_amp(ctx: Context, row: Row) -> None:
     _train_proxy(ctx, row, amp=True, channels_last=True, on_device=None)
+
+
+def step_train_fp16(ctx: Context, row: Row) -> None:
+    _train_proxy(ctx, row, amp="fp16", channels_last=True, on_device=None)
 
 
 def step_train_host(ctx: Context, row: Row) -> None:
@@ -416,6 +422,7 @@ STEPS: dict[str, Callable] = {
     "data": step_data,
     "train-fp32": step_train_fp32,
     "train-amp": step_train_amp,
+    "train-fp16": step_train_fp16,
     "train-host": step_train_host,
     "supernet": step_supernet,
     "latency": step_latency,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "gpu_check.py"
-STEPS = ["data", "train-fp32", "train-amp", "train-host", "supernet", "latency", "ray-search", "export"]
+STEPS = ["data", "train-fp32", "train-amp", "train-fp16", "train-host", "supernet", "latency", "ray-search", "export"]
 
 
 def _run(*args, timeout=300):

@@ -92,7 +92,8 @@ def test_unknown_key_names_file_key_and_allowed(tmp_path):
         ("label_smoothing", -0.1, "[0, 1)"),
         ("weight_decay", -1, "[0, 1)"),
         ("seed", -1, "integer in 0..9223372036854775807"),
-        ("amp", "yes", "true or false"),
+        ("amp", "yes", "true, false, bf16 or fp16"),
+        ("amp", "float16", "true, false, bf16 or fp16"),
         ("rungs", [3, 2], "strictly increasing"),
         ("rungs", "2", "list"),
         ("max_train_samples", 0, "integer >= 1"),
@@ -108,6 +109,22 @@ def test_bad_value_names_key_value_and_rule(tmp_path, key, value, needle):
     assert str(p) in msg and key in msg and needle in msg, msg
     shown = "nan" if value != value else repr(value)
     assert shown in msg, msg
+
+
+def test_amp_choices_are_the_trainers_table(tmp_path):
+    """``amp: fp16`` (or ``bf16``) picks the autocast dtype, where ``true`` lets the GPU decide; the
+    names a recipe may give are exactly the trainer's table, and nothing changes on the CPU."""
+    import torch
+
+    from se_nas.design import recipe
+    from se_nas.nn import train
+
+    assert list(train.AMP) == list(recipe.AMP_DTYPES) and train.AMP["fp16"] is torch.float16
+    p = tmp_path / "fp16.yaml"
+    p.write_text("amp: fp16\n")
+    r = load_recipe(p)
+    assert r.amp == "fp16"
+    assert train._amp_dtype(r, torch.device("cpu")) is None
 
 
 def test_dataset_names_are_the_loader_table(monkeypatch):

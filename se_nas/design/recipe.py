@@ -32,6 +32,9 @@ MAX_IMAGE_SIZE = 1024  # ImageNet models train at 224-600
 MAX_BATCH_SIZE = 65536  # per process
 MAX_EPOCHS = 10000
 MAX_SEED = 2**63 - 1  # torch's generators take 64-bit seeds
+# amp's explicit choices (true picks bf16 where the GPU has it natively, else fp16); nn.train.AMP
+# maps them to dtypes, and fp16 trains with a GradScaler
+AMP_DTYPES = ("bf16", "fp16")
 
 
 # --- optimizers and learning-rate schedules: a name -> implementation table each ----------------------
@@ -118,7 +121,9 @@ class Recipe:
                        core). Set it to cores / parallel trials: oversubscribed CPU threads spin-wait
                        and can make training 10-50x slower.
     device:            "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
-    amp, channels_last: mixed precision and NHWC memory layout; both take effect on CUDA only.
+    amp, channels_last: mixed precision and NHWC memory layout; both take effect on CUDA only. amp:
+                       true (bf16 where the GPU has it natively, else fp16 with loss scaling),
+                       false, or one of ``AMP_DTYPES`` to choose.
     augment:           random-crop and flip augmentation of the training set (CIFAR, ImageFolder).
     max_train_samples: keep a stratified subset of this many training samples (None keeps all).
     """
@@ -143,7 +148,7 @@ class Recipe:
     num_workers: int = 0
     threads: int | None = None
     device: str = "auto"
-    amp: bool = True
+    amp: bool | str = True
     channels_last: bool = True
     augment: bool = True
     rungs: tuple[int, ...] = ()
@@ -235,6 +240,12 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _amp(key: str, value: Any) -> bool | str:
+    if isinstance(value, bool) or (isinstance(value, str) and value in AMP_DTYPES):
+        return value
+    raise _fail(key, value, f"true, false, {' or '.join(AMP_DTYPES)}")
+
+
 def _folder(key: str, value: Any) -> str | None:
     if value is None:
         return None
@@ -286,7 +297,7 @@ _RULES: dict[str, Callable[[str, Any], Any]] = {
     "num_workers": lambda k, v: _int(k, v, 0),
     "threads": _optional(lambda k, v: _int(k, v, 1)),
     "device": _device,
-    "amp": _bool,
+    "amp": _amp,
     "channels_last": _bool,
     "augment": _bool,
     "rungs": _rungs,

@@ -153,9 +153,14 @@ def _steps_per_epoch(n: int, batch_size: int) -> tuple[int, bool]:
     return 1, False
 
 
+AMP: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}  # one per recipe.AMP_DTYPES
+
+
 def _amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    if not recipe.amp or device.type != "cuda":
+    if recipe.amp is False or device.type != "cuda":
         return None
+    if recipe.amp in AMP:  # chosen in the recipe
+        return AMP[recipe.amp]
     # native bf16 only (Ampere and newer); emulated bf16 on older GPUs is slow: fp16 + GradScaler there
     with torch.cuda.device(device):
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
