@@ -164,10 +164,10 @@ class PathEvaluator:
         bs = recipe.batch_size
         seed = recipe.seed if calibration_seed is None else calibration_seed
         train = data_batches(data.train, bs, shuffle=True, seed=seed, drop_last=len(data.train) >= bs,
-                         num_workers=recipe.num_workers, pin=False)
+                             num_workers=recipe.num_workers, pin=False)
         self.calibration = [x.to(self.device) for x, _ in _first(train, batches)]
-        val = data_batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False, num_workers=recipe.num_workers,
-                       pin=False)
+        val = data_batches(data.val, 2 * bs, shuffle=False, seed=0, drop_last=False,
+                           num_workers=recipe.num_workers, pin=False)
         if not 0 < val_fraction <= 1:
             raise SearchError(f"a path's validation fraction must be in (0, 1], got val_fraction={val_fraction!r}")
         self.val, left = [], max(1, round(val_fraction * len(data.val)))

@@ -387,7 +387,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, on_progress, step_loss, max_gr
     torch.manual_seed(eseed)  # augmentation draws from the global RNG
     run.model.train()
     batches = data_batches(run.data.train, recipe.batch_size, shuffle=True, seed=eseed, drop_last=run.drop_last,
-                       num_workers=recipe.num_workers, pin=pin)
+                           num_workers=recipe.num_workers, pin=pin)
     with tqdm(total=steps, desc=f"epoch {epoch}/{recipe.epochs}", unit="step", leave=False,
               disable=not progress) as bar:
         losses: list[torch.Tensor] = []
@@ -401,7 +401,7 @@ def _epoch(run: _Run, epoch: int, progress: bool, on_progress, step_loss, max_gr
             if on_progress is not None:
                 on_progress(Progress(epoch, recipe.epochs, step + 1, steps, loss_now))
         val_batches = data_batches(run.data.val, recipe.batch_size * 2, shuffle=False, seed=0, drop_last=False,
-                               num_workers=recipe.num_workers, pin=pin)
+                                   num_workers=recipe.num_workers, pin=pin)
         acc = evaluate(run.model, val_batches, run.dev, amp_dtype=run.amp_dtype, channels_last=run.channels_last)
         bar.set_postfix(val_acc=f"{acc:.3f}")
     return acc, loss_now
