@@ -231,3 +231,45 @@ def closed_study_copy():
         return dst
 
     return copy
+
+
+@pytest.fixture
+def confirmed_study(tmp_path):
+    """``confirmed_study(name, (chosen, r16, plain), accs, confirm=None)``: a real study (Optuna's public
+    API) searched under ``tiny``, with the three designs as search trials (0.97, 0.95, 0.96: the chosen
+    one the most accurate), then a stored confirmation of the three over 3 seeds with accuracies
+    ``accs`` ({"chosen"|"r16"|"plain": 3 values}) under ``confirm`` (a Recipe the plan names "wide", as
+    `se-nas search --confirm-recipe` stores it; None: the search's own recipe)."""
+    import optuna
+
+    from se_nas.design.cost import count_cost
+    from se_nas.design.recipe import load_recipe
+    from se_nas.record.storage import open_study
+    from se_nas.record.study import TrialOutcome, counted
+    from se_nas.search.confirm import RUN_PREFIX, Run, confirm_seeds, recipe_key
+
+    def make(name: str, designs, accs: dict, confirm=None):
+        chosen, r16, plain = designs
+        study = open_study(name, root=tmp_path, create=True)
+        search = load_recipe("tiny")
+        for k, v in {"recipe": search.to_dict(), "budget": {"max_gflops": 4.0},
+                     "deploy": {"image_size": 224, "num_classes": 1000}}.items():
+            study.set_user_attr(k, v)
+        for i, (arch, acc) in enumerate(((chosen, 0.97), (r16, 0.95), (plain, 0.96))):
+            c = count_cost(arch)
+            o = TrialOutcome(arch=arch, status="complete", gflops=c.gflops, mparams=c.mparams, accuracy=acc, epochs=2,
+                             seed=i)
+            study.add_trial(optuna.trial.create_trial(values=o.values, user_attrs=o.to_attrs()))
+        seeds = confirm_seeds(3)
+        plan = {"after_trials": counted(study)[0], "seeds": seeds, "chosen": chosen.to_json(), "designs": [],
+                "r16": r16.to_json(), "plain": plain.to_json()}
+        if confirm is not None:
+            plan |= {"recipe": confirm.to_dict(), "recipe_name": "wide"}
+        study.set_user_attr("confirmation", plan)
+        key = recipe_key(confirm or search)
+        for arch, a in ((chosen, accs["chosen"]), (r16, accs["r16"]), (plain, accs["plain"])):
+            for s, v in zip(seeds, a):
+                study.set_user_attr(f"{RUN_PREFIX}{key}:{arch.id}:{s}", Run(arch, s, v).to_attr())
+        return study
+
+    return make

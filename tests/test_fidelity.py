@@ -7,7 +7,6 @@ and whether the search's choice is still the best confirmed design; ``compare``,
 import math
 import statistics
 
-import optuna
 import pytest
 import yaml
 
@@ -59,39 +58,21 @@ R16 = Arch("resnet50", tuple(StageSE() for _ in range(4)))
 PLAIN = Arch("resnet50", (None,) * 4)
 
 
-def _two_fidelity_study(tmp_path, accs: dict):
-    """A real study searched under ``tiny`` (X best in the search) and confirmed under ``wide`` (tiny, 3
+WIDE = Recipe.from_dict({**load_recipe("tiny").to_dict(), "epochs": 3})  # the confirmation's fidelity
+
+
+def _two_fidelity_study(confirmed_study, accs: dict, name: str = "two"):
+    """A real study searched under ``tiny`` (X best in the search) and confirmed under ``WIDE`` (tiny, 3
     epochs) with accuracies ``accs``; the plan names the confirmation recipe as `se-nas search` stores it."""
-    from se_nas.design.cost import count_cost
-    from se_nas.record.storage import open_study
-    from se_nas.record.study import TrialOutcome, counted
-    from se_nas.search.confirm import RUN_PREFIX, Run, confirm_seeds, recipe_key
-
-    study = open_study("two", root=tmp_path, create=True)
-    search, wide = load_recipe("tiny"), Recipe.from_dict({**load_recipe("tiny").to_dict(), "epochs": 3})
-    for k, v in {"recipe": search.to_dict(), "budget": {"max_gflops": 4.0},
-                 "deploy": {"image_size": 224, "num_classes": 1000}}.items():
-        study.set_user_attr(k, v)
-    for i, (arch, acc) in enumerate(((X, 0.97), (R16, 0.95), (PLAIN, 0.96))):
-        c = count_cost(arch)
-        o = TrialOutcome(arch=arch, status="complete", gflops=c.gflops, mparams=c.mparams, accuracy=acc, epochs=2, seed=i)
-        study.add_trial(optuna.trial.create_trial(values=o.values, user_attrs=o.to_attrs()))
-    seeds = confirm_seeds(3)
-    study.set_user_attr("confirmation", {"after_trials": counted(study)[0], "seeds": seeds, "chosen": X.to_json(),
-                                         "designs": [], "r16": R16.to_json(), "plain": PLAIN.to_json(),
-                                         "recipe": wide.to_dict(), "recipe_name": "wide"})
-    for arch, a in ((X, accs["chosen"]), (R16, accs["r16"]), (PLAIN, accs["plain"])):
-        for s, v in zip(seeds, a):
-            study.set_user_attr(f"{RUN_PREFIX}{recipe_key(wide)}:{arch.id}:{s}", Run(arch, s, v).to_attr())
-    return study, wide
+    return confirmed_study(name, (X, R16, PLAIN), accs, confirm=WIDE), WIDE
 
 
-def test_a_confirmation_recipe_that_prefers_another_design_makes_it_the_answer(tmp_path):
+def test_a_confirmation_recipe_that_prefers_another_design_makes_it_the_answer(tmp_path, confirmed_study):
     # X won the search; on the wider fidelity r=16 SE (dearer, so X is not dominated) is the most accurate:
     # the finding says the choice is no longer the best, and --best follows the confirmation, under its recipe.
     from se_nas.search.confirm import chosen_design, export_choice, read_confirmation, study_noise
 
-    study, wide = _two_fidelity_study(tmp_path, {"chosen": [0.93, 0.94, 0.935], "r16": [0.96, 0.965, 0.97],
+    study, wide = _two_fidelity_study(confirmed_study, {"chosen": [0.93, 0.94, 0.935], "r16": [0.96, 0.965, 0.97],
                                                  "plain": [0.90, 0.905, 0.91]})
     conf = read_confirmation(study)
     assert conf.two_fidelity and conf.dominated_by is None and conf.best.arch == R16
@@ -114,10 +95,10 @@ def test_a_confirmation_recipe_that_prefers_another_design_makes_it_the_answer(t
     assert study_noise(study).sigma is None  # the search trials: one seed each, no calibration runs
 
 
-def test_a_confirmation_recipe_that_agrees_keeps_the_choice(tmp_path):
+def test_a_confirmation_recipe_that_agrees_keeps_the_choice(tmp_path, confirmed_study):
     from se_nas.search.confirm import chosen_design, read_confirmation
 
-    study, wide = _two_fidelity_study(tmp_path, {"chosen": [0.97, 0.975, 0.98], "r16": [0.90, 0.905, 0.91],
+    study, wide = _two_fidelity_study(confirmed_study, {"chosen": [0.97, 0.975, 0.98], "r16": [0.90, 0.905, 0.91],
                                                  "plain": [0.95, 0.955, 0.96]})
     conf = read_confirmation(study)
     assert conf.best.arch == X and conf.agreement.tau == 1.0
@@ -218,17 +199,18 @@ def test_a_bad_confirm_recipe_is_one_line_naming_the_flag(tmp_path, capsys):
         SearchConfig(space="tiny", recipe="tiny", confirm_recipe="no-such-recipe", root=tmp_path)
 
 
-def test_a_tie_keeps_the_choice_unless_the_tied_design_dominates_it(tmp_path):
+def test_a_tie_keeps_the_choice_unless_the_tied_design_dominates_it(tmp_path, confirmed_study):
     # r=16 SE (dearer) ties X on the confirmation: no reason to change the answer. The plain backbone (cheaper)
     # tying X dominates it: a dominated choice is never the answer, at either fidelity.
     from se_nas.search.confirm import chosen_design, read_confirmation
 
     same = [0.96, 0.965, 0.97]
-    study, _ = _two_fidelity_study(tmp_path, {"chosen": same, "r16": list(same), "plain": [0.90, 0.905, 0.91]})
+    study, _ = _two_fidelity_study(confirmed_study, {"chosen": same, "r16": list(same), "plain": [0.90, 0.905, 0.91]})
     conf = read_confirmation(study)
     assert conf.best.arch == X and "still the best confirmed design" in conf.sentence
     assert chosen_design(study, front=True)[0].arch == X
-    study, _ = _two_fidelity_study(tmp_path / "b", {"chosen": same, "r16": [0.90, 0.905, 0.91], "plain": list(same)})
+    study, _ = _two_fidelity_study(confirmed_study, {"chosen": same, "r16": [0.90, 0.905, 0.91], "plain": list(same)},
+                                   "two-b")
     conf = read_confirmation(study)
     assert conf.dominated_by.arch == PLAIN and conf.best.arch == PLAIN
     assert chosen_design(study, front=True)[0].arch == PLAIN

@@ -225,41 +225,18 @@ def test_a_choice_the_plain_backbone_dominates_is_said_so_and_never_called_the_b
     assert "the answer, is the fixed r=16 SE, 0.952" in s and "the best" not in s.lower()
 
 
-def _confirmed_study(tmp_path, accs: dict):
-    """A real study (Optuna's public API): X, then r=16 and the plain backbone as search trials, X the most
-    accurate in the search; then a stored confirmation of the three over 3 seeds with accuracies ``accs``."""
-    import optuna
-
-    from se_nas.design.cost import count_cost
-    from se_nas.design.recipe import load_recipe
-    from se_nas.record.storage import open_study
-    from se_nas.record.study import TrialOutcome, counted
-    from se_nas.search.confirm import RUN_PREFIX, Run, confirm_seeds, recipe_key
-
-    study = open_study("dom", root=tmp_path, create=True)
-    recipe = load_recipe("tiny")
-    for k, v in {"recipe": recipe.to_dict(), "budget": {"max_gflops": 4.0},
-                 "deploy": {"image_size": 224, "num_classes": 1000}}.items():
-        study.set_user_attr(k, v)
-    for i, (arch, acc) in enumerate(((X, 0.97), (R16, 0.95), (PLAIN, 0.96))):
-        c = count_cost(arch)
-        o = TrialOutcome(arch=arch, status="complete", gflops=c.gflops, mparams=c.mparams, accuracy=acc, epochs=2, seed=i)
-        study.add_trial(optuna.trial.create_trial(values=o.values, user_attrs=o.to_attrs()))
-    seeds = confirm_seeds(3)
-    study.set_user_attr("confirmation", {"after_trials": counted(study)[0], "seeds": seeds, "chosen": X.to_json(),
-                                         "designs": [], "r16": R16.to_json(), "plain": PLAIN.to_json()})
-    for arch, a in ((X, accs["chosen"]), (R16, accs["r16"]), (PLAIN, accs["plain"])):
-        for s, v in zip(seeds, a):
-            study.set_user_attr(f"{RUN_PREFIX}{recipe_key(recipe)}:{arch.id}:{s}", Run(arch, s, v).to_attr())
-    return study
+def _confirmed_study(confirmed_study, accs: dict):
+    """X, then r=16 and the plain backbone as search trials, X the most accurate in the search; then a
+    stored confirmation of the three over 3 seeds with accuracies ``accs``."""
+    return confirmed_study("dom", (X, R16, PLAIN), accs)
 
 
-def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_front(tmp_path):
+def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_front(tmp_path, confirmed_study):
     # The search chose X (0.97 on one seed); under the confirmation's fresh seeds the plain backbone, cheaper in
     # GFLOPs and parameters, is more accurate: the finding says the choice lost, and --best takes the plain backbone.
     from se_nas.search.confirm import chosen_design, export_choice, read_confirmation
 
-    study = _confirmed_study(tmp_path, {"chosen": [0.93, 0.94, 0.935], "r16": [0.90, 0.905, 0.91],
+    study = _confirmed_study(confirmed_study, {"chosen": [0.93, 0.94, 0.935], "r16": [0.90, 0.905, 0.91],
                                         "plain": [0.945, 0.95, 0.948]})
     conf = read_confirmation(study)
     assert conf.chosen.arch == X and conf.dominated_by.arch == PLAIN and X.id not in {d.id for d in conf.front}
@@ -283,10 +260,10 @@ def test_a_study_whose_baseline_dominates_its_choice_says_so_and_exports_the_fro
     assert "the answer is the plain backbone" in res["finding"]
 
 
-def test_a_study_whose_choice_is_on_the_confirmed_front_exports_the_choice(tmp_path):
+def test_a_study_whose_choice_is_on_the_confirmed_front_exports_the_choice(tmp_path, confirmed_study):
     from se_nas.search.confirm import chosen_design, export_choice, read_confirmation
 
-    study = _confirmed_study(tmp_path, {"chosen": [0.96, 0.965, 0.97], "r16": [0.90, 0.905, 0.91],
+    study = _confirmed_study(confirmed_study, {"chosen": [0.96, 0.965, 0.97], "r16": [0.90, 0.905, 0.91],
                                         "plain": [0.945, 0.95, 0.948]})
     conf = read_confirmation(study)
     assert conf.dominated_by is None and "dominated" not in conf.sentence
