@@ -22,7 +22,6 @@ events after a synchronize.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -294,11 +293,7 @@ def main(argv=None) -> int:
     if args.no_timm:
         args.models = [m for m in args.models if not m.startswith("timm_")]
     res = run(args)
-    print(markdown(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-    return 0
+    return benchlib.publish(res, markdown(res), args.json)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -271,11 +270,7 @@ def main(argv=None) -> int:
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
     res = run(args)
-    print(markdown(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-    return 0
+    return benchlib.publish(res, markdown(res), args.json)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,15 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def publish(res: dict, text: str, path: str | None) -> int:
+    """Print a benchmark's ``text`` (its results as markdown) and, with ``path``, write ``res`` there as
+    JSON; the script's exit code."""
+    print(text)
+    if path:
+        Path(path).write_text(json.dumps(res, indent=2))
+    return 0
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a results file that runs append to, one JSON line each; a line cut by an
     interruption is skipped (that job runs again)."""
